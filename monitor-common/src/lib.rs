@@ -1,0 +1,200 @@
+//! Types shared by the eBPF programs (`monitor-ebpf`) and the agent (`monitor`).
+//!
+//! Everything here is `repr(C)`, plain old data, and must keep the same layout on both sides.
+#![no_std]
+
+/// Maximum number of sockets tracked at once by default (the `SOCKS` map bound).
+/// A socket is tracked only while it has data queued in either direction, so this bounds
+/// the number of *busy* sockets, not all sockets. Overridable with `--max-sockets`.
+pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+
+/// Size of the ring buffer that carries socket-gone notes to the agent.
+pub const CLOSED_RING_BYTES: u32 = 256 * 1024;
+
+/// `SockState::flags` bits.
+pub mod flags {
+    /// The last ACK seen from the peer advertised a zero receive window.
+    pub const ZERO_WINDOW: u32 = 1 << 0;
+    /// At the last sendmsg the send buffer was full (sk_wmem_queued >= sk_sndbuf): the writer blocks.
+    pub const SNDBUF_FULL: u32 = 1 << 1;
+    /// Receive queue holds unread data (rcv_nxt != copied_seq) at the last look.
+    pub const RECV_BACKLOG: u32 = 1 << 2;
+    /// Writer identity (pid/comm/cgroup) is known (set only from process context).
+    pub const HAVE_WRITER: u32 = 1 << 3;
+}
+
+/// `COUNTERS` per-CPU array indexes.
+pub mod counter {
+    /// A socket needed tracking but the SOCKS map was full.
+    pub const MAP_FULL: u32 = 0;
+    /// A close note could not be put on the ring buffer (agent too slow).
+    pub const CLOSE_NOTES_LOST: u32 = 1;
+    /// Sockets that started being tracked.
+    pub const TRACKED: u32 = 2;
+    /// Sockets that left tracking because they drained (everything acked, nothing unread).
+    pub const DRAINED: u32 = 3;
+    /// Sockets that left tracking because they closed.
+    pub const CLOSED: u32 = 4;
+    pub const COUNT: u32 = 8;
+}
+
+/// Why a socket left the map, in a [`CloseNote`].
+pub mod gone {
+    pub const CLOSED: u32 = 1;
+}
+
+/// Per-socket state, keyed by socket cookie in the `SOCKS` hash map.
+///
+/// Times are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC). Sequence numbers are raw TCP u32 values;
+/// differences are taken with wrapping arithmetic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockState {
+    pub cookie: u64,
+    /// Network namespace inode number (`net->ns.inum`), as in `/proc/PID/ns/net`.
+    pub netns: u32,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Local port, host byte order.
+    pub lport: u16,
+    /// Remote port, host byte order.
+    pub rport: u16,
+    pub _pad0: u16,
+    pub flags: u32,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6 (network byte order).
+    pub laddr: [u8; 16],
+    /// Remote address, same layout as `laddr`.
+    pub raddr: [u8; 16],
+    /// Last writer's thread-group id (the pid users know).
+    pub pid: u32,
+    pub _pad1: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+
+    // Send side.
+    pub write_seq: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    /// Peer's advertised window (bytes, scaled) as last known.
+    pub snd_wnd: u32,
+    pub wmem_queued: u32,
+    pub sndbuf: u32,
+    /// Retransmissions seen by the tcp_retransmit_skb hook while tracked.
+    pub retransmits: u32,
+    /// icsk_backoff at the last look (exponential backoff of the RTO / persist timer).
+    pub backoff: u32,
+    /// ACKs seen that carried no progress and a zero window (answers to persist probes).
+    pub zero_window_acks: u32,
+    pub _pad2: u32,
+    /// Bytes acked by the peer since tracking began (sum of snd_una advances seen).
+    pub bytes_acked: u64,
+    pub first_seen_ns: u64,
+    pub last_send_ns: u64,
+    /// Last ACK received from the peer (any ACK, progress or not).
+    pub last_ack_ns: u64,
+    /// Last time snd_una advanced (or tracking began).
+    pub last_progress_ns: u64,
+    pub last_retrans_ns: u64,
+
+    // Receive side (read-side mirror).
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    pub rcvbuf: u32,
+    pub rcv_wnd: u32,
+    /// Last time the local application consumed received data (copied_seq advanced) or tracking began.
+    pub last_read_ns: u64,
+}
+
+impl SockState {
+    pub const fn zeroed() -> Self {
+        // SAFETY: all-zero is a valid value for this plain-data struct.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// Sent on the `CLOSED` ring buffer when a tracked socket leaves ESTABLISHED/CLOSE_WAIT.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseNote {
+    pub reason: u32,
+    /// TCP state it moved to.
+    pub new_state: u32,
+    pub ts_ns: u64,
+    /// The socket's last state.
+    pub state: SockState,
+}
+
+/// Kernel structure field offsets, read from the running kernel's BTF at start-up and handed
+/// to the programs as the global `OFFSETS`. `magic` must equal [`Offsets::MAGIC`] or every
+/// program does nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub magic: u32,
+    // struct sock_common (via struct sock)
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    /// Offset of the `struct net *` inside `skc_net` (possible_net_t).
+    pub skc_net: u32,
+    /// `struct net` -> `ns.inum`.
+    pub net_ns_inum: u32,
+    // struct sock
+    pub sk_wmem_queued: u32,
+    pub sk_sndbuf: u32,
+    pub sk_rcvbuf: u32,
+    // struct inet_connection_sock
+    pub icsk_backoff: u32,
+    // struct tcp_sock
+    pub write_seq: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub snd_wnd: u32,
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    pub rcv_wnd: u32,
+    // struct sk_buff
+    pub skb_data: u32,
+}
+
+impl Offsets {
+    pub const MAGIC: u32 = 0x7c95_7a11;
+    pub const fn zeroed() -> Self {
+        Offsets {
+            magic: 0,
+            skc_family: 0,
+            skc_num: 0,
+            skc_dport: 0,
+            skc_rcv_saddr: 0,
+            skc_daddr: 0,
+            skc_v6_rcv_saddr: 0,
+            skc_v6_daddr: 0,
+            skc_net: 0,
+            net_ns_inum: 0,
+            sk_wmem_queued: 0,
+            sk_sndbuf: 0,
+            sk_rcvbuf: 0,
+            icsk_backoff: 0,
+            write_seq: 0,
+            snd_una: 0,
+            snd_nxt: 0,
+            snd_wnd: 0,
+            rcv_nxt: 0,
+            copied_seq: 0,
+            rcv_wnd: 0,
+            skb_data: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), no padding-dependent invariants.
+    unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::CloseNote {}
+}

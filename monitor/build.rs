@@ -1,0 +1,20 @@
+// Embeds the eBPF object built by `cargo xtask build-ebpf`. When it has not been built yet the
+// agent still compiles (so pure-logic unit tests run anywhere) and says at run time what to do.
+use std::path::PathBuf;
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let obj = std::env::var("TCPSTALL_EBPF_OBJ")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target/bpfel-unknown-none/release/monitor"));
+    println!("cargo:rerun-if-env-changed=TCPSTALL_EBPF_OBJ");
+    println!("cargo:rerun-if-changed={}", obj.display());
+    println!("cargo:rustc-check-cfg=cfg(tcpstall_ebpf_obj)");
+    if obj.exists() {
+        println!("cargo:rustc-cfg=tcpstall_ebpf_obj");
+        println!("cargo:rustc-env=TCPSTALL_EBPF_OBJ_PATH={}", obj.display());
+    }
+}

@@ -1,0 +1,132 @@
+//! The agent's view of one tracked socket at one tick: a decoded [`SockState`] plus the
+//! monotonic time it was read at. Everything downstream (classification, policy, events)
+//! works on this plain type, so it can be unit-tested without a kernel.
+
+use monitor_common::{flags, SockState};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// CLOCK_MONOTONIC ns at which the map was read.
+    pub now_ns: u64,
+    pub cookie: u64,
+    pub netns: u32,
+    pub family: u16,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Writer identity; None until the socket was written from process context while tracked.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup_id: Option<u64>,
+
+    /// Bytes the app has written that the peer has not acked (write_seq - snd_una).
+    pub queued_bytes: u64,
+    /// Bytes sent on the wire and not yet acked (snd_nxt - snd_una).
+    pub unacked_bytes: u64,
+    pub snd_wnd: u32,
+    pub zero_window: bool,
+    /// Send buffer full at the last write: the writer blocks in send().
+    pub sndbuf_full: bool,
+    pub wmem_queued: u32,
+    pub sndbuf: u32,
+    pub retransmits: u32,
+    pub backoff: u32,
+    pub zero_window_acks: u32,
+    /// Cumulative bytes acked since tracking began.
+    pub bytes_acked: u64,
+    pub first_seen_ns: u64,
+    pub last_send_ns: u64,
+    pub last_ack_ns: u64,
+    pub last_progress_ns: u64,
+    /// 0 when no retransmit was seen.
+    pub last_retrans_ns: u64,
+
+    /// Received bytes the local app has not read yet (rcv_nxt - copied_seq).
+    pub recv_unread: u64,
+    pub rcvbuf: u32,
+    pub rcv_wnd: u32,
+    pub last_read_ns: u64,
+}
+
+fn addr(family: u16, raw: &[u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == AF_INET6 {
+        let v6 = Ipv6Addr::from(*raw);
+        // A v4-mapped v6 socket is shown as the IPv4 address it talks to.
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    };
+    SocketAddr::new(ip, port)
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl Snapshot {
+    pub fn from_state(s: &SockState, now_ns: u64) -> Self {
+        let have_writer = s.flags & flags::HAVE_WRITER != 0;
+        Snapshot {
+            now_ns,
+            cookie: s.cookie,
+            netns: s.netns,
+            family: s.family,
+            local: addr(s.family, &s.laddr, s.lport),
+            remote: addr(s.family, &s.raddr, s.rport),
+            pid: have_writer.then_some(s.pid),
+            comm: have_writer.then(|| comm(&s.comm)),
+            cgroup_id: have_writer.then_some(s.cgroup_id),
+            queued_bytes: s.write_seq.wrapping_sub(s.snd_una) as u64,
+            unacked_bytes: s.snd_nxt.wrapping_sub(s.snd_una) as u64,
+            snd_wnd: s.snd_wnd,
+            zero_window: s.flags & flags::ZERO_WINDOW != 0,
+            sndbuf_full: s.flags & flags::SNDBUF_FULL != 0,
+            wmem_queued: s.wmem_queued,
+            sndbuf: s.sndbuf,
+            retransmits: s.retransmits,
+            backoff: s.backoff,
+            zero_window_acks: s.zero_window_acks,
+            bytes_acked: s.bytes_acked,
+            first_seen_ns: s.first_seen_ns,
+            last_send_ns: s.last_send_ns,
+            last_ack_ns: s.last_ack_ns,
+            last_progress_ns: s.last_progress_ns,
+            last_retrans_ns: s.last_retrans_ns,
+            recv_unread: s.rcv_nxt.wrapping_sub(s.copied_seq) as u64,
+            rcvbuf: s.rcvbuf,
+            rcv_wnd: s.rcv_wnd,
+            last_read_ns: s.last_read_ns,
+        }
+    }
+
+    /// Milliseconds since the peer last acked new data.
+    pub fn since_progress_ms(&self) -> u64 {
+        self.now_ns.saturating_sub(self.last_progress_ns) / 1_000_000
+    }
+
+    pub fn family_name(&self) -> &'static str {
+        if self.family == AF_INET6 {
+            "inet6"
+        } else {
+            "inet"
+        }
+    }
+}
+
+/// Current CLOCK_MONOTONIC in ns (the clock bpf_ktime_get_ns uses).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

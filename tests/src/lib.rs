@@ -1,0 +1,1 @@
+//! Helpers for the real-kernel integration tests.
