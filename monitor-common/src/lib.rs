@@ -103,6 +103,32 @@ pub struct SockState {
     pub rcv_wnd: u32,
     /// Last time the local application consumed received data (copied_seq advanced) or tracking began.
     pub last_read_ns: u64,
+
+    /// The last [`GAP_SLOTS`] no-progress gaps of at least [`MIN_GAP_NS`] that ended in ACK
+    /// progress (slot = `gap_count % GAP_SLOTS`).
+    pub gaps: [Gap; GAP_SLOTS],
+    /// Total gaps recorded since tracking began.
+    pub gap_count: u32,
+    pub _pad3: u32,
+}
+
+/// How many recovered no-progress gaps the kernel side keeps per socket.
+pub const GAP_SLOTS: usize = 4;
+/// Shortest no-progress interval (with data queued) the kernel records as a gap: 250 ms.
+pub const MIN_GAP_NS: u64 = 250_000_000;
+
+/// One interval with data queued and no ACK progress that ended in progress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gap {
+    /// Last progress before the gap.
+    pub start_ns: u64,
+    /// The ACK that ended it.
+    pub end_ns: u64,
+    /// Bytes that ACK acknowledged.
+    pub acked: u32,
+    /// 1 if the peer's window was zero when the gap ended (a zero-window episode), else 0.
+    pub zero_window: u32,
 }
 
 impl SockState {

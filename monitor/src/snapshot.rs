@@ -2,7 +2,7 @@
 //! monotonic time it was read at. Everything downstream (classification, policy, events)
 //! works on this plain type, so it can be unit-tested without a kernel.
 
-use monitor_common::{flags, SockState};
+use monitor_common::{flags, Gap, SockState, GAP_SLOTS};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const AF_INET: u16 = 2;
@@ -49,6 +49,11 @@ pub struct Snapshot {
     pub rcvbuf: u32,
     pub rcv_wnd: u32,
     pub last_read_ns: u64,
+    /// Recovered no-progress gaps (>= 250 ms) the kernel still holds for this socket, oldest
+    /// first (at most 4). A gap is identified by its `end_ns`.
+    pub recent_gaps: Vec<Gap>,
+    /// Total gaps recorded since tracking began (may exceed `recent_gaps.len()`).
+    pub gap_count: u32,
 }
 
 fn addr(family: u16, raw: &[u8; 16], port: u16) -> SocketAddr {
@@ -68,6 +73,14 @@ fn addr(family: u16, raw: &[u8; 16], port: u16) -> SocketAddr {
 fn comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+fn recent_gaps(s: &SockState) -> Vec<Gap> {
+    let n = (s.gap_count as usize).min(GAP_SLOTS);
+    let first = s.gap_count as usize - n;
+    (first..s.gap_count as usize)
+        .map(|i| s.gaps[i % GAP_SLOTS])
+        .collect()
 }
 
 impl Snapshot {
@@ -103,6 +116,8 @@ impl Snapshot {
             rcvbuf: s.rcvbuf,
             rcv_wnd: s.rcv_wnd,
             last_read_ns: s.last_read_ns,
+            recent_gaps: recent_gaps(s),
+            gap_count: s.gap_count,
         }
     }
 
