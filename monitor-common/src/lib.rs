@@ -6,10 +6,10 @@
 /// Maximum number of sockets tracked at once by default (the `SOCKS` map bound).
 /// A socket is tracked only while it has data queued in either direction, so this bounds
 /// the number of *busy* sockets, not all sockets. Overridable with `--max-sockets`.
-pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+pub const DEFAULT_MAX_SOCKETS: u32 = 32_768;
 
 /// Size of the ring buffer that carries socket-gone notes to the agent.
-pub const CLOSED_RING_BYTES: u32 = 256 * 1024;
+pub const CLOSED_RING_BYTES: u32 = 1024 * 1024;
 
 /// `SockState::flags` bits.
 pub mod flags {
@@ -138,16 +138,16 @@ impl SockState {
     }
 }
 
-/// Sent on the `CLOSED` ring buffer when a tracked socket leaves ESTABLISHED/CLOSE_WAIT.
+/// Sent on the `CLOSED` ring buffer when a tracked socket leaves ESTABLISHED/CLOSE_WAIT
+/// (the app closed it, the peer reset it, or it was destroyed). Its map entry is gone by then.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct CloseNote {
+    pub cookie: u64,
+    pub ts_ns: u64,
     pub reason: u32,
     /// TCP state it moved to.
     pub new_state: u32,
-    pub ts_ns: u64,
-    /// The socket's last state.
-    pub state: SockState,
 }
 
 /// Kernel structure field offsets, read from the running kernel's BTF at start-up and handed

@@ -4,9 +4,13 @@
 //! [`snapshot`] → [`classify`] (stall classes, per-socket history) → [`policy`] (which rule,
 //! which action) → [`reset`] (SOCK_DESTROY) → [`event`] (NDJSON out). [`agent`] runs the tick.
 
+pub mod agent;
 pub mod btf;
 pub mod classify;
 pub mod event;
+pub mod identity;
+pub mod manual;
 pub mod policy;
+pub mod probes;
 pub mod reset;
 pub mod snapshot;

@@ -1,1 +1,135 @@
-fn main() {}
+//! `tcpstall`: find wedged TCP connections in the kernel and, under a policy, reset them.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use monitor::policy::Policy;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "tcpstall", version, about = "Finds wedged TCP connections (dead, half-open or non-reading peers with data queued) and resets them under a policy.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Attach the kernel hooks and stream NDJSON events on stdout (logs go to stderr).
+    Run(RunArgs),
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Reset one socket by hand, behind the same guards as the agent.
+    Reset(monitor::manual::ResetArgs),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy file and print the effective rules (exit 2 if invalid).
+    Check {
+        file: PathBuf,
+        /// A recorded event stream (NDJSON from `tcpstall run`): print threshold advice from
+        /// the episodes that recovered by themselves.
+        #[arg(long)]
+        events: Option<PathBuf>,
+        /// Print the effective rules as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Policy file (TOML). Without it: observe only, 30 s thresholds, 1 s tick.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Tick (overrides the policy's `tick`), e.g. 1s, 500ms.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    tick: Option<Duration>,
+    /// Write events to this file (appended) instead of stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Never reset: every reset becomes a `reset_skipped` event with guard "dry_run".
+    #[arg(long)]
+    dry_run: bool,
+    /// How often to emit `stats`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    stats_interval: Duration,
+    /// Bound of the kernel per-socket map (sockets with data queued tracked at once).
+    #[arg(long, default_value_t = monitor_common::DEFAULT_MAX_SOCKETS)]
+    max_sockets: u32,
+    /// Enable kernel BPF run-time accounting and report our programs' time in `stats`.
+    #[arg(long)]
+    bpf_stats: bool,
+    /// Stop after this long (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
+fn load_policy(path: Option<&PathBuf>) -> Result<Policy, ExitCode> {
+    match path {
+        None => Ok(Policy::default()),
+        Some(p) => Policy::load(p).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let policy = match load_policy(args.policy.as_ref()) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let tick = args.tick.unwrap_or(policy.tick);
+    if tick < Duration::from_millis(10) || tick > Duration::from_secs(3600) {
+        eprintln!("error: --tick {tick:?} is out of range; use between 10ms and 1h (e.g. --tick 1s)");
+        return ExitCode::from(2);
+    }
+    let cfg = monitor::agent::Config {
+        policy,
+        tick,
+        stats_interval: args.stats_interval,
+        output: args.output,
+        dry_run: args.dry_run,
+        max_sockets: args.max_sockets,
+        bpf_stats: args.bpf_stats,
+        duration: args.duration,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        let agent = monitor::agent::Agent::start(cfg)?;
+        agent.run().await
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run(args) => run(args),
+        Cmd::Policy {
+            cmd: PolicyCmd::Check { file, events, json },
+        } => monitor::manual::policy_check(&file, events.as_deref(), json),
+        Cmd::Reset(args) => monitor::manual::reset(args),
+    }
+}

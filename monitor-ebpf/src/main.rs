@@ -1,0 +1,397 @@
+//! tcpstall kernel side: per-socket queue/ACK-progress state for sockets that have data queued.
+//!
+//! Hooks (all BTF tracepoints; kprobes/fentry are unavailable on the target kernel):
+//! - `tcp_sendmsg_locked`: a process writes; start tracking once data is already queued
+//!   (the write finds unacked data in front of it), record who writes and send-buffer fill.
+//! - `tcp_probe`: an incoming segment on an established socket; ACK progress, peer window,
+//!   persist-probe answers, read-side backlog. Untracked sockets cost one map lookup and one
+//!   header read here.
+//! - `tcp_retransmit_skb`: retransmit count/time (the dead-peer signal); starts tracking too.
+//! - `tcp_rcv_space_adjust`: the local app read data (read-side progress).
+//! - `inet_sock_set_state`: a tracked socket leaving ESTABLISHED/CLOSE_WAIT is dropped and a
+//!   close note goes to the agent.
+//!
+//! A socket leaves the map when everything is acked and nothing is unread (drained), or when
+//! it closes. Kernel struct offsets come from the running kernel's BTF via `OFFSETS`.
+#![no_std]
+#![no_main]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    },
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use monitor_common::{
+    counter, flags, gone, CloseNote, Gap, Offsets, SockState, CLOSED_RING_BYTES,
+    DEFAULT_MAX_SOCKETS, GAP_SLOTS, MIN_GAP_NS,
+};
+
+/// Filled in by the agent from /sys/kernel/btf/vmlinux before load.
+#[no_mangle]
+static OFFSETS: Offsets = Offsets::zeroed();
+
+#[map]
+static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+#[map]
+static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_RING_BYTES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-CPU scratch to build a new entry without blowing the 512-byte stack.
+#[map]
+static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_CLOSE_WAIT: i32 = 8;
+const AF_INET6: u16 = 10;
+
+#[inline(always)]
+fn offsets() -> Option<Offsets> {
+    // SAFETY: reading our own global; volatile so the loader-set value is not folded away.
+    let o = unsafe { core::ptr::read_volatile(&OFFSETS) };
+    if o.magic == Offsets::MAGIC {
+        Some(o)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn rd<T: Default>(base: *const u8, off: u32) -> T {
+    // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields the default.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).unwrap_or_default() }
+}
+
+#[inline(always)]
+fn bump(idx: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn cookie_of(sk: *const u8) -> u64 {
+    // SAFETY: sk is the tracepoint's trusted `struct sock *`.
+    unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+}
+
+/// Signed sequence comparison: `a` is after `b`.
+#[inline(always)]
+fn after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// Re-read the send side from the socket and account ACK progress up to `una`.
+#[inline(always)]
+fn refresh_send(s: &mut SockState, sk: *const u8, o: &Offsets, t: u64, una: u32) {
+    s.write_seq = rd(sk, o.write_seq);
+    s.snd_nxt = rd(sk, o.snd_nxt);
+    let wmem: i32 = rd(sk, o.sk_wmem_queued);
+    let sndbuf: i32 = rd(sk, o.sk_sndbuf);
+    s.wmem_queued = wmem as u32;
+    s.sndbuf = sndbuf as u32;
+    if wmem >= sndbuf {
+        s.flags |= flags::SNDBUF_FULL;
+    } else {
+        s.flags &= !flags::SNDBUF_FULL;
+    }
+    if after(una, s.snd_una) {
+        let acked = una.wrapping_sub(s.snd_una);
+        s.bytes_acked += acked as u64;
+        let gap = t.saturating_sub(s.last_progress_ns);
+        if gap >= MIN_GAP_NS {
+            let slot = (s.gap_count as usize) % GAP_SLOTS;
+            // `slot` is always < GAP_SLOTS; the bound check keeps the verifier happy.
+            if let Some(g) = s.gaps.get_mut(slot) {
+                *g = Gap {
+                    start_ns: s.last_progress_ns,
+                    end_ns: t,
+                    acked,
+                    zero_window: (s.flags & flags::ZERO_WINDOW != 0) as u32,
+                };
+            }
+            s.gap_count = s.gap_count.wrapping_add(1);
+        }
+        s.snd_una = una;
+        s.last_progress_ns = t;
+    }
+}
+
+#[inline(always)]
+fn refresh_recv(s: &mut SockState, sk: *const u8, o: &Offsets, t: u64) {
+    s.rcv_nxt = rd(sk, o.rcv_nxt);
+    let copied: u32 = rd(sk, o.copied_seq);
+    if copied != s.copied_seq {
+        s.copied_seq = copied;
+        s.last_read_ns = t;
+    }
+    let rcvbuf: i32 = rd(sk, o.sk_rcvbuf);
+    s.rcvbuf = rcvbuf as u32;
+    s.rcv_wnd = rd(sk, o.rcv_wnd);
+    if s.rcv_nxt != s.copied_seq {
+        s.flags |= flags::RECV_BACKLOG;
+    } else {
+        s.flags &= !flags::RECV_BACKLOG;
+    }
+}
+
+#[inline(always)]
+fn set_writer(s: &mut SockState) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if s.flags & flags::HAVE_WRITER != 0 && s.pid == tgid {
+        return;
+    }
+    s.pid = tgid;
+    s.comm = bpf_get_current_comm().unwrap_or_default();
+    // SAFETY: helper without arguments.
+    s.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    s.flags |= flags::HAVE_WRITER;
+}
+
+/// Start tracking `sk`. Returns the new entry, or None when the map is full (counted).
+#[inline(always)]
+fn track(sk: *const u8, o: &Offsets, cookie: u64, t: u64) -> Option<*mut SockState> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch slot owned by this program invocation.
+    let s = unsafe { &mut *scratch };
+    *s = SockState::zeroed();
+    s.cookie = cookie;
+    s.family = rd(sk, o.skc_family);
+    s.lport = rd(sk, o.skc_num);
+    s.rport = u16::from_be(rd(sk, o.skc_dport));
+    if s.family == AF_INET6 {
+        s.laddr = rd(sk, o.skc_v6_rcv_saddr);
+        s.raddr = rd(sk, o.skc_v6_daddr);
+    } else {
+        let l: [u8; 4] = rd(sk, o.skc_rcv_saddr);
+        let r: [u8; 4] = rd(sk, o.skc_daddr);
+        s.laddr[..4].copy_from_slice(&l);
+        s.raddr[..4].copy_from_slice(&r);
+    }
+    let net: u64 = rd(sk, o.skc_net);
+    s.netns = rd(net as *const u8, o.net_ns_inum);
+    s.snd_una = rd(sk, o.snd_una);
+    s.copied_seq = rd(sk, o.copied_seq);
+    s.first_seen_ns = t;
+    s.last_progress_ns = t;
+    s.last_read_ns = t;
+    if SOCKS.insert(&cookie, &*s, 0).is_err() {
+        bump(counter::MAP_FULL);
+        return None;
+    }
+    bump(counter::TRACKED);
+    SOCKS.get_ptr_mut(&cookie)
+}
+
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
+    let Some(o) = offsets() else { return 0 };
+    let sk: *const u8 = ctx.arg(0);
+    let cookie = cookie_of(sk);
+    let t = now();
+    let p = match SOCKS.get_ptr_mut(&cookie) {
+        Some(p) => p,
+        None => {
+            // Track only once a write finds data already queued in front of it: a socket
+            // whose every write goes out and is acked before the next costs one lookup.
+            let write_seq: u32 = rd(sk, o.write_seq);
+            let una: u32 = rd(sk, o.snd_una);
+            if write_seq == una {
+                return 0;
+            }
+            match track(sk, &o, cookie, t) {
+                Some(p) => p,
+                None => return 0,
+            }
+        }
+    };
+    // SAFETY: map value pointer valid for this invocation.
+    let s = unsafe { &mut *p };
+    let una: u32 = rd(sk, o.snd_una);
+    refresh_send(s, sk, &o, t, una);
+    s.last_send_ns = t;
+    set_writer(s);
+    0
+}
+
+/// Peer's TCP header fields we need: ack_seq (be32 at byte 8), flags (byte 13), window (be16 at 14).
+#[inline(always)]
+fn read_ack(skb: *const u8, o: &Offsets) -> Option<(u32, u16)> {
+    let data: u64 = rd(skb, o.skb_data);
+    if data == 0 {
+        return None;
+    }
+    // Bytes 8..16 of the TCP header.
+    let hdr: [u8; 8] = rd(data as *const u8, 8);
+    let ack_seq = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+    let tcp_flags = hdr[5];
+    if tcp_flags & 0x10 == 0 {
+        return None; // no ACK flag
+    }
+    let window = u16::from_be_bytes([hdr[6], hdr[7]]);
+    Some((ack_seq, window))
+}
+
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
+    let Some(o) = offsets() else { return 0 };
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    let cookie = cookie_of(sk);
+    let t = now();
+    let ack = read_ack(skb, &o);
+    let p = match SOCKS.get_ptr_mut(&cookie) {
+        Some(p) => p,
+        None => {
+            // Untracked: start only on a wedge signature — the peer closes its window while
+            // we have data queued, or our own receive window is closed with data unread.
+            let zero_win = matches!(ack, Some((_, 0)));
+            let rcv_wnd: u32 = rd(sk, o.rcv_wnd);
+            if !zero_win && rcv_wnd != 0 {
+                return 0;
+            }
+            let write_seq: u32 = rd(sk, o.write_seq);
+            let una: u32 = rd(sk, o.snd_una);
+            let rcv_nxt: u32 = rd(sk, o.rcv_nxt);
+            let copied: u32 = rd(sk, o.copied_seq);
+            if !(zero_win && write_seq != una) && !(rcv_wnd == 0 && rcv_nxt != copied) {
+                return 0;
+            }
+            match track(sk, &o, cookie, t) {
+                Some(p) => p,
+                None => return 0,
+            }
+        }
+    };
+    // SAFETY: map value pointer valid for this invocation.
+    let s = unsafe { &mut *p };
+    let cur_una: u32 = rd(sk, o.snd_una);
+    let mut una = cur_una;
+    let mut progress_before = s.snd_una;
+    if let Some((ack_seq, window)) = ack {
+        let snd_nxt: u32 = rd(sk, o.snd_nxt);
+        // An ACK for data we sent (not beyond snd_nxt) moves snd_una once processed.
+        if after(ack_seq, una) && !after(ack_seq, snd_nxt) {
+            una = ack_seq;
+        }
+        if window == 0 {
+            s.flags |= flags::ZERO_WINDOW;
+            s.snd_wnd = 0;
+        } else {
+            s.flags &= !flags::ZERO_WINDOW;
+            s.snd_wnd = rd(sk, o.snd_wnd);
+        }
+        s.last_ack_ns = t;
+    } else {
+        progress_before = una; // nothing to learn about the send side
+    }
+    refresh_send(s, sk, &o, t, una);
+    if s.flags & flags::ZERO_WINDOW != 0 && !after(una, progress_before) {
+        s.zero_window_acks = s.zero_window_acks.wrapping_add(1);
+    }
+    let backoff: u8 = rd(sk, o.icsk_backoff);
+    s.backoff = backoff as u32;
+    refresh_recv(s, sk, &o, t);
+    if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
+        let _ = SOCKS.remove(&cookie);
+        bump(counter::DRAINED);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcpstall_retransmit(ctx: BtfTracePointContext) -> i32 {
+    let Some(o) = offsets() else { return 0 };
+    let sk: *const u8 = ctx.arg(0);
+    let cookie = cookie_of(sk);
+    let t = now();
+    let p = match SOCKS.get_ptr_mut(&cookie) {
+        Some(p) => p,
+        None => match track(sk, &o, cookie, t) {
+            Some(p) => p,
+            None => return 0,
+        },
+    };
+    // SAFETY: map value pointer valid for this invocation.
+    let s = unsafe { &mut *p };
+    let una: u32 = rd(sk, o.snd_una);
+    refresh_send(s, sk, &o, t, una);
+    s.retransmits = s.retransmits.wrapping_add(1);
+    s.last_retrans_ns = t;
+    let backoff: u8 = rd(sk, o.icsk_backoff);
+    s.backoff = backoff as u32;
+    0
+}
+
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+pub fn tcpstall_read(ctx: BtfTracePointContext) -> i32 {
+    let Some(o) = offsets() else { return 0 };
+    let sk: *const u8 = ctx.arg(0);
+    let cookie = cookie_of(sk);
+    let Some(p) = SOCKS.get_ptr_mut(&cookie) else {
+        return 0;
+    };
+    let t = now();
+    // SAFETY: map value pointer valid for this invocation.
+    let s = unsafe { &mut *p };
+    refresh_recv(s, sk, &o, t);
+    let una: u32 = rd(sk, o.snd_una);
+    refresh_send(s, sk, &o, t, una);
+    if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
+        let _ = SOCKS.remove(&cookie);
+        bump(counter::DRAINED);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
+    let was_open = oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT;
+    let still_open = newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT;
+    if !was_open || still_open {
+        return 0;
+    }
+    let sk: *const u8 = ctx.arg(0);
+    let cookie = cookie_of(sk);
+    if SOCKS.remove(&cookie).is_err() {
+        return 0; // not tracked
+    }
+    bump(counter::CLOSED);
+    let note = CloseNote {
+        cookie,
+        ts_ns: now(),
+        reason: gone::CLOSED,
+        new_state: newstate as u32,
+    };
+    if CLOSED.output::<CloseNote>(&note, 0).is_err() {
+        bump(counter::CLOSE_NOTES_LOST);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

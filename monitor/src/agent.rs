@@ -1,0 +1,513 @@
+//! The agent's tick: read per-socket state → classify → policy → act → events.
+
+use crate::classify::{Calibration, Evidence, StallClass, Tracker, Transition};
+use crate::event::{self, Event, EventWriter, EvidenceFields, SocketFields};
+use crate::identity::CgroupPaths;
+use crate::policy::{Action, Policy, Selection, SocketIdentity};
+use crate::probes::Probes;
+use crate::reset::{self, Destroyer, Target};
+use crate::snapshot::{monotonic_ns, Snapshot};
+use anyhow::Result;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+pub struct Config {
+    pub policy: Policy,
+    pub tick: Duration,
+    pub stats_interval: Duration,
+    pub output: Option<PathBuf>,
+    pub dry_run: bool,
+    pub max_sockets: u32,
+    pub bpf_stats: bool,
+    /// Stop after this long (tests, benchmarks); None = until SIGINT/SIGTERM.
+    pub duration: Option<Duration>,
+}
+
+/// What an enforcement decision did, so each stall produces its guard event once.
+#[derive(Default)]
+struct ActState {
+    skipped_guard: Option<&'static str>,
+    done: bool,
+}
+
+/// Global reset rate limit: at most `per_minute` resets in any sliding minute.
+struct RateLimit {
+    per_minute: u32,
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl RateLimit {
+    fn allow(&mut self, now: Instant) -> bool {
+        while let Some(t) = self.recent.front() {
+            if now.duration_since(*t) >= Duration::from_secs(60) {
+                self.recent.pop_front();
+            } else {
+                break;
+            }
+        }
+        if (self.recent.len() as u32) < self.per_minute {
+            self.recent.push_back(now);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Default)]
+struct ResetCounts {
+    done: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+pub struct Agent {
+    cfg: Config,
+    policy: std::sync::Arc<Policy>,
+    probes: Probes,
+    out: EventWriter,
+    tracker: Tracker,
+    calibration: Calibration,
+    cgroups: CgroupPaths,
+    destroyer: Destroyer,
+    reset_works: bool,
+    rate: RateLimit,
+    counts: ResetCounts,
+    /// Last snapshot of every socket present in the kernel map at the previous tick.
+    last: HashMap<u64, Snapshot>,
+    acts: HashMap<u64, ActState>,
+    started: Instant,
+    last_stats: Instant,
+    last_sweep_us: u64,
+}
+
+fn uname_release() -> String {
+    // SAFETY: utsname is plain data filled by the kernel.
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// utime + stime of this process, ms.
+pub fn cpu_ms() -> u64 {
+    // SAFETY: rusage is plain data.
+    unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut r);
+        let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        (us(r.ru_utime) + us(r.ru_stime)) / 1000
+    }
+}
+
+fn evidence_fields(e: &Evidence) -> EvidenceFields {
+    EvidenceFields {
+        recovered_episodes: e.recovered_episodes,
+        longest_gap_ms: e.longest_gap_ms,
+        bytes_acked_last_window: e.bytes_acked_last_window,
+        effective_threshold_ms: e.effective_threshold_ms,
+        threshold_reason: e.threshold_reason.clone(),
+    }
+}
+
+const NO_RULE: &str = "(defaults)";
+
+impl Agent {
+    /// Validate, probe the reset path, load and attach. Emits `agent_started`.
+    pub fn start(cfg: Config) -> Result<Agent> {
+        let mut out = EventWriter::open(cfg.output.as_deref())?;
+        // Probe the reset path before our hooks exist, so the probe's own wedge is not tracked.
+        let wants_reset = cfg.policy.rules.iter().any(|r| r.action == Action::Reset);
+        let probe = reset::self_probe();
+        if wants_reset && !probe.works {
+            log::warn!(
+                "reset path unavailable ({}); every reset will be reported as reset_skipped",
+                probe.detail
+            );
+        }
+        let (offsets, offsets_source) = crate::btf::load_offsets()?;
+        let probes = Probes::load(&offsets, cfg.max_sockets, cfg.bpf_stats)?;
+        let mode = if !wants_reset {
+            "observe"
+        } else if cfg.dry_run {
+            "dry_run"
+        } else if probe.works {
+            "enforce"
+        } else {
+            "observe"
+        };
+        out.write(&Event::AgentStarted {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            kernel: uname_release(),
+            hooks: probes.hooks().to_vec(),
+            offsets_source,
+            mode: mode.to_string(),
+            reset_path: event::ResetPath {
+                works: probe.works,
+                detail: probe.detail.clone(),
+            },
+            policy: cfg
+                .policy
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            tick_ms: cfg.tick.as_millis() as u64,
+            max_sockets: probes.max_sockets(),
+        })?;
+        let rate = RateLimit {
+            per_minute: cfg.policy.guards.max_resets_per_minute,
+            recent: Default::default(),
+        };
+        Ok(Agent {
+            policy: std::sync::Arc::new(cfg.policy.clone()),
+            probes,
+            out,
+            tracker: Tracker::new(),
+            calibration: Calibration::new(),
+            cgroups: CgroupPaths::default(),
+            destroyer: Destroyer::new(),
+            reset_works: probe.works,
+            rate,
+            counts: ResetCounts::default(),
+            last: HashMap::new(),
+            acts: HashMap::new(),
+            started: Instant::now(),
+            last_stats: Instant::now(),
+            last_sweep_us: 0,
+            cfg,
+        })
+    }
+
+    /// Run ticks until a signal or the configured duration.
+    pub async fn run(mut self) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
+        let reason = loop {
+            let sleep_until = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ticker.tick() => self.tick()?,
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = sleep_until => break "duration elapsed",
+            }
+        };
+        self.emit_stats()?;
+        self.out.write(&Event::AgentStopped {
+            reason: reason.to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        })?;
+        // Dropping `self.probes` detaches every hook.
+        Ok(())
+    }
+
+    fn socket_fields(&mut self, s: &Snapshot, class: StallClass, stalled_for_ms: u64, rule: Option<&str>, action: Action, evidence: Option<&Evidence>) -> SocketFields {
+        let cgroup = s.cgroup_id.and_then(|id| self.cgroups.path(id));
+        SocketFields {
+            cookie: s.cookie,
+            netns: s.netns,
+            family: s.family_name().to_string(),
+            local: s.local.to_string(),
+            remote: s.remote.to_string(),
+            pid: s.pid,
+            comm: s.comm.clone(),
+            cgroup_id: s.cgroup_id,
+            cgroup,
+            class,
+            queued_bytes: s.queued_bytes,
+            unacked_bytes: s.unacked_bytes,
+            snd_wnd: s.snd_wnd,
+            retransmits: s.retransmits,
+            stalled_for_ms,
+            rule: rule.map(str::to_string),
+            action,
+            evidence: evidence.map(evidence_fields).unwrap_or(EvidenceFields {
+                recovered_episodes: 0,
+                longest_gap_ms: 0,
+                bytes_acked_last_window: 0,
+                effective_threshold_ms: 0,
+                threshold_reason: String::new(),
+            }),
+            recv_unread: s.recv_unread,
+        }
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        let t0 = Instant::now();
+        let closed: HashMap<u64, u64> = self
+            .probes
+            .drain_closed()
+            .into_iter()
+            .map(|n| (n.cookie, n.ts_ns))
+            .collect();
+        let states = self.probes.read_all();
+        let now_ns = monotonic_ns();
+        let mut present = HashSet::with_capacity(states.len());
+        let policy = std::sync::Arc::clone(&self.policy);
+        for st in &states {
+            let snap = Snapshot::from_state(st, now_ns);
+            present.insert(snap.cookie);
+            let cgroup = snap.cgroup_id.and_then(|id| self.cgroups.path(id));
+            let sel = policy.select(&SocketIdentity {
+                local: snap.local,
+                remote: snap.remote,
+                comm: snap.comm.as_deref(),
+                cgroup_path: cgroup.as_deref(),
+                netns: snap.netns,
+            });
+            let obs = self.tracker.observe(&snap, sel.thresholds);
+            let rule_name = sel.rule.map(|r| r.name.as_str());
+            for ep in &obs.recovered {
+                let threshold_ms = threshold_for(sel.thresholds, ep.class).as_millis() as u64;
+                if let Some(w) = self.calibration.record(
+                    rule_name.unwrap_or(NO_RULE),
+                    threshold_ms,
+                    sel.resets(ep.class),
+                    snap.cookie,
+                    ep,
+                ) {
+                    self.out.write(&Event::ThresholdWarning {
+                        rule: w.rule,
+                        class: w.class,
+                        threshold_ms: w.threshold_ms,
+                        observed_ms: w.observed_ms,
+                        cookie: w.cookie,
+                        would_reset: w.would_reset,
+                        advice: w.advice,
+                    })?;
+                }
+            }
+            match obs.transition {
+                Some(Transition::Started {
+                    class,
+                    stalled_for_ms,
+                    evidence,
+                }) => {
+                    let f = self.socket_fields(&snap, class, stalled_for_ms, rule_name, sel.action, Some(&evidence));
+                    self.out.write(&Event::StallStarted(f))?;
+                    self.acts.insert(snap.cookie, ActState::default());
+                }
+                Some(Transition::Cleared {
+                    class,
+                    stalled_for_ms,
+                }) => {
+                    let ev = self.tracker.evidence(snap.cookie);
+                    let f = self.socket_fields(&snap, class, stalled_for_ms, rule_name, sel.action, ev.as_ref());
+                    self.out.write(&Event::StallCleared(f))?;
+                    self.acts.remove(&snap.cookie);
+                }
+                Some(Transition::Closed { .. }) | None => {}
+            }
+            if let Some(active) = self.tracker.active(snap.cookie) {
+                let class = active.class;
+                if sel.resets(class) {
+                    self.enforce(&snap, &sel, class)?;
+                }
+            }
+            self.last.insert(snap.cookie, snap);
+        }
+        // Sockets gone from the kernel map since the last tick: closed, or drained.
+        let gone: Vec<u64> = self
+            .last
+            .keys()
+            .filter(|c| !present.contains(c))
+            .copied()
+            .collect();
+        for cookie in gone {
+            let snap = self.last.remove(&cookie).expect("key from map");
+            let was_closed = closed.contains_key(&cookie);
+            let t = closed.get(&cookie).copied().unwrap_or(now_ns);
+            if let Some(tr) = self.tracker.forget(cookie, was_closed, t) {
+                let ev = self.tracker.evidence(cookie);
+                let (ev_class, ms, closed_ev) = match tr {
+                    Transition::Closed { class, stalled_for_ms } => (class, stalled_for_ms, true),
+                    Transition::Cleared { class, stalled_for_ms } => (class, stalled_for_ms, false),
+                    Transition::Started { class, stalled_for_ms, .. } => (class, stalled_for_ms, false),
+                };
+                let acted = self.acts.get(&cookie).map(|a| a.done).unwrap_or(false);
+                let f = self.socket_fields(&snap, ev_class, ms, None, Action::Observe, ev.as_ref());
+                let f = self.restore_rule(f, &snap);
+                if closed_ev && acted {
+                    // Our own reset closed it: the socket_reset event already said so.
+                } else if closed_ev {
+                    self.out.write(&Event::StallClosed(f))?;
+                } else {
+                    self.out.write(&Event::StallCleared(f))?;
+                }
+            }
+            self.acts.remove(&cookie);
+        }
+        self.tracker
+            .prune(now_ns, Duration::from_secs(600), 100_000);
+        self.last_sweep_us = t0.elapsed().as_micros() as u64;
+        if self.last_stats.elapsed() >= self.cfg.stats_interval {
+            self.emit_stats()?;
+        }
+        Ok(())
+    }
+
+    /// Fill rule/action of a gone socket's event from the policy, as when it was live.
+    fn restore_rule(&mut self, mut f: SocketFields, snap: &Snapshot) -> SocketFields {
+        let policy = std::sync::Arc::clone(&self.policy);
+        let sel = policy.select(&SocketIdentity {
+            local: snap.local,
+            remote: snap.remote,
+            comm: snap.comm.as_deref(),
+            cgroup_path: f.cgroup.as_deref(),
+            netns: snap.netns,
+        });
+        f.rule = sel.rule.map(|r| r.name.clone());
+        f.action = sel.action;
+        f
+    }
+
+    fn skip(&mut self, snap: &Snapshot, class: StallClass, sel: &Selection<'_>, guard: &'static str, detail: String) -> Result<()> {
+        let act = self.acts.entry(snap.cookie).or_default();
+        if act.skipped_guard == Some(guard) {
+            return Ok(()); // said once per stall and guard
+        }
+        act.skipped_guard = Some(guard);
+        self.counts.skipped += 1;
+        let ev = self.tracker.evidence(snap.cookie);
+        let f = self.socket_fields(snap, class, snap.since_progress_ms(), sel.rule.map(|r| r.name.as_str()), sel.action, ev.as_ref());
+        self.out.write(&Event::ResetSkipped {
+            socket: f,
+            guard: guard.to_string(),
+            detail,
+        })?;
+        Ok(())
+    }
+
+    /// Apply the reset action to a stalled socket, behind every guard.
+    fn enforce(&mut self, snap: &Snapshot, sel: &Selection<'_>, class: StallClass) -> Result<()> {
+        if self.acts.get(&snap.cookie).map(|a| a.done).unwrap_or(false) {
+            return Ok(());
+        }
+        let guards = &self.policy.guards;
+        if guards.protect_ports.contains(&snap.local.port()) || guards.protect_ports.contains(&snap.remote.port()) {
+            return self.skip(snap, class, sel, "protected_port", format!(
+                "port {} or {} is in guards.protect_ports", snap.local.port(), snap.remote.port()));
+        }
+        if !self.reset_works {
+            return self.skip(snap, class, sel, "reset_unavailable",
+                "the start-up probe of SOCK_DESTROY failed (see agent_started.reset_path)".into());
+        }
+        if self.cfg.dry_run {
+            return self.skip(snap, class, sel, "dry_run", "--dry-run: would have reset".into());
+        }
+        // Re-verify right before acting: same cookie still in the map, still stalled, no
+        // progress since the decision.
+        let fresh = match self.probes.get(snap.cookie) {
+            Some(st) => Snapshot::from_state(&st, monotonic_ns()),
+            None => {
+                return self.skip(snap, class, sel, "not_stalled_anymore",
+                    "the socket left tracking (closed or drained) before the reset".into())
+            }
+        };
+        if !self.tracker.still_stalled(&fresh) {
+            return self.skip(snap, class, sel, "not_stalled_anymore",
+                "progress since the decision; not resetting".into());
+        }
+        if !self.rate.allow(Instant::now()) {
+            let per = self.policy.guards.max_resets_per_minute;
+            return self.skip(snap, class, sel, "rate_limit", format!(
+                "max_resets_per_minute = {per} reached; will retry while it stays stalled"));
+        }
+        let target = Target {
+            cookie: fresh.cookie,
+            netns: fresh.netns,
+            family: fresh.family,
+            local: fresh.local,
+            remote: fresh.remote,
+            pid_hint: fresh.pid,
+        };
+        let t0 = Instant::now();
+        let res = self.destroyer.destroy(&target);
+        let latency_us = t0.elapsed().as_micros() as u64;
+        let ev = self.tracker.evidence(snap.cookie);
+        let f = self.socket_fields(&fresh, class, fresh.since_progress_ms(), sel.rule.map(|r| r.name.as_str()), sel.action, ev.as_ref());
+        match res {
+            Ok(()) => {
+                self.counts.done += 1;
+                self.acts.entry(snap.cookie).or_default().done = true;
+                self.out.write(&Event::SocketReset {
+                    socket: f,
+                    bytes_still_queued: fresh.queued_bytes,
+                    reset_latency_us: latency_us,
+                })?;
+            }
+            Err(e) => {
+                self.counts.failed += 1;
+                // Do not hammer a socket that cannot be reset: one failure per stall.
+                self.acts.entry(snap.cookie).or_default().done = true;
+                self.out.write(&Event::ResetFailed {
+                    socket: f,
+                    errno: e.errno,
+                    error: reset::errno_name(e.errno).to_string(),
+                    meaning: e.meaning.clone(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_stats(&mut self) -> Result<()> {
+        self.last_stats = Instant::now();
+        let c = self.probes.counters();
+        self.out.write(&Event::Stats(event::StatsFields {
+            sockets_tracked: self.last.len() as u64,
+            map_capacity: self.probes.max_sockets(),
+            map_full: c.map_full,
+            close_notes_lost: c.close_notes_lost,
+            events_lost: self.out.events_lost(),
+            stalls_active: self.tracker.stalled_count() as u64,
+            sweep_us: self.last_sweep_us,
+            cpu_ms: cpu_ms(),
+            bpf_run_ns: self.probes.bpf_run_ns(),
+            resets: event::ResetCounters {
+                done: self.counts.done,
+                failed: self.counts.failed,
+                skipped: self.counts.skipped,
+            },
+            calibration: self
+                .calibration
+                .rows()
+                .into_iter()
+                .map(|r| event::CalibrationFields {
+                    rule: r.rule,
+                    class: r.class,
+                    count: r.count,
+                    max_ms: r.max_ms,
+                    p50_ms: r.p50_ms,
+                    p99_ms: r.p99_ms,
+                })
+                .collect(),
+        }))?;
+        let _ = SystemTime::now();
+        Ok(())
+    }
+}
+
+fn threshold_for(t: &crate::classify::Thresholds, class: StallClass) -> Duration {
+    match class {
+        StallClass::ZeroWindow => t.zero_window_after,
+        StallClass::NoAck => t.no_ack_after,
+        StallClass::SlowDrain => t.slow_drain_window,
+        StallClass::RecvBacklog => t.recv_backlog_after,
+    }
+}
