@@ -27,7 +27,7 @@ pub struct Config {
 /// What an enforcement decision did, so each stall produces its guard event once.
 #[derive(Default)]
 struct ActState {
-    skipped_guard: Option<&'static str>,
+    skipped_guard: Option<event::SkipGuard>,
     done: bool,
 }
 
@@ -134,13 +134,13 @@ impl Agent {
         let (offsets, offsets_source) = crate::btf::load_offsets()?;
         let probes = Probes::load(&offsets, cfg.max_sockets, cfg.bpf_stats)?;
         let mode = if !wants_reset {
-            "observe"
+            event::Mode::Observe
         } else if cfg.dry_run {
-            "dry_run"
+            event::Mode::DryRun
         } else if probe.works {
-            "enforce"
+            event::Mode::Enforce
         } else {
-            "observe"
+            event::Mode::Observe
         };
         out.write(&Event::AgentStarted {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -148,7 +148,7 @@ impl Agent {
             kernel: uname_release(),
             hooks: probes.hooks().to_vec(),
             offsets_source,
-            mode: mode.to_string(),
+            mode,
             reset_path: event::ResetPath {
                 works: probe.works,
                 detail: probe.detail.clone(),
@@ -221,9 +221,9 @@ impl Agent {
         SocketFields {
             cookie: s.cookie,
             netns: s.netns,
-            family: s.family_name().to_string(),
-            local: s.local.to_string(),
-            remote: s.remote.to_string(),
+            family: if s.family == crate::snapshot::AF_INET6 { event::Family::Inet6 } else { event::Family::Inet },
+            local: s.local,
+            remote: s.remote,
             pid: s.pid,
             comm: s.comm.clone(),
             cgroup_id: s.cgroup_id,
@@ -235,7 +235,7 @@ impl Agent {
             retransmits: s.retransmits,
             stalled_for_ms,
             rule: rule.map(str::to_string),
-            action,
+            action: event_action(action),
             evidence: evidence.map(evidence_fields).unwrap_or(EvidenceFields {
                 recovered_episodes: 0,
                 longest_gap_ms: 0,
@@ -282,7 +282,7 @@ impl Agent {
                     ep,
                 ) {
                     self.out.write(&Event::ThresholdWarning {
-                        rule: w.rule,
+                        rule: (w.rule != NO_RULE).then_some(w.rule),
                         class: w.class,
                         threshold_ms: w.threshold_ms,
                         observed_ms: w.observed_ms,
@@ -372,11 +372,11 @@ impl Agent {
             netns: snap.netns,
         });
         f.rule = sel.rule.map(|r| r.name.clone());
-        f.action = sel.action;
+        f.action = event_action(sel.action);
         f
     }
 
-    fn skip(&mut self, snap: &Snapshot, class: StallClass, sel: &Selection<'_>, guard: &'static str, detail: String) -> Result<()> {
+    fn skip(&mut self, snap: &Snapshot, class: StallClass, sel: &Selection<'_>, guard: event::SkipGuard, detail: String) -> Result<()> {
         let act = self.acts.entry(snap.cookie).or_default();
         if act.skipped_guard == Some(guard) {
             return Ok(()); // said once per stall and guard
@@ -387,7 +387,7 @@ impl Agent {
         let f = self.socket_fields(snap, class, snap.since_progress_ms(), sel.rule.map(|r| r.name.as_str()), sel.action, ev.as_ref());
         self.out.write(&Event::ResetSkipped {
             socket: f,
-            guard: guard.to_string(),
+            guard,
             detail,
         })?;
         Ok(())
@@ -400,32 +400,32 @@ impl Agent {
         }
         let guards = &self.policy.guards;
         if guards.protect_ports.contains(&snap.local.port()) || guards.protect_ports.contains(&snap.remote.port()) {
-            return self.skip(snap, class, sel, "protected_port", format!(
+            return self.skip(snap, class, sel, event::SkipGuard::ProtectedPort, format!(
                 "port {} or {} is in guards.protect_ports", snap.local.port(), snap.remote.port()));
         }
         if !self.reset_works {
-            return self.skip(snap, class, sel, "reset_unavailable",
+            return self.skip(snap, class, sel, event::SkipGuard::ResetUnavailable,
                 "the start-up probe of SOCK_DESTROY failed (see agent_started.reset_path)".into());
         }
         if self.cfg.dry_run {
-            return self.skip(snap, class, sel, "dry_run", "--dry-run: would have reset".into());
+            return self.skip(snap, class, sel, event::SkipGuard::DryRun, "--dry-run: would have reset".into());
         }
         // Re-verify right before acting: same cookie still in the map, still stalled, no
         // progress since the decision.
         let fresh = match self.probes.get(snap.cookie) {
             Some(st) => Snapshot::from_state(&st, monotonic_ns()),
             None => {
-                return self.skip(snap, class, sel, "not_stalled_anymore",
+                return self.skip(snap, class, sel, event::SkipGuard::NotStalledAnymore,
                     "the socket left tracking (closed or drained) before the reset".into())
             }
         };
         if !self.tracker.still_stalled(&fresh) {
-            return self.skip(snap, class, sel, "not_stalled_anymore",
+            return self.skip(snap, class, sel, event::SkipGuard::NotStalledAnymore,
                 "progress since the decision; not resetting".into());
         }
         if !self.rate.allow(Instant::now()) {
             let per = self.policy.guards.max_resets_per_minute;
-            return self.skip(snap, class, sel, "rate_limit", format!(
+            return self.skip(snap, class, sel, event::SkipGuard::RateLimit, format!(
                 "max_resets_per_minute = {per} reached; will retry while it stays stalled"));
         }
         let target = Target {
@@ -479,7 +479,7 @@ impl Agent {
             sweep_us: self.last_sweep_us,
             cpu_ms: cpu_ms(),
             bpf_run_ns: self.probes.bpf_run_ns(),
-            resets: event::ResetCounters {
+            resets: event::ResetCounts {
                 done: self.counts.done,
                 failed: self.counts.failed,
                 skipped: self.counts.skipped,
@@ -488,8 +488,8 @@ impl Agent {
                 .calibration
                 .rows()
                 .into_iter()
-                .map(|r| event::CalibrationFields {
-                    rule: r.rule,
+                .map(|r| event::CalibrationEntry {
+                    rule: (r.rule != NO_RULE).then_some(r.rule),
                     class: r.class,
                     count: r.count,
                     max_ms: r.max_ms,
@@ -509,5 +509,12 @@ fn threshold_for(t: &crate::classify::Thresholds, class: StallClass) -> Duration
         StallClass::NoAck => t.no_ack_after,
         StallClass::SlowDrain => t.slow_drain_window,
         StallClass::RecvBacklog => t.recv_backlog_after,
+    }
+}
+
+fn event_action(a: Action) -> event::Action {
+    match a {
+        Action::Observe => event::Action::Observe,
+        Action::Reset => event::Action::Reset,
     }
 }
