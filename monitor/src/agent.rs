@@ -273,45 +273,10 @@ impl Agent {
             let obs = self.tracker.observe(&snap, sel.thresholds);
             let rule_name = sel.rule.map(|r| r.name.as_str());
             for ep in &obs.recovered {
-                let threshold_ms = threshold_for(sel.thresholds, ep.class).as_millis() as u64;
-                if let Some(w) = self.calibration.record(
-                    rule_name.unwrap_or(NO_RULE),
-                    threshold_ms,
-                    sel.resets(ep.class),
-                    snap.cookie,
-                    ep,
-                ) {
-                    self.out.write(&Event::ThresholdWarning {
-                        rule: (w.rule != NO_RULE).then_some(w.rule),
-                        class: w.class,
-                        threshold_ms: w.threshold_ms,
-                        observed_ms: w.observed_ms,
-                        cookie: w.cookie,
-                        would_reset: w.would_reset,
-                        advice: w.advice,
-                    })?;
-                }
+                self.record_episode(&sel, rule_name, snap.cookie, ep)?;
             }
-            match obs.transition {
-                Some(Transition::Started {
-                    class,
-                    stalled_for_ms,
-                    evidence,
-                }) => {
-                    let f = self.socket_fields(&snap, class, stalled_for_ms, rule_name, sel.action, Some(&evidence));
-                    self.out.write(&Event::StallStarted(f))?;
-                    self.acts.insert(snap.cookie, ActState::default());
-                }
-                Some(Transition::Cleared {
-                    class,
-                    stalled_for_ms,
-                }) => {
-                    let ev = self.tracker.evidence(snap.cookie);
-                    let f = self.socket_fields(&snap, class, stalled_for_ms, rule_name, sel.action, ev.as_ref());
-                    self.out.write(&Event::StallCleared(f))?;
-                    self.acts.remove(&snap.cookie);
-                }
-                Some(Transition::Closed { .. }) | None => {}
+            for tr in [obs.transition, obs.recv_transition].into_iter().flatten() {
+                self.emit_transition(&snap, tr, rule_name, sel.action)?;
             }
             if let Some(active) = self.tracker.active(snap.cookie) {
                 let class = active.class;
@@ -332,23 +297,22 @@ impl Agent {
             let snap = self.last.remove(&cookie).expect("key from map");
             let was_closed = closed.contains_key(&cookie);
             let t = closed.get(&cookie).copied().unwrap_or(now_ns);
-            if let Some(tr) = self.tracker.forget(cookie, was_closed, t) {
-                let ev = self.tracker.evidence(cookie);
-                let (ev_class, ms, closed_ev) = match tr {
-                    Transition::Closed { class, stalled_for_ms } => (class, stalled_for_ms, true),
-                    Transition::Cleared { class, stalled_for_ms } => (class, stalled_for_ms, false),
-                    Transition::Started { class, stalled_for_ms, .. } => (class, stalled_for_ms, false),
-                };
-                let acted = self.acts.get(&cookie).map(|a| a.done).unwrap_or(false);
-                let f = self.socket_fields(&snap, ev_class, ms, None, Action::Observe, ev.as_ref());
-                let f = self.restore_rule(f, &snap);
-                if closed_ev && acted {
-                    // Our own reset closed it: the socket_reset event already said so.
-                } else if closed_ev {
-                    self.out.write(&Event::StallClosed(f))?;
-                } else {
-                    self.out.write(&Event::StallCleared(f))?;
-                }
+            let dep = self.tracker.forget_detailed(cookie, was_closed, t);
+            let policy = std::sync::Arc::clone(&self.policy);
+            let cgroup = snap.cgroup_id.and_then(|id| self.cgroups.path(id));
+            let sel = policy.select(&SocketIdentity {
+                local: snap.local,
+                remote: snap.remote,
+                comm: snap.comm.as_deref(),
+                cgroup_path: cgroup.as_deref(),
+                netns: snap.netns,
+            });
+            let rule_name = sel.rule.map(|r| r.name.as_str());
+            if let Some(ep) = &dep.recovered {
+                self.record_episode(&sel, rule_name, cookie, ep)?;
+            }
+            for tr in [dep.transition, dep.recv_transition].into_iter().flatten() {
+                self.emit_transition(&snap, tr, rule_name, sel.action)?;
             }
             self.acts.remove(&cookie);
         }
@@ -361,19 +325,53 @@ impl Agent {
         Ok(())
     }
 
-    /// Fill rule/action of a gone socket's event from the policy, as when it was live.
-    fn restore_rule(&mut self, mut f: SocketFields, snap: &Snapshot) -> SocketFields {
-        let policy = std::sync::Arc::clone(&self.policy);
-        let sel = policy.select(&SocketIdentity {
-            local: snap.local,
-            remote: snap.remote,
-            comm: snap.comm.as_deref(),
-            cgroup_path: f.cgroup.as_deref(),
-            netns: snap.netns,
-        });
-        f.rule = sel.rule.map(|r| r.name.clone());
-        f.action = event_action(sel.action);
-        f
+    fn record_episode(&mut self, sel: &Selection<'_>, rule_name: Option<&str>, cookie: u64, ep: &crate::classify::Episode) -> Result<()> {
+        let threshold_ms = sel.thresholds.threshold_for(ep.class).as_millis() as u64;
+        if let Some(w) = self.calibration.record(
+            rule_name.unwrap_or(NO_RULE),
+            threshold_ms,
+            sel.resets(ep.class),
+            cookie,
+            ep,
+        ) {
+            self.out.write(&Event::ThresholdWarning {
+                rule: (w.rule != NO_RULE).then_some(w.rule),
+                class: w.class,
+                threshold_ms: w.threshold_ms,
+                observed_ms: w.observed_ms,
+                cookie: w.cookie,
+                would_reset: w.would_reset,
+                advice: w.advice,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn emit_transition(&mut self, snap: &Snapshot, tr: Transition, rule: Option<&str>, action: Action) -> Result<()> {
+        let acted = self.acts.get(&snap.cookie).map(|a| a.done).unwrap_or(false);
+        let ev = match &tr {
+            Transition::Started { evidence, .. } => Some(evidence.clone()),
+            _ => self.tracker.evidence(snap.cookie),
+        };
+        let f = self.socket_fields(snap, tr.class(), tr.stalled_for_ms(), rule, action, ev.as_ref());
+        match tr {
+            Transition::Started { .. } => {
+                if tr.class().is_send_side() {
+                    self.acts.insert(snap.cookie, ActState::default());
+                }
+                self.out.write(&Event::StallStarted(f))?;
+            }
+            Transition::Cleared { .. } => {
+                if tr.class().is_send_side() {
+                    self.acts.remove(&snap.cookie);
+                }
+                self.out.write(&Event::StallCleared(f))?;
+            }
+            // Our own reset closed it: the socket_reset event already said so.
+            Transition::Closed { .. } if acted && tr.class().is_send_side() => {}
+            Transition::Closed { .. } => self.out.write(&Event::StallClosed(f))?,
+        }
+        Ok(())
     }
 
     fn skip(&mut self, snap: &Snapshot, class: StallClass, sel: &Selection<'_>, guard: event::SkipGuard, detail: String) -> Result<()> {
@@ -500,15 +498,6 @@ impl Agent {
         }))?;
         let _ = SystemTime::now();
         Ok(())
-    }
-}
-
-fn threshold_for(t: &crate::classify::Thresholds, class: StallClass) -> Duration {
-    match class {
-        StallClass::ZeroWindow => t.zero_window_after,
-        StallClass::NoAck => t.no_ack_after,
-        StallClass::SlowDrain => t.slow_drain_window,
-        StallClass::RecvBacklog => t.recv_backlog_after,
     }
 }
 
