@@ -276,7 +276,7 @@ impl Agent {
                 self.record_episode(&sel, rule_name, snap.cookie, ep)?;
             }
             for tr in [obs.transition, obs.recv_transition].into_iter().flatten() {
-                self.emit_transition(&snap, tr, rule_name, sel.action)?;
+                self.emit_transition(&snap, tr, rule_name, sel.action, None)?;
             }
             if let Some(active) = self.tracker.active(snap.cookie) {
                 let class = active.class;
@@ -297,6 +297,7 @@ impl Agent {
             let snap = self.last.remove(&cookie).expect("key from map");
             let was_closed = closed.contains_key(&cookie);
             let t = closed.get(&cookie).copied().unwrap_or(now_ns);
+            let last_evidence = self.tracker.evidence(cookie);
             let dep = self.tracker.forget_detailed(cookie, was_closed, t);
             let policy = std::sync::Arc::clone(&self.policy);
             let cgroup = snap.cgroup_id.and_then(|id| self.cgroups.path(id));
@@ -312,7 +313,7 @@ impl Agent {
                 self.record_episode(&sel, rule_name, cookie, ep)?;
             }
             for tr in [dep.transition, dep.recv_transition].into_iter().flatten() {
-                self.emit_transition(&snap, tr, rule_name, sel.action)?;
+                self.emit_transition(&snap, tr, rule_name, sel.action, last_evidence.clone())?;
             }
             self.acts.remove(&cookie);
         }
@@ -347,11 +348,12 @@ impl Agent {
         Ok(())
     }
 
-    fn emit_transition(&mut self, snap: &Snapshot, tr: Transition, rule: Option<&str>, action: Action) -> Result<()> {
+    /// `evidence`: for a socket already forgotten by the tracker, its last evidence.
+    fn emit_transition(&mut self, snap: &Snapshot, tr: Transition, rule: Option<&str>, action: Action, evidence: Option<Evidence>) -> Result<()> {
         let acted = self.acts.get(&snap.cookie).map(|a| a.done).unwrap_or(false);
         let ev = match &tr {
             Transition::Started { evidence, .. } => Some(evidence.clone()),
-            _ => self.tracker.evidence(snap.cookie),
+            _ => evidence.or_else(|| self.tracker.evidence(snap.cookie)),
         };
         let f = self.socket_fields(snap, tr.class(), tr.stalled_for_ms(), rule, action, ev.as_ref());
         match tr {

@@ -73,8 +73,8 @@ impl Probes {
         };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
-            .set_global("OFFSETS", offsets, true)
-            .set_max_entries("SOCKS", max_sockets)
+            .override_global("OFFSETS", offsets, true)
+            .map_max_entries("SOCKS", max_sockets)
             .load(EBPF_OBJ)
             .map_err(|e| {
                 anyhow!(
