@@ -7,7 +7,6 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -240,17 +239,7 @@ fn ensure_bpf_linker(tools: &Tools, nightly: &RustcInfo) -> Result<()> {
         })?,
     );
     let link_dir = tools.llvm_prefix().join("lib");
-    fs::create_dir_all(&link_dir)
-        .with_context(|| format!("cannot create {}", link_dir.display()))?;
-    let link = link_dir.join("libLLVM.so");
-    match fs::remove_file(&link) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot replace {}", link.display())),
-    }
-    std::os::unix::fs::symlink(&libllvm, &link)
-        .with_context(|| format!("cannot symlink {} -> {}", link.display(), libllvm.display()))?;
-    say(&format!("{} -> {}", link.display(), libllvm.display()));
+    link_libllvm(&link_dir, &libllvm)?;
 
     let feature = format!("llvm-{}", nightly.llvm.0);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -270,7 +259,13 @@ fn ensure_bpf_linker(tools: &Tools, nightly: &RustcInfo) -> Result<()> {
     if let Some(t) = toolchain {
         install.env("RUSTUP_TOOLCHAIN", t);
     }
-    install.env("LLVM_PREFIX", tools.llvm_prefix());
+    install
+        .env("LLVM_PREFIX", tools.llvm_prefix())
+        // Find libLLVM through .tools/llvm/lib relative to the binary, so .tools keeps working
+        // when copied elsewhere (llvm-sys itself only adds the absolute LLVM_PREFIX/lib).
+        .env("RUSTFLAGS", "-C link-arg=-Wl,-rpath,$ORIGIN/../llvm/lib")
+        // A linker needs no debug info of its own; leaving it out makes the build faster.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
     say(&format!(
         "building bpf-linker {BPF_LINKER_VERSION} ({feature}) into {} (about a minute)",
         tools.root.display()
@@ -297,6 +292,36 @@ fn ensure_bpf_linker(tools: &Tools, nightly: &RustcInfo) -> Result<()> {
         ),
         Err(why) => bail!("bpf-linker was built but cannot be used: {why}"),
     }
+}
+
+/// Fills `link_dir` (`LLVM_PREFIX/lib`) with symlinks to the nightly toolchain's `libllvm`:
+/// `libLLVM.so` for building bpf-linker, and one under libllvm's own file name (its soname) so
+/// the built binary finds it through its runpath. Stale links from older toolchains go.
+fn link_libllvm(link_dir: &Path, libllvm: &Path) -> Result<()> {
+    fs::create_dir_all(link_dir)
+        .with_context(|| format!("cannot create {}", link_dir.display()))?;
+    for entry in
+        fs::read_dir(link_dir).with_context(|| format!("cannot list {}", link_dir.display()))?
+    {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM"))
+        {
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    let soname = libllvm
+        .file_name()
+        .context("libLLVM path has no file name")?;
+    for name in [OsStr::new("libLLVM.so"), soname] {
+        let link = link_dir.join(name);
+        std::os::unix::fs::symlink(libllvm, &link).with_context(|| {
+            format!("cannot symlink {} -> {}", link.display(), libllvm.display())
+        })?;
+        say(&format!("{} -> {}", link.display(), libllvm.display()));
+    }
+    Ok(())
 }
 
 /// Variables the outer `cargo run` sets for xtask itself; meaningless (or misleading) for any

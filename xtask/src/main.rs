@@ -8,7 +8,7 @@ mod bootstrap;
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -69,8 +69,23 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Printed by hand: anyhow's own report adds a backtrace whenever RUST_BACKTRACE is
+            // set, which buries the message.
+            eprintln!("xtask: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("xtask:   because: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     let repo = repo_root();
     match cli.command {
         Cmd::Bootstrap => {
@@ -203,7 +218,10 @@ fn build_ebpf(repo: &Path, debug: bool) -> Result<PathBuf> {
         .args(["build", "--target", EBPF_TARGET, "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)
-        .env("RUSTFLAGS", EBPF_RUSTFLAGS);
+        .env("RUSTFLAGS", EBPF_RUSTFLAGS)
+        // The newest aya crates need a newer rustc than the nightly pinned here; when cargo
+        // has to pick versions (no Cargo.lock yet), make it pick ones this rustc can build.
+        .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback");
     if !debug {
         cmd.arg("--release");
     }
@@ -275,7 +293,7 @@ fn build_agent(repo: &Path) -> Result<PathBuf> {
 fn run_agent(repo: &Path, mut args: Vec<String>) -> Result<()> {
     require_root(
         "run",
-        "the agent loads eBPF programs and destroys sockets (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)",
+        "the agent loads eBPF programs and destroys sockets, which needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN",
     )?;
     bootstrap(repo)?;
     build_ebpf(repo, false)?;
