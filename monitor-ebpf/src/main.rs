@@ -21,7 +21,9 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock,
+        },
     },
     macros::{btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -35,6 +37,15 @@ use monitor_common::{
 /// Filled in by the agent from /sys/kernel/btf/vmlinux before load.
 #[no_mangle]
 static OFFSETS: Offsets = Offsets::zeroed();
+
+/// Offset of a kernel field, from the loader-set `OFFSETS`. Read straight from the frozen,
+/// read-only .rodata map, so the verifier knows it as a constant and allows direct loads.
+macro_rules! off {
+    ($f:ident) => {
+        // SAFETY: reading our own global.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(OFFSETS.$f)) }
+    };
+}
 
 #[map]
 static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
@@ -53,21 +64,38 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_CLOSE_WAIT: i32 = 8;
 const AF_INET6: u16 = 10;
 
+/// The loader filled in `OFFSETS`.
 #[inline(always)]
-fn offsets() -> Option<Offsets> {
-    // SAFETY: reading our own global; volatile so the loader-set value is not folded away.
-    let o = unsafe { core::ptr::read_volatile(&OFFSETS) };
-    if o.magic == Offsets::MAGIC {
-        Some(o)
-    } else {
-        None
-    }
+fn configured() -> bool {
+    off!(magic) == Offsets::MAGIC
 }
 
+/// Direct load of a field of a BTF-typed kernel object (`struct tcp_sock *` from
+/// `bpf_skc_to_tcp_sock`) at a verifier-known constant offset: one instruction, no helper.
+#[inline(always)]
+fn ld<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: `base` is a trusted BTF pointer and `off` a field offset taken from the
+    // running kernel's BTF; the verifier checks the access against the type.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) }
+}
+
+/// Read through an untrusted kernel pointer (packet data): checked, faults read as zero.
 #[inline(always)]
 fn rd<T: Default>(base: *const u8, off: u32) -> T {
     // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields the default.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).unwrap_or_default() }
+}
+
+/// The tracepoint's `struct sock *` as a `struct tcp_sock *` (NULL for non-TCP sockets).
+#[inline(always)]
+fn tcp_sk(sk: *const u8) -> Option<*const u8> {
+    // SAFETY: sk is the tracepoint's trusted socket pointer.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
+    if tp.is_null() {
+        None
+    } else {
+        Some(tp)
+    }
 }
 
 #[inline(always)]
@@ -98,11 +126,11 @@ fn after(a: u32, b: u32) -> bool {
 
 /// Re-read the send side from the socket and account ACK progress up to `una`.
 #[inline(always)]
-fn refresh_send(s: &mut SockState, sk: *const u8, o: &Offsets, t: u64, una: u32) {
-    s.write_seq = rd(sk, o.write_seq);
-    s.snd_nxt = rd(sk, o.snd_nxt);
-    let wmem: i32 = rd(sk, o.sk_wmem_queued);
-    let sndbuf: i32 = rd(sk, o.sk_sndbuf);
+fn refresh_send(s: &mut SockState, tp: *const u8, t: u64, una: u32) {
+    s.write_seq = ld(tp, off!(write_seq));
+    s.snd_nxt = ld(tp, off!(snd_nxt));
+    let wmem: i32 = ld(tp, off!(sk_wmem_queued));
+    let sndbuf: i32 = ld(tp, off!(sk_sndbuf));
     s.wmem_queued = wmem as u32;
     s.sndbuf = sndbuf as u32;
     if wmem >= sndbuf {
@@ -133,16 +161,16 @@ fn refresh_send(s: &mut SockState, sk: *const u8, o: &Offsets, t: u64, una: u32)
 }
 
 #[inline(always)]
-fn refresh_recv(s: &mut SockState, sk: *const u8, o: &Offsets, t: u64) {
-    s.rcv_nxt = rd(sk, o.rcv_nxt);
-    let copied: u32 = rd(sk, o.copied_seq);
+fn refresh_recv(s: &mut SockState, tp: *const u8, t: u64) {
+    s.rcv_nxt = ld(tp, off!(rcv_nxt));
+    let copied: u32 = ld(tp, off!(copied_seq));
     if copied != s.copied_seq {
         s.copied_seq = copied;
         s.last_read_ns = t;
     }
-    let rcvbuf: i32 = rd(sk, o.sk_rcvbuf);
+    let rcvbuf: i32 = ld(tp, off!(sk_rcvbuf));
     s.rcvbuf = rcvbuf as u32;
-    s.rcv_wnd = rd(sk, o.rcv_wnd);
+    s.rcv_wnd = ld(tp, off!(rcv_wnd));
     if s.rcv_nxt != s.copied_seq {
         s.flags |= flags::RECV_BACKLOG;
     } else {
@@ -165,28 +193,28 @@ fn set_writer(s: &mut SockState) {
 
 /// Start tracking `sk`. Returns the new entry, or None when the map is full (counted).
 #[inline(always)]
-fn track(sk: *const u8, o: &Offsets, cookie: u64, t: u64) -> Option<*mut SockState> {
+fn track(tp: *const u8, cookie: u64, t: u64) -> Option<*mut SockState> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch slot owned by this program invocation.
     let s = unsafe { &mut *scratch };
     *s = SockState::zeroed();
     s.cookie = cookie;
-    s.family = rd(sk, o.skc_family);
-    s.lport = rd(sk, o.skc_num);
-    s.rport = u16::from_be(rd(sk, o.skc_dport));
+    s.family = ld(tp, off!(skc_family));
+    s.lport = ld(tp, off!(skc_num));
+    s.rport = u16::from_be(ld(tp, off!(skc_dport)));
     if s.family == AF_INET6 {
-        s.laddr = rd(sk, o.skc_v6_rcv_saddr);
-        s.raddr = rd(sk, o.skc_v6_daddr);
+        s.laddr = ld(tp, off!(skc_v6_rcv_saddr));
+        s.raddr = ld(tp, off!(skc_v6_daddr));
     } else {
-        let l: [u8; 4] = rd(sk, o.skc_rcv_saddr);
-        let r: [u8; 4] = rd(sk, o.skc_daddr);
+        let l: [u8; 4] = ld(tp, off!(skc_rcv_saddr));
+        let r: [u8; 4] = ld(tp, off!(skc_daddr));
         s.laddr[..4].copy_from_slice(&l);
         s.raddr[..4].copy_from_slice(&r);
     }
-    let net: u64 = rd(sk, o.skc_net);
-    s.netns = rd(net as *const u8, o.net_ns_inum);
-    s.snd_una = rd(sk, o.snd_una);
-    s.copied_seq = rd(sk, o.copied_seq);
+    let net: u64 = ld(tp, off!(skc_net));
+    s.netns = ld(net as *const u8, off!(net_ns_inum));
+    s.snd_una = ld(tp, off!(snd_una));
+    s.copied_seq = ld(tp, off!(copied_seq));
     s.first_seen_ns = t;
     s.last_progress_ns = t;
     s.last_read_ns = t;
@@ -200,30 +228,31 @@ fn track(sk: *const u8, o: &Offsets, cookie: u64, t: u64) -> Option<*mut SockSta
 
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
-    let Some(o) = offsets() else { return 0 };
+    if !configured() {
+        return 0;
+    }
     let sk: *const u8 = ctx.arg(0);
+    let Some(tp) = tcp_sk(sk) else { return 0 };
+    // Nothing queued in front of this write: not a wedge candidate, and no map lookup. A
+    // socket whose every write goes out and is acked before the next costs two loads here.
+    // (A tracked socket that drained was already dropped by the ACK hook.)
+    let write_seq: u32 = ld(tp, off!(write_seq));
+    let una: u32 = ld(tp, off!(snd_una));
+    if write_seq == una {
+        return 0;
+    }
     let cookie = cookie_of(sk);
     let t = now();
     let p = match SOCKS.get_ptr_mut(&cookie) {
         Some(p) => p,
-        None => {
-            // Track only once a write finds data already queued in front of it: a socket
-            // whose every write goes out and is acked before the next costs one lookup.
-            let write_seq: u32 = rd(sk, o.write_seq);
-            let una: u32 = rd(sk, o.snd_una);
-            if write_seq == una {
-                return 0;
-            }
-            match track(sk, &o, cookie, t) {
-                Some(p) => p,
-                None => return 0,
-            }
-        }
+        None => match track(tp, cookie, t) {
+            Some(p) => p,
+            None => return 0,
+        },
     };
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
-    let una: u32 = rd(sk, o.snd_una);
-    refresh_send(s, sk, &o, t, una);
+    refresh_send(s, tp, t, una);
     s.last_send_ns = t;
     set_writer(s);
     0
@@ -231,8 +260,8 @@ pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
 
 /// Peer's TCP header fields we need: ack_seq (be32 at byte 8), flags (byte 13), window (be16 at 14).
 #[inline(always)]
-fn read_ack(skb: *const u8, o: &Offsets) -> Option<(u32, u16)> {
-    let data: u64 = rd(skb, o.skb_data);
+fn read_ack(skb: *const u8) -> Option<(u32, u16)> {
+    let data: u64 = ld(skb, off!(skb_data));
     if data == 0 {
         return None;
     }
@@ -249,30 +278,33 @@ fn read_ack(skb: *const u8, o: &Offsets) -> Option<(u32, u16)> {
 
 #[btf_tracepoint(function = "tcp_probe")]
 pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
-    let Some(o) = offsets() else { return 0 };
+    if !configured() {
+        return 0;
+    }
     let sk: *const u8 = ctx.arg(0);
+    let Some(tp) = tcp_sk(sk) else { return 0 };
     let skb: *const u8 = ctx.arg(1);
     let cookie = cookie_of(sk);
     let t = now();
-    let ack = read_ack(skb, &o);
+    let ack = read_ack(skb);
     let p = match SOCKS.get_ptr_mut(&cookie) {
         Some(p) => p,
         None => {
             // Untracked: start only on a wedge signature — the peer closes its window while
             // we have data queued, or our own receive window is closed with data unread.
             let zero_win = matches!(ack, Some((_, 0)));
-            let rcv_wnd: u32 = rd(sk, o.rcv_wnd);
+            let rcv_wnd: u32 = ld(tp, off!(rcv_wnd));
             if !zero_win && rcv_wnd != 0 {
                 return 0;
             }
-            let write_seq: u32 = rd(sk, o.write_seq);
-            let una: u32 = rd(sk, o.snd_una);
-            let rcv_nxt: u32 = rd(sk, o.rcv_nxt);
-            let copied: u32 = rd(sk, o.copied_seq);
+            let write_seq: u32 = ld(tp, off!(write_seq));
+            let una: u32 = ld(tp, off!(snd_una));
+            let rcv_nxt: u32 = ld(tp, off!(rcv_nxt));
+            let copied: u32 = ld(tp, off!(copied_seq));
             if !(zero_win && write_seq != una) && !(rcv_wnd == 0 && rcv_nxt != copied) {
                 return 0;
             }
-            match track(sk, &o, cookie, t) {
+            match track(tp, cookie, t) {
                 Some(p) => p,
                 None => return 0,
             }
@@ -280,11 +312,11 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
     };
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
-    let cur_una: u32 = rd(sk, o.snd_una);
+    let cur_una: u32 = ld(tp, off!(snd_una));
     let mut una = cur_una;
     let mut progress_before = s.snd_una;
     if let Some((ack_seq, window)) = ack {
-        let snd_nxt: u32 = rd(sk, o.snd_nxt);
+        let snd_nxt: u32 = ld(tp, off!(snd_nxt));
         // An ACK for data we sent (not beyond snd_nxt) moves snd_una once processed.
         if after(ack_seq, una) && !after(ack_seq, snd_nxt) {
             una = ack_seq;
@@ -294,19 +326,19 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
             s.snd_wnd = 0;
         } else {
             s.flags &= !flags::ZERO_WINDOW;
-            s.snd_wnd = rd(sk, o.snd_wnd);
+            s.snd_wnd = ld(tp, off!(snd_wnd));
         }
         s.last_ack_ns = t;
     } else {
         progress_before = una; // nothing to learn about the send side
     }
-    refresh_send(s, sk, &o, t, una);
+    refresh_send(s, tp, t, una);
     if s.flags & flags::ZERO_WINDOW != 0 && !after(una, progress_before) {
         s.zero_window_acks = s.zero_window_acks.wrapping_add(1);
     }
-    let backoff: u8 = rd(sk, o.icsk_backoff);
+    let backoff: u8 = ld(tp, off!(icsk_backoff));
     s.backoff = backoff as u32;
-    refresh_recv(s, sk, &o, t);
+    refresh_recv(s, tp, t);
     if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
         let _ = SOCKS.remove(&cookie);
         bump(counter::DRAINED);
@@ -316,32 +348,38 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcpstall_retransmit(ctx: BtfTracePointContext) -> i32 {
-    let Some(o) = offsets() else { return 0 };
+    if !configured() {
+        return 0;
+    }
     let sk: *const u8 = ctx.arg(0);
+    let Some(tp) = tcp_sk(sk) else { return 0 };
     let cookie = cookie_of(sk);
     let t = now();
     let p = match SOCKS.get_ptr_mut(&cookie) {
         Some(p) => p,
-        None => match track(sk, &o, cookie, t) {
+        None => match track(tp, cookie, t) {
             Some(p) => p,
             None => return 0,
         },
     };
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
-    let una: u32 = rd(sk, o.snd_una);
-    refresh_send(s, sk, &o, t, una);
+    let una: u32 = ld(tp, off!(snd_una));
+    refresh_send(s, tp, t, una);
     s.retransmits = s.retransmits.wrapping_add(1);
     s.last_retrans_ns = t;
-    let backoff: u8 = rd(sk, o.icsk_backoff);
+    let backoff: u8 = ld(tp, off!(icsk_backoff));
     s.backoff = backoff as u32;
     0
 }
 
 #[btf_tracepoint(function = "tcp_rcv_space_adjust")]
 pub fn tcpstall_read(ctx: BtfTracePointContext) -> i32 {
-    let Some(o) = offsets() else { return 0 };
+    if !configured() {
+        return 0;
+    }
     let sk: *const u8 = ctx.arg(0);
+    let Some(tp) = tcp_sk(sk) else { return 0 };
     let cookie = cookie_of(sk);
     let Some(p) = SOCKS.get_ptr_mut(&cookie) else {
         return 0;
@@ -349,9 +387,9 @@ pub fn tcpstall_read(ctx: BtfTracePointContext) -> i32 {
     let t = now();
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
-    refresh_recv(s, sk, &o, t);
-    let una: u32 = rd(sk, o.snd_una);
-    refresh_send(s, sk, &o, t, una);
+    refresh_recv(s, tp, t);
+    let una: u32 = ld(tp, off!(snd_una));
+    refresh_send(s, tp, t, una);
     if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
         let _ = SOCKS.remove(&cookie);
         bump(counter::DRAINED);
