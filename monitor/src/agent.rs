@@ -153,11 +153,7 @@ impl Agent {
                 works: probe.works,
                 detail: probe.detail.clone(),
             },
-            policy: cfg
-                .policy
-                .source
-                .as_ref()
-                .map(|p| p.display().to_string()),
+            policy: cfg.policy.source.as_ref().map(|p| p.display().to_string()),
             tick_ms: cfg.tick.as_millis() as u64,
             max_sockets: probes.max_sockets(),
         })?;
@@ -216,12 +212,24 @@ impl Agent {
         Ok(())
     }
 
-    fn socket_fields(&mut self, s: &Snapshot, class: StallClass, stalled_for_ms: u64, rule: Option<&str>, action: Action, evidence: Option<&Evidence>) -> SocketFields {
+    fn socket_fields(
+        &mut self,
+        s: &Snapshot,
+        class: StallClass,
+        stalled_for_ms: u64,
+        rule: Option<&str>,
+        action: Action,
+        evidence: Option<&Evidence>,
+    ) -> SocketFields {
         let cgroup = s.cgroup_id.and_then(|id| self.cgroups.path(id));
         SocketFields {
             cookie: s.cookie,
             netns: s.netns,
-            family: if s.family == crate::snapshot::AF_INET6 { event::Family::Inet6 } else { event::Family::Inet },
+            family: if s.family == crate::snapshot::AF_INET6 {
+                event::Family::Inet6
+            } else {
+                event::Family::Inet
+            },
             local: s.local,
             remote: s.remote,
             pid: s.pid,
@@ -326,7 +334,13 @@ impl Agent {
         Ok(())
     }
 
-    fn record_episode(&mut self, sel: &Selection<'_>, rule_name: Option<&str>, cookie: u64, ep: &crate::classify::Episode) -> Result<()> {
+    fn record_episode(
+        &mut self,
+        sel: &Selection<'_>,
+        rule_name: Option<&str>,
+        cookie: u64,
+        ep: &crate::classify::Episode,
+    ) -> Result<()> {
         let threshold_ms = sel.thresholds.threshold_for(ep.class).as_millis() as u64;
         if let Some(w) = self.calibration.record(
             rule_name.unwrap_or(NO_RULE),
@@ -349,13 +363,27 @@ impl Agent {
     }
 
     /// `evidence`: for a socket already forgotten by the tracker, its last evidence.
-    fn emit_transition(&mut self, snap: &Snapshot, tr: Transition, rule: Option<&str>, action: Action, evidence: Option<Evidence>) -> Result<()> {
+    fn emit_transition(
+        &mut self,
+        snap: &Snapshot,
+        tr: Transition,
+        rule: Option<&str>,
+        action: Action,
+        evidence: Option<Evidence>,
+    ) -> Result<()> {
         let acted = self.acts.get(&snap.cookie).map(|a| a.done).unwrap_or(false);
         let ev = match &tr {
             Transition::Started { evidence, .. } => Some(evidence.clone()),
             _ => evidence.or_else(|| self.tracker.evidence(snap.cookie)),
         };
-        let f = self.socket_fields(snap, tr.class(), tr.stalled_for_ms(), rule, action, ev.as_ref());
+        let f = self.socket_fields(
+            snap,
+            tr.class(),
+            tr.stalled_for_ms(),
+            rule,
+            action,
+            ev.as_ref(),
+        );
         match tr {
             Transition::Started { .. } => {
                 if tr.class().is_send_side() {
@@ -376,7 +404,14 @@ impl Agent {
         Ok(())
     }
 
-    fn skip(&mut self, snap: &Snapshot, class: StallClass, sel: &Selection<'_>, guard: event::SkipGuard, detail: String) -> Result<()> {
+    fn skip(
+        &mut self,
+        snap: &Snapshot,
+        class: StallClass,
+        sel: &Selection<'_>,
+        guard: event::SkipGuard,
+        detail: String,
+    ) -> Result<()> {
         let act = self.acts.entry(snap.cookie).or_default();
         if act.skipped_guard == Some(guard) {
             return Ok(()); // said once per stall and guard
@@ -384,7 +419,14 @@ impl Agent {
         act.skipped_guard = Some(guard);
         self.counts.skipped += 1;
         let ev = self.tracker.evidence(snap.cookie);
-        let f = self.socket_fields(snap, class, snap.since_progress_ms(), sel.rule.map(|r| r.name.as_str()), sel.action, ev.as_ref());
+        let f = self.socket_fields(
+            snap,
+            class,
+            snap.since_progress_ms(),
+            sel.rule.map(|r| r.name.as_str()),
+            sel.action,
+            ev.as_ref(),
+        );
         self.out.write(&Event::ResetSkipped {
             socket: f,
             guard,
@@ -399,34 +441,71 @@ impl Agent {
             return Ok(());
         }
         let guards = &self.policy.guards;
-        if guards.protect_ports.contains(&snap.local.port()) || guards.protect_ports.contains(&snap.remote.port()) {
-            return self.skip(snap, class, sel, event::SkipGuard::ProtectedPort, format!(
-                "port {} or {} is in guards.protect_ports", snap.local.port(), snap.remote.port()));
+        if guards.protect_ports.contains(&snap.local.port())
+            || guards.protect_ports.contains(&snap.remote.port())
+        {
+            return self.skip(
+                snap,
+                class,
+                sel,
+                event::SkipGuard::ProtectedPort,
+                format!(
+                    "port {} or {} is in guards.protect_ports",
+                    snap.local.port(),
+                    snap.remote.port()
+                ),
+            );
         }
         if !self.reset_works {
-            return self.skip(snap, class, sel, event::SkipGuard::ResetUnavailable,
-                "the start-up probe of SOCK_DESTROY failed (see agent_started.reset_path)".into());
+            return self.skip(
+                snap,
+                class,
+                sel,
+                event::SkipGuard::ResetUnavailable,
+                "the start-up probe of SOCK_DESTROY failed (see agent_started.reset_path)".into(),
+            );
         }
         if self.cfg.dry_run {
-            return self.skip(snap, class, sel, event::SkipGuard::DryRun, "--dry-run: would have reset".into());
+            return self.skip(
+                snap,
+                class,
+                sel,
+                event::SkipGuard::DryRun,
+                "--dry-run: would have reset".into(),
+            );
         }
         // Re-verify right before acting: same cookie still in the map, still stalled, no
         // progress since the decision.
         let fresh = match self.probes.get(snap.cookie) {
             Some(st) => Snapshot::from_state(&st, monotonic_ns()),
             None => {
-                return self.skip(snap, class, sel, event::SkipGuard::NotStalledAnymore,
-                    "the socket left tracking (closed or drained) before the reset".into())
+                return self.skip(
+                    snap,
+                    class,
+                    sel,
+                    event::SkipGuard::NotStalledAnymore,
+                    "the socket left tracking (closed or drained) before the reset".into(),
+                )
             }
         };
         if !self.tracker.still_stalled(&fresh) {
-            return self.skip(snap, class, sel, event::SkipGuard::NotStalledAnymore,
-                "progress since the decision; not resetting".into());
+            return self.skip(
+                snap,
+                class,
+                sel,
+                event::SkipGuard::NotStalledAnymore,
+                "progress since the decision; not resetting".into(),
+            );
         }
         if !self.rate.allow(Instant::now()) {
             let per = self.policy.guards.max_resets_per_minute;
-            return self.skip(snap, class, sel, event::SkipGuard::RateLimit, format!(
-                "max_resets_per_minute = {per} reached; will retry while it stays stalled"));
+            return self.skip(
+                snap,
+                class,
+                sel,
+                event::SkipGuard::RateLimit,
+                format!("max_resets_per_minute = {per} reached; will retry while it stays stalled"),
+            );
         }
         let target = Target {
             cookie: fresh.cookie,
@@ -440,7 +519,14 @@ impl Agent {
         let res = self.destroyer.destroy(&target);
         let latency_us = t0.elapsed().as_micros() as u64;
         let ev = self.tracker.evidence(snap.cookie);
-        let f = self.socket_fields(&fresh, class, fresh.since_progress_ms(), sel.rule.map(|r| r.name.as_str()), sel.action, ev.as_ref());
+        let f = self.socket_fields(
+            &fresh,
+            class,
+            fresh.since_progress_ms(),
+            sel.rule.map(|r| r.name.as_str()),
+            sel.action,
+            ev.as_ref(),
+        );
         match res {
             Ok(()) => {
                 self.counts.done += 1;

@@ -1832,3 +1832,26 @@ mod tests {
         assert!(msg.contains("--output"), "{msg}");
     }
 }
+
+#[cfg(test)]
+mod readme_sync {
+    /// The README documents the event schema verbatim; regenerate it with
+    /// `TCPSTALL_WRITE_SCHEMA=1 cargo test -p monitor --lib readme_sync` and paste.
+    #[test]
+    fn readme_documents_the_schema_verbatim() {
+        let md = super::schema_markdown();
+        if std::env::var_os("TCPSTALL_WRITE_SCHEMA").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../target/EVENTS.md"),
+                &md,
+            )
+            .unwrap();
+        }
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md at the workspace root");
+        assert!(
+            readme.contains(md.trim()),
+            "README.md's event schema section is out of date: regenerate it (see this test's doc)"
+        );
+    }
+}

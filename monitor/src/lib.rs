@@ -14,3 +14,17 @@ pub mod policy;
 pub mod probes;
 pub mod reset;
 pub mod snapshot;
+
+#[cfg(test)]
+mod repo_files {
+    #[test]
+    fn policy_example_file_is_the_documented_example() {
+        let file = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../policy.example.toml"
+        ))
+        .expect("policy.example.toml at the workspace root");
+        assert_eq!(file, crate::policy::EXAMPLE_POLICY);
+        crate::policy::Policy::parse(&file, "policy.example.toml").expect("example parses");
+    }
+}

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "tcpstall", version, about = "Finds wedged TCP connections (dead, half-open or non-reading peers with data queued) and resets them under a policy.")]
+#[command(
+    name = "tcpstall",
+    version,
+    about = "Finds wedged TCP connections (dead, half-open or non-reading peers with data queued) and resets them under a policy."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -87,7 +91,9 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let tick = args.tick.unwrap_or(policy.tick);
     if tick < Duration::from_millis(10) || tick > Duration::from_secs(3600) {
-        eprintln!("error: --tick {tick:?} is out of range; use between 10ms and 1h (e.g. --tick 1s)");
+        eprintln!(
+            "error: --tick {tick:?} is out of range; use between 10ms and 1h (e.g. --tick 1s)"
+        );
         return ExitCode::from(2);
     }
     let cfg = monitor::agent::Config {
@@ -100,7 +106,10 @@ fn run(args: RunArgs) -> ExitCode {
         bpf_stats: args.bpf_stats,
         duration: args.duration,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

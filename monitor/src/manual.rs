@@ -15,7 +15,10 @@ pub fn policy_check(file: &Path, events: Option<&Path>, json: bool) -> ExitCode 
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&policy.to_json()).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&policy.to_json()).unwrap_or_default()
+        );
     } else {
         print!("{}", policy.describe());
     }

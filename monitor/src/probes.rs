@@ -121,7 +121,11 @@ impl Probes {
     /// data queued), not to all sockets on the node.
     pub fn read_all(&self) -> Vec<SockState> {
         // Entries can vanish between get_next_key and lookup; those errors are skipped.
-        self.socks.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect()
+        self.socks
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(_, v)| v)
+            .collect()
     }
 
     /// One socket's current state (for re-verification right before acting).
