@@ -285,18 +285,19 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
     let Some(tp) = tcp_sk(sk) else { return 0 };
     let skb: *const u8 = ctx.arg(1);
     let cookie = cookie_of(sk);
-    let t = now();
-    let ack = read_ack(skb);
     let p = match SOCKS.get_ptr_mut(&cookie) {
         Some(p) => p,
         None => {
-            // Untracked: start only on a wedge signature — the peer closes its window while
-            // we have data queued, or our own receive window is closed with data unread.
-            let zero_win = matches!(ack, Some((_, 0)));
+            // Untracked (the common case, on every incoming segment): two direct loads
+            // decide. Start tracking only on a wedge signature — the peer has closed its
+            // window while we have data queued, or our own receive window is closed with
+            // data unread.
+            let snd_wnd: u32 = ld(tp, off!(snd_wnd));
             let rcv_wnd: u32 = ld(tp, off!(rcv_wnd));
-            if !zero_win && rcv_wnd != 0 {
+            if snd_wnd != 0 && rcv_wnd != 0 {
                 return 0;
             }
+            let zero_win = matches!(read_ack(skb), Some((_, 0)));
             let write_seq: u32 = ld(tp, off!(write_seq));
             let una: u32 = ld(tp, off!(snd_una));
             let rcv_nxt: u32 = ld(tp, off!(rcv_nxt));
@@ -304,12 +305,14 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
             if !(zero_win && write_seq != una) && !(rcv_wnd == 0 && rcv_nxt != copied) {
                 return 0;
             }
-            match track(tp, cookie, t) {
+            match track(tp, cookie, now()) {
                 Some(p) => p,
                 None => return 0,
             }
         }
     };
+    let t = now();
+    let ack = read_ack(skb);
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
     let cur_una: u32 = ld(tp, off!(snd_una));
