@@ -1378,6 +1378,540 @@ fn probe_inner() -> Result<Duration, ProbeFailure> {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Finding sockets: `sock_diag` dumps across network namespaces.
+//
+// An operator names a socket by its cookie (from a tcpstall event or `ss -e`) or by its
+// 4-tuple, usually without knowing its network namespace. [`find_sockets`] dumps every TCP
+// socket (`SOCK_DIAG_BY_FAMILY` with `NLM_F_DUMP`, `AF_INET` and `AF_INET6`, all states,
+// with `INET_DIAG_INFO`) in each namespace it can reach and keeps those a predicate accepts.
+// Dumps are read-only and cheap (about 1 µs per socket); the namespaces are the caller's
+// own, every `/run/netns/*` and every distinct `/proc/*/ns/net`.
+
+const NLM_F_DUMP: u16 = 0x300;
+/// Receive buffer for dump replies (the kernel fills at most 32 KiB per datagram).
+const DUMP_BUF_LEN: usize = 64 * 1024;
+/// Upper bound on dumping one namespace (both families).
+const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A network namespace to search: its inode and a namespace file that opens it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetnsRef {
+    /// Inode number, as in events' `netns` and `readlink /proc/PID/ns/net` (`net:[INODE]`).
+    pub ino: u32,
+    /// `/proc/PID/task/TID/ns/net` (our own), `/run/netns/NAME`, `/proc/PID/ns/net`, or a
+    /// file the operator named.
+    pub path: PathBuf,
+}
+
+impl NetnsRef {
+    /// The process that `path` belongs to, when it is a `/proc/PID/...` path.
+    pub fn pid(&self) -> Option<u32> {
+        let rest = self.path.strip_prefix("/proc").ok()?;
+        let first = rest.components().next()?.as_os_str().to_str()?;
+        first.parse().ok()
+    }
+}
+
+impl fmt::Display for NetnsRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.ino, self.path.display())
+    }
+}
+
+/// What [`find_sockets`] / [`find_sockets_in`] found.
+#[derive(Debug, Default)]
+pub struct Search {
+    /// Matching sockets, each with a [`Target`] that names it exactly (cookie, 4-tuple as
+    /// the kernel reports it, namespace inode, and a pid in that namespace when known).
+    pub found: Vec<(Target, TcpDiag)>,
+    /// Namespaces whose dump succeeded.
+    pub searched: usize,
+    /// Namespaces that could not be searched, and why (e.g. the last process in it exited
+    /// between listing and opening, or `setns` is not permitted).
+    pub failed: Vec<(NetnsRef, ResetError)>,
+}
+
+/// The calling thread's own network namespace.
+pub fn own_netns() -> Result<NetnsRef, ResetError> {
+    let ino = netns_key(0)? as u32;
+    // SAFETY: plain syscalls without arguments.
+    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    Ok(NetnsRef {
+        ino,
+        path: PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net")),
+    })
+}
+
+/// Every network namespace this process can reach, each once: its own first, then
+/// `/run/netns/*` (named with `ip netns add`), then `/proc/*/ns/net` (every process).
+/// Namespaces with no process and no bind mount have no sockets one could name.
+pub fn all_netns() -> Vec<NetnsRef> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut add = |path: PathBuf, out: &mut Vec<NetnsRef>| {
+        if let Ok(m) = fs::metadata(&path) {
+            let ino = m.ino() as u32;
+            if seen.insert(ino) {
+                out.push(NetnsRef { ino, path });
+            }
+        }
+    };
+    if let Ok(own) = own_netns() {
+        add(own.path, &mut out);
+    }
+    for (dir, pids_only) in [(Path::new("/run/netns"), false), (Path::new("/proc"), true)] {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !pids_only || (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+            .collect();
+        if pids_only {
+            names.sort_by_key(|n| n.parse::<u64>().unwrap_or(u64::MAX));
+        } else {
+            names.sort();
+        }
+        for name in names {
+            let path = if pids_only {
+                dir.join(name).join("ns/net")
+            } else {
+                dir.join(name)
+            };
+            add(path, &mut out);
+        }
+    }
+    out
+}
+
+/// The network namespace that the file at `path` refers to (`/run/netns/NAME`,
+/// `/proc/PID/ns/net`, a bind mount of one). Fails with `EINVAL` for files that are not
+/// network namespaces.
+pub fn netns_at(path: &Path) -> Result<NetnsRef, ResetError> {
+    let file = fs::File::open(path).map_err(|e| {
+        ResetError::new(
+            "netns",
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!(
+                "cannot open {}: {e}; name a network namespace file such as \
+                 /run/netns/NAME or /proc/PID/ns/net, or its inode number",
+                path.display()
+            ),
+        )
+    })?;
+    // SAFETY: valid descriptor; NS_GET_NSTYPE takes no argument.
+    let ty = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    if ty != libc::CLONE_NEWNET {
+        return Err(ResetError::new(
+            "netns",
+            libc::EINVAL,
+            format!(
+                "{} is not a network namespace file ({}); name /run/netns/NAME, \
+                 /proc/PID/ns/net or a namespace inode number",
+                path.display(),
+                if ty < 0 {
+                    "not a namespace at all".to_string()
+                } else {
+                    "a namespace of another type".to_string()
+                }
+            ),
+        ));
+    }
+    let ino = file
+        .metadata()
+        .map_err(|e| {
+            ResetError::new(
+                "netns",
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("cannot stat {}: {e}", path.display()),
+            )
+        })?
+        .ino() as u32;
+    Ok(NetnsRef {
+        ino,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Resolve a namespace inode to a file that opens it (see [`open_netns`] for the search).
+pub fn netns_by_inode(ino: u32) -> Result<NetnsRef, ResetError> {
+    let own = own_netns()?;
+    if own.ino == ino {
+        return Ok(own);
+    }
+    let (_fd, path) = open_netns(ino, None)?;
+    Ok(NetnsRef { ino, path })
+}
+
+/// Open a `NETLINK_SOCK_DIAG` socket inside `ns`, opening `ns.path` directly (no search).
+fn diag_socket_at(ns: &NetnsRef) -> Result<OwnedFd, ResetError> {
+    if current_netns().ok() == Some(ns.ino) {
+        return open_diag_socket_here();
+    }
+    let file = match open_if_netns(&ns.path, u64::from(ns.ino)) {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            return Err(ResetError::new(
+                "netns",
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!(
+                    "cannot open network namespace {}: {e} (its last process may have exited)",
+                    ns
+                ),
+            ))
+        }
+        None => {
+            return Err(ResetError::new(
+                "netns",
+                libc::ENOENT,
+                format!(
+                    "{} no longer refers to network namespace {} (its process exited or the \
+                     name was removed); nothing to search there",
+                    ns.path.display(),
+                    ns.ino
+                ),
+            ))
+        }
+    };
+    let path = ns.path.clone();
+    let handle = std::thread::Builder::new()
+        .name("tcpstall-setns".into())
+        .stack_size(256 * 1024)
+        .spawn(move || -> Result<OwnedFd, ResetError> {
+            // SAFETY: file is an open namespace file; setns only changes this helper thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                let errno = last_errno();
+                let why = if errno == libc::EPERM {
+                    "needs CAP_SYS_ADMIN (run as root)".to_string()
+                } else {
+                    io::Error::from_raw_os_error(errno).to_string()
+                };
+                return Err(ResetError::new(
+                    "netns",
+                    errno,
+                    format!("setns(CLONE_NEWNET) into {} failed: {why}", path.display()),
+                ));
+            }
+            open_diag_socket_here()
+        })
+        .map_err(|e| {
+            ResetError::new(
+                "netns",
+                e.raw_os_error().unwrap_or(libc::EAGAIN),
+                format!("cannot start the helper thread that enters the namespace: {e}"),
+            )
+        })?;
+    handle.join().unwrap_or_else(|_| {
+        Err(ResetError::new(
+            "netns",
+            libc::EIO,
+            "the helper thread entering the namespace panicked (tcpstall bug)",
+        ))
+    })
+}
+
+impl Destroyer {
+    /// Open (and cache) this destroyer's netlink socket for namespace `ns` through
+    /// `ns.path`, so later [`destroy`](Destroyer::destroy) / [`lookup`](Destroyer::lookup)
+    /// calls for targets in `ns.ino` work even when the namespace is reachable only through
+    /// that path (e.g. a bind mount outside `/run/netns` with no process in it).
+    pub fn attach_netns(&mut self, ns: &NetnsRef) -> Result<(), ResetError> {
+        let key = u64::from(ns.ino);
+        if self.socks.contains_key(&key) {
+            return Ok(());
+        }
+        let fd = diag_socket_at(ns)?;
+        if self.socks.len() >= MAX_CACHED_NETNS {
+            if let Some(oldest) = self
+                .socks
+                .iter()
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(k, _)| *k)
+            {
+                self.socks.remove(&oldest);
+            }
+        }
+        self.socks.insert(
+            key,
+            CachedSock {
+                fd,
+                last_used: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Dump every TCP socket of namespace `ns`: both families, all states, with `tcp_info`
+/// (IPv4-mapped sockets appear once, as `AF_INET6`). A kernel without IPv6 contributes no
+/// `AF_INET6` sockets instead of failing.
+pub fn dump_tcp(ns: &NetnsRef) -> Result<Vec<TcpDiag>, ResetError> {
+    let fd = diag_socket_at(ns)?;
+    let mut buf = vec![0u8; DUMP_BUF_LEN];
+    let deadline = Instant::now() + DUMP_TIMEOUT;
+    let mut out = Vec::new();
+    for (seq, family) in [(1u32, AF_INET), (2, AF_INET6)] {
+        match dump_family(fd.as_raw_fd(), family, seq, &mut buf, deadline) {
+            Ok(mut v) => out.append(&mut v),
+            Err(e)
+                if family == AF_INET6
+                    && e.stage == "reply"
+                    && (e.errno == libc::ENOENT || e.errno == libc::EAFNOSUPPORT) => {}
+            Err(mut e) => {
+                e.meaning = format!(
+                    "dumping TCP sockets in network namespace {ns}: {}",
+                    e.meaning
+                );
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Send one dump request and collect its replies up to `NLMSG_DONE`.
+fn dump_family(
+    fd: RawFd,
+    family: u16,
+    seq: u32,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<Vec<TcpDiag>, ResetError> {
+    let id = WireId {
+        family: family as u8,
+        sport: 0,
+        dport: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        ifindex: 0,
+        cookie: [INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE],
+    };
+    let ext = 1u8 << (INET_DIAG_INFO - 1);
+    let msg = encode_request(
+        SOCK_DIAG_BY_FAMILY,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        &id,
+        ext,
+    );
+    send_request(fd, &msg)?;
+    let mut out = Vec::new();
+    loop {
+        if Instant::now() >= deadline {
+            return Err(ResetError::new(
+                "reply",
+                libc::ETIMEDOUT,
+                format!(
+                    "the socket dump did not finish within {DUMP_TIMEOUT:?}: {}",
+                    errno_meaning(libc::ETIMEDOUT)
+                ),
+            ));
+        }
+        let n = recv_datagram(fd, buf)?;
+        if n == 0 {
+            continue;
+        }
+        if parse_dump_datagram(&buf[..n], seq, &mut out)? {
+            return Ok(out);
+        }
+    }
+}
+
+/// Receive one datagram from the kernel; returns 0 for datagrams from elsewhere.
+fn recv_datagram(fd: RawFd, buf: &mut [u8]) -> Result<usize, ResetError> {
+    loop {
+        // SAFETY: zeroed sockaddr_nl is valid; buf is valid for buf.len() bytes.
+        let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+                (&mut from as *mut libc::sockaddr_nl).cast(),
+                &mut from_len,
+            )
+        };
+        if n < 0 {
+            let errno = last_errno();
+            return match errno {
+                libc::EINTR => continue,
+                libc::EAGAIN => Err(ResetError::new(
+                    "reply",
+                    libc::ETIMEDOUT,
+                    errno_meaning(libc::ETIMEDOUT),
+                )),
+                _ => Err(ResetError::new(
+                    "reply",
+                    errno,
+                    format!(
+                        "recvfrom on the NETLINK_SOCK_DIAG socket: {}",
+                        errno_meaning(errno)
+                    ),
+                )),
+            };
+        }
+        let n = n as usize;
+        if n > buf.len() {
+            return Err(ResetError::new(
+                "reply",
+                libc::EMSGSIZE,
+                errno_meaning(libc::EMSGSIZE),
+            ));
+        }
+        return Ok(if from.nl_pid == 0 { n } else { 0 });
+    }
+}
+
+/// Append the sockets of one dump datagram to `out`; `Ok(true)` once `NLMSG_DONE` arrived.
+fn parse_dump_datagram(buf: &[u8], seq: u32, out: &mut Vec<TcpDiag>) -> Result<bool, ResetError> {
+    let mut off = 0;
+    while off + NLMSG_HDRLEN <= buf.len() {
+        let len = rd_u32(buf, off).unwrap_or(0) as usize;
+        let ty = rd_u16(buf, off + 4).unwrap_or(0);
+        let mseq = rd_u32(buf, off + 8).unwrap_or(0);
+        if len < NLMSG_HDRLEN || off + len > buf.len() {
+            return Err(malformed("netlink message length out of bounds"));
+        }
+        let payload = &buf[off + NLMSG_HDRLEN..off + len];
+        off += align4(len);
+        if mseq != seq {
+            continue;
+        }
+        match ty {
+            SOCK_DIAG_BY_FAMILY => out.push(parse_diag(payload)?),
+            NLMSG_NOOP => {}
+            NLMSG_DONE => {
+                // The payload is the dump's final status (0, or a negative errno).
+                let status = rd_u32(payload, 0).map_or(0, |v| v as i32);
+                if status < 0 {
+                    let errno = status.checked_neg().unwrap_or(libc::EPROTO);
+                    return Err(ResetError::new(
+                        "reply",
+                        errno,
+                        format!(
+                            "the socket dump ended with an error: {}",
+                            errno_meaning(errno)
+                        ),
+                    ));
+                }
+                return Ok(true);
+            }
+            NLMSG_ERROR => {
+                let err = rd_u32(payload, 0).ok_or_else(|| malformed("short NLMSG_ERROR"))? as i32;
+                if err == 0 {
+                    return Ok(true);
+                }
+                let errno = err.checked_neg().unwrap_or(libc::EPROTO);
+                return Err(ResetError::new("reply", errno, errno_meaning(errno)));
+            }
+            NLMSG_OVERRUN => {
+                return Err(ResetError::new(
+                    "reply",
+                    libc::ENOBUFS,
+                    "the kernel reported a netlink overrun during the socket dump; retry",
+                ))
+            }
+            _ => return Err(malformed("unexpected netlink message type in a dump")),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether two endpoints are the same, treating `a.b.c.d` and `::ffff:a.b.c.d` as equal.
+pub fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && match (v4_of(a.ip()), v4_of(b.ip())) {
+            (Some(x), Some(y)) => x == y,
+            (None, None) => a.ip() == b.ip(),
+            _ => false,
+        }
+}
+
+/// Search `spaces` for TCP sockets `pred` accepts. With `first_only`, stop at the first
+/// namespace that has a match. Namespaces that cannot be dumped are listed in
+/// [`Search::failed`] and do not stop the search.
+pub fn find_sockets_in(
+    spaces: &[NetnsRef],
+    first_only: bool,
+    mut pred: impl FnMut(&TcpDiag) -> bool,
+) -> Search {
+    let mut s = Search::default();
+    for ns in spaces {
+        match dump_tcp(ns) {
+            Ok(all) => {
+                s.searched += 1;
+                for d in all.into_iter().filter(|d| pred(d)) {
+                    let t = Target {
+                        cookie: d.cookie,
+                        netns: ns.ino,
+                        family: d.family,
+                        local: d.local,
+                        remote: d.remote,
+                        pid_hint: ns.pid(),
+                    };
+                    s.found.push((t, d));
+                }
+                if first_only && !s.found.is_empty() {
+                    break;
+                }
+            }
+            Err(e) => s.failed.push((ns.clone(), e)),
+        }
+    }
+    s
+}
+
+/// Search network namespace `netns` (an inode), or every reachable namespace with `None`
+/// (see [`all_netns`]), for TCP sockets `pred` accepts. `Err` when the given namespace
+/// cannot be found or dumped, or when no namespace at all could be searched.
+pub fn find_sockets(
+    netns: Option<u32>,
+    pred: impl FnMut(&TcpDiag) -> bool,
+) -> Result<Search, ResetError> {
+    let spaces = match netns {
+        Some(ino) => vec![netns_by_inode(ino)?],
+        None => all_netns(),
+    };
+    let mut s = find_sockets_in(&spaces, false, pred);
+    if s.searched == 0 {
+        if let Some((_, e)) = s.failed.drain(..).next() {
+            return Err(e);
+        }
+    }
+    Ok(s)
+}
+
+/// The TCP socket with this cookie, in whichever reachable network namespace holds it.
+/// Cookies are unique per boot, so the search stops at the first match.
+pub fn find_by_cookie(cookie: u64) -> Result<Option<(Target, TcpDiag)>, ResetError> {
+    let spaces = all_netns();
+    let mut s = find_sockets_in(&spaces, true, |d| d.cookie == cookie);
+    if s.found.is_empty() && s.searched == 0 {
+        if let Some((_, e)) = s.failed.drain(..).next() {
+            return Err(e);
+        }
+    }
+    Ok(s.found.into_iter().next())
+}
+
+/// TCP sockets with this local and remote address (IPv4 and IPv4-mapped IPv6 compare
+/// equal) in namespace `netns`, or in every reachable namespace with `None`. The same
+/// 4-tuple can exist in several namespaces (e.g. loopback inside two containers).
+pub fn find_by_tuple(
+    local: SocketAddr,
+    remote: SocketAddr,
+    netns: Option<u32>,
+) -> Result<Vec<(Target, TcpDiag)>, ResetError> {
+    find_sockets(netns, |d| {
+        same_endpoint(d.local, local) && same_endpoint(d.remote, remote)
+    })
+    .map(|s| s.found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2134,5 +2668,455 @@ mod tests {
         assert_aborted(&pairs[2].2);
         d.forget_netns(ino);
         assert_eq!(d.cached_netns(), 0);
+    }
+}
+
+/// Real-kernel test fixtures shared by this module's and [`crate::manual`]'s tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    /// True if the test may touch the kernel; prints why not otherwise. Under CI=true a
+    /// missing root is a failure, not a skip.
+    pub(crate) fn require_root(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and CI=true");
+        }
+        eprintln!("SKIP {test}: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)");
+        false
+    }
+
+    /// A connected 127.0.0.1 pair in the calling thread's namespace:
+    /// (listener, client, accepted server side).
+    pub(crate) fn pair() -> (TcpListener, TcpStream, TcpStream) {
+        loopback_pair().expect("loopback pair")
+    }
+
+    /// A pair with fixed ports: the listener on 127.0.0.1:`server_port`, the client bound
+    /// to 127.0.0.1:`client_port` (for the same 4-tuple in two namespaces).
+    pub(crate) fn pair_on(
+        server_port: u16,
+        client_port: u16,
+    ) -> (TcpListener, TcpStream, TcpStream) {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, server_port)).expect("bind listener");
+        // SAFETY: plain socket calls on a fresh descriptor; results are checked.
+        let client = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+            let client = TcpStream::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                4,
+            );
+            let sin = |port: u16| libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let local = sin(client_port);
+            assert_eq!(
+                libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
+                0,
+                "bind client: {}",
+                io::Error::last_os_error()
+            );
+            let remote = sin(server_port);
+            assert_eq!(
+                libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len),
+                0,
+                "connect: {}",
+                io::Error::last_os_error()
+            );
+            client
+        };
+        let (server, _) = listener.accept().expect("accept");
+        (listener, client, server)
+    }
+
+    /// Bytes in the send queue of `s` (`SIOCOUTQ`).
+    pub(crate) fn outq(s: &TcpStream) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int.
+        let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        assert_eq!(rc, 0, "SIOCOUTQ: {}", io::Error::last_os_error());
+        n as usize
+    }
+
+    /// A wedged connection: the client never reads, a writer thread on the server side is
+    /// blocked in `write` with the send queue full. Dropping it unblocks and joins the
+    /// writer and closes everything.
+    pub(crate) struct Wedged {
+        pub(crate) _listener: TcpListener,
+        pub(crate) client: TcpStream,
+        pub(crate) server: TcpStream,
+        rx: mpsc::Receiver<io::Error>,
+        handle: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Wedged {
+        /// Wedge `(listener, client, server)`; returns once the writer is blocked.
+        pub(crate) fn new(parts: (TcpListener, TcpStream, TcpStream)) -> Wedged {
+            let (listener, client, server) = parts;
+            let (tx, rx) = mpsc::channel();
+            let mut w = server.try_clone().expect("clone server");
+            let handle = std::thread::spawn(move || {
+                let chunk = vec![1u8; 256 * 1024];
+                let mut total = 0usize;
+                // Bounded: the peer never reads, so this blocks after a few MB.
+                let err = loop {
+                    if total > 1 << 30 {
+                        break io::Error::other("wrote 1 GiB without blocking");
+                    }
+                    match w.write(&chunk) {
+                        Ok(n) => total += n,
+                        Err(e) => break e,
+                    }
+                };
+                let _ = tx.send(err);
+            });
+            let wedged = Wedged {
+                _listener: listener,
+                client,
+                server,
+                rx,
+                handle: Some(handle),
+            };
+            // Blocked: the send queue is non-empty and stops growing.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let mut last = 0;
+            loop {
+                std::thread::sleep(Duration::from_millis(50));
+                let q = outq(&wedged.server);
+                if q > 0 && q == last {
+                    break;
+                }
+                last = q;
+                assert!(
+                    Instant::now() < deadline,
+                    "writer never blocked (queue {q})"
+                );
+            }
+            assert!(
+                wedged.writer_error(Duration::ZERO).is_none(),
+                "writer not blocked"
+            );
+            wedged
+        }
+
+        /// The error the blocked `write` returned, if it returned within `timeout`.
+        pub(crate) fn writer_error(&self, timeout: Duration) -> Option<io::Error> {
+            self.rx.recv_timeout(timeout).ok()
+        }
+    }
+
+    impl Drop for Wedged {
+        fn drop(&mut self) {
+            let _ = self.server.shutdown(std::net::Shutdown::Both);
+            let _ = self.client.shutdown(std::net::Shutdown::Both);
+            if let Some(h) = self.handle.take() {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// A named network namespace (`ip netns add NAME`, loopback up), deleted on drop.
+    pub(crate) struct TestNetns {
+        pub(crate) name: String,
+    }
+
+    impl TestNetns {
+        pub(crate) fn create(name: &str) -> TestNetns {
+            let _ = run_ip(&["netns", "del", name]); // leftover of a crashed run
+            let ns = TestNetns {
+                name: name.to_string(),
+            };
+            run_ip(&["netns", "add", name]).expect("ip netns add");
+            run_ip(&["-n", name, "link", "set", "lo", "up"]).expect("ip link set lo up");
+            ns
+        }
+
+        pub(crate) fn path(&self) -> PathBuf {
+            PathBuf::from(format!("/run/netns/{}", self.name))
+        }
+
+        pub(crate) fn ino(&self) -> u32 {
+            fs::metadata(self.path()).expect("netns file").ino() as u32
+        }
+
+        /// Run `f` on a thread that has entered this namespace.
+        pub(crate) fn run_in<T: Send + 'static>(
+            &self,
+            f: impl FnOnce() -> T + Send + 'static,
+        ) -> T {
+            let file = fs::File::open(self.path()).expect("open netns");
+            std::thread::spawn(move || {
+                // SAFETY: valid namespace fd; affects only this thread.
+                assert_eq!(
+                    unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+                    0,
+                    "setns: {}",
+                    io::Error::last_os_error()
+                );
+                f()
+            })
+            .join()
+            .expect("netns thread panicked")
+        }
+    }
+
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = run_ip(&["netns", "del", &self.name]);
+        }
+    }
+
+    pub(crate) fn run_ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("ip {args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod find_tests {
+    use super::test_support::*;
+    use super::*;
+
+    fn nlmsg(ty: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&0x2u16.to_ne_bytes()); // NLM_F_MULTI
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    fn diag_msg(family: u8, sport: u16, cookie: u64) -> Vec<u8> {
+        let mut p = vec![family, 1, 0, 0];
+        p.extend_from_slice(&sport.to_be_bytes());
+        p.extend_from_slice(&40000u16.to_be_bytes());
+        p.extend_from_slice(&[127, 0, 0, 1]);
+        p.extend_from_slice(&[0; 12]);
+        p.extend_from_slice(&[127, 0, 0, 2]);
+        p.extend_from_slice(&[0; 12]);
+        p.extend_from_slice(&0u32.to_ne_bytes());
+        p.extend_from_slice(&(cookie as u32).to_ne_bytes());
+        p.extend_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        for v in [0u32, 0, 123, 0, 99] {
+            p.extend_from_slice(&v.to_ne_bytes());
+        }
+        p
+    }
+
+    #[test]
+    fn dump_datagrams_collect_until_done() {
+        let mut out = Vec::new();
+        let mut dg = nlmsg(SOCK_DIAG_BY_FAMILY, 5, &diag_msg(2, 80, 0x1_0000_0002));
+        dg.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 4, &diag_msg(2, 81, 9))); // stale: skipped
+        dg.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 5, &diag_msg(2, 82, 7)));
+        assert!(!parse_dump_datagram(&dg, 5, &mut out).unwrap());
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].cookie, out[0].local.port()), (0x1_0000_0002, 80));
+        assert_eq!((out[1].cookie, out[1].send_q), (7, 123));
+        let done = nlmsg(NLMSG_DONE, 5, &0i32.to_ne_bytes());
+        assert!(parse_dump_datagram(&done, 5, &mut out).unwrap());
+        assert_eq!(out.len(), 2);
+        // A dump that failed part-way reports its errno in NLMSG_DONE.
+        let failed = nlmsg(NLMSG_DONE, 5, &(-libc::ENOBUFS).to_ne_bytes());
+        assert_eq!(
+            parse_dump_datagram(&failed, 5, &mut out).unwrap_err().errno,
+            libc::ENOBUFS
+        );
+        // An error instead of data (e.g. no IPv6 handler).
+        let mut e = (-libc::ENOENT).to_ne_bytes().to_vec();
+        e.extend_from_slice(&[0; 16]);
+        let err = parse_dump_datagram(&nlmsg(NLMSG_ERROR, 5, &e), 5, &mut out).unwrap_err();
+        assert_eq!((err.errno, err.stage), (libc::ENOENT, "reply"));
+        // Lying length.
+        let mut bad = nlmsg(SOCK_DIAG_BY_FAMILY, 5, &diag_msg(2, 80, 1));
+        bad[0] = 255;
+        assert_eq!(
+            parse_dump_datagram(&bad, 5, &mut out).unwrap_err().errno,
+            libc::EPROTO
+        );
+    }
+
+    #[test]
+    fn endpoints_compare_across_mapped_forms() {
+        let a: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let m: SocketAddr = "[::ffff:127.0.0.1]:80".parse().unwrap();
+        assert!(same_endpoint(a, m) && same_endpoint(m, a) && same_endpoint(a, a));
+        assert!(!same_endpoint(a, "127.0.0.1:81".parse().unwrap()));
+        assert!(!same_endpoint(a, "127.0.0.2:80".parse().unwrap()));
+        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        assert!(same_endpoint(v6, v6));
+        assert!(!same_endpoint(v6, a));
+        assert!(!same_endpoint("[::1]:80".parse().unwrap(), a));
+    }
+
+    #[test]
+    fn netns_ref_pid_from_path() {
+        let r = |p: &str| NetnsRef {
+            ino: 1,
+            path: PathBuf::from(p),
+        };
+        assert_eq!(r("/proc/123/ns/net").pid(), Some(123));
+        assert_eq!(r("/proc/7/task/9/ns/net").pid(), Some(7));
+        assert_eq!(r("/run/netns/x").pid(), None);
+        assert_eq!(r("/proc/self/ns/net").pid(), None);
+    }
+
+    #[test]
+    fn netns_files_are_checked() {
+        let own = netns_at(Path::new("/proc/self/ns/net")).unwrap();
+        assert_eq!(own.ino, current_netns().unwrap());
+        let e = netns_at(Path::new("/etc/hostname")).unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL);
+        assert!(e.meaning.contains("not a namespace"), "{}", e.meaning);
+        let e = netns_at(Path::new("/proc/self/ns/uts")).unwrap_err();
+        assert!(e.meaning.contains("another type"), "{}", e.meaning);
+        let e = netns_at(Path::new("/nonexistent/tcpstall")).unwrap_err();
+        assert_eq!(e.errno, libc::ENOENT);
+        assert!(e.meaning.contains("/run/netns/NAME"), "{}", e.meaning);
+        let all = all_netns();
+        assert_eq!(all.first().map(|n| n.ino), Some(own.ino));
+        let mut inos: Vec<u32> = all.iter().map(|n| n.ino).collect();
+        inos.sort_unstable();
+        inos.dedup();
+        assert_eq!(inos.len(), all.len(), "namespaces listed twice");
+    }
+
+    /// Own-namespace dumps need no privilege: sock_diag dumps are readable by anyone.
+    #[test]
+    fn dump_finds_own_sockets_by_cookie_and_tuple() {
+        let (_l, client, server) = pair();
+        let cookie = socket_cookie(server.as_raw_fd()).unwrap();
+        let own = own_netns().unwrap();
+        let s = find_sockets_in(std::slice::from_ref(&own), false, |d| d.cookie == cookie);
+        assert_eq!((s.searched, s.failed.len(), s.found.len()), (1, 0, 1));
+        let (t, d) = &s.found[0];
+        assert_eq!(t.cookie, cookie);
+        assert_eq!(t.netns, own.ino);
+        assert_eq!(
+            (t.local, t.remote),
+            (server.local_addr().unwrap(), server.peer_addr().unwrap())
+        );
+        assert_eq!((d.state, d.family), (1, AF_INET));
+        assert!(d.tcp_info_len > 0, "no tcp_info in the dump");
+        let (found, _) = find_by_cookie(cookie).unwrap().expect("found by cookie");
+        assert_eq!(found.cookie, cookie);
+        // By tuple, in the mapped spelling, restricted to our namespace.
+        let mapped = |a: SocketAddr| match a.ip() {
+            IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+            IpAddr::V6(_) => a,
+        };
+        let v = find_by_tuple(
+            mapped(client.local_addr().unwrap()),
+            mapped(client.peer_addr().unwrap()),
+            Some(own.ino),
+        )
+        .unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0.cookie, socket_cookie(client.as_raw_fd()).unwrap());
+        // A closed socket is not found.
+        drop(server);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while find_sockets_in(std::slice::from_ref(&own), true, |d| d.cookie == cookie)
+            .found
+            .iter()
+            .any(|(_, d)| d.state == 1)
+        {
+            assert!(Instant::now() < deadline, "closed socket still ESTABLISHED");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn dump_and_destroy_in_another_netns() {
+        if !require_root("dump_and_destroy_in_another_netns") {
+            return;
+        }
+        let ns = TestNetns::create(&format!("tcpstall-fd-{}", std::process::id()));
+        let ino = ns.ino();
+        let (l, client, server) = ns.run_in(pair);
+        let cookie = socket_cookie(server.as_raw_fd()).unwrap();
+        // Not in our own namespace; found by searching all of them.
+        let own = own_netns().unwrap();
+        assert!(
+            find_sockets_in(std::slice::from_ref(&own), false, |d| d.cookie == cookie)
+                .found
+                .is_empty()
+        );
+        let (t, d) = find_by_cookie(cookie)
+            .unwrap()
+            .expect("found in the other netns");
+        assert_eq!((t.netns, d.cookie), (ino, cookie));
+        let v = find_by_tuple(
+            server.local_addr().unwrap(),
+            server.peer_addr().unwrap(),
+            None,
+        )
+        .unwrap();
+        assert!(
+            v.iter().any(|(t, _)| t.netns == ino && t.cookie == cookie),
+            "{v:?}"
+        );
+        let s = find_sockets(Some(ino), |d| d.cookie == cookie).unwrap();
+        assert_eq!((s.searched, s.found.len()), (1, 1));
+        // Through the /run/netns file with an attached destroyer.
+        let r = netns_at(&ns.path()).unwrap();
+        assert_eq!(r.ino, ino);
+        let mut dz = Destroyer::new();
+        dz.attach_netns(&r).unwrap();
+        assert_eq!(dz.cached_netns(), 1);
+        dz.destroy(&t).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match server.take_error().unwrap() {
+                Some(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::ECONNABORTED), "{e}");
+                    break;
+                }
+                None => {
+                    assert!(Instant::now() < deadline, "not aborted");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        drop((l, client, server));
+        // An unknown inode is reported, not searched silently.
+        let e = find_sockets(Some(1), |_| true).unwrap_err();
+        assert_eq!((e.errno, e.stage), (libc::ENOENT, "netns"));
     }
 }
