@@ -34,13 +34,14 @@ enum Cmd {
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// Validate a policy file and print the effective rules (exit 2 if invalid).
+    #[command(after_help = monitor::manual::POLICY_CHECK_HELP)]
     Check {
         file: PathBuf,
         /// A recorded event stream (NDJSON from `tcpstall run`): print threshold advice from
         /// the episodes that recovered by themselves.
         #[arg(long)]
         events: Option<PathBuf>,
-        /// Print the effective rules as JSON.
+        /// Print JSON instead of text (the effective rules, plus the advice with --events).
         #[arg(long)]
         json: bool,
     },
