@@ -24,6 +24,13 @@ pub struct Config {
     pub duration: Option<Duration>,
 }
 
+/// A reset decided this tick, done in one batch at the end of the tick.
+struct PendingReset {
+    target: Target,
+    fields: SocketFields,
+    bytes_still_queued: u64,
+}
+
 /// What an enforcement decision did, so each stall produces its guard event once.
 #[derive(Default)]
 struct ActState {
@@ -77,6 +84,7 @@ pub struct Agent {
     /// Last snapshot of every socket present in the kernel map at the previous tick.
     last: HashMap<u64, Snapshot>,
     acts: HashMap<u64, ActState>,
+    pending: Vec<PendingReset>,
     started: Instant,
     last_stats: Instant,
     last_sweep_us: u64,
@@ -174,6 +182,7 @@ impl Agent {
             counts: ResetCounts::default(),
             last: HashMap::new(),
             acts: HashMap::new(),
+            pending: Vec::new(),
             started: Instant::now(),
             last_stats: Instant::now(),
             last_sweep_us: 0,
@@ -294,6 +303,7 @@ impl Agent {
             }
             self.last.insert(snap.cookie, snap);
         }
+        self.flush_resets()?;
         // Sockets gone from the kernel map since the last tick: closed, or drained.
         let gone: Vec<u64> = self
             .last
@@ -515,9 +525,6 @@ impl Agent {
             remote: fresh.remote,
             pid_hint: fresh.pid,
         };
-        let t0 = Instant::now();
-        let res = self.destroyer.destroy(&target);
-        let latency_us = t0.elapsed().as_micros() as u64;
         let ev = self.tracker.evidence(snap.cookie);
         let f = self.socket_fields(
             &fresh,
@@ -527,26 +534,47 @@ impl Agent {
             sel.action,
             ev.as_ref(),
         );
-        match res {
-            Ok(()) => {
-                self.counts.done += 1;
-                self.acts.entry(snap.cookie).or_default().done = true;
-                self.out.write(&Event::SocketReset {
-                    socket: f,
-                    bytes_still_queued: fresh.queued_bytes,
-                    reset_latency_us: latency_us,
-                })?;
-            }
-            Err(e) => {
-                self.counts.failed += 1;
-                // Do not hammer a socket that cannot be reset: one failure per stall.
-                self.acts.entry(snap.cookie).or_default().done = true;
-                self.out.write(&Event::ResetFailed {
-                    socket: f,
-                    errno: e.errno,
-                    error: reset::errno_name(e.errno).to_string(),
-                    meaning: e.meaning.clone(),
-                })?;
+        self.acts.entry(snap.cookie).or_default().done = true;
+        self.pending.push(PendingReset {
+            target,
+            fields: f,
+            bytes_still_queued: fresh.queued_bytes,
+        });
+        Ok(())
+    }
+
+    /// Reset every socket this tick decided on, in netlink batches (thousands of wedges
+    /// at once is the mass-disconnect case), and report each.
+    fn flush_resets(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let targets: Vec<Target> = pending.iter().map(|p| p.target.clone()).collect();
+        let t0 = Instant::now();
+        let results = self.destroyer.destroy_many(&targets);
+        // Per-socket latency is not separable inside a batch: report the batch's mean.
+        let latency_us = t0.elapsed().as_micros() as u64 / pending.len() as u64;
+        for (p, res) in pending.into_iter().zip(results) {
+            match res {
+                Ok(()) => {
+                    self.counts.done += 1;
+                    self.out.write(&Event::SocketReset {
+                        socket: p.fields,
+                        bytes_still_queued: p.bytes_still_queued,
+                        reset_latency_us: latency_us,
+                    })?;
+                }
+                Err(e) => {
+                    // One failure per stall: a socket that cannot be reset is not hammered.
+                    self.counts.failed += 1;
+                    self.out.write(&Event::ResetFailed {
+                        socket: p.fields,
+                        errno: e.errno,
+                        error: reset::errno_name(e.errno).to_string(),
+                        meaning: e.meaning.clone(),
+                    })?;
+                }
             }
         }
         Ok(())

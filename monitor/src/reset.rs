@@ -69,6 +69,8 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 /// How long to wait for the kernel's answer. The kernel handles sock_diag requests
 /// synchronously inside `sendmsg`, so the reply is normally queued before `send` returns.
 const REPLY_TIMEOUT: Duration = Duration::from_millis(500);
+/// SOCK_DESTROY requests packed into one netlink datagram by [`Destroyer::destroy_many`].
+pub const DESTROY_BATCH: usize = 64;
 /// Receive buffer: an exact lookup reply is well under 1 KiB.
 const RECV_BUF_LEN: usize = 16 * 1024;
 /// At most this many namespaces keep a cached netlink socket (least recently used evicted).
@@ -352,6 +354,116 @@ impl Destroyer {
             }
         }
         Err(kernel_error(last.unwrap_or(libc::ENOENT), t))
+    }
+
+    /// Destroy many sockets with few system calls — the mass-disconnect case (thousands of
+    /// wedges at once). Requests for the same network namespace are packed into netlink
+    /// datagrams of [`DESTROY_BATCH`] messages; the kernel handles every message of a datagram
+    /// in one `sendto`, then the acknowledgements are read back. Each target gets the same
+    /// checks and the same result as [`Destroyer::destroy`]; results come back in order.
+    pub fn destroy_many(&mut self, targets: &[Target]) -> Vec<Result<(), ResetError>> {
+        let mut results: Vec<Option<Result<(), ResetError>>> =
+            targets.iter().map(|_| None).collect();
+        // Group by namespace; anything unusual (no cookie, bad target) goes the single path.
+        let mut groups: HashMap<u64, Vec<(usize, WireId)>> = HashMap::new();
+        let mut single = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let key = match netns_key(t.netns) {
+                Ok(k) => k,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            match wire_ids(t) {
+                Ok(ids) if t.cookie != 0 && t.cookie != u64::MAX && !ids.is_empty() => {
+                    groups.entry(key).or_default().push((i, ids[0]));
+                }
+                _ => single.push(i),
+            }
+        }
+        for (key, members) in groups {
+            for chunk in members.chunks(DESTROY_BATCH) {
+                let pid_hint = targets[chunk[0].0].pid_hint;
+                let fd = match self.socket_for(key, pid_hint) {
+                    Ok(fd) => fd,
+                    Err(_) => {
+                        single.extend(chunk.iter().map(|(i, _)| *i));
+                        continue;
+                    }
+                };
+                let mut msg = Vec::with_capacity(chunk.len() * 96);
+                let mut pending: HashMap<u32, usize> = HashMap::with_capacity(chunk.len());
+                for (i, id) in chunk {
+                    self.seq = self.seq.wrapping_add(1).max(1);
+                    msg.extend_from_slice(&encode_request(
+                        SOCK_DESTROY,
+                        NLM_F_REQUEST | NLM_F_ACK,
+                        self.seq,
+                        id,
+                        0,
+                    ));
+                    pending.insert(self.seq, *i);
+                }
+                if send_request(fd, &msg).is_err() {
+                    // Nothing was processed: the kernel takes a datagram whole or not at all.
+                    self.socks.remove(&key);
+                    single.extend(chunk.iter().map(|(i, _)| *i));
+                    continue;
+                }
+                let deadline = Instant::now() + REPLY_TIMEOUT;
+                while !pending.is_empty() {
+                    let n = match recv_datagram(fd, &mut self.buf, deadline) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            // Some requests may have acted already: report, never resend.
+                            self.socks.remove(&key);
+                            for (_, i) in pending.drain() {
+                                results[i] =
+                                    Some(Err(ResetError::new(e.stage, e.errno, e.meaning.clone())));
+                            }
+                            break;
+                        }
+                    };
+                    let mut replies = Vec::new();
+                    if let Err(e) = for_each_reply(&self.buf[..n], |seq, r| replies.push((seq, r)))
+                    {
+                        log::warn!("SOCK_DESTROY batch: {e}");
+                        continue;
+                    }
+                    for (seq, reply) in replies {
+                        let Some(i) = pending.remove(&seq) else {
+                            continue;
+                        };
+                        results[i] = Some(match reply {
+                            Reply::Ack(0) => Ok(()),
+                            // A v4-mapped socket may need the second encoding: single path.
+                            Reply::Ack(errno) if errno == libc::ENOENT => {
+                                single.push(i);
+                                continue;
+                            }
+                            Reply::Ack(errno) => Err(kernel_error(errno, &targets[i])),
+                            Reply::Diag(_) => Err(ResetError::new(
+                                "reply",
+                                libc::EPROTO,
+                                "the kernel answered SOCK_DESTROY with socket data instead of \
+                                 an acknowledgement (unexpected kernel behaviour, please report)",
+                            )),
+                        });
+                    }
+                }
+                if let Some(c) = self.socks.get_mut(&key) {
+                    c.last_used = Instant::now();
+                }
+            }
+        }
+        for i in single {
+            results[i] = Some(self.destroy(&targets[i]));
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every target gets a result"))
+            .collect()
     }
 
     /// Look the socket named by `t` up exactly and return its diag and `tcp_info`.
@@ -746,6 +858,17 @@ fn malformed(what: &str) -> ResetError {
 /// Find the reply to `seq` among the netlink messages of one datagram. `Ok(None)`: none of
 /// them answers `seq` (stale messages are skipped).
 fn parse_datagram(buf: &[u8], seq: u32) -> Result<Option<Reply>, ResetError> {
+    let mut found = None;
+    for_each_reply(buf, |mseq, reply| {
+        if mseq == seq && found.is_none() {
+            found = Some(reply);
+        }
+    })?;
+    Ok(found)
+}
+
+/// Every reply (with its sequence number) in one datagram.
+fn for_each_reply(buf: &[u8], mut f: impl FnMut(u32, Reply)) -> Result<(), ResetError> {
     let mut off = 0;
     while off + NLMSG_HDRLEN <= buf.len() {
         let len = rd_u32(buf, off).unwrap_or(0) as usize;
@@ -756,15 +879,12 @@ fn parse_datagram(buf: &[u8], seq: u32) -> Result<Option<Reply>, ResetError> {
         }
         let payload = &buf[off + NLMSG_HDRLEN..off + len];
         off += align4(len);
-        if mseq != seq {
-            continue;
-        }
         match ty {
             NLMSG_ERROR => {
                 let err = rd_u32(payload, 0).ok_or_else(|| malformed("short NLMSG_ERROR"))? as i32;
-                return Ok(Some(Reply::Ack(err.checked_neg().unwrap_or(libc::EPROTO))));
+                f(mseq, Reply::Ack(err.checked_neg().unwrap_or(libc::EPROTO)));
             }
-            SOCK_DIAG_BY_FAMILY => return Ok(Some(Reply::Diag(Box::new(parse_diag(payload)?)))),
+            SOCK_DIAG_BY_FAMILY => f(mseq, Reply::Diag(Box::new(parse_diag(payload)?))),
             NLMSG_NOOP => continue,
             NLMSG_DONE | NLMSG_OVERRUN => {
                 return Err(malformed("unexpected NLMSG_DONE/NLMSG_OVERRUN"))
@@ -772,7 +892,7 @@ fn parse_datagram(buf: &[u8], seq: u32) -> Result<Option<Reply>, ResetError> {
             _ => return Err(malformed("unexpected netlink message type")),
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 fn addr_from_wire(family: u8, raw: &[u8], port: u16) -> SocketAddr {
@@ -928,6 +1048,16 @@ fn send_request(fd: RawFd, msg: &[u8]) -> Result<(), ResetError> {
 fn recv_reply(fd: RawFd, seq: u32, buf: &mut [u8]) -> Result<Reply, ResetError> {
     let deadline = Instant::now() + REPLY_TIMEOUT;
     loop {
+        let n = recv_datagram(fd, buf, deadline)?;
+        if let Some(reply) = parse_datagram(&buf[..n], seq)? {
+            return Ok(reply);
+        }
+    }
+}
+
+/// Receive one datagram from the kernel (others are skipped) before `deadline`.
+fn recv_datagram(fd: RawFd, buf: &mut [u8], deadline: Instant) -> Result<usize, ResetError> {
+    loop {
         if Instant::now() >= deadline {
             return Err(ResetError::new(
                 "reply",
@@ -982,9 +1112,7 @@ fn recv_reply(fd: RawFd, seq: u32, buf: &mut [u8]) -> Result<Reply, ResetError> 
         if from.nl_pid != 0 {
             continue; // not from the kernel
         }
-        if let Some(reply) = parse_datagram(&buf[..n], seq)? {
-            return Ok(reply);
-        }
+        return Ok(n);
     }
 }
 
@@ -1699,70 +1827,23 @@ fn dump_family(
     send_request(fd, &msg)?;
     let mut out = Vec::new();
     loop {
-        if Instant::now() >= deadline {
-            return Err(ResetError::new(
-                "reply",
-                libc::ETIMEDOUT,
-                format!(
-                    "the socket dump did not finish within {DUMP_TIMEOUT:?}: {}",
-                    errno_meaning(libc::ETIMEDOUT)
-                ),
-            ));
-        }
-        let n = recv_datagram(fd, buf)?;
-        if n == 0 {
-            continue;
-        }
+        let n = recv_datagram(fd, buf, deadline).map_err(|e| {
+            if e.errno == libc::ETIMEDOUT {
+                ResetError::new(
+                    "reply",
+                    libc::ETIMEDOUT,
+                    format!(
+                        "the socket dump did not finish within {DUMP_TIMEOUT:?}: {}",
+                        errno_meaning(libc::ETIMEDOUT)
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
         if parse_dump_datagram(&buf[..n], seq, &mut out)? {
             return Ok(out);
         }
-    }
-}
-
-/// Receive one datagram from the kernel; returns 0 for datagrams from elsewhere.
-fn recv_datagram(fd: RawFd, buf: &mut [u8]) -> Result<usize, ResetError> {
-    loop {
-        // SAFETY: zeroed sockaddr_nl is valid; buf is valid for buf.len() bytes.
-        let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        let n = unsafe {
-            libc::recvfrom(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-                (&mut from as *mut libc::sockaddr_nl).cast(),
-                &mut from_len,
-            )
-        };
-        if n < 0 {
-            let errno = last_errno();
-            return match errno {
-                libc::EINTR => continue,
-                libc::EAGAIN => Err(ResetError::new(
-                    "reply",
-                    libc::ETIMEDOUT,
-                    errno_meaning(libc::ETIMEDOUT),
-                )),
-                _ => Err(ResetError::new(
-                    "reply",
-                    errno,
-                    format!(
-                        "recvfrom on the NETLINK_SOCK_DIAG socket: {}",
-                        errno_meaning(errno)
-                    ),
-                )),
-            };
-        }
-        let n = n as usize;
-        if n > buf.len() {
-            return Err(ResetError::new(
-                "reply",
-                libc::EMSGSIZE,
-                errno_meaning(libc::EMSGSIZE),
-            ));
-        }
-        return Ok(if from.nl_pid == 0 { n } else { 0 });
     }
 }
 
