@@ -2402,6 +2402,49 @@ mod tests {
     }
 
     #[test]
+    fn destroy_many_resets_a_batch_and_refuses_a_wrong_cookie() {
+        if !require_root("destroy_many_resets_a_batch_and_refuses_a_wrong_cookie") {
+            return;
+        }
+        // More pairs than one datagram holds, so the batching boundary is crossed.
+        let n = DESTROY_BATCH + 6;
+        let pairs: Vec<_> = (0..n).map(|_| loopback_pair().unwrap()).collect();
+        let mut targets: Vec<Target> = pairs
+            .iter()
+            .map(|(_, _, s)| target_of(s, AF_INET))
+            .collect();
+        // One target names a live 4-tuple with a wrong cookie: it must not be touched.
+        let wrong = 3;
+        targets[wrong].cookie ^= 0x5a5a;
+        let mut d = Destroyer::new();
+        let results = d.destroy_many(&targets);
+        assert_eq!(results.len(), n);
+        for (i, r) in results.iter().enumerate() {
+            if i == wrong {
+                let e = r.as_ref().expect_err("wrong cookie must be refused");
+                assert_eq!(e.errno, libc::ENOENT, "{e}");
+            } else {
+                r.as_ref().unwrap_or_else(|e| panic!("target {i}: {e}"));
+            }
+        }
+        for (i, (_, _, server)) in pairs.iter().enumerate() {
+            let err = server.take_error().unwrap();
+            if i == wrong {
+                assert!(err.is_none(), "the wrong-cookie socket was reset");
+                let mut w = server;
+                w.write_all(b"still alive")
+                    .expect("wrong-cookie socket still writable");
+            } else {
+                assert_eq!(
+                    err.and_then(|e| e.raw_os_error()),
+                    Some(libc::ECONNABORTED),
+                    "socket {i} not aborted"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn blocked_writer_gets_econnaborted() {
         if !require_root("blocked_writer_gets_econnaborted") {
             return;
