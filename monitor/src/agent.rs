@@ -273,6 +273,7 @@ impl Agent {
             .map(|n| (n.cookie, n.ts_ns))
             .collect();
         let states = self.probes.read_all();
+        let read_us = t0.elapsed().as_micros();
         let now_ns = monotonic_ns();
         let mut present = HashSet::with_capacity(states.len());
         let policy = std::sync::Arc::clone(&self.policy);
@@ -338,6 +339,11 @@ impl Agent {
         self.tracker
             .prune(now_ns, Duration::from_secs(600), 100_000);
         self.last_sweep_us = t0.elapsed().as_micros() as u64;
+        log::debug!(
+            "tick: {} sockets, map read {read_us} us, whole tick {} us",
+            states.len(),
+            self.last_sweep_us
+        );
         if self.last_stats.elapsed() >= self.cfg.stats_interval {
             self.emit_stats()?;
         }
