@@ -1,0 +1,135 @@
+//! Assertions shared by the test files: event identity, timing bounds, reset outcomes.
+
+use crate::agent::{is_socket_event, Agent, Received};
+use crate::traffic::{Conn, Outcome, WRITER_COMM};
+use crate::{detection_bound, sock};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Extra time waited past a bound before giving up, so a late event is reported with its
+/// actual latency instead of as missing.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// Network namespace inode of the test process.
+pub fn own_netns() -> u64 {
+    sock::current_netns_inode().expect("reading /proc/thread-self/ns/net")
+}
+
+/// The socket address in field `field` of `ev`.
+pub fn addr(ev: &Value, field: &str) -> SocketAddr {
+    ev[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("field {field} is not an ip:port: {ev}"))
+}
+
+/// The event is about `c`'s server socket and names it right: cookie, netns, family,
+/// addresses, and the writer (this process, thread "tswriter").
+pub fn assert_identity(ev: &Value, c: &Conn, netns: u64, what: &str) {
+    assert_eq!(
+        ev["cookie"].as_u64(),
+        Some(c.server_cookie),
+        "{what}: cookie in {ev}"
+    );
+    assert_eq!(ev["netns"].as_u64(), Some(netns), "{what}: netns in {ev}");
+    let family = if c.server_addr.is_ipv4() {
+        "inet"
+    } else {
+        "inet6"
+    };
+    assert_eq!(ev["family"], family, "{what}: family in {ev}");
+    assert_eq!(addr(ev, "local"), c.server_addr, "{what}: local in {ev}");
+    assert_eq!(addr(ev, "remote"), c.client_addr, "{what}: remote in {ev}");
+    assert_eq!(
+        ev["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{what}: pid in {ev}"
+    );
+    assert_eq!(ev["comm"], WRITER_COMM, "{what}: comm in {ev}");
+}
+
+/// Wait for the first `name` event about `cookie`; it must arrive within
+/// [`detection_bound`] of `since` (the moment progress stopped). Returns it.
+pub fn expect_event_within(
+    agent: &Agent,
+    name: &str,
+    cookie: u64,
+    since: Instant,
+    what: &str,
+) -> Value {
+    let bound = detection_bound();
+    let wait = (since + bound + GRACE).saturating_duration_since(Instant::now());
+    let Some(Received { at, json }) =
+        agent.wait_for_received(0, |e| is_socket_event(e, name, cookie), wait)
+    else {
+        panic!(
+            "{what}: no {name} for cookie {cookie} within {:?} of the wedge{}",
+            bound + GRACE,
+            agent.diagnostics()
+        );
+    };
+    let latency = at.saturating_duration_since(since);
+    eprintln!("{what}: {name} {latency:?} after the wedge (bound {bound:?})");
+    assert!(
+        latency <= bound,
+        "{what}: {name} came {latency:?} after the wedge, bound is {bound:?}: {json}"
+    );
+    json
+}
+
+/// The connection's blocked `send()` must fail with ECONNABORTED within [`detection_bound`] of
+/// `since`, and the agent must have said `socket_reset` for the server socket. Returns that
+/// event.
+pub fn expect_reset(agent: &Agent, c: &Conn, since: Instant, what: &str) -> Value {
+    let bound = detection_bound();
+    let wait = (since + bound + GRACE).saturating_duration_since(Instant::now());
+    let outcome = c.writer().wait_outcome(wait);
+    match outcome {
+        Some(Outcome::Failed { errno, at }) => {
+            let latency = at.saturating_duration_since(since);
+            eprintln!("{what}: send() failed with {} {latency:?} after the wedge", sock::errno_name(errno));
+            assert_eq!(
+                errno,
+                libc::ECONNABORTED,
+                "{what}: the blocked send() failed with {}, expected ECONNABORTED (103){}",
+                sock::errno_name(errno),
+                agent.diagnostics()
+            );
+            assert!(
+                latency <= bound,
+                "{what}: the blocked send() returned {latency:?} after the wedge, bound {bound:?}{}",
+                agent.diagnostics()
+            );
+        }
+        other => panic!(
+            "{what}: the blocked send() did not fail within {:?} of the wedge (outcome {other:?}){}",
+            bound + GRACE,
+            agent.diagnostics()
+        ),
+    }
+    let ev = agent
+        .wait_for(
+            |e| is_socket_event(e, "socket_reset", c.server_cookie),
+            Duration::from_secs(2),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "{what}: send() was aborted but no socket_reset event for cookie {}{}",
+                c.server_cookie,
+                agent.diagnostics()
+            )
+        });
+    assert_eq!(ev["action"], "reset", "{what}: {ev}");
+    ev
+}
+
+/// The writer of `c` is still blocked in `send()` and has not failed: nothing reset it.
+pub fn assert_still_blocked(c: &Conn, what: &str) {
+    assert_eq!(c.writer().outcome(), None, "{what}: the writer ended");
+    let since = c.writer().in_send_since();
+    assert!(
+        since.is_some_and(|s| s.elapsed() >= Duration::from_millis(500)),
+        "{what}: the writer should still be blocked in send(), in send since {since:?}"
+    );
+}
