@@ -133,3 +133,31 @@ pub fn assert_still_blocked(c: &Conn, what: &str) {
         "{what}: the writer should still be blocked in send(), in send since {since:?}"
     );
 }
+
+/// The kernel's view of `c`'s server socket right now, for comparing with what the agent
+/// reported: (snd_wnd, retransmits, bytes unread in the receive queue).
+pub fn kernel_view(c: &Conn) -> (u32, u8, u64) {
+    let info = sock::tcp_info(c.server()).expect("TCP_INFO");
+    let unread = sock::recv_queue(c.server()).expect("SIOCINQ");
+    (info.tcpi_snd_wnd, info.tcpi_retransmits, unread)
+}
+
+/// The server sockets here never have unread data: the agent must report `recv_unread` 0
+/// (as the kernel does) and never a `recv_backlog` stall for them.
+pub fn assert_no_recv_backlog(agent: &Agent, c: &Conn, what: &str) {
+    let (_, _, unread) = kernel_view(c);
+    assert_eq!(
+        unread, 0,
+        "{what}: test bug, the server socket has unread data"
+    );
+    for ev in agent.matching(|e| e["cookie"].as_u64() == Some(c.server_cookie)) {
+        assert_eq!(
+            ev["recv_unread"], 0,
+            "{what}: the kernel has 0 bytes unread on this socket (SIOCINQ), the agent says: {ev}"
+        );
+        assert_ne!(
+            ev["class"], "recv_backlog",
+            "{what}: recv_backlog on a socket with nothing to read: {ev}"
+        );
+    }
+}

@@ -269,3 +269,11 @@ pub fn send_queue(fd: &impl AsRawFd) -> io::Result<u64> {
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) })?;
     Ok(n.max(0) as u64)
 }
+
+/// Bytes received and not yet read by the application (`ioctl(SIOCINQ)`).
+pub fn recv_queue(fd: &impl AsRawFd) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD (= SIOCINQ) writes one int.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
+    Ok(n.max(0) as u64)
+}

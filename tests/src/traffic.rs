@@ -34,7 +34,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A helper thread that reports its exit on a channel, so it can be joined with a timeout.
 struct Task {
     handle: Option<JoinHandle<()>>,
-    done: mpsc::Receiver<()>,
+    done: Mutex<mpsc::Receiver<()>>,
     name: String,
 }
 
@@ -57,7 +57,7 @@ impl Task {
             })?;
         Ok(Task {
             handle: Some(handle),
-            done: rx,
+            done: Mutex::new(rx),
             name: name.to_string(),
         })
     }
@@ -67,7 +67,8 @@ impl Task {
         let Some(handle) = self.handle.take() else {
             return Ok(());
         };
-        match self.done.recv_timeout(timeout) {
+        let done = lock(&self.done).recv_timeout(timeout);
+        match done {
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => handle
                 .join()
                 .map_err(|_| format!("thread {} panicked", self.name)),

@@ -87,7 +87,7 @@ pub fn accept_key(key: &str) -> String {
 }
 
 /// Read an HTTP head (through the blank line) within `timeout`; at most 16 KiB.
-fn read_head(s: &mut TcpStream, timeout: Duration) -> io::Result<String> {
+fn read_head(mut s: &TcpStream, timeout: Duration) -> io::Result<String> {
     s.set_read_timeout(Some(timeout))?;
     let mut head = Vec::new();
     let mut b = [0u8; 1];
@@ -116,7 +116,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 /// Client side of the opening handshake: send the Upgrade request with `key` and require a
 /// `101` answer with the right `Sec-WebSocket-Accept`.
-pub fn client_handshake(s: &mut TcpStream, host: &str, key: &str) -> io::Result<()> {
+pub fn client_handshake(mut s: &TcpStream, host: &str, key: &str) -> io::Result<()> {
     write!(
         s,
         "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -137,7 +137,7 @@ pub fn client_handshake(s: &mut TcpStream, host: &str, key: &str) -> io::Result<
 }
 
 /// Server side of the opening handshake: read an Upgrade request and answer `101`.
-pub fn server_handshake(s: &mut TcpStream) -> io::Result<()> {
+pub fn server_handshake(mut s: &TcpStream) -> io::Result<()> {
     let head = read_head(s, Duration::from_secs(5))?;
     let upgrade = header(&head, "Upgrade").map(|v| v.eq_ignore_ascii_case("websocket"));
     let key = header(&head, "Sec-WebSocket-Key");
