@@ -466,3 +466,41 @@ pub fn is_event(ev: &Value, name: &str) -> bool {
 pub fn is_socket_event(ev: &Value, name: &str, cookie: u64) -> bool {
     is_event(ev, name) && ev["cookie"].as_u64() == Some(cookie)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(input: &str) -> State {
+        let shared = Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        };
+        read_events(std::io::Cursor::new(input.as_bytes().to_vec()), &shared);
+        shared.state.into_inner().unwrap()
+    }
+
+    #[test]
+    fn reader_flags_lines_that_fail_the_schema() {
+        let st = feed(
+            "not json\n\
+             {\"schema\":1,\"event\":\"no_such_event\",\"ts\":\"2026-11-23T11:02:03.123Z\"}\n\
+             {\"schema\":2,\"event\":\"stats\",\"ts\":\"2026-11-23T11:02:03.123Z\"}\n\
+             {\"schema\":1,\"event\":\"agent_stopped\",\"ts\":\"2026-11-23T11:02:03.123Z\"}",
+        );
+        assert!(st.stdout_closed);
+        // Every line is wrong: not JSON, unknown type, wrong schema version, missing fields
+        // (and the last one also lacks its newline).
+        assert_eq!(st.invalid.len(), 5, "{:#?}", st.invalid);
+        assert_eq!(st.events.len(), 3, "parsed lines are kept for diagnostics");
+    }
+
+    #[test]
+    fn event_predicates() {
+        let ev = serde_json::json!({"event": "stall_started", "cookie": 7});
+        assert!(is_event(&ev, "stall_started"));
+        assert!(is_socket_event(&ev, "stall_started", 7));
+        assert!(!is_socket_event(&ev, "stall_started", 8));
+        assert!(!is_socket_event(&ev, "stall_cleared", 7));
+    }
+}

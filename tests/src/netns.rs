@@ -72,10 +72,24 @@ fn subnet(index: u32) -> (Ipv4Addr, Ipv4Addr) {
     (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
 }
 
-/// A fresh subnet index: distinct within this process, spread across processes by pid.
-fn next_subnet() -> (Ipv4Addr, Ipv4Addr) {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    subnet(std::process::id().wrapping_mul(64).wrapping_add(n))
+/// A fresh /30: distinct within this process, spread across processes by pid, and skipping
+/// subnets an interface of the host already uses (another test run, another tool).
+fn next_subnet() -> io::Result<(Ipv4Addr, Ipv4Addr)> {
+    let in_use = run_cmd("ip", &["-o", "-4", "addr", "show"], None)?;
+    for _ in 0..256 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (a, b) = subnet(std::process::id().wrapping_mul(64).wrapping_add(n));
+        let taken = in_use
+            .split_whitespace()
+            .filter_map(|w| w.split('/').next()?.parse::<Ipv4Addr>().ok())
+            .any(|ip| ip == a || ip == b);
+        if !taken {
+            return Ok((a, b));
+        }
+    }
+    Err(io::Error::other(
+        "no free /30 in 10.213.0.0/16 after 256 tries",
+    ))
 }
 
 /// A named network namespace (`ip netns add`), loopback up, optionally with one veth link
@@ -109,7 +123,7 @@ impl NetNs {
     /// namespace end is [`NetNs::addr`], the host end [`NetNs::peer_addr`].
     pub fn linked_to_host() -> io::Result<NetNs> {
         let mut ns = NetNs::new()?;
-        let (host_ip, ns_ip) = next_subnet();
+        let (host_ip, ns_ip) = next_subnet()?;
         let (host_if, ns_if) = veth_names();
         run_cmd(
             "ip",
@@ -135,7 +149,7 @@ impl NetNs {
     pub fn linked_pair() -> io::Result<(NetNs, NetNs)> {
         let mut a = NetNs::new()?;
         let mut b = NetNs::new()?;
-        let (a_ip, b_ip) = next_subnet();
+        let (a_ip, b_ip) = next_subnet()?;
         let (a_if, b_if) = veth_names();
         run_cmd(
             "ip",

@@ -443,39 +443,54 @@ fn read_loop(s: &mut TcpStream, mode: ReadMode, seed: u64, st: &ReaderState) {
 }
 
 /// Bytes the server received from its client, collected by a thread (for protocol
-/// exchanges such as a WebSocket close frame sent while the server is blocked writing).
+/// exchanges such as a WebSocket close frame sent while the server is blocked writing). It
+/// stops after `limit` bytes: a socket error is reported to only one call, so a reader
+/// still blocked on the socket when it is reset could take the ECONNABORTED meant for the
+/// writer (which then sees EPIPE).
 pub struct Inbox {
-    data: Arc<Mutex<(Vec<u8>, Option<io::ErrorKind>, bool)>>,
+    data: Arc<Mutex<InboxData>>,
     task: Task,
+}
+
+/// What an [`Inbox`] collected: the bytes, how reading ended (error kind, or end-of-stream
+/// or the limit).
+#[derive(Default)]
+struct InboxData {
+    bytes: Vec<u8>,
+    error: Option<io::ErrorKind>,
+    eof: bool,
 }
 
 /// Bound on what an [`Inbox`] keeps.
 const INBOX_MAX: usize = 1 << 20;
 
 impl Inbox {
-    /// Start collecting what arrives on (a clone of) `stream`.
-    pub fn spawn(stream: &TcpStream) -> io::Result<Inbox> {
+    /// Start collecting what arrives on (a clone of) `stream`, up to `limit` bytes.
+    pub fn spawn(stream: &TcpStream, limit: usize) -> io::Result<Inbox> {
+        let limit = limit.min(INBOX_MAX);
         let mut s = stream.try_clone()?;
-        let data = Arc::new(Mutex::new((Vec::new(), None, false)));
+        let data = Arc::new(Mutex::new(InboxData::default()));
         let d = Arc::clone(&data);
         let task = Task::spawn("tsinbox", 128 * 1024, move || {
             let mut buf = [0u8; 4096];
             let started = Instant::now();
             while started.elapsed() < MAX_LIFETIME {
-                match s.read(&mut buf) {
+                let want = limit - lock(&d).bytes.len();
+                if want == 0 {
+                    lock(&d).eof = true;
+                    return;
+                }
+                match s.read(&mut buf[..want.min(4096)]) {
                     Ok(0) => {
-                        lock(&d).2 = true;
+                        lock(&d).eof = true;
                         return;
                     }
                     Ok(n) => {
-                        let mut g = lock(&d);
-                        if g.0.len() + n <= INBOX_MAX {
-                            g.0.extend_from_slice(&buf[..n]);
-                        }
+                        lock(&d).bytes.extend_from_slice(&buf[..n]);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        lock(&d).1 = Some(e.kind());
+                        lock(&d).error = Some(e.kind());
                         return;
                     }
                 }
@@ -486,7 +501,32 @@ impl Inbox {
 
     /// Everything received so far.
     pub fn bytes(&self) -> Vec<u8> {
-        lock(&self.data).0.clone()
+        lock(&self.data).bytes.clone()
+    }
+
+    /// How reading ended: None while it goes on, `Ok` at end-of-stream or the limit, else
+    /// the error kind.
+    pub fn end(&self) -> Option<Result<(), io::ErrorKind>> {
+        let g = lock(&self.data);
+        match (g.eof, g.error) {
+            (true, _) => Some(Ok(())),
+            (_, Some(kind)) => Some(Err(kind)),
+            _ => None,
+        }
+    }
+
+    /// Wait up to `timeout` for reading to end; see [`Inbox::end`].
+    pub fn wait_end(&self, timeout: Duration) -> Option<Result<(), io::ErrorKind>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.end() {
+                return Some(e);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Wait until at least `n` bytes arrived; returns them.
@@ -731,9 +771,9 @@ impl Conn {
         Ok(())
     }
 
-    /// Start collecting what the client sends to the server.
-    pub fn start_inbox(&mut self) -> io::Result<()> {
-        self.inbox = Some(Inbox::spawn(self.server())?);
+    /// Start collecting what the client sends to the server, up to `limit` bytes.
+    pub fn start_inbox(&mut self, limit: usize) -> io::Result<()> {
+        self.inbox = Some(Inbox::spawn(self.server(), limit)?);
         Ok(())
     }
 

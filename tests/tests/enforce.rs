@@ -123,7 +123,10 @@ fn resets_a_websocket_whose_client_stopped_reading_and_sent_close() {
             .expect("client handshake");
         server.join().unwrap().expect("server handshake");
     });
-    c.start_inbox().unwrap();
+    // The server reads the one frame it expects (its read loop then waits on the send, as
+    // in Granian's teardown).
+    let close = ws::masked_close_frame(1000, [0x5a, 0x17, 0xc3, 0x99]);
+    c.start_inbox(close.len()).unwrap();
     c.start(Some(WriteMode::WsFrames), ReadMode::Never, 4)
         .unwrap();
     let blocked = c
@@ -131,17 +134,20 @@ fn resets_a_websocket_whose_client_stopped_reading_and_sent_close() {
         .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
         .expect("the WebSocket writer never blocked");
     // The client says goodbye but keeps the TCP connection open and still does not read.
-    (&c.client)
-        .write_all(&ws::masked_close_frame(1000, [0x5a, 0x17, 0xc3, 0x99]))
-        .unwrap();
+    (&c.client).write_all(&close).unwrap();
     let got = c
         .inbox()
-        .wait_bytes(8, Duration::from_secs(2))
+        .wait_bytes(close.len(), Duration::from_secs(2))
         .expect("the server never received the close frame");
     assert_eq!(
         ws::parse_client_frame(&got),
         Some((0x88, vec![0x03, 0xe8])),
         "close frame"
+    );
+    assert_eq!(
+        c.inbox().end(),
+        Some(Ok(())),
+        "the server read the close frame and stopped reading"
     );
     assert_eq!(
         c.writer().outcome(),
