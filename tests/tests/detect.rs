@@ -92,6 +92,8 @@ fn no_ack_from_a_blackholed_peer() {
     );
     ns.blackhole().unwrap();
     let dead = Instant::now();
+    let (wnd, _, _) = kernel_view(&c);
+    assert!(wnd > 0, "test bug: the window was {wnd} when the peer died");
 
     let ev = expect_event_within(
         &agent,

@@ -10,7 +10,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tests::agent::{is_event, is_socket_event, Agent, AgentOpts};
 use tests::check::{
-    assert_identity, assert_still_blocked, expect_event_within, expect_reset, own_netns, GRACE,
+    assert_identity, assert_still_blocked, expect_event_within, expect_reset, kernel_view,
+    own_netns, GRACE,
 };
 use tests::netns::NetNs;
 use tests::shapes::HealthyShapes;
@@ -93,7 +94,10 @@ fn resets_a_blackholed_peer() {
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
     assert_enforcing(&agent);
     let mut c = l.connect(Some(&ns), ConnOpts::default()).unwrap();
-    c.start(Some(WriteMode::Stream), ReadMode::Fast, 2).unwrap();
+    // Paced so that the reader keeps the window open: the peer dies with an open window
+    // (had it advertised 0 just before, the kernel would be probing a zero window instead).
+    c.start(Some(WriteMode::Paced(8 << 20)), ReadMode::Fast, 2)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         c.reader().report().bytes > 0,
@@ -101,6 +105,8 @@ fn resets_a_blackholed_peer() {
     );
     ns.blackhole().unwrap();
     let dead = Instant::now();
+    let (wnd, _, _) = kernel_view(&c);
+    assert!(wnd > 0, "test bug: the window was {wnd} when the peer died");
     let ev = expect_reset(&agent, &c, dead, "blackholed peer");
     assert_reset_event(&ev, &c, own_netns(), "no_ack", "blackholed peer");
     assert!(ev["retransmits"].as_u64() > Some(0), "{ev}");
