@@ -25,6 +25,8 @@ pub struct Received {
     pub at: Instant,
     /// The parsed line.
     pub json: Value,
+    /// Its position in the agent's output (0 = `agent_started`).
+    pub index: usize,
 }
 
 #[derive(Default)]
@@ -425,7 +427,8 @@ fn read_events(stdout: impl Read, shared: &Shared) {
                 if let Err(e) = monitor::event::validate(&json) {
                     st.invalid.push(format!("{e}: {text}"));
                 }
-                st.events.push(Received { at, json });
+                let index = st.events.len();
+                st.events.push(Received { at, json, index });
             }
             Err(e) => st.invalid.push(format!("not JSON ({e}): {text}")),
         }

@@ -60,7 +60,7 @@ pub fn expect_event_within(
 ) -> Value {
     let bound = detection_bound();
     let wait = (since + bound + GRACE).saturating_duration_since(Instant::now());
-    let Some(Received { at, json }) =
+    let Some(Received { at, json, .. }) =
         agent.wait_for_received(0, |e| is_socket_event(e, name, cookie), wait)
     else {
         panic!(
@@ -160,4 +160,28 @@ pub fn assert_no_recv_backlog(agent: &Agent, c: &Conn, what: &str) {
             "{what}: recv_backlog on a socket with nothing to read: {ev}"
         );
     }
+}
+
+/// The stalls an event stream says are active after its last event: every (cookie, class)
+/// with a `stall_started` not yet followed by `stall_cleared` or `stall_closed` for that
+/// class, or by a `socket_reset` of that cookie (the agent's own reset closes the socket).
+/// `stats.stalls_active` must equal its size.
+pub fn active_stalls(events: &[Value]) -> std::collections::BTreeSet<(u64, String)> {
+    let mut active = std::collections::BTreeSet::new();
+    for e in events {
+        let (Some(cookie), Some(class)) = (e["cookie"].as_u64(), e["class"].as_str()) else {
+            continue;
+        };
+        match e["event"].as_str() {
+            Some("stall_started") => {
+                active.insert((cookie, class.to_string()));
+            }
+            Some("stall_cleared" | "stall_closed") => {
+                active.remove(&(cookie, class.to_string()));
+            }
+            Some("socket_reset") => active.retain(|(c, _)| *c != cookie),
+            _ => {}
+        }
+    }
+    active
 }

@@ -7,7 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tests::agent::{is_event, is_socket_event, AgentOpts};
 use tests::check::{
-    assert_identity, assert_no_recv_backlog, expect_event_within, kernel_view, own_netns,
+    active_stalls, assert_identity, assert_no_recv_backlog, expect_event_within, kernel_view,
+    own_netns,
 };
 use tests::netns::NetNs;
 use tests::shapes::HealthyShapes;
@@ -167,24 +168,28 @@ fn a_stalled_socket_closed_by_its_app_is_reported_closed() {
         "stall before close",
     );
 
-    // The counters while the stall is live.
+    // The counters while the stall is live. Other processes on the host may have tracked or
+    // stalled sockets too: stalls_active is checked against the stalls the event stream
+    // itself says are active, and sockets_tracked only when the host is quiet.
     let mark = agent.mark();
     let before = agent
         .wait_for_received(mark, |e| is_event(e, "stats"), Duration::from_secs(3))
-        .expect("no stats within 3 s (--stats-interval 1s)")
-        .json;
-    let ours = [c.server_cookie, c.client_cookie];
-    let our_stalls = agent
-        .matching(|e| {
-            is_event(e, "stall_started") && e["cookie"].as_u64().is_some_and(|k| ours.contains(&k))
-        })
-        .len() as u64;
-    let active_before = before["stalls_active"].as_u64().expect("stalls_active");
-    let tracked_before = before["sockets_tracked"].as_u64().expect("sockets_tracked");
-    assert!(
-        active_before >= our_stalls,
-        "stats during {our_stalls} stalls of ours: {before}"
+        .expect("no stats within 3 s (--stats-interval 1s)");
+    let events = agent.events();
+    let active = active_stalls(&events[..before.index]);
+    assert_eq!(
+        before.json["stalls_active"].as_u64(),
+        Some(active.len() as u64),
+        "stats while these stalls are active {active:?}: {}",
+        before.json
     );
+    let foreign_before = active
+        .iter()
+        .filter(|(k, _)| *k != c.server_cookie && *k != c.client_cookie)
+        .count();
+    let tracked_before = before.json["sockets_tracked"]
+        .as_u64()
+        .expect("sockets_tracked");
 
     let server_cookie = c.server_cookie;
     let client_cookie = c.client_cookie;
@@ -237,23 +242,44 @@ fn a_stalled_socket_closed_by_its_app_is_reported_closed() {
     let mark = agent.mark();
     let after = agent
         .wait_for_received(mark, |e| is_event(e, "stats"), Duration::from_secs(3))
-        .expect("no stats within 3 s after the close")
-        .json;
-    // The host may have other tracked or stalled sockets (other processes): compare with the
-    // counts before the close. With nothing else on the host this is stalls_active == 0.
-    let active_after = after["stalls_active"].as_u64().expect("stalls_active");
-    let tracked_after = after["sockets_tracked"].as_u64().expect("sockets_tracked");
+        .expect("no stats within 3 s after the close");
+    let events = agent.events();
+    let active = active_stalls(&events[..after.index]);
     assert!(
-        active_after + our_stalls <= active_before,
-        "stats after our {our_stalls} stall(s) closed: stalls_active {active_before} -> {active_after}\n\
-         before: {before}\nafter: {after}{}",
+        !active
+            .iter()
+            .any(|(k, _)| *k == server_cookie || *k == client_cookie),
+        "our stalls are still active after the close: {active:?}"
+    );
+    assert_eq!(
+        after.json["stalls_active"].as_u64(),
+        Some(active.len() as u64),
+        "stats after our stalls closed (other active stalls on the host: {active:?}): {}{}",
+        after.json,
         agent.diagnostics()
     );
-    assert!(
-        tracked_after < tracked_before,
-        "sockets_tracked did not drop after the close: {tracked_before} -> {tracked_after}\n\
-         before: {before}\nafter: {after}{}",
-        agent.diagnostics()
-    );
+    let foreign_events = events
+        .iter()
+        .filter(|e| {
+            e["cookie"]
+                .as_u64()
+                .is_some_and(|k| k != server_cookie && k != client_cookie)
+        })
+        .count();
+    let tracked_after = after.json["sockets_tracked"]
+        .as_u64()
+        .expect("sockets_tracked");
+    if foreign_before == 0 && foreign_events == 0 && tracked_before <= 2 {
+        assert!(
+            tracked_after < tracked_before,
+            "sockets_tracked did not drop after the close: {tracked_before} -> {tracked_after}{}",
+            agent.diagnostics()
+        );
+    } else {
+        eprintln!(
+            "note: other sockets are active on this host (sockets_tracked {tracked_before} -> \
+             {tracked_after}); the sockets_tracked drop is only checked on a quiet host"
+        );
+    }
     agent.stop();
 }
