@@ -1,1 +1,76 @@
-//! Helpers for the real-kernel integration tests.
+//! Harness of tcpstall's real-kernel integration tests (`tests/tests/*.rs`).
+//!
+//! The tests run the agent binary ([`agent::binary`]) as a child process against real
+//! sockets, as root, one at a time (`cargo xtask test` runs them with `--test-threads=1`):
+//!
+//! * [`agent`]: the agent child, its schema-checked NDJSON events, waits and negative checks;
+//! * [`netns`]: network namespaces, veth links, nftables blackholes;
+//! * [`traffic`]: servers writing a verifiable stream from a thread named "tswriter", and
+//!   clients that never read, read slowly, fast, pause, or idle;
+//! * [`stream`]: the deterministic byte stream; [`ws`]: the WebSocket bits; [`sock`]: socket
+//!   calls `std` lacks.
+
+pub mod agent;
+pub mod check;
+pub mod netns;
+pub mod shapes;
+pub mod sock;
+pub mod stream;
+pub mod traffic;
+pub mod ws;
+
+use std::time::Duration;
+
+/// Stall thresholds the test policies use.
+pub const THRESHOLD: Duration = Duration::from_secs(2);
+/// The agent's tick in the tests.
+pub const TICK: Duration = Duration::from_millis(250);
+/// Allowance on top of threshold + 2 ticks for scheduling on a loaded 2-core machine.
+pub const SLACK: Duration = Duration::from_millis(1500);
+
+/// The latest a stall (or the reset it triggers) may be reported after the moment the
+/// connection stopped making progress: threshold + 2 ticks + [`SLACK`].
+pub fn detection_bound() -> Duration {
+    THRESHOLD + 2 * TICK + SLACK
+}
+
+/// Whether the tests can run: they need root (eBPF, namespaces, SOCK_DESTROY). Without it,
+/// prints "SKIP: needs root" and returns false, except under `CI=true`, where a test that
+/// cannot run is a failure and this panics. Also clears namespaces left by killed test runs.
+pub fn require_root() -> bool {
+    if !sock::is_root() {
+        if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+            panic!(
+                "these tests need root (eBPF, network namespaces, SOCK_DESTROY) and CI=true is set"
+            );
+        }
+        eprintln!("SKIP: needs root (run `cargo xtask test` as root)");
+        return false;
+    }
+    netns::remove_stale();
+    true
+}
+
+/// A policy with the suite's thresholds and tick, followed by `extra` (guards, rules).
+pub fn policy(protect_ports: &[u16], max_resets_per_minute: u32, rules: &str) -> String {
+    let ports: Vec<String> = protect_ports.iter().map(|p| p.to_string()).collect();
+    format!(
+        "tick = \"{tick}ms\"\n\n[defaults]\nzero_window_after = \"{t}ms\"\nno_ack_after = \"{t}ms\"\n\
+         slow_drain_floor = \"1KiB/s\"\nslow_drain_window = \"4s\"\nrecv_backlog_after = \"{t}ms\"\n\n\
+         [guards]\nprotect_ports = [{ports}]\nmax_resets_per_minute = {max_resets_per_minute}\n\n{rules}",
+        tick = TICK.as_millis(),
+        t = THRESHOLD.as_millis(),
+        ports = ports.join(", "),
+    )
+}
+
+/// A `[[rule]]` table resetting `classes` on sockets whose local port is one of `ports`.
+pub fn reset_rule(name: &str, ports: &[u16], classes: &[&str]) -> String {
+    let ports: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
+    let classes: Vec<String> = classes.iter().map(|c| format!("\"{c}\"")).collect();
+    format!(
+        "[[rule]]\nname = \"{name}\"\nlocal_ports = [{}]\naction = \"reset\"\nclasses = [{}]\n\n",
+        ports.join(", "),
+        classes.join(", ")
+    )
+}
