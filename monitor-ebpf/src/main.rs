@@ -213,8 +213,22 @@ fn track(tp: *const u8, cookie: u64, t: u64) -> Option<*mut SockState> {
     }
     let net: u64 = ld(tp, off!(skc_net));
     s.netns = ld(net as *const u8, off!(net_ns_inum));
+    // Start from the socket's real state, whichever hook saw it first.
     s.snd_una = ld(tp, off!(snd_una));
+    s.write_seq = ld(tp, off!(write_seq));
+    s.snd_nxt = ld(tp, off!(snd_nxt));
+    s.snd_wnd = ld(tp, off!(snd_wnd));
+    if s.snd_wnd == 0 {
+        s.flags |= flags::ZERO_WINDOW;
+    }
     s.copied_seq = ld(tp, off!(copied_seq));
+    s.rcv_nxt = ld(tp, off!(rcv_nxt));
+    s.rcv_wnd = ld(tp, off!(rcv_wnd));
+    let rcvbuf: i32 = ld(tp, off!(sk_rcvbuf));
+    s.rcvbuf = rcvbuf as u32;
+    if s.rcv_nxt != s.copied_seq {
+        s.flags |= flags::RECV_BACKLOG;
+    }
     s.first_seen_ns = t;
     s.last_progress_ns = t;
     s.last_read_ns = t;
@@ -371,6 +385,13 @@ pub fn tcpstall_retransmit(ctx: BtfTracePointContext) -> i32 {
     refresh_send(s, tp, t, una);
     s.retransmits = s.retransmits.wrapping_add(1);
     s.last_retrans_ns = t;
+    // No ACK is being processed here, so the socket's window is current.
+    s.snd_wnd = ld(tp, off!(snd_wnd));
+    if s.snd_wnd == 0 {
+        s.flags |= flags::ZERO_WINDOW;
+    } else {
+        s.flags &= !flags::ZERO_WINDOW;
+    }
     let backoff: u8 = ld(tp, off!(icsk_backoff));
     s.backoff = backoff as u32;
     0
