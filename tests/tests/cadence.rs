@@ -6,8 +6,9 @@
 //! buffered and resumes at 4, and Linux re-opens the receive window only when enough of the
 //! autotuned receive buffer is free. The flooding server therefore sees zero window and no
 //! ACK progress for ~13-16 s between bursts, then ~1 MB acked at once. Measured here (client
-//! side, asyncio `data_received` times): gaps of 13.0, 15.0, 16.0, 16.0 s over 70 s; the agent
-//! measured 12.9, 14.9, 15.8 s for the same episodes.
+//! side, asyncio `data_received` times, websockets 17.4, Linux 6.18 loopback): gaps of 13.0,
+//! 15.0, 16.0, 16.0, 16.0, 16.0 s over 95 s (the first is shorter: the receive buffer is
+//! still autotuning); the agent measured the same episodes as 12.9, 14.9, 15.7-16.0 s.
 //!
 //! Scenarios (each agent gets its own server and a rule for that server's port only; the
 //! agents also see each other's sockets, but only under the observe-only defaults):
