@@ -21,6 +21,10 @@ pub mod flags {
     pub const RECV_BACKLOG: u32 = 1 << 2;
     /// Writer identity (pid/comm/cgroup) is known (set only from process context).
     pub const HAVE_WRITER: u32 = 1 << 3;
+    /// A zero window was seen since the last ACK progress (sticky until progress), so the
+    /// gap that progress ends is recorded as a zero-window episode even when the ACK that
+    /// ends it (or a window update just before it) re-opens the window.
+    pub const ZERO_WINDOW_SEEN: u32 = 1 << 4;
 }
 
 /// `COUNTERS` per-CPU array indexes.

@@ -150,13 +150,15 @@ fn refresh_send(s: &mut SockState, tp: *const u8, t: u64, una: u32) {
                     start_ns: s.last_progress_ns,
                     end_ns: t,
                     acked,
-                    zero_window: (s.flags & flags::ZERO_WINDOW != 0) as u32,
+                    zero_window: (s.flags & (flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN) != 0)
+                        as u32,
                 };
             }
             s.gap_count = s.gap_count.wrapping_add(1);
         }
         s.snd_una = una;
         s.last_progress_ns = t;
+        s.flags &= !flags::ZERO_WINDOW_SEEN;
     }
 }
 
@@ -219,7 +221,7 @@ fn track(tp: *const u8, cookie: u64, t: u64) -> Option<*mut SockState> {
     s.snd_nxt = ld(tp, off!(snd_nxt));
     s.snd_wnd = ld(tp, off!(snd_wnd));
     if s.snd_wnd == 0 {
-        s.flags |= flags::ZERO_WINDOW;
+        s.flags |= flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
     }
     s.copied_seq = ld(tp, off!(copied_seq));
     s.rcv_nxt = ld(tp, off!(rcv_nxt));
@@ -339,7 +341,7 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
             una = ack_seq;
         }
         if window == 0 {
-            s.flags |= flags::ZERO_WINDOW;
+            s.flags |= flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
             s.snd_wnd = 0;
         } else {
             s.flags &= !flags::ZERO_WINDOW;
@@ -388,7 +390,7 @@ pub fn tcpstall_retransmit(ctx: BtfTracePointContext) -> i32 {
     // No ACK is being processed here, so the socket's window is current.
     s.snd_wnd = ld(tp, off!(snd_wnd));
     if s.snd_wnd == 0 {
-        s.flags |= flags::ZERO_WINDOW;
+        s.flags |= flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
     } else {
         s.flags &= !flags::ZERO_WINDOW;
     }
