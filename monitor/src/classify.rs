@@ -521,10 +521,16 @@ impl Tracker {
         }
 
         // 5. Bookkeeping for the next tick.
-        let ev_class = match &live.send {
-            Some(a) => a.class,
-            None if snap.zero_window => StallClass::ZeroWindow,
-            None => StallClass::NoAck,
+        // Evidence speaks of the stall in force, or of the one that just cleared.
+        let cleared = match &obs.transition {
+            Some(Transition::Cleared { class, .. }) => Some(*class),
+            _ => None,
+        };
+        let ev_class = match (&live.send, cleared) {
+            (Some(a), _) => a.class,
+            (None, Some(c)) => c,
+            (None, None) if snap.zero_window => StallClass::ZeroWindow,
+            (None, None) => StallClass::NoAck,
         };
         live.evidence = Some(class_evidence(ev_class, history, snap, t, drain).1);
         live.push_sample(now, snap.bytes_acked, window_ns);
