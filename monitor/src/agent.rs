@@ -12,6 +12,23 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+/// SIGTERM and SIGINT, taken over from their default (killing) action.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must be called inside the runtime.
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 pub struct Config {
     pub policy: Policy,
     pub tick: Duration,
@@ -191,10 +208,10 @@ impl Agent {
     }
 
     /// Run ticks until a signal or the configured duration.
-    pub async fn run(mut self) -> Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+    /// `signals` must be created before [`Agent::start`], so a SIGTERM right after
+    /// `agent_started` is already a clean stop.
+    pub async fn run(mut self, signals: Signals) -> Result<()> {
+        let Signals { mut term, mut int } = signals;
         let mut ticker = tokio::time::interval(self.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);

@@ -118,8 +118,9 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let res = rt.block_on(async {
+        let signals = monitor::agent::Signals::install()?;
         let agent = monitor::agent::Agent::start(cfg)?;
-        agent.run().await
+        agent.run(signals).await
     });
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -283,3 +283,45 @@ fn a_stalled_socket_closed_by_its_app_is_reported_closed() {
     }
     agent.stop();
 }
+
+/// Our programs loaded in the kernel right now, by name.
+fn tcpstall_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("tcpstall_")))
+        .count()
+}
+
+#[test]
+fn sigterm_detaches_every_hook() {
+    if !require_root() {
+        return;
+    }
+    // Programs of other agents (none in CI) are counted before, so only ours are judged.
+    let before = tcpstall_programs();
+    let agent = AgentOpts::new(observe_policy()).start();
+    let during = tcpstall_programs();
+    assert!(
+        during >= before + 5,
+        "expected the agent's 5 programs loaded: {before} before, {during} during"
+    );
+    let events = agent.stop();
+    assert_eq!(
+        events.last().map(|e| e["event"].clone()),
+        Some(Value::from("agent_stopped")),
+        "agent_stopped must be the last event"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let after = tcpstall_programs();
+        if after <= before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} tcpstall programs still loaded 5 s after SIGTERM (before: {before})",
+            after
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
