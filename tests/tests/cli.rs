@@ -1,0 +1,129 @@
+//! The agent's command line as an operator meets it: a bad policy is refused before anything
+//! is attached, and a node where resets cannot work runs observe-only and says so.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tests::agent::binary;
+use tests::{policy, require_root, reset_rule};
+
+fn tcpstall_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("tcpstall_")))
+        .count()
+}
+
+fn temp_file(name: &str, body: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("tcpstall-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn a_bad_policy_is_refused_with_line_and_fix_and_nothing_is_attached() {
+    if !require_root() {
+        return;
+    }
+    let bad = temp_file(
+        "bad.toml",
+        "tick = \"1s\"\n\n[defaults]\nzero_window_after = \"30 seconds\"\n\n[[rule]]\nname = \"web\"\nlocal_ports = [8080]\nremote_cidrs = [\"10.0.0.1/8\"]\naction = \"reset\"\nzero_window_aftr = \"5s\"\n\n[[rule]]\nname = \"empty\"\naction = \"reset\"\n",
+    );
+    let before = tcpstall_programs();
+    let out = Command::new(binary())
+        .args(["run", "--policy"])
+        .arg(&bad)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run tcpstall");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr:\n{stderr}");
+    assert!(out.stdout.is_empty(), "no events for a refused policy");
+    let file = bad.display().to_string();
+    // Every problem at once, each with FILE:LINE and what to write instead.
+    for (line, what) in [
+        (4, "30s"),
+        (9, "10.0.0.0/8"),
+        (11, "zero_window_after"),
+        (13, "selector"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("{file}:{line}:")) && l.contains(what)),
+            "no `{file}:{line}:` line mentioning {what:?} in:\n{stderr}"
+        );
+    }
+    assert_eq!(
+        tcpstall_programs(),
+        before,
+        "a refused policy attached programs"
+    );
+    // `policy check` says the same with the same exit code.
+    let chk = Command::new(binary())
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(chk.status.code(), Some(2));
+    assert!(chk.stdout.is_empty());
+    std::fs::remove_file(&bad).unwrap();
+}
+
+#[test]
+fn without_cap_net_admin_the_agent_says_so_and_runs_observe_only() {
+    if !require_root() {
+        return;
+    }
+    let p = temp_file(
+        "reset.toml",
+        &policy(&[22], 1000, &reset_rule("web", &[18080], &["zero_window"])),
+    );
+    let mut cmd = Command::new(binary());
+    cmd.args(["run", "--policy"])
+        .arg(&p)
+        .args(["--duration", "20s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec. Dropping CAP_NET_ADMIN
+    // from the bounding set removes it from the exec'd agent (root keeps everything else).
+    unsafe {
+        cmd.pre_exec(|| {
+            const CAP_NET_ADMIN: libc::c_ulong = 12;
+            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_NET_ADMIN, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn tcpstall");
+    let stdout = child.stdout.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agent did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_file(&p).unwrap();
+    let ev: serde_json::Value = serde_json::from_str(&first).expect("agent_started line");
+    monitor::event::validate(&ev).unwrap();
+    assert_eq!(ev["event"], "agent_started", "{ev}");
+    assert_eq!(ev["reset_path"]["works"], false, "{ev}");
+    assert_eq!(
+        ev["mode"], "observe",
+        "a reset policy without a reset path observes: {ev}"
+    );
+    let detail = ev["reset_path"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("CAP_NET_ADMIN"),
+        "the detail must say what is missing: {detail}"
+    );
+}
