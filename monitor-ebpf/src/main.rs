@@ -57,6 +57,19 @@ static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_RING_BYTES, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 /// Per-CPU scratch to build a new entry without blowing the 512-byte stack.
+/// The socket whose send path was last refreshed on this CPU, and when.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastSend {
+    sk: u64,
+    ns: u64,
+}
+
+const SEND_REFRESH_NS: u64 = 1_000_000;
+
+#[map]
+static LAST_SEND: PerCpuArray<LastSend> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
 
@@ -257,8 +270,20 @@ pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
     if write_seq == una {
         return 0;
     }
-    let cookie = cookie_of(sk);
+    // A bulk writer calls this for every skb it fills (several per large write): refresh a
+    // socket's state at most once per millisecond per CPU. The skipped refreshes are also
+    // made by the ACK and retransmit hooks, which are never skipped.
     let t = now();
+    if let Some(last) = LAST_SEND.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        let last = unsafe { &mut *last };
+        if last.sk == sk as u64 && t.wrapping_sub(last.ns) < SEND_REFRESH_NS {
+            return 0;
+        }
+        last.sk = sk as u64;
+        last.ns = t;
+    }
+    let cookie = cookie_of(sk);
     let p = match SOCKS.get_ptr_mut(&cookie) {
         Some(p) => p,
         None => match track(tp, cookie, t) {
@@ -300,22 +325,27 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let Some(tp) = tcp_sk(sk) else { return 0 };
     let skb: *const u8 = ctx.arg(1);
+    // Nothing of ours queued and our receive window open: the receiving side of a stream,
+    // or an idle socket. Not a wedge, and no map lookup. (A tracked socket is dropped by the
+    // ACK that drains it, whose pre-ACK state still shows data queued, so it is never skipped.)
+    let write_seq: u32 = ld(tp, off!(write_seq));
+    let una: u32 = ld(tp, off!(snd_una));
+    let rcv_wnd: u32 = ld(tp, off!(rcv_wnd));
+    if write_seq == una && rcv_wnd != 0 {
+        return 0;
+    }
     let cookie = cookie_of(sk);
     let p = match SOCKS.get_ptr_mut(&cookie) {
         Some(p) => p,
         None => {
-            // Untracked (the common case, on every incoming segment): two direct loads
-            // decide. Start tracking only on a wedge signature — the peer has closed its
+            // Untracked: direct loads decide. Start tracking only on a wedge signature — the peer has closed its
             // window while we have data queued, or our own receive window is closed with
             // data unread.
             let snd_wnd: u32 = ld(tp, off!(snd_wnd));
-            let rcv_wnd: u32 = ld(tp, off!(rcv_wnd));
             if snd_wnd != 0 && rcv_wnd != 0 {
                 return 0;
             }
             let zero_win = matches!(read_ack(skb), Some((_, 0)));
-            let write_seq: u32 = ld(tp, off!(write_seq));
-            let una: u32 = ld(tp, off!(snd_una));
             let rcv_nxt: u32 = ld(tp, off!(rcv_nxt));
             let copied: u32 = ld(tp, off!(copied_seq));
             if !(zero_win && write_seq != una) && !(rcv_wnd == 0 && rcv_nxt != copied) {
