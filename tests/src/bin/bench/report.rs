@@ -470,13 +470,19 @@ pub fn interpret(results: &Value) -> Vec<String> {
                 && (share * 100.0 > hot_target_pct(size) || missed(&format!("hot path, {size} B")))
             {
                 notes.push(format!(
-                    "Why {size} B writes cost more than the target: a bulk sender always has data queued, so its socket stays in the map and \
-                     every sendmsg takes the full update path of `tcpstall_sendmsg` (map lookup, send-state refresh from four struct reads, \
-                     and the writer identity: pid, comm and cgroup id helpers) — a fixed cost per call, invisible at 64 KiB and a few percent \
-                     at 100 B. Design change that closes it: a per-socket fast path — when the socket is tracked and was refreshed less than \
-                     ~1 ms ago (or its snd_una has not moved), return after the lookup; set the writer identity only when the tgid changes. \
-                     The tick reads state once per second, so sub-millisecond freshness buys nothing; this cuts the per-write cost to a \
-                     lookup plus a clock read (roughly a third of today's), below 3% at 100 B."
+                    "Why {size} B writes cost more than the target: a bulk sender always has data queued, so every write runs \
+                     `tcpstall_sendmsg` past its cheap early exit (socket cookie, hash-map lookup, send-state refresh from struct \
+                     reads, clock and pid helpers), and every incoming segment runs `tcpstall_probe` (header read, lookup, refresh; \
+                     a delete when the queue momentarily drains, then a full re-insert on the next write). That is a fixed cost per \
+                     call and per segment: invisible at 64 KiB per write, a large share of the ~2 µs a 100 B write costs the two \
+                     threads. `--bpf-stats` counts only the program bodies; the tracepoint dispatch around each run (RCU, \
+                     migrate-disable, recursion guard) and the cache footprint on a 2-vCPU VM come on top. Design changes that \
+                     close it: (a) rate-limit per socket — when the entry was refreshed < 1 ms ago and the peer window is open and \
+                     nothing was retransmitted, return right after the lookup (the agent samples once per tick, so sub-millisecond \
+                     freshness buys nothing); (b) keep drained entries for a grace period instead of delete/re-insert churn \
+                     (evict them from the tick or by LRU); (c) keep per-socket state in socket-local storage (bpf_sk_storage_get) \
+                     so a tracked socket costs a pointer dereference rather than a hash lookup. Together these target < 100 ns \
+                     per write: under 3% at 100 B and under 1% at 64 KiB."
                 ));
             }
         }
@@ -541,13 +547,16 @@ pub fn interpret(results: &Value) -> Vec<String> {
                 ));
             }
             if missed(&format!("scale N={n}")) {
-                notes.push(
-                    "A scale target was missed: if by agent CPU, the in-kernel part dominates and grows with the TCP event rate; the \
-                     per-socket fast path above (skip the refresh when nothing changed since <1 ms) and dropping `tcp_probe` runs for \
-                     untracked sockets without a zero window early (before reading the header) reduce it. If by the ss ratio at idle, \
-                     the agent's fixed cost per tick (stats line, map walk) sets the floor: emit stats less often."
-                        .into(),
-                );
+                notes.push(format!(
+                    "A scale target was missed at N={n}: the agent's userspace stays flat (a few tenths of a ms per second); \
+                     the in-kernel part grows with the TCP event rate — each busy message costs about four program runs \
+                     (sendmsg, the data segment and its ACK through tcp_probe, the read through tcp_rcv_space_adjust), almost \
+                     all on untracked sockets. `--bpf-stats` itself adds two clock reads per run (costly in a VM), so the figure \
+                     is an upper bound. Design change: make the untracked path cheaper — in tcp_probe decide from the header's \
+                     window and two struct loads before computing the socket cookie or touching the map, and put the tracked path \
+                     behind the per-socket rate limit described for the hot path. This in-kernel time is charged to the \
+                     application threads that send and receive, not to the agent process."
+                ));
             }
         }
     }
