@@ -165,10 +165,29 @@ fn environment() -> Value {
         "agent_bin": bin.canonicalize().unwrap_or(bin).display().to_string(),
         "agent_bin_bytes": bin_meta.as_ref().map(|m| m.len()),
         "agent_bin_mtime_s": bin_mtime_s(),
+        "agent_tree_rev": agent_tree_rev(),
         "git_rev": cmd_out("git", &["-C", &workspace().display().to_string(), "rev-parse", "--short", "HEAD"]),
         "ss_version": cmd_out("ss", &["-V"]),
         "started_utc": cmd_out("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
     })
+}
+
+/// Git revision of the workspace the agent binary was built in, when it sits at
+/// `<workspace>/target/<profile>/tcpstall` (the revision checked out now, which may be newer
+/// than the build).
+fn agent_tree_rev() -> Option<String> {
+    let bin = agent::agent_bin().canonicalize().ok()?;
+    let ws = bin.parent()?.parent()?.parent()?;
+    cmd_out(
+        "git",
+        &[
+            "-C",
+            &ws.display().to_string(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    )
 }
 
 /// Modification time of the agent binary (s since the epoch), to detect a rebuild mid-run.

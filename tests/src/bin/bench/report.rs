@@ -180,12 +180,13 @@ pub fn markdown(results: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "Machine: {} CPU(s) `{}`, kernel {}, {} GiB RAM; agent `{}`; tree `{}`; run at {} (took {} s).\n",
+        "Machine: {} CPU(s) `{}`, kernel {}, {} GiB RAM; agent `{}` (its tree at `{}`); bench tree `{}`; run at {} (took {} s).\n",
         env["cpus"],
         env["cpu_model"].as_str().unwrap_or("?"),
         env["kernel"].as_str().unwrap_or("?"),
         fmt_opt(f(&env["mem_gib"]), 1),
         env["agent_bin"].as_str().unwrap_or("?"),
+        env["agent_tree_rev"].as_str().unwrap_or("? (not recorded)"),
         env["git_rev"].as_str().unwrap_or("?"),
         env["started_utc"].as_str().unwrap_or("?"),
         fmt_opt(f(&results["elapsed_s"]), 0),
