@@ -1,0 +1,298 @@
+//! The `holder` helper process of the scale benchmark: holds both ends of up to ~9,000
+//! established loopback connections (the per-process fd limit is 20,000), optionally keeps
+//! 10% of them busy, and runs the in-app watchdog poller on request.
+//!
+//! Protocol (stdin commands -> stdout replies):
+//! - at start-up, after all connections are established: `ready <count>`
+//! - `mode idle` / `mode busy` -> `ok`
+//! - `sweep` -> `swept <sockets> <cpu_ns> <wall_ns>`: one pass of getsockopt(TCP_INFO) +
+//!   ioctl(SIOCOUTQ) over every server-side socket, with the thread CPU time it took
+//! - `quit` or end of stdin -> exit
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// Bytes of one busy-mode message.
+const BUSY_MSG: usize = 64;
+/// Connections set up per connect/accept batch (below any listen backlog).
+const BATCH: usize = 100;
+
+/// Arguments of `bench holder`.
+pub struct Args {
+    /// Address to listen on (distinct per holder, so ephemeral ports never run out).
+    pub listen: SocketAddr,
+    /// Connections to hold.
+    pub count: usize,
+    /// Exit after this long whatever happens.
+    pub max_life: Duration,
+}
+
+/// Parse `--listen A --count N [--max-life-s S]`.
+pub fn parse_args(args: &[String]) -> Result<Args> {
+    let mut listen = None;
+    let mut count = None;
+    let mut max_life = Duration::from_secs(3600);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or_else(|| anyhow!("{a} needs a value"));
+        match a.as_str() {
+            "--listen" => listen = Some(val()?.parse().context("--listen")?),
+            "--count" => count = Some(val()?.parse().context("--count")?),
+            "--max-life-s" => {
+                max_life = Duration::from_secs(val()?.parse().context("--max-life-s")?)
+            }
+            other => bail!("holder: unknown argument {other:?}"),
+        }
+    }
+    Ok(Args {
+        listen: listen.ok_or_else(|| anyhow!("holder needs --listen"))?,
+        count: count.ok_or_else(|| anyhow!("holder needs --count"))?,
+        max_life,
+    })
+}
+
+/// SO_LINGER {on, 0}: close sends RST, so tearing down 100k connections leaves no TIME_WAIT.
+pub fn linger_zero(fd: RawFd) -> Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket fd and a correctly sized option value.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        bail!("setsockopt(SO_LINGER): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One poll of a socket the way an in-app watchdog would: TCP_INFO and the send queue.
+/// Returns the send-queue length.
+pub fn poll_socket(fd: RawFd) -> Result<u32> {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    let mut outq: libc::c_int = 0;
+    // SAFETY: buffers are valid and sized as passed.
+    unsafe {
+        if libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        ) != 0
+        {
+            bail!("getsockopt(TCP_INFO): {}", std::io::Error::last_os_error());
+        }
+        if libc::ioctl(fd, libc::TIOCOUTQ, &mut outq) != 0 {
+            bail!("ioctl(SIOCOUTQ): {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(outq as u32)
+}
+
+struct Epoll(RawFd);
+
+impl Epoll {
+    fn new() -> Result<Epoll> {
+        // SAFETY: plain syscall.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            bail!("epoll_create1: {}", std::io::Error::last_os_error());
+        }
+        Ok(Epoll(fd))
+    }
+
+    fn add(&self, fd: RawFd, token: u64) -> Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: valid fds and event struct.
+        if unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+            bail!("epoll_ctl(ADD): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: our own fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+const STDIN_TOKEN: u64 = u64::MAX;
+
+/// The holder's main: set up, then serve commands until `quit`, EOF or `max_life`.
+pub fn main(args: &[String]) -> Result<()> {
+    let a = parse_args(args)?;
+    let started = Instant::now();
+    let listener =
+        TcpListener::bind(a.listen).with_context(|| format!("holder: binding {}", a.listen))?;
+    let mut clients: Vec<TcpStream> = Vec::with_capacity(a.count);
+    let mut servers: Vec<TcpStream> = Vec::with_capacity(a.count);
+    while clients.len() < a.count {
+        let n = BATCH.min(a.count - clients.len());
+        for _ in 0..n {
+            let c = TcpStream::connect(a.listen).with_context(|| {
+                format!("holder: connection {} to {}", clients.len() + 1, a.listen)
+            })?;
+            linger_zero(c.as_raw_fd())?;
+            clients.push(c);
+        }
+        for _ in 0..n {
+            let (s, _) = listener.accept().context("holder: accept")?;
+            linger_zero(s.as_raw_fd())?;
+            servers.push(s);
+        }
+    }
+    drop(listener);
+    for c in &clients {
+        c.set_nonblocking(true)?;
+    }
+    for s in &servers {
+        s.set_nonblocking(true)?;
+    }
+    let ep = Epoll::new()?;
+    ep.add(0, STDIN_TOKEN)?;
+    for (i, c) in clients.iter().enumerate() {
+        ep.add(c.as_raw_fd(), i as u64)?;
+    }
+    let busy_idx: Vec<usize> = (0..servers.len()).step_by(10).collect();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {}", servers.len())?;
+    out.flush()?;
+
+    let mut busy = false;
+    let mut next_write = Instant::now();
+    let mut cursor = 0usize;
+    let interval = Duration::from_secs(1) / busy_idx.len().max(1) as u32;
+    let msg = [0x42u8; BUSY_MSG];
+    let mut rbuf = [0u8; 4096];
+    let mut line = Vec::<u8>::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    loop {
+        if started.elapsed() > a.max_life {
+            bail!(
+                "holder: exceeded its maximum life of {:?}; exiting",
+                a.max_life
+            );
+        }
+        let timeout_ms = if busy {
+            next_write
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(1000) as i32
+        } else {
+            1000
+        };
+        // SAFETY: events buffer valid for its length.
+        let n =
+            unsafe { libc::epoll_wait(ep.0, events.as_mut_ptr(), events.len() as i32, timeout_ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            bail!("holder: epoll_wait: {e}");
+        }
+        for ev in &events[..n as usize] {
+            if ev.u64 == STDIN_TOKEN {
+                // SAFETY: reading into a valid buffer from stdin.
+                let r =
+                    unsafe { libc::read(0, rbuf.as_mut_ptr() as *mut libc::c_void, rbuf.len()) };
+                if r <= 0 {
+                    return Ok(()); // EOF: the benchmark is done with us
+                }
+                line.extend_from_slice(&rbuf[..r as usize]);
+                while let Some(pos) = line.iter().position(|&b| b == b'\n') {
+                    let cmd: Vec<u8> = line.drain(..=pos).collect();
+                    let cmd = String::from_utf8_lossy(&cmd).trim().to_string();
+                    match cmd.as_str() {
+                        "mode idle" => {
+                            busy = false;
+                            writeln!(out, "ok")?;
+                        }
+                        "mode busy" => {
+                            busy = true;
+                            next_write = Instant::now();
+                            writeln!(out, "ok")?;
+                        }
+                        "sweep" => {
+                            let c0 = crate::util::thread_cpu_ns();
+                            let w0 = Instant::now();
+                            let mut queued = 0u64;
+                            for s in &servers {
+                                queued += poll_socket(s.as_raw_fd())? as u64;
+                            }
+                            let cpu = crate::util::thread_cpu_ns() - c0;
+                            let wall = w0.elapsed().as_nanos();
+                            std::hint::black_box(queued);
+                            writeln!(out, "swept {} {cpu} {wall}", servers.len())?;
+                        }
+                        "quit" => return Ok(()),
+                        other => writeln!(out, "error unknown command {other:?}")?,
+                    }
+                    out.flush()?;
+                }
+            } else {
+                // Busy traffic arriving at a client: read it all.
+                let c = &clients[ev.u64 as usize];
+                loop {
+                    // SAFETY: valid fd and buffer.
+                    let r = unsafe {
+                        libc::read(
+                            c.as_raw_fd(),
+                            rbuf.as_mut_ptr() as *mut libc::c_void,
+                            rbuf.len(),
+                        )
+                    };
+                    if r <= 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        if busy && !busy_idx.is_empty() {
+            // Writes due now; bounded per wake-up so commands are never starved.
+            let mut done = 0;
+            while Instant::now() >= next_write && done < busy_idx.len() {
+                let s = &servers[busy_idx[cursor]];
+                // SAFETY: valid fd and buffer.
+                let r = unsafe {
+                    libc::send(
+                        s.as_raw_fd(),
+                        msg.as_ptr() as *const libc::c_void,
+                        msg.len(),
+                        libc::MSG_NOSIGNAL,
+                    )
+                };
+                if r < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        bail!("holder: busy write: {e}");
+                    }
+                }
+                cursor = (cursor + 1) % busy_idx.len();
+                next_write += interval;
+                done += 1;
+            }
+            // Fell behind by more than a second (e.g. during a long sweep): do not burst.
+            if Instant::now().saturating_duration_since(next_write) > Duration::from_secs(1) {
+                next_write = Instant::now();
+            }
+        }
+    }
+}

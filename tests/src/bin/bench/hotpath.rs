@@ -1,0 +1,223 @@
+//! Question 1: what does the agent cost the data path? Loopback TCP throughput with small and
+//! large writes, agent off (A) vs on (B), interleaved in pairs. Besides throughput (the
+//! target), the CPU time the sender and receiver threads spend per byte is compared: it is
+//! far less sensitive to other load on a shared 2-vCPU machine.
+
+use crate::agent::Agent;
+use crate::util::{self, Contention, Spread};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Settings of the hot-path benchmark.
+pub struct Config {
+    /// Write sizes to test (bytes).
+    pub sizes: Vec<usize>,
+    /// A/B pairs per size.
+    pub pairs: usize,
+    /// Sender duration of one measurement.
+    pub duration: Duration,
+    /// Policy file for the agent.
+    pub policy: std::path::PathBuf,
+}
+
+/// Result of one loopback transfer.
+#[derive(Clone, Copy, Debug)]
+pub struct Transfer {
+    /// Bytes received per second.
+    pub bytes_per_s: f64,
+    /// Sender + receiver thread CPU per MB (1e6 bytes) moved, ns.
+    pub cpu_ns_per_mb: f64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Wall time, seconds.
+    pub secs: f64,
+}
+
+/// One loopback transfer: a sender writing `chunk`-byte writes for `duration`, a receiver
+/// thread draining with 256 KiB reads until EOF.
+pub fn throughput(chunk: usize, duration: Duration) -> Result<Transfer> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a loopback listener")?;
+    let addr = listener.local_addr()?;
+    let rx_stream = TcpStream::connect(addr).context("connecting over loopback")?;
+    let (mut tx_stream, _) = listener.accept().context("accepting over loopback")?;
+    let receiver = std::thread::spawn(move || -> std::io::Result<(u64, Instant, u64)> {
+        let c0 = util::thread_cpu_ns();
+        let mut s = rx_stream;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok((total, Instant::now(), util::thread_cpu_ns() - c0)),
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let buf = vec![0x5au8; chunk];
+    let c0 = util::thread_cpu_ns();
+    let t0 = Instant::now();
+    let end = t0 + duration;
+    let mut sent = 0u64;
+    loop {
+        // Check the clock every 64 writes: the vDSO call is cheap but not free at 100 B.
+        for _ in 0..64 {
+            match tx_stream.write(&buf) {
+                Ok(n) => sent += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => bail!("loopback send failed after {sent} bytes: {e}"),
+            }
+        }
+        if Instant::now() >= end {
+            break;
+        }
+    }
+    tx_stream.shutdown(Shutdown::Write)?;
+    let tx_cpu = util::thread_cpu_ns() - c0;
+    let (received, t_end, rx_cpu) = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
+        .context("loopback receive")?;
+    if received != sent {
+        bail!("loopback transfer lost data: sent {sent}, received {received}");
+    }
+    let secs = (t_end - t0).as_secs_f64();
+    Ok(Transfer {
+        bytes_per_s: received as f64 / secs,
+        cpu_ns_per_mb: (tx_cpu + rx_cpu) as f64 / (received as f64 / 1e6),
+        bytes: received,
+        secs,
+    })
+}
+
+/// One arm: wait for a quiet machine, transfer, and account what else ran meanwhile.
+fn measure(
+    chunk: usize,
+    duration: Duration,
+    agent: Option<&Agent>,
+) -> Result<(Transfer, Contention)> {
+    let own = match agent {
+        Some(a) => a.prog_ids()?,
+        None => Vec::new(),
+    };
+    let pids: Vec<u32> = agent.map(|a| a.pid).into_iter().collect();
+    let pre = util::wait_quiet(&own, &pids, Duration::from_secs(10))?;
+    let meter = util::ForeignMeter::start(&pids)?;
+    let t = throughput(chunk, duration)?;
+    Ok((
+        t,
+        Contention {
+            foreign_progs: pre.foreign_progs.max(util::foreign_progs(&own)),
+            foreign_cpu_ms_per_s: meter.read(&pids)?,
+        },
+    ))
+}
+
+/// BPF cost per write with the agent on, from one extra transfer with `--bpf-stats` (context
+/// only; BPF statistics themselves add a little overhead, so this run is not in the ratios).
+fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
+    let agent = Agent::start(&cfg.policy, true, workdir, &format!("hot-{size}-bpfstats"))?;
+    util::sleep_checked(Duration::from_millis(300))?;
+    let (r0, c0) = agent.bpf_run()?;
+    let t = throughput(size, cfg.duration)?;
+    let (r1, c1) = agent.bpf_run()?;
+    agent.stop()?;
+    let writes = t.bytes as f64 / size as f64;
+    let bpf_ns = (r1 - r0) as f64;
+    let runs = (c1 - c0) as f64;
+    Ok(json!({
+        "bytes_per_s": t.bytes_per_s,
+        "secs": t.secs,
+        "bpf_runs_per_write": runs / writes,
+        "bpf_ns_per_run": if runs > 0.0 { bpf_ns / runs } else { 0.0 },
+        "bpf_ns_per_write": bpf_ns / writes,
+        "bpf_ns_per_mb": bpf_ns / (t.bytes as f64 / 1e6),
+        "bpf_share_of_thread_cpu": bpf_ns / (t.cpu_ns_per_mb * t.bytes as f64 / 1e6),
+    }))
+}
+
+fn summary(pairs: &[Value], key: &str, clean_only: bool) -> Option<Value> {
+    let v: Vec<f64> = pairs
+        .iter()
+        .filter(|p| !clean_only || p["contended"].as_bool() == Some(false))
+        .filter_map(|p| p[key].as_f64())
+        .collect();
+    Spread::of(&v).map(|s| s.json())
+}
+
+/// Run the A/B pairs. Order alternates per pair (A,B then B,A) so slow drift cancels out.
+pub fn run(cfg: &Config, workdir: &Path) -> Result<Value> {
+    let mut per_size = Vec::new();
+    for &size in &cfg.sizes {
+        let mut pairs = Vec::new();
+        for i in 0..cfg.pairs {
+            util::check_stop()?;
+            let order = if i % 2 == 0 {
+                ["off", "on"]
+            } else {
+                ["on", "off"]
+            };
+            let mut off = None;
+            let mut on = None;
+            let mut startup_ms = 0.0;
+            for arm in order {
+                if arm == "on" {
+                    let agent =
+                        Agent::start(&cfg.policy, false, workdir, &format!("hot-{size}-{i}"))?;
+                    startup_ms = agent.startup.as_secs_f64() * 1e3;
+                    on = Some(measure(size, cfg.duration, Some(&agent))?);
+                    agent.stop()?;
+                } else {
+                    off = Some(measure(size, cfg.duration, None)?);
+                }
+            }
+            let ((off, c_off), (on, c_on)) = (off.expect("measured"), on.expect("measured"));
+            let ratio = on.bytes_per_s / off.bytes_per_s;
+            let cpu_ratio = on.cpu_ns_per_mb / off.cpu_ns_per_mb;
+            let contended = c_off.contended() || c_on.contended();
+            eprintln!(
+                "bench: hot path {size} B pair {}/{}: off {:.1} MB/s, on {:.1} MB/s, on/off {ratio:.4}; CPU/MB on/off {cpu_ratio:.4}{}",
+                i + 1,
+                cfg.pairs,
+                off.bytes_per_s / 1e6,
+                on.bytes_per_s / 1e6,
+                if contended { " (contended)" } else { "" }
+            );
+            pairs.push(json!({
+                "pair": i, "order": order,
+                "off_bytes_per_s": off.bytes_per_s, "on_bytes_per_s": on.bytes_per_s,
+                "off_cpu_ns_per_mb": off.cpu_ns_per_mb, "on_cpu_ns_per_mb": on.cpu_ns_per_mb,
+                "ratio_on_off": ratio, "cpu_ratio_on_off": cpu_ratio,
+                "off_contention": c_off.json(), "on_contention": c_on.json(), "contended": contended,
+                "agent_startup_ms": startup_ms,
+            }));
+        }
+        let col = |k: &str| -> Vec<f64> { pairs.iter().filter_map(|p| p[k].as_f64()).collect() };
+        let spread = Spread::of(&col("ratio_on_off")).expect("pairs >= 1");
+        let cpu_spread = Spread::of(&col("cpu_ratio_on_off")).expect("pairs >= 1");
+        let context = bpf_context(cfg, size, workdir)?;
+        per_size.push(json!({
+            "write_bytes": size,
+            "pairs": pairs,
+            "ratio_on_off": spread.json(),
+            "ratio_on_off_uncontended": summary(&pairs, "ratio_on_off", true),
+            "uncontended_pairs": pairs.iter().filter(|p| p["contended"].as_bool() == Some(false)).count(),
+            "loss_pct_median": (1.0 - spread.median) * 100.0,
+            "cpu_ratio_on_off": cpu_spread.json(),
+            "cpu_ratio_on_off_uncontended": summary(&pairs, "cpu_ratio_on_off", true),
+            "cpu_overhead_pct_median": (cpu_spread.median - 1.0) * 100.0,
+            "off_bytes_per_s_median": util::median(&col("off_bytes_per_s")),
+            "on_bytes_per_s_median": util::median(&col("on_bytes_per_s")),
+            "bpf_context": context,
+        }));
+    }
+    Ok(json!({
+        "duration_s": cfg.duration.as_secs_f64(),
+        "pairs": cfg.pairs,
+        "sizes": per_size,
+    }))
+}

@@ -1,0 +1,286 @@
+//! The `wedge` helper process of the reaction benchmark: `count` loopback connections whose
+//! clients never read, each server side written by its own thread until send() blocks, then
+//! blocked in send() until the socket is destroyed (or a deadline).
+//!
+//! Protocol (stdin commands -> stdout replies):
+//! - after set-up: `ready <count>`
+//! - `go` -> (writers start) ... one `res <client-addr> <last_progress_ns> <unblock_ns> <errno>
+//!   <bytes>` line per socket, then `done <count>`. Times are CLOCK_REALTIME ns; errno 0 means
+//!   the writer hit the deadline without an error.
+
+use crate::holder::linger_zero;
+use crate::util::wall_ns;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Arguments of `bench wedge`.
+pub struct Args {
+    /// Listen address (its port is the one the policy resets).
+    pub listen: SocketAddrV4,
+    /// Wedged connections.
+    pub count: usize,
+    /// SO_SNDBUF of the server sockets (small, to bound memory at thousands of wedges).
+    pub sndbuf: i32,
+    /// SO_RCVBUF of the client sockets.
+    pub rcvbuf: i32,
+    /// Writers give up after this long.
+    pub timeout: Duration,
+}
+
+/// Parse `--listen A --count N [--sndbuf B] [--rcvbuf B] [--timeout-s S]`.
+pub fn parse_args(args: &[String]) -> Result<Args> {
+    let mut a = Args {
+        listen: "127.0.0.1:0".parse().expect("literal"),
+        count: 0,
+        sndbuf: 8192,
+        rcvbuf: 8192,
+        timeout: Duration::from_secs(60),
+    };
+    let mut listen = false;
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let v = it.next().ok_or_else(|| anyhow!("{k} needs a value"))?;
+        match k.as_str() {
+            "--listen" => {
+                a.listen = v.parse().context("--listen")?;
+                listen = true;
+            }
+            "--count" => a.count = v.parse().context("--count")?,
+            "--sndbuf" => a.sndbuf = v.parse().context("--sndbuf")?,
+            "--rcvbuf" => a.rcvbuf = v.parse().context("--rcvbuf")?,
+            "--timeout-s" => a.timeout = Duration::from_secs(v.parse().context("--timeout-s")?),
+            other => bail!("wedge: unknown argument {other:?}"),
+        }
+    }
+    if !listen || a.count == 0 {
+        bail!("wedge needs --listen and --count > 0");
+    }
+    Ok(a)
+}
+
+fn setsockopt_int(fd: RawFd, level: i32, opt: i32, v: i32, what: &str) -> Result<()> {
+    // SAFETY: valid fd, int-sized option.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &v as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        bail!("setsockopt({what}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A client socket with SO_RCVBUF set before connect (so the advertised window stays small).
+fn connect_small(to: SocketAddrV4, rcvbuf: i32) -> Result<TcpStream> {
+    // SAFETY: plain syscall; the fd is wrapped in OwnedFd right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket(): {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf, "SO_RCVBUF")?;
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*to.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: valid sockaddr_in of the given length.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        bail!("connect({to}): {}", std::io::Error::last_os_error());
+    }
+    Ok(TcpStream::from(owned))
+}
+
+/// What one writer observed.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Last time send() accepted bytes (wall ns).
+    pub last_progress_ns: u64,
+    /// When the blocked send() came back with the error (wall ns); 0 if it never did.
+    pub unblock_ns: u64,
+    /// errno of the failing send(); 0 if none before the deadline.
+    pub errno: i32,
+    /// Bytes accepted by send() in total.
+    pub bytes: u64,
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Fill the socket without blocking, then block in send() until it fails or `deadline`.
+fn write_until_error(fd: RawFd, deadline: Instant) -> Outcome {
+    let buf = vec![0x77u8; 64 * 1024];
+    let mut o = Outcome::default();
+    // Phase 1: fill (bounded: the buffers hold far less than 100,000 x 64 KiB).
+    for _ in 0..100_000 {
+        // SAFETY: valid fd and buffer.
+        let r = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r > 0 {
+            o.bytes += r as u64;
+            o.last_progress_ns = wall_ns();
+            continue;
+        }
+        let e = errno();
+        if e == libc::EAGAIN || e == libc::EINTR {
+            break;
+        }
+        o.errno = e;
+        o.unblock_ns = wall_ns();
+        return o;
+    }
+    // Phase 2: blocking sends (SO_SNDTIMEO bounds each call). A long-blocked call that
+    // returns a partial count is either real progress or the abort itself (the kernel reports
+    // the bytes it took before the error and the error on the next call): decide by the next
+    // call.
+    let mut pending: Option<u64> = None;
+    while Instant::now() < deadline {
+        let t0 = wall_ns();
+        // SAFETY: valid fd and buffer.
+        let r = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        let t1 = wall_ns();
+        if r > 0 {
+            o.bytes += r as u64;
+            if let Some(p) = pending.take() {
+                o.last_progress_ns = p;
+            }
+            if t1 - t0 > 20_000_000 {
+                pending = Some(t1);
+            } else {
+                o.last_progress_ns = t1;
+            }
+            continue;
+        }
+        let e = errno();
+        if e == libc::EAGAIN || e == libc::EINTR {
+            if let Some(p) = pending.take() {
+                o.last_progress_ns = p;
+            }
+            continue;
+        }
+        o.errno = e;
+        o.unblock_ns = match pending {
+            Some(p) if t1 - t0 < 1_000_000 && t1 - p < 10_000_000 => p,
+            _ => t1,
+        };
+        return o;
+    }
+    o
+}
+
+/// The wedge helper's main.
+pub fn main(args: &[String]) -> Result<()> {
+    let a = parse_args(args)?;
+    let listener =
+        TcpListener::bind(a.listen).with_context(|| format!("wedge: binding {}", a.listen))?;
+    let mut clients = Vec::with_capacity(a.count);
+    let mut servers = Vec::with_capacity(a.count);
+    while clients.len() < a.count {
+        let n = 100.min(a.count - clients.len());
+        for _ in 0..n {
+            let c = connect_small(a.listen, a.rcvbuf)
+                .with_context(|| format!("wedge: connection {}", clients.len() + 1))?;
+            linger_zero(c.as_raw_fd())?;
+            clients.push(c);
+        }
+        for _ in 0..n {
+            let (s, _) = listener.accept().context("wedge: accept")?;
+            setsockopt_int(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                a.sndbuf,
+                "SO_SNDBUF",
+            )?;
+            s.set_write_timeout(Some(a.timeout))?;
+            servers.push(s);
+        }
+    }
+    // Each server's peer, as the agent will print it (`remote`).
+    let peers: Vec<SocketAddr> = servers
+        .iter()
+        .map(|s| s.peer_addr())
+        .collect::<std::io::Result<_>>()?;
+    let go = Arc::new((Mutex::new(None::<Instant>), Condvar::new()));
+    let mut threads = Vec::with_capacity(a.count);
+    for s in &servers {
+        let fd = s.as_raw_fd();
+        let go = Arc::clone(&go);
+        let t = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let (m, cv) = &*go;
+                let mut g = m.lock().expect("go lock");
+                while g.is_none() {
+                    g = cv.wait(g).expect("go lock");
+                }
+                let deadline = g.expect("set");
+                drop(g);
+                write_until_error(fd, deadline)
+            })
+            .context("wedge: starting a writer thread")?;
+        threads.push(t);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {}", servers.len())?;
+    out.flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "go" {
+        // Release the writers with a deadline already past, so they exit at once.
+        *go.0.lock().expect("go lock") = Some(Instant::now());
+        go.1.notify_all();
+        bail!("wedge: expected `go`, got {:?}", line.trim());
+    }
+    *go.0.lock().expect("go lock") = Some(Instant::now() + a.timeout);
+    go.1.notify_all();
+    for (t, peer) in threads.into_iter().zip(&peers) {
+        let o = t
+            .join()
+            .map_err(|_| anyhow!("wedge: writer thread panicked"))?;
+        writeln!(
+            out,
+            "res {peer} {} {} {} {}",
+            o.last_progress_ns, o.unblock_ns, o.errno, o.bytes
+        )?;
+    }
+    writeln!(out, "done {}", servers.len())?;
+    out.flush()?;
+    drop(servers);
+    drop(clients);
+    Ok(())
+}
