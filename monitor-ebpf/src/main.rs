@@ -57,18 +57,23 @@ static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_RING_BYTES, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 /// Per-CPU scratch to build a new entry without blowing the 512-byte stack.
-/// The socket whose send path was last refreshed on this CPU, and when.
+/// The socket last refreshed on this CPU by a hook, and when (a per-CPU rate limit for
+/// back-to-back events of one busy socket).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct LastSend {
+pub struct LastSeen {
     sk: u64,
     ns: u64,
 }
 
-const SEND_REFRESH_NS: u64 = 1_000_000;
+/// At most one refresh per socket per this many ns per CPU from the send and ACK paths.
+const REFRESH_NS: u64 = 1_000_000;
 
 #[map]
-static LAST_SEND: PerCpuArray<LastSend> = PerCpuArray::with_max_entries(1, 0);
+static LAST_SEND: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static LAST_ACK: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
@@ -277,7 +282,7 @@ pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
     if let Some(last) = LAST_SEND.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         let last = unsafe { &mut *last };
-        if last.sk == sk as u64 && t.wrapping_sub(last.ns) < SEND_REFRESH_NS {
+        if last.sk == sk as u64 && t.wrapping_sub(last.ns) < REFRESH_NS {
             return 0;
         }
         last.sk = sk as u64;
@@ -334,31 +339,44 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
     if write_seq == una && rcv_wnd != 0 {
         return 0;
     }
+    // A stream's ACKs arrive back to back: refresh a socket from them at most once per ms
+    // per CPU. Never skipped: the first ACK after a pause (it ends a gap), one that drains
+    // the queue, a zero window, a closed receive window.
+    let t = now();
+    let ack = read_ack(skb);
+    if let (Some((ack_seq, window)), Some(last)) = (ack, LAST_ACK.get_ptr_mut(0)) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        let last = unsafe { &mut *last };
+        let recent = last.sk == sk as u64 && t.wrapping_sub(last.ns) < REFRESH_NS;
+        if recent && window != 0 && ack_seq != write_seq && rcv_wnd != 0 {
+            return 0;
+        }
+        last.sk = sk as u64;
+        last.ns = t;
+    }
     let cookie = cookie_of(sk);
     let p = match SOCKS.get_ptr_mut(&cookie) {
         Some(p) => p,
         None => {
-            // Untracked: direct loads decide. Start tracking only on a wedge signature — the peer has closed its
+            // Untracked: start tracking only on a wedge signature — the peer has closed its
             // window while we have data queued, or our own receive window is closed with
             // data unread.
             let snd_wnd: u32 = ld(tp, off!(snd_wnd));
             if snd_wnd != 0 && rcv_wnd != 0 {
                 return 0;
             }
-            let zero_win = matches!(read_ack(skb), Some((_, 0)));
+            let zero_win = matches!(ack, Some((_, 0)));
             let rcv_nxt: u32 = ld(tp, off!(rcv_nxt));
             let copied: u32 = ld(tp, off!(copied_seq));
             if !(zero_win && write_seq != una) && !(rcv_wnd == 0 && rcv_nxt != copied) {
                 return 0;
             }
-            match track(tp, cookie, now()) {
+            match track(tp, cookie, t) {
                 Some(p) => p,
                 None => return 0,
             }
         }
     };
-    let t = now();
-    let ack = read_ack(skb);
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
     let cur_una: u32 = ld(tp, off!(snd_una));
