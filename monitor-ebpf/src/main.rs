@@ -343,13 +343,20 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
     // per CPU. Never skipped: the first ACK after a pause (it ends a gap), one that drains
     // the queue, a zero window, a closed receive window.
     let t = now();
-    let ack = read_ack(skb);
-    if let (Some((ack_seq, window)), Some(last)) = (ack, LAST_ACK.get_ptr_mut(0)) {
+    let mut ack = None;
+    let mut have_ack = false;
+    if let Some(last) = LAST_ACK.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         let last = unsafe { &mut *last };
-        let recent = last.sk == sk as u64 && t.wrapping_sub(last.ns) < REFRESH_NS;
-        if recent && window != 0 && ack_seq != write_seq && rcv_wnd != 0 {
-            return 0;
+        if last.sk == sk as u64 && t.wrapping_sub(last.ns) < REFRESH_NS && rcv_wnd != 0 {
+            // The header is read only for a socket refreshed within the last millisecond.
+            ack = read_ack(skb);
+            have_ack = true;
+            if let Some((ack_seq, window)) = ack {
+                if window != 0 && ack_seq != write_seq {
+                    return 0;
+                }
+            }
         }
         last.sk = sk as u64;
         last.ns = t;
@@ -365,6 +372,10 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
             if snd_wnd != 0 && rcv_wnd != 0 {
                 return 0;
             }
+            if !have_ack {
+                ack = read_ack(skb);
+                have_ack = true;
+            }
             let zero_win = matches!(ack, Some((_, 0)));
             let rcv_nxt: u32 = ld(tp, off!(rcv_nxt));
             let copied: u32 = ld(tp, off!(copied_seq));
@@ -377,6 +388,9 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
             }
         }
     };
+    if !have_ack {
+        ack = read_ack(skb);
+    }
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
     let cur_una: u32 = ld(tp, off!(snd_una));
