@@ -471,19 +471,19 @@ pub fn interpret(results: &Value) -> Vec<String> {
                 && (share * 100.0 > hot_target_pct(size) || missed(&format!("hot path, {size} B")))
             {
                 notes.push(format!(
-                    "Why {size} B writes cost more than the target: a bulk sender always has data queued, so every write runs \
-                     `tcpstall_sendmsg` past its cheap early exit (socket cookie, hash-map lookup, send-state refresh from struct \
-                     reads, clock and pid helpers), and every incoming segment runs `tcpstall_probe` (header read, lookup, refresh; \
-                     a delete when the queue momentarily drains, then a full re-insert on the next write). That is a fixed cost per \
-                     call and per segment: invisible at 64 KiB per write, a large share of the ~2 µs a 100 B write costs the two \
-                     threads. `--bpf-stats` counts only the program bodies; the tracepoint dispatch around each run (RCU, \
-                     migrate-disable, recursion guard) and the cache footprint on a 2-vCPU VM come on top. Design changes that \
-                     close it: (a) rate-limit per socket — when the entry was refreshed < 1 ms ago and the peer window is open and \
-                     nothing was retransmitted, return right after the lookup (the agent samples once per tick, so sub-millisecond \
-                     freshness buys nothing); (b) keep drained entries for a grace period instead of delete/re-insert churn \
-                     (evict them from the tick or by LRU); (c) keep per-socket state in socket-local storage (bpf_sk_storage_get) \
-                     so a tracked socket costs a pointer dereference rather than a hash lookup. Together these target < 100 ns \
-                     per write: under 3% at 100 B and under 1% at 64 KiB."
+                    "Why {size} B writes cost more than the target: the programs already take their cheapest exits — a \
+                     write onto an empty queue and an incoming segment of a socket with nothing queued and an open window \
+                     return after a few direct loads, and a busy tracked socket is refreshed at most once per millisecond per \
+                     CPU from its writes and from its ACKs. What remains is a fixed cost on every call: the tp_btf dispatch \
+                     (RCU, migrate-disable, recursion guard — not counted by `--bpf-stats`), the `bpf_skc_to_tcp_sock` helper \
+                     needed to read `tcp_sock` fields, and a clock read for the rate limit. A 100 B loopback write costs the \
+                     two threads ~2 µs, so ~100-200 ns per write is 5-10% before the dispatch. Design changes that close it: \
+                     (a) decide the send path from `struct sock` alone (`sk_wmem_queued` == 0, no helper) and rate-limit by a \
+                     per-CPU call counter instead of the clock, re-tracking a drained socket from the ACK/retransmit hooks \
+                     with the writer identity kept in socket-local storage (`bpf_sk_storage_get`), so a busy socket costs a \
+                     few loads per write; (b) sample the sendmsg hook (e.g. 1 in N calls per socket) since the agent reads \
+                     state once per tick — the ACK path already carries queue growth. Together these target < 50 ns per \
+                     write: under 3% at 100 B and under 1% at 64 KiB."
                 ));
             }
         }
@@ -552,11 +552,12 @@ pub fn interpret(results: &Value) -> Vec<String> {
                     "A scale target was missed at N={n}: the agent's userspace stays flat (a few tenths of a ms per second); \
                      the in-kernel part grows with the TCP event rate — each busy message costs about four program runs \
                      (sendmsg, the data segment and its ACK through tcp_probe, the read through tcp_rcv_space_adjust), almost \
-                     all on untracked sockets. `--bpf-stats` itself adds two clock reads per run (costly in a VM), so the figure \
-                     is an upper bound. Design change: make the untracked path cheaper — in tcp_probe decide from the header's \
-                     window and two struct loads before computing the socket cookie or touching the map, and put the tracked path \
-                     behind the per-socket rate limit described for the hot path. This in-kernel time is charged to the \
-                     application threads that send and receive, not to the agent process."
+                     all on untracked sockets, each paying the tp_btf dispatch plus a helper or two before its early exit. \
+                     `--bpf-stats` itself adds two clock reads per run (costly in a VM), so the figure is an upper bound. \
+                     Design change: mark tracked sockets in socket-local storage so an untracked socket's ACK and read cost \
+                     one NULL check instead of a cookie and a hash lookup, and drop the tcp_rcv_space_adjust hook in favour of \
+                     reading the receive side on the next incoming segment (the read side is observe-only). This in-kernel \
+                     time is charged to the application threads that send and receive, not to the agent process."
                 ));
             }
         }
