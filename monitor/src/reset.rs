@@ -1275,14 +1275,13 @@ pub fn open_netns(ino: u32, pid_hint: Option<u32>) -> Result<(OwnedFd, PathBuf),
     })
 }
 
-/// Open a `NETLINK_SOCK_DIAG` socket inside network namespace `ino`.
-fn open_diag_socket_in(ino: u64, pid_hint: Option<u32>) -> Result<OwnedFd, ResetError> {
-    if let Ok(own) = current_netns() {
-        if u64::from(own) == ino {
-            return open_diag_socket_here();
-        }
-    }
-    let (ns, path) = open_netns(ino as u32, pid_hint)?;
+/// Open a NETLINK_SOCK_DIAG socket inside the network namespace `ns` (an open namespace
+/// file at `path`): a short-lived helper thread enters it with setns (which changes only
+/// that thread) and opens the socket there; the socket stays bound to that namespace.
+fn open_diag_socket_entering(
+    ns: impl AsRawFd + Send + 'static,
+    path: PathBuf,
+) -> Result<OwnedFd, ResetError> {
     let handle = std::thread::Builder::new()
         .name("tcpstall-setns".into())
         .stack_size(256 * 1024)
@@ -1291,7 +1290,7 @@ fn open_diag_socket_in(ino: u64, pid_hint: Option<u32>) -> Result<OwnedFd, Reset
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 let errno = last_errno();
                 let why = if errno == libc::EPERM {
-                    "needs CAP_SYS_ADMIN (run the agent as root)".to_string()
+                    "needs CAP_SYS_ADMIN (run as root)".to_string()
                 } else {
                     io::Error::from_raw_os_error(errno).to_string()
                 };
@@ -1317,6 +1316,17 @@ fn open_diag_socket_in(ino: u64, pid_hint: Option<u32>) -> Result<OwnedFd, Reset
             "the helper thread entering the namespace panicked (tcpstall bug)",
         ))
     })
+}
+
+/// Open a `NETLINK_SOCK_DIAG` socket inside network namespace `ino`.
+fn open_diag_socket_in(ino: u64, pid_hint: Option<u32>) -> Result<OwnedFd, ResetError> {
+    if let Ok(own) = current_netns() {
+        if u64::from(own) == ino {
+            return open_diag_socket_here();
+        }
+    }
+    let (ns, path) = open_netns(ino as u32, pid_hint)?;
+    open_diag_socket_entering(ns, path)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1703,41 +1713,7 @@ fn diag_socket_at(ns: &NetnsRef) -> Result<OwnedFd, ResetError> {
             ))
         }
     };
-    let path = ns.path.clone();
-    let handle = std::thread::Builder::new()
-        .name("tcpstall-setns".into())
-        .stack_size(256 * 1024)
-        .spawn(move || -> Result<OwnedFd, ResetError> {
-            // SAFETY: file is an open namespace file; setns only changes this helper thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                let errno = last_errno();
-                let why = if errno == libc::EPERM {
-                    "needs CAP_SYS_ADMIN (run as root)".to_string()
-                } else {
-                    io::Error::from_raw_os_error(errno).to_string()
-                };
-                return Err(ResetError::new(
-                    "netns",
-                    errno,
-                    format!("setns(CLONE_NEWNET) into {} failed: {why}", path.display()),
-                ));
-            }
-            open_diag_socket_here()
-        })
-        .map_err(|e| {
-            ResetError::new(
-                "netns",
-                e.raw_os_error().unwrap_or(libc::EAGAIN),
-                format!("cannot start the helper thread that enters the namespace: {e}"),
-            )
-        })?;
-    handle.join().unwrap_or_else(|_| {
-        Err(ResetError::new(
-            "netns",
-            libc::EIO,
-            "the helper thread entering the namespace panicked (tcpstall bug)",
-        ))
-    })
+    open_diag_socket_entering(file, ns.path.clone())
 }
 
 impl Destroyer {
