@@ -266,18 +266,16 @@ pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let sk: *const u8 = ctx.arg(0);
-    let Some(tp) = tcp_sk(sk) else { return 0 };
-    // Nothing queued in front of this write: not a wedge candidate, and no map lookup. A
-    // socket whose every write goes out and is acked before the next costs two loads here.
-    // (A tracked socket that drained was already dropped by the ACK hook.)
-    let write_seq: u32 = ld(tp, off!(write_seq));
-    let una: u32 = ld(tp, off!(snd_una));
-    if write_seq == una {
+    // Nothing queued in front of this write (`sk_wmem_queued` lives in `struct sock`: one
+    // load, no helper): not a wedge candidate and no map lookup. (A tracked socket that
+    // drained was already dropped by the ACK hook.)
+    let wmem: i32 = ld(sk, off!(sk_wmem_queued));
+    if wmem == 0 {
         return 0;
     }
     // A bulk writer calls this for every skb it fills (several per large write): refresh a
     // socket's state at most once per millisecond per CPU. The skipped refreshes are also
-    // made by the ACK and retransmit hooks, which are never skipped.
+    // made by the ACK and retransmit hooks.
     let t = now();
     if let Some(last) = LAST_SEND.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -287,6 +285,12 @@ pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
         }
         last.sk = sk as u64;
         last.ns = t;
+    }
+    let Some(tp) = tcp_sk(sk) else { return 0 };
+    let write_seq: u32 = ld(tp, off!(write_seq));
+    let una: u32 = ld(tp, off!(snd_una));
+    if write_seq == una {
+        return 0;
     }
     let cookie = cookie_of(sk);
     let p = match SOCKS.get_ptr_mut(&cookie) {
