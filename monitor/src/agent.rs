@@ -297,14 +297,7 @@ impl Agent {
         for st in &states {
             let snap = Snapshot::from_state(st, now_ns);
             present.insert(snap.cookie);
-            let cgroup = snap.cgroup_id.and_then(|id| self.cgroups.path(id));
-            let sel = policy.select(&SocketIdentity {
-                local: snap.local,
-                remote: snap.remote,
-                comm: snap.comm.as_deref(),
-                cgroup_path: cgroup.as_deref(),
-                netns: snap.netns,
-            });
+            let sel = select(&policy, &mut self.cgroups, &snap);
             let obs = self.tracker.observe(&snap, sel.thresholds);
             let rule_name = sel.rule.map(|r| r.name.as_str());
             for ep in &obs.recovered {
@@ -336,14 +329,7 @@ impl Agent {
             let last_evidence = self.tracker.evidence(cookie);
             let dep = self.tracker.forget_detailed(cookie, was_closed, t);
             let policy = std::sync::Arc::clone(&self.policy);
-            let cgroup = snap.cgroup_id.and_then(|id| self.cgroups.path(id));
-            let sel = policy.select(&SocketIdentity {
-                local: snap.local,
-                remote: snap.remote,
-                comm: snap.comm.as_deref(),
-                cgroup_path: cgroup.as_deref(),
-                netns: snap.netns,
-            });
+            let sel = select(&policy, &mut self.cgroups, &snap);
             let rule_name = sel.rule.map(|r| r.name.as_str());
             if let Some(ep) = &dep.recovered {
                 self.record_episode(&sel, rule_name, cookie, ep)?;
@@ -638,6 +624,19 @@ impl Agent {
         let _ = SystemTime::now();
         Ok(())
     }
+}
+
+/// The policy's selection for a socket, identified as rules select: addresses, writer
+/// comm, writer cgroup path, network namespace.
+fn select<'p>(policy: &'p Policy, cgroups: &mut CgroupPaths, snap: &Snapshot) -> Selection<'p> {
+    let cgroup = snap.cgroup_id.and_then(|id| cgroups.path(id));
+    policy.select(&SocketIdentity {
+        local: snap.local,
+        remote: snap.remote,
+        comm: snap.comm.as_deref(),
+        cgroup_path: cgroup.as_deref(),
+        netns: snap.netns,
+    })
 }
 
 fn event_action(a: Action) -> event::Action {

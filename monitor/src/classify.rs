@@ -1156,7 +1156,12 @@ fn fmt_factor(f: f64) -> String {
 
 /// Human duration: "750ms", "3s", "14.2s", "5m", "6m40s", "1h2m".
 fn fmt_ns(ns: u64) -> String {
-    let ms = ns / NS_PER_MS;
+    fmt_ms(ns / NS_PER_MS)
+}
+
+/// Milliseconds for people: "750ms", "3s", "14.2s", "5m", "6m40s", "1h2m" (tenths of a
+/// second below a minute, whole seconds above).
+pub fn fmt_ms(ms: u64) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
@@ -1171,14 +1176,10 @@ fn fmt_ns(ns: u64) -> String {
     let s = (ms + 500) / 1000;
     let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
     let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 {
-        out.push_str(&format!("{s}s"));
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
     }
     out
 }

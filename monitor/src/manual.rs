@@ -574,29 +574,7 @@ pub struct Advice {
     pub summary: String,
 }
 
-/// Format milliseconds for people: `850ms`, `14.2s`, `2m30s`.
-fn fmt_ms(ms: u64) -> String {
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    if ms < 59_950 {
-        let tenths = (ms + 50) / 100;
-        return if tenths.is_multiple_of(10) {
-            format!("{}s", tenths / 10)
-        } else {
-            format!("{}.{}s", tenths / 10, tenths % 10)
-        };
-    }
-    let s = (ms + 500) / 1000;
-    let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
-    let mut out = String::new();
-    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
-        if n > 0 {
-            let _ = write!(out, "{n}{unit}");
-        }
-    }
-    out
-}
+use crate::classify::fmt_ms;
 
 fn fmt_factor(f: f64) -> String {
     if f.fract() == 0.0 {
