@@ -101,7 +101,9 @@ fn ld<T: Copy>(base: *const u8, off: u32) -> T {
 #[inline(always)]
 fn rd<T: Default>(base: *const u8, off: u32) -> T {
     // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields the default.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).unwrap_or_default() }
+    unsafe {
+        bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).unwrap_or_default()
+    }
 }
 
 /// The tracepoint's `struct sock *` as a `struct tcp_sock *` (NULL for non-TCP sockets).
@@ -260,6 +262,15 @@ fn track(tp: *const u8, cookie: u64, t: u64) -> Option<*mut SockState> {
     SOCKS.get_ptr_mut(&cookie)
 }
 
+/// The socket's entry, starting to track it if it is not tracked yet (None: map full).
+#[inline(always)]
+fn tracked_or_track(tp: *const u8, cookie: u64, t: u64) -> Option<*mut SockState> {
+    match SOCKS.get_ptr_mut(&cookie) {
+        Some(p) => Some(p),
+        None => track(tp, cookie, t),
+    }
+}
+
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
     if !configured() {
@@ -293,12 +304,8 @@ pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let cookie = cookie_of(sk);
-    let p = match SOCKS.get_ptr_mut(&cookie) {
-        Some(p) => p,
-        None => match track(tp, cookie, t) {
-            Some(p) => p,
-            None => return 0,
-        },
+    let Some(p) = tracked_or_track(tp, cookie, t) else {
+        return 0;
     };
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
@@ -440,12 +447,8 @@ pub fn tcpstall_retransmit(ctx: BtfTracePointContext) -> i32 {
     let Some(tp) = tcp_sk(sk) else { return 0 };
     let cookie = cookie_of(sk);
     let t = now();
-    let p = match SOCKS.get_ptr_mut(&cookie) {
-        Some(p) => p,
-        None => match track(tp, cookie, t) {
-            Some(p) => p,
-            None => return 0,
-        },
+    let Some(p) = tracked_or_track(tp, cookie, t) else {
+        return 0;
     };
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
