@@ -25,6 +25,18 @@ pub mod flags {
     /// gap that progress ends is recorded as a zero-window episode even when the ACK that
     /// ends it (or a window update just before it) re-opens the window.
     pub const ZERO_WINDOW_SEEN: u32 = 1 << 4;
+    /// The application has closed the socket (`sk->sk_socket` is NULL): an orphan the
+    /// kernel finishes on its own (FIN_WAIT1 and later). Nobody is blocked on it.
+    pub const ORPHAN: u32 = 1 << 5;
+}
+
+/// `Offsets::mode` bits: kernel differences decided at start-up.
+pub mod mode {
+    /// `bpf_get_socket_cookie()` is not available to tracing programs (before Linux 5.12):
+    /// the `SOCKS` map is keyed by the socket's address, and `SockState::cookie` is the
+    /// socket's `skc_cookie` field (0 until something asked the kernel for the cookie; the
+    /// agent then looks it up through sock_diag).
+    pub const KEY_BY_ADDR: u32 = 1 << 0;
 }
 
 /// `COUNTERS` per-CPU array indexes.
@@ -54,7 +66,11 @@ pub mod gone {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SockState {
+    /// The socket cookie (as `SO_COOKIE`); 0 when not known yet (see [`mode::KEY_BY_ADDR`]).
     pub cookie: u64,
+    /// The `SOCKS` map key of this entry: the cookie, or the socket's address under
+    /// [`mode::KEY_BY_ADDR`].
+    pub key: u64,
     /// Network namespace inode number (`net->ns.inum`), as in `/proc/PID/ns/net`.
     pub netns: u32,
     /// AF_INET (2) or AF_INET6 (10).
@@ -143,11 +159,14 @@ impl SockState {
 }
 
 /// Sent on the `CLOSED` ring buffer when a tracked socket leaves ESTABLISHED/CLOSE_WAIT
-/// (the app closed it, the peer reset it, or it was destroyed). Its map entry is gone by then.
+/// or reaches TCP_CLOSE (the app closed it, the peer reset it, or it was destroyed). Its map
+/// entry is gone by then.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CloseNote {
     pub cookie: u64,
+    /// The map key the entry had (equal to `cookie` unless [`mode::KEY_BY_ADDR`]).
+    pub key: u64,
     pub ts_ns: u64,
     pub reason: u32,
     /// TCP state it moved to.
@@ -161,6 +180,12 @@ pub struct CloseNote {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offsets {
     pub magic: u32,
+    /// [`mode`] bits.
+    pub mode: u32,
+    /// `struct sock_common` -> `skc_cookie` (atomic64).
+    pub skc_cookie: u32,
+    /// `struct sock` -> `sk_socket` (NULL once the application closed the socket).
+    pub sk_socket: u32,
     // struct sock_common (via struct sock)
     pub skc_family: u32,
     pub skc_num: u32,
@@ -196,6 +221,9 @@ impl Offsets {
     pub const fn zeroed() -> Self {
         Offsets {
             magic: 0,
+            mode: 0,
+            skc_cookie: 0,
+            sk_socket: 0,
             skc_family: 0,
             skc_num: 0,
             skc_dport: 0,

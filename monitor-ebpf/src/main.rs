@@ -221,6 +221,7 @@ fn track(tp: *const u8, cookie: u64, t: u64) -> Option<*mut SockState> {
     let s = unsafe { &mut *scratch };
     *s = SockState::zeroed();
     s.cookie = cookie;
+    s.key = cookie;
     s.family = ld(tp, off!(skc_family));
     s.lport = ld(tp, off!(skc_num));
     s.rport = u16::from_be(ld(tp, off!(skc_dport)));
@@ -509,6 +510,7 @@ pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     bump(counter::CLOSED);
     let note = CloseNote {
         cookie,
+        key: cookie,
         ts_ns: now(),
         reason: gone::CLOSED,
         new_state: newstate as u32,

@@ -748,6 +748,20 @@ const OFFSET_SPECS: &[OffsetSpec] = &[
         slot: |o| &mut o.net_ns_inum,
     },
     OffsetSpec {
+        name: "skc_cookie",
+        struct_name: "sock_common",
+        paths: &["skc_cookie.counter"],
+        size: 8,
+        slot: |o| &mut o.skc_cookie,
+    },
+    OffsetSpec {
+        name: "sk_socket",
+        struct_name: "sock",
+        paths: &["sk_socket"],
+        size: POINTER_SIZE,
+        slot: |o| &mut o.sk_socket,
+    },
+    OffsetSpec {
         name: "sk_wmem_queued",
         struct_name: "sock",
         paths: &["sk_wmem_queued"],
@@ -1191,6 +1205,9 @@ mod tests {
             &[("skc_portpair", portpair, 0, 0), ("", ports, 0, 0)],
         );
         let hash_u = b.union("", 4, &[("skc_hash", uint, 0, 0)]);
+        let s64 = b.int("long long int", 8);
+        let atomic64 = b.strukt("", 8, &[("counter", s64, 0, 0)]);
+        let atomic64_t = b.modifier(KIND_TYPEDEF, "atomic64_t", atomic64);
         let sock_common = b.strukt(
             "sock_common",
             136,
@@ -1205,9 +1222,12 @@ mod tests {
                 ("skc_net", possible_net, 192, 0),
                 ("skc_v6_daddr", in6, 256, 0),
                 ("skc_v6_rcv_saddr", in6, 384, 0),
+                ("skc_cookie", atomic64_t, 832, 0),
             ],
         );
         let sndbuf_ty = if v.sndbuf_u16 { ushort } else { int };
+        let socket = b.strukt("socket", 8, &[("state", int, 0, 0)]);
+        let socket_ptr = b.ptr(socket);
         let sock = b.strukt(
             "sock",
             600,
@@ -1217,6 +1237,7 @@ mod tests {
                 ("sk_wmem_queued", int, 3008, 0),
                 ("sk_sndbuf", sndbuf_ty, 4544, 0),
                 ("sk_rcvbuf", int, 2048, 0),
+                ("sk_socket", socket_ptr, 2176, 0),
             ],
         );
         let inet_sock = if v.sk_not_first {
@@ -1371,6 +1392,9 @@ mod tests {
         let o = offsets_from_btf(&mini()).unwrap();
         let want = Offsets {
             magic: Offsets::MAGIC,
+            mode: 0,
+            skc_cookie: 104,
+            sk_socket: 272,
             skc_family: 16,
             skc_num: 14,
             skc_dport: 12,
