@@ -156,8 +156,9 @@ impl Agent {
                 probe.detail
             );
         }
-        let (offsets, offsets_source) = crate::btf::load_offsets()?;
-        let probes = Probes::load(&offsets, cfg.max_sockets, cfg.bpf_stats)?;
+        let (kbtf, offsets, offsets_source) = crate::btf::load_kernel()?;
+        let probes = Probes::load(&kbtf, &offsets, cfg.max_sockets, cfg.bpf_stats)?;
+        drop(kbtf);
         let mode = if !wants_reset {
             event::Mode::Observe
         } else if cfg.dry_run {
@@ -171,7 +172,14 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             kernel: uname_release(),
-            hooks: probes.hooks().to_vec(),
+            hooks: probes.hook_reports().to_vec(),
+            degraded: probes.degraded().to_vec(),
+            socket_key: if probes.key_by_addr() {
+                "address"
+            } else {
+                "cookie"
+            }
+            .into(),
             offsets_source,
             mode,
             reset_path: event::ResetPath {
@@ -289,7 +297,27 @@ impl Agent {
             .into_iter()
             .map(|n| (n.cookie, n.ts_ns))
             .collect();
-        let states = self.probes.read_all();
+        let destroyer = &mut self.destroyer;
+        let states = self.probes.read_all(&mut |st| {
+            // Address-keyed kernels only: the cookie of a socket nobody asked about yet.
+            let snap = Snapshot::from_state(st, 0);
+            let target = Target {
+                cookie: 0,
+                netns: snap.netns,
+                family: snap.family,
+                local: snap.local,
+                remote: snap.remote,
+                pid_hint: snap.pid,
+            };
+            match destroyer.lookup(&target) {
+                Ok(Some(d)) => Some(d.cookie),
+                Ok(None) => None,
+                Err(e) => {
+                    log::debug!("cookie lookup of {} -> {}: {e}", snap.local, snap.remote);
+                    None
+                }
+            }
+        });
         let read_us = t0.elapsed().as_micros();
         let now_ns = monotonic_ns();
         let mut present = HashSet::with_capacity(states.len());

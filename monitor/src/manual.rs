@@ -1560,6 +1560,8 @@ no_ack_after = "20s"
             pid: 1,
             kernel: "6.18".into(),
             hooks: vec![],
+            degraded: vec![],
+            socket_key: "cookie".into(),
             offsets_source: "btf".into(),
             mode: event::Mode::Observe,
             reset_path: event::ResetPath {
