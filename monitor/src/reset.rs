@@ -2403,7 +2403,7 @@ mod tests {
             return;
         }
         let start = Instant::now();
-        let r = orphan_probe();
+        let (r, cookie) = orphan::probe_traced();
         let took = start.elapsed();
         eprintln!("orphan_probe ({took:?}): {r:?}");
         // 6.11 and later carry "tcp: fix forever orphan socket caused by tcp_abort"; older
@@ -2424,6 +2424,13 @@ mod tests {
             );
         }
         assert!(took < Duration::from_secs(1), "took {took:?}");
+        // Nothing is left behind, on either kind of kernel.
+        assert_ne!(cookie, 0);
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while let Some((_, d)) = find_by_cookie(cookie).unwrap() {
+            assert!(Instant::now() < deadline, "test orphan left behind: {d:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// `capset` on the calling thread only: drop `cap` from its effective set.

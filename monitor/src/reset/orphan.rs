@@ -12,6 +12,12 @@
 //! behaviour: it builds such an orphan of its own on 127.0.0.1, destroys it and watches
 //! whether it leaves the socket tables. The decision ([`classify`]) is a pure function of
 //! what was observed ([`Observation`]).
+//!
+//! Seen (Debian kernels under QEMU, and this project's 6.18 host): 6.18 and 6.1.192 (which
+//! has the backport) free the orphan within a few milliseconds of SOCK_DESTROY; 5.10.251
+//! (without it) keeps it in FIN-WAIT-1, its zero-window probe timer gone after it fires
+//! once, Send-Q unchanged. Either way the test's own client then closes with a RST, which
+//! the orphan accepts, so the probe leaves nothing behind.
 
 use super::*;
 
@@ -55,7 +61,8 @@ pub(crate) struct Seen {
     pub(crate) timer: u8,
     /// Milliseconds until that timer fires.
     pub(crate) timer_expires_ms: u32,
-    /// Bytes in the send queue.
+    /// Send-Q: bytes written and not acked (`write_seq - snd_una`; on an unfixed kernel it
+    /// keeps its value after SOCK_DESTROY purged the queue).
     pub(crate) send_q: u32,
     /// No `struct socket` any more (inode 0): the application closed it.
     pub(crate) orphan: bool,
@@ -100,7 +107,7 @@ impl fmt::Display for Seen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}{}, {}, {} bytes queued",
+            "{}{}, {}, Send-Q {}",
             if self.orphan { "orphan, " } else { "" },
             tcp_state_name(self.state),
             self.timer_text(),
@@ -557,7 +564,7 @@ mod tests {
         assert!(
             r.detail.contains(
                 "test orphan: orphan, FIN-WAIT-1, zero-window probe timer (due in 200 ms), \
-                 8192 bytes queued; gone 0.12 ms after SOCK_DESTROY"
+                 Send-Q 8192; gone 0.12 ms after SOCK_DESTROY"
             ),
             "{}",
             r.detail
@@ -599,7 +606,7 @@ mod tests {
         );
         assert!(r
             .detail
-            .contains("300.0 ms after SOCK_DESTROY: orphan, FIN-WAIT-1, no timer, 0 bytes queued"));
+            .contains("300.0 ms after SOCK_DESTROY: orphan, FIN-WAIT-1, no timer, Send-Q 0"));
         assert!(
             r.detail.contains("userspace can do nothing more"),
             "{}",
@@ -734,7 +741,7 @@ mod tests {
         };
         assert_eq!(
             s.to_string(),
-            "ESTAB, retransmit timer (due in 204 ms), 10 bytes queued"
+            "ESTAB, retransmit timer (due in 204 ms), Send-Q 10"
         );
         let s = Seen { timer: 9, ..s };
         assert_eq!(s.timer_text(), "timer 9 (due in 204 ms)");
