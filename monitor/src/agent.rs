@@ -96,6 +96,8 @@ pub struct Agent {
     cgroups: CgroupPaths,
     destroyer: Destroyer,
     reset_works: bool,
+    /// The start-up self-test found destroying orphans safe on this kernel.
+    orphans_safe: bool,
     rate: RateLimit,
     counts: ResetCounts,
     /// Last snapshot of every socket present in the kernel map at the previous tick.
@@ -149,7 +151,31 @@ impl Agent {
         let mut out = EventWriter::open(cfg.output.as_deref())?;
         // Probe the reset path before our hooks exist, so the probe's own wedge is not tracked.
         let wants_reset = cfg.policy.rules.iter().any(|r| r.action == Action::Reset);
-        let probe = reset::self_probe();
+        // On kernels where inet_diag/tcp_diag are modules, SOCK_DESTROY needs them loaded.
+        let modules = reset::ensure_diag_modules();
+        let mut probe = reset::self_probe();
+        match &modules {
+            Ok(loaded) if !loaded.is_empty() => {
+                probe.detail = format!("loaded {}; {}", loaded.join(", "), probe.detail)
+            }
+            Err(why) if !probe.works => probe.detail = format!("{}; {why}", probe.detail),
+            _ => {}
+        }
+        // Before the 2024 tcp_abort fix, destroying an orphan could leave it with no timer
+        // forever: decided by a self-test, never by the version string.
+        let orphan = if probe.works {
+            reset::orphan_probe()
+        } else {
+            reset::OrphanReport {
+                safe: false,
+                detail: "not tested: SOCK_DESTROY does not work here (see reset_path); orphans \
+                         are never reset"
+                    .into(),
+            }
+        };
+        if wants_reset && !orphan.safe {
+            log::warn!("orphaned sockets will not be reset: {}", orphan.detail);
+        }
         if wants_reset && !probe.works {
             log::warn!(
                 "reset path unavailable ({}); every reset will be reported as reset_skipped",
@@ -186,6 +212,10 @@ impl Agent {
                 works: probe.works,
                 detail: probe.detail.clone(),
             },
+            orphan_reset: event::OrphanReset {
+                safe: orphan.safe,
+                detail: orphan.detail.clone(),
+            },
             policy: cfg.policy.source.as_ref().map(|p| p.display().to_string()),
             tick_ms: cfg.tick.as_millis() as u64,
             max_sockets: probes.max_sockets(),
@@ -203,6 +233,7 @@ impl Agent {
             cgroups: CgroupPaths::default(),
             destroyer: Destroyer::new(),
             reset_works: probe.works,
+            orphans_safe: orphan.safe,
             rate,
             counts: ResetCounts::default(),
             last: HashMap::new(),
@@ -510,6 +541,18 @@ impl Agent {
                 sel,
                 event::SkipGuard::ResetUnavailable,
                 "the start-up probe of SOCK_DESTROY failed (see agent_started.reset_path)".into(),
+            );
+        }
+        if snap.orphan && !self.orphans_safe {
+            return self.skip(
+                snap,
+                class,
+                sel,
+                event::SkipGuard::OrphanUnsafe,
+                "the application already closed this socket (an orphan the kernel finishes on \
+                 its own), and on this kernel destroying an orphan can leave it with no timer \
+                 forever (see agent_started.orphan_reset)"
+                    .into(),
             );
         }
         if self.cfg.dry_run {

@@ -1632,39 +1632,3 @@ mod tests {
     }
 }
 
-// TEMPORARY-SHIM (replaced by the prototype reader being written on branch btf).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Site<'a> {
-    Tracepoint(&'a str),
-    Function(&'a str),
-}
-impl std::fmt::Display for Site<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Site::Tracepoint(n) => write!(f, "tracepoint {n}"),
-            Site::Function(n) => write!(f, "function {n}"),
-        }
-    }
-}
-#[derive(Clone, Copy, Debug)]
-pub struct Shape {
-    pub min_args: usize,
-    pub max_args: usize,
-    pub args: &'static [(usize, &'static str)],
-}
-pub fn check_params(_: &str, _: Site, _: &str, _: &[String], _: &Shape) -> Result<()> {
-    Ok(())
-}
-impl Btf {
-    pub fn params(&self, site: Site) -> Result<Option<Vec<String>>> {
-        let syms = std::fs::read_to_string("/proc/kallsyms")?;
-        let want = match site {
-            Site::Tracepoint(n) => format!("__bpf_trace_{n}"),
-            Site::Function(n) => n.to_string(),
-        };
-        let r = syms
-            .lines()
-            .any(|l| l.split_whitespace().nth(2) == Some(want.as_str()));
-        Ok(r.then(Vec::new))
-    }
-}

@@ -161,6 +161,16 @@ pub struct HookReport {
     pub why: String,
 }
 
+/// Whether destroying an orphaned socket is handled correctly by this kernel (start-up
+/// self-test on an orphan of the agent's own).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OrphanReset {
+    /// `true`: orphans may be reset; `false`: orphans are never reset (guard `orphan_unsafe`).
+    pub safe: bool,
+    /// What the self-test saw.
+    pub detail: String,
+}
+
 /// Whether the SOCK_DESTROY reset path was found working at startup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ResetPath {
@@ -312,6 +322,8 @@ pub enum Event {
         mode: Mode,
         /// Result of the startup reset-path probe.
         reset_path: ResetPath,
+        /// Result of the startup orphan-reset self-test.
+        orphan_reset: OrphanReset,
         /// Policy file in use; `None` = built-in defaults.
         policy: Option<String>,
         /// Tick period in milliseconds.
@@ -822,6 +834,15 @@ const HOOK_FIELDS: &[Field] = &[
     f("why", FieldType::Str, "Why this attach point, or why none"),
 ];
 
+const ORPHAN_RESET_FIELDS: &[Field] = &[
+    f(
+        "safe",
+        FieldType::Bool,
+        "Destroying an orphan (app-closed socket) left nothing behind; false = orphans are never reset",
+    ),
+    f("detail", FieldType::Str, "What the self-test saw"),
+];
+
 const RESET_PATH_FIELDS: &[Field] = &[
     f(
         "works",
@@ -888,6 +909,11 @@ static SCHEMA: &[EventSchema] = &[
                 "reset_path",
                 FieldType::Object(RESET_PATH_FIELDS),
                 "Result of the startup SOCK_DESTROY probe",
+            ),
+            f(
+                "orphan_reset",
+                FieldType::Object(ORPHAN_RESET_FIELDS),
+                "Result of the startup self-test of destroying an orphaned socket",
             ),
             f(
                 "policy",
@@ -1355,6 +1381,10 @@ mod tests {
                 reset_path: ResetPath {
                     works: true,
                     detail: "SOCK_DESTROY probe ok".into(),
+                },
+                orphan_reset: OrphanReset {
+                    safe: true,
+                    detail: "orphan destroyed cleanly".into(),
                 },
                 policy: full.then(|| "/etc/tcpstall/policy.toml".into()),
                 tick_ms: 1000,

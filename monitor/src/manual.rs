@@ -1568,6 +1568,10 @@ no_ack_after = "20s"
                 works: true,
                 detail: "ok".into(),
             },
+            orphan_reset: event::OrphanReset {
+                safe: true,
+                detail: "ok".into(),
+            },
             policy: None,
             tick_ms: 1000,
             max_sockets: 1024,
