@@ -2,15 +2,18 @@
 //!
 //! Each hook has one logic function (`on_*`) and thin entry points, one per way the kernel can
 //! offer it: a BTF tracepoint (`tp_btf`) where the kernel has the tracepoint, else fentry on
-//! the kernel function the tracepoint sits in. The agent probes at start-up which entry point
-//! of each hook loads and attaches (`monitor/src/probes.rs`); the others are never loaded.
-//! - send (`tcp_sendmsg_locked` tracepoint, else fentry `tcp_sendmsg_locked`; plus fentry
-//!   `sk_stream_wait_memory` (a write about to block on a full buffer) and, before 6.5,
-//!   `do_tcp_sendpages` (sendfile/splice/kTLS)): a process writes; start tracking once data
-//!   is already queued, record who writes and send-buffer fill.
-//! - ack (`tcp_probe` tracepoint, else fentry `tcp_rcv_established`): an incoming segment on
-//!   an established socket; ACK progress, peer window, persist-probe answers, read-side
-//!   backlog.
+//! the kernel function the tracepoint sits in, else a kprobe on that function. The logic is
+//! generic over [`Mem`], how it reads the socket: direct loads from the BTF-typed pointer of
+//! tp_btf and fentry, `bpf_probe_read_kernel` from the plain pointer of a kprobe. The agent
+//! probes at start-up which entry point of each hook loads and attaches
+//! (`monitor/src/probes.rs`); the others are never loaded.
+//! - send (`tcp_sendmsg_locked` tracepoint, else fentry/kprobe `tcp_sendmsg_locked`; plus
+//!   fentry/kprobe `sk_stream_wait_memory` (a write about to block on a full buffer) and,
+//!   before 6.5, `do_tcp_sendpages` (sendfile/splice/kTLS)): a process writes; start tracking
+//!   once data is already queued, record who writes and send-buffer fill.
+//! - ack (`tcp_probe` tracepoint, else fentry/kprobe `tcp_rcv_established`): an incoming
+//!   segment on an established socket; ACK progress, peer window, persist-probe answers,
+//!   read-side backlog.
 //! - retransmit (`tcp_retransmit_skb`): retransmit count/time (the dead-peer signal); starts
 //!   tracking too.
 //! - read (`tcp_rcv_space_adjust`): the local app read data (read-side progress).
@@ -19,8 +22,8 @@
 //!
 //! A socket leaves the map when everything is acked and nothing is unread (drained), or when
 //! it closes. Kernel struct offsets come from the running kernel's BTF via `OFFSETS`.
-//! Sockets are keyed by cookie, or by address where tracing programs cannot get the cookie
-//! (before 5.12, [`mode::KEY_BY_ADDR`]).
+//! Sockets are keyed by cookie, or by address where the programs cannot get the cookie
+//! (tracing programs before 5.12, kprobes always: [`mode::KEY_BY_ADDR`]).
 #![no_std]
 #![no_main]
 
