@@ -284,12 +284,13 @@ fn a_stalled_socket_closed_by_its_app_is_reported_closed() {
     agent.stop();
 }
 
-/// Our programs loaded in the kernel right now, by name.
-fn tcpstall_programs() -> usize {
+/// Ids of the tcpstall programs loaded in the kernel right now (by name).
+fn tcpstall_programs() -> std::collections::BTreeSet<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("tcpstall_")))
-        .count()
+        .map(|p| p.id())
+        .collect()
 }
 
 #[test]
@@ -297,10 +298,12 @@ fn sigterm_detaches_every_hook() {
     if !require_root() {
         return;
     }
-    // Programs of other agents (none in CI) are counted before, so only ours are judged.
+    // Programs already loaded (another agent, or the previous test's agent still being
+    // freed) are told apart by id, so only ours are judged.
     let before = tcpstall_programs();
     let agent = AgentOpts::new(observe_policy()).start();
-    let during = tcpstall_programs();
+    let ours: std::collections::BTreeSet<u32> =
+        tcpstall_programs().difference(&before).copied().collect();
     // One program per attached hook (which hooks attach depends on the kernel).
     let started = agent
         .wait_for(|e| is_event(e, "agent_started"), Duration::ZERO)
@@ -315,9 +318,10 @@ fn sigterm_detaches_every_hook() {
         attached >= 5,
         "fewer hooks attached than expected: {started}"
     );
-    assert!(
-        during >= before + attached,
-        "expected the agent's {attached} programs loaded: {before} before, {during} during"
+    assert_eq!(
+        ours.len(),
+        attached,
+        "expected exactly the agent's {attached} attached programs loaded, found ids {ours:?}"
     );
     let events = agent.stop();
     assert_eq!(
@@ -327,14 +331,13 @@ fn sigterm_detaches_every_hook() {
     );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let after = tcpstall_programs();
-        if after <= before {
+        let left: Vec<u32> = tcpstall_programs().intersection(&ours).copied().collect();
+        if left.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{} tcpstall programs still loaded 5 s after SIGTERM (before: {before})",
-            after
+            "programs {left:?} of the stopped agent still loaded 5 s after SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
