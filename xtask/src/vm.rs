@@ -785,6 +785,10 @@ struct GuestResult {
     agent_started: Option<Value>,
     modprobe_failed: Vec<String>,
     panic: bool,
+    /// The first `error: ` line (the agent's fatal error, if it could not start).
+    agent_error: Option<String>,
+    /// What the guest test measured for destroying an orphan (scenario e).
+    orphan_measured: Option<bool>,
 }
 
 /// Parse a serial console log.
@@ -795,14 +799,48 @@ fn parse_log(log: &str) -> GuestResult {
             .find_map(|w| w.strip_prefix(key))
             .map(str::to_string)
     };
+    // With --nocapture a test's outcome ("ok", "FAILED") can land on a later line than its
+    // "test NAME ... " header, after the test's own output.
+    let mut pending: Option<String> = None;
+    let mut in_failures = false;
     for raw in log.lines() {
-        let line = raw.trim_end_matches('\r');
+        let mut line = raw.trim_end_matches('\r');
         if line.contains("Kernel panic") {
             r.panic = true;
         }
+        if let Some(rest) = line.strip_prefix("test ") {
+            if let Some((name, after)) = rest.split_once(" ... ") {
+                pending = Some(name.trim().to_string());
+                line = after;
+            }
+        }
+        let word = line.trim();
+        let outcome = ["ok", "FAILED", "ignored"]
+            .into_iter()
+            .find(|o| word == *o || word.starts_with(&format!("{o},")));
+        if let (Some(o), Some(name)) = (outcome, pending.as_ref()) {
+            r.tests.insert(name.clone(), o.to_string());
+            pending = None;
+            continue;
+        }
+        if word == "failures:" {
+            in_failures = true;
+            continue;
+        }
+        if in_failures {
+            if let Some(name) = line.strip_prefix("    ").filter(|n| !n.contains(' ')) {
+                r.tests.insert(name.to_string(), "FAILED".into());
+            } else if !word.is_empty() {
+                in_failures = false;
+            }
+        }
+        if r.agent_error.is_none() {
+            if let Some(e) = word.strip_prefix("error: ") {
+                r.agent_error = Some(e.to_string());
+            }
+        }
         if let Some(i) = line.find(MARK) {
-            let rest = &line[i + MARK.len()..];
-            let rest = rest.trim_start();
+            let rest = line[i + MARK.len()..].trim_start();
             if let Some(a) = rest.strip_prefix("boot ") {
                 r.release = field(a, "release=");
                 r.boot_s = field(a, "uptime=").and_then(|v| v.parse().ok());
@@ -815,24 +853,10 @@ fn parse_log(log: &str) -> GuestResult {
                 if r.agent_started.is_none() {
                     r.agent_started = serde_json::from_str(j.trim()).ok();
                 }
+            } else if let Some(a) = rest.strip_prefix("orphan-measured ") {
+                r.orphan_measured = field(a, "safe=").and_then(|v| v.parse().ok());
             }
             continue;
-        }
-        // libtest: "test name ... ok" / "... FAILED" / "... ignored[, reason]".
-        if let Some(rest) = line.strip_prefix("test ") {
-            if let Some((name, outcome)) = rest.split_once(" ... ") {
-                let outcome = outcome.trim();
-                let o = if outcome.starts_with("ok") {
-                    "ok"
-                } else if outcome.starts_with("FAILED") {
-                    "FAILED"
-                } else if outcome.starts_with("ignored") {
-                    "ignored"
-                } else {
-                    continue;
-                };
-                r.tests.insert(name.trim().to_string(), o.to_string());
-            }
         }
         if let Some(i) = line.find("test result: ") {
             r.summary = Some(line[i..].to_string());
@@ -849,7 +873,19 @@ fn attach_map(started: &Value) -> BTreeMap<String, String> {
             let a = h["attach"].as_str().unwrap_or("-").to_string();
             m.insert(name.to_string(), a);
         } else if let Some(s) = h.as_str() {
-            m.insert(s.to_string(), s.to_string());
+            // The first format: a list of "kind/function" strings.
+            let function = s.rsplit('/').next().unwrap_or(s);
+            let hook = match function {
+                "tcp_sendmsg_locked" | "tcp_sendmsg" => "send",
+                "sk_stream_wait_memory" => "send_wait",
+                "do_tcp_sendpages" => "send_pages",
+                "tcp_probe" => "ack",
+                "tcp_retransmit_skb" => "retransmit",
+                "tcp_rcv_space_adjust" => "read",
+                "inet_sock_set_state" => "state",
+                other => other,
+            };
+            m.insert(hook.to_string(), s.to_string());
         }
     }
     m
@@ -972,7 +1008,10 @@ fn run_guest(k: Kernel, out_dir: &Path, agent: &Path, test_bin: &Path, keep: boo
         }
     }
     if result.agent_started.is_none() {
-        problems.push("no agent_started line".into());
+        problems.push(match &result.agent_error {
+            Some(e) => format!("agent did not start: {e}"),
+            None => "no agent_started line".into(),
+        });
     }
     let passed = problems.is_empty();
     Outcome {
@@ -1132,6 +1171,7 @@ fn outcome_json(o: &Outcome) -> Value {
         "degraded": started["degraded"],
         "socket_key": started["socket_key"],
         "orphan_reset": started["orphan_reset"],
+        "orphan_reset_measured_safe": r.orphan_measured,
         "agent_started": started,
         "log": o.log,
     })
@@ -1165,10 +1205,14 @@ fn markdown_table(outcomes: &[Outcome]) -> String {
             t.push_str(&format!(" {} |", if a == "-" { "—" } else { a }));
         }
         let key = started["socket_key"].as_str().unwrap_or("?");
-        let orphan = match started["orphan_reset"]["safe"].as_bool() {
-            Some(true) => "safe",
-            Some(false) => "unsafe (guarded)",
-            None => "?",
+        let verdict = |safe: bool| if safe { "safe" } else { "unsafe" };
+        let orphan = match (
+            started["orphan_reset"]["safe"].as_bool(),
+            o.result.orphan_measured,
+        ) {
+            (Some(a), _) => verdict(a).to_string(),
+            (None, Some(m)) => format!("{} (measured; agent: ?)", verdict(m)),
+            (None, None) => "?".to_string(),
         };
         let result = if o.passed {
             let n = o.result.tests.len();
@@ -1234,7 +1278,18 @@ mod tests {
             TCPSTALL-VM agent_started {\"event\":\"agent_started\",\"hooks\":[{\"hook\":\"send\",\"attach\":\"fentry/tcp_sendmsg_locked\"},{\"hook\":\"send_pages\",\"attach\":null}]}\n\
             test a_starts ... ok\n\
             test b_zero_window ... FAILED\n\
-            test result: FAILED. 1 passed; 1 failed; 0 ignored\n\
+            test c_dead ... \n\
+            thread 'c_dead' panicked at x\n\
+            FAILED\n\
+            test d_idle ... some output\n\
+            ok\n\
+            test e_orphan ... TCPSTALL-VM orphan-measured safe=false orphan cookie 5\n\
+            ok\n\
+            failures:\n\
+            \n\
+            failures:\n    b_zero_window\n    c_dead\n\
+            \n\
+            test result: FAILED. 2 passed; 2 failed; 0 ignored\n\
             TCPSTALL-VM exit rc=101 uptime=80.2\n";
         let r = parse_log(log);
         assert_eq!(r.release.as_deref(), Some("6.1.0-57-cloud-amd64"));
@@ -1242,6 +1297,12 @@ mod tests {
         assert_eq!(r.exit_rc, Some(101));
         assert_eq!(r.tests["a_starts"], "ok");
         assert_eq!(r.tests["b_zero_window"], "FAILED");
+        assert_eq!(r.tests["c_dead"], "FAILED");
+        assert_eq!(r.tests["d_idle"], "ok");
+        assert_eq!(r.tests["e_orphan"], "ok");
+        assert_eq!(r.tests.len(), 5);
+        assert_eq!(r.orphan_measured, Some(false));
+        assert!(r.summary.unwrap().starts_with("test result: FAILED"));
         let a = attach_map(r.agent_started.as_ref().unwrap());
         assert_eq!(a["send"], "fentry/tcp_sendmsg_locked");
         assert_eq!(a["send_pages"], "-");
