@@ -51,6 +51,9 @@ pub mod counter {
     pub const DRAINED: u32 = 3;
     /// Sockets that left tracking because they closed.
     pub const CLOSED: u32 = 4;
+    /// Entries dropped because their address key now belongs to another socket
+    /// (only under `mode::KEY_BY_ADDR`; a socket freed without passing through CLOSE).
+    pub const STALE: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 

@@ -1,18 +1,26 @@
 //! tcpstall kernel side: per-socket queue/ACK-progress state for sockets that have data queued.
 //!
-//! Hooks (all BTF tracepoints; kprobes/fentry are unavailable on the target kernel):
-//! - `tcp_sendmsg_locked`: a process writes; start tracking once data is already queued
-//!   (the write finds unacked data in front of it), record who writes and send-buffer fill.
-//! - `tcp_probe`: an incoming segment on an established socket; ACK progress, peer window,
-//!   persist-probe answers, read-side backlog. Untracked sockets cost one map lookup and one
-//!   header read here.
-//! - `tcp_retransmit_skb`: retransmit count/time (the dead-peer signal); starts tracking too.
-//! - `tcp_rcv_space_adjust`: the local app read data (read-side progress).
-//! - `inet_sock_set_state`: a tracked socket leaving ESTABLISHED/CLOSE_WAIT is dropped and a
-//!   close note goes to the agent.
+//! Each hook has one logic function (`on_*`) and thin entry points, one per way the kernel can
+//! offer it: a BTF tracepoint (`tp_btf`) where the kernel has the tracepoint, else fentry on
+//! the kernel function the tracepoint sits in. The agent probes at start-up which entry point
+//! of each hook loads and attaches (`monitor/src/probes.rs`); the others are never loaded.
+//! - send (`tcp_sendmsg_locked` tracepoint, else fentry `tcp_sendmsg_locked`; plus fentry
+//!   `sk_stream_wait_memory` (a write about to block on a full buffer) and, before 6.5,
+//!   `do_tcp_sendpages` (sendfile/splice/kTLS)): a process writes; start tracking once data
+//!   is already queued, record who writes and send-buffer fill.
+//! - ack (`tcp_probe` tracepoint, else fentry `tcp_rcv_established`): an incoming segment on
+//!   an established socket; ACK progress, peer window, persist-probe answers, read-side
+//!   backlog.
+//! - retransmit (`tcp_retransmit_skb`): retransmit count/time (the dead-peer signal); starts
+//!   tracking too.
+//! - read (`tcp_rcv_space_adjust`): the local app read data (read-side progress).
+//! - state (`inet_sock_set_state`): a tracked socket leaving ESTABLISHED/CLOSE_WAIT, or
+//!   reaching CLOSE from any state, is dropped and a close note goes to the agent.
 //!
 //! A socket leaves the map when everything is acked and nothing is unread (drained), or when
 //! it closes. Kernel struct offsets come from the running kernel's BTF via `OFFSETS`.
+//! Sockets are keyed by cookie, or by address where tracing programs cannot get the cookie
+//! (before 5.12, [`mode::KEY_BY_ADDR`]).
 #![no_std]
 #![no_main]
 
@@ -25,12 +33,12 @@ use aya_ebpf::{
             bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock,
         },
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, fentry, map},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, FEntryContext},
 };
 use monitor_common::{
-    counter, flags, gone, CloseNote, Gap, Offsets, SockState, CLOSED_RING_BYTES,
+    counter, flags, gone, mode, CloseNote, Gap, Offsets, SockState, CLOSED_RING_BYTES,
     DEFAULT_MAX_SOCKETS, GAP_SLOTS, MIN_GAP_NS,
 };
 
@@ -79,6 +87,7 @@ static LAST_ACK: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
 static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
 
 const TCP_ESTABLISHED: i32 = 1;
+const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
 const AF_INET6: u16 = 10;
 
@@ -132,10 +141,54 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Sockets are keyed by address, not cookie (decided by the loader; a verifier-known
+/// constant, so the branch not taken is never verified — on 5.10 the cookie helper does not
+/// exist for tracing programs).
 #[inline(always)]
-fn cookie_of(sk: *const u8) -> u64 {
-    // SAFETY: sk is the tracepoint's trusted `struct sock *`.
-    unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+fn key_by_addr() -> bool {
+    off!(mode) & mode::KEY_BY_ADDR != 0
+}
+
+/// The `SOCKS` key of `sk`: its cookie, or its address under [`mode::KEY_BY_ADDR`].
+#[inline(always)]
+fn key_of(sk: *const u8) -> u64 {
+    if key_by_addr() {
+        sk as u64
+    } else {
+        // SAFETY: sk is the hook's trusted `struct sock *`.
+        unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+    }
+}
+
+/// The cookie to report for `sk` keyed `key`: the key itself, or under
+/// [`mode::KEY_BY_ADDR`] the socket's `skc_cookie` (0 until the kernel generated one).
+#[inline(always)]
+fn cookie_field(tp: *const u8, key: u64) -> u64 {
+    if key_by_addr() {
+        ld(tp, off!(skc_cookie))
+    } else {
+        key
+    }
+}
+
+/// The tracked entry of `key`. Under [`mode::KEY_BY_ADDR`] an entry whose ports are not the
+/// socket's is a leftover of an earlier socket at the same address: it is dropped, never
+/// inherited.
+#[inline(always)]
+fn lookup(tp: *const u8, key: u64) -> Option<*mut SockState> {
+    let p = SOCKS.get_ptr_mut(&key)?;
+    if key_by_addr() {
+        // SAFETY: map value pointer valid for this invocation.
+        let s = unsafe { &*p };
+        let lport: u16 = ld(tp, off!(skc_num));
+        let rport: u16 = u16::from_be(ld(tp, off!(skc_dport)));
+        if s.lport != lport || s.rport != rport {
+            let _ = SOCKS.remove(&key);
+            bump(counter::STALE);
+            return None;
+        }
+    }
+    Some(p)
 }
 
 /// Signed sequence comparison: `a` is after `b`.
@@ -153,6 +206,15 @@ fn refresh_send(s: &mut SockState, tp: *const u8, t: u64, una: u32) {
     let sndbuf: i32 = ld(tp, off!(sk_sndbuf));
     s.wmem_queued = wmem as u32;
     s.sndbuf = sndbuf as u32;
+    let socket: u64 = ld(tp, off!(sk_socket));
+    if socket == 0 {
+        s.flags |= flags::ORPHAN;
+    } else {
+        s.flags &= !flags::ORPHAN;
+    }
+    if s.cookie == 0 {
+        s.cookie = cookie_field(tp, s.key);
+    }
     if wmem >= sndbuf {
         s.flags |= flags::SNDBUF_FULL;
     } else {
@@ -215,13 +277,13 @@ fn set_writer(s: &mut SockState) {
 
 /// Start tracking `sk`. Returns the new entry, or None when the map is full (counted).
 #[inline(always)]
-fn track(tp: *const u8, cookie: u64, t: u64) -> Option<*mut SockState> {
+fn track(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch slot owned by this program invocation.
     let s = unsafe { &mut *scratch };
     *s = SockState::zeroed();
-    s.cookie = cookie;
-    s.key = cookie;
+    s.key = key;
+    s.cookie = cookie_field(tp, key);
     s.family = ld(tp, off!(skc_family));
     s.lport = ld(tp, off!(skc_num));
     s.rport = u16::from_be(ld(tp, off!(skc_dport)));
@@ -255,35 +317,35 @@ fn track(tp: *const u8, cookie: u64, t: u64) -> Option<*mut SockState> {
     s.first_seen_ns = t;
     s.last_progress_ns = t;
     s.last_read_ns = t;
-    if SOCKS.insert(&cookie, &*s, 0).is_err() {
+    if SOCKS.insert(&key, &*s, 0).is_err() {
         bump(counter::MAP_FULL);
         return None;
     }
     bump(counter::TRACKED);
-    SOCKS.get_ptr_mut(&cookie)
+    SOCKS.get_ptr_mut(&key)
 }
 
 /// The socket's entry, starting to track it if it is not tracked yet (None: map full).
 #[inline(always)]
-fn tracked_or_track(tp: *const u8, cookie: u64, t: u64) -> Option<*mut SockState> {
-    match SOCKS.get_ptr_mut(&cookie) {
+fn tracked_or_track(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
+    match lookup(tp, key) {
         Some(p) => Some(p),
-        None => track(tp, cookie, t),
+        None => track(tp, key, t),
     }
 }
 
-#[btf_tracepoint(function = "tcp_sendmsg_locked")]
-pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
+/// send: a process writes to `sk` (or is about to block on its full buffer).
+#[inline(always)]
+fn on_send(sk: *const u8) {
     if !configured() {
-        return 0;
+        return;
     }
-    let sk: *const u8 = ctx.arg(0);
     // Nothing queued in front of this write (`sk_wmem_queued` lives in `struct sock`: one
     // load, no helper): not a wedge candidate and no map lookup. (A tracked socket that
     // drained was already dropped by the ACK hook.)
     let wmem: i32 = ld(sk, off!(sk_wmem_queued));
     if wmem == 0 {
-        return 0;
+        return;
     }
     // A bulk writer calls this for every skb it fills (several per large write): refresh a
     // socket's state at most once per millisecond per CPU. The skipped refreshes are also
@@ -293,55 +355,102 @@ pub fn tcpstall_sendmsg(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         let last = unsafe { &mut *last };
         if last.sk == sk as u64 && t.wrapping_sub(last.ns) < REFRESH_NS {
-            return 0;
+            return;
         }
         last.sk = sk as u64;
         last.ns = t;
     }
-    let Some(tp) = tcp_sk(sk) else { return 0 };
+    let Some(tp) = tcp_sk(sk) else { return };
     let write_seq: u32 = ld(tp, off!(write_seq));
     let una: u32 = ld(tp, off!(snd_una));
     if write_seq == una {
-        return 0;
+        return;
     }
-    let cookie = cookie_of(sk);
-    let Some(p) = tracked_or_track(tp, cookie, t) else {
-        return 0;
+    let key = key_of(sk);
+    let Some(p) = tracked_or_track(tp, key, t) else {
+        return;
     };
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
     refresh_send(s, tp, t, una);
     s.last_send_ns = t;
     set_writer(s);
+}
+
+/// The `tcp_sendmsg_locked` tracepoint fires for every chunk a write queues (so also inside
+/// a write that then blocks).
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcpstall_send_tp(ctx: BtfTracePointContext) -> i32 {
+    on_send(ctx.arg(0));
     0
 }
 
+/// Without the tracepoint: on entry of every write.
+#[fentry(function = "tcp_sendmsg_locked")]
+pub fn tcpstall_send_fentry(ctx: FEntryContext) -> i32 {
+    on_send(ctx.arg(0));
+    0
+}
+
+/// Without the tracepoint: a write finds the send buffer full (it blocks, or gets EAGAIN),
+/// which the entry of `tcp_sendmsg_locked` alone would miss for a first large write.
+#[fentry(function = "sk_stream_wait_memory")]
+pub fn tcpstall_send_wait(ctx: FEntryContext) -> i32 {
+    on_send(ctx.arg(0));
+    0
+}
+
+/// Before 6.5, sendfile/splice/kTLS write through `do_tcp_sendpages`, not `tcp_sendmsg_locked`.
+#[fentry(function = "do_tcp_sendpages")]
+pub fn tcpstall_send_pages(ctx: FEntryContext) -> i32 {
+    on_send(ctx.arg(0));
+    0
+}
+
+/// The peer's ACK fields of a segment. A plain struct with every field always set, not an
+/// `Option`: the 5.10 verifier refuses reading a stack slot the compiler left uninitialised
+/// (an `Option`'s payload when `None`).
+#[derive(Clone, Copy)]
+struct Ack {
+    valid: bool,
+    seq: u32,
+    window: u16,
+}
+
+const NO_ACK: Ack = Ack {
+    valid: false,
+    seq: 0,
+    window: 0,
+};
+
 /// Peer's TCP header fields we need: ack_seq (be32 at byte 8), flags (byte 13), window (be16 at 14).
 #[inline(always)]
-fn read_ack(skb: *const u8) -> Option<(u32, u16)> {
+fn read_ack(skb: *const u8) -> Ack {
     let data: u64 = ld(skb, off!(skb_data));
     if data == 0 {
-        return None;
+        return NO_ACK;
     }
     // Bytes 8..16 of the TCP header.
     let hdr: [u8; 8] = rd(data as *const u8, 8);
     let ack_seq = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
     let tcp_flags = hdr[5];
     if tcp_flags & 0x10 == 0 {
-        return None; // no ACK flag
+        return NO_ACK; // no ACK flag
     }
-    let window = u16::from_be_bytes([hdr[6], hdr[7]]);
-    Some((ack_seq, window))
+    Ack {
+        valid: true,
+        seq: ack_seq,
+        window: u16::from_be_bytes([hdr[6], hdr[7]]),
+    }
 }
 
-#[btf_tracepoint(function = "tcp_probe")]
-pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
+/// ack: segment `skb` arrives on established socket `sk`.
+#[inline(always)]
+fn on_ack(sk: *const u8, skb: *const u8) {
     if !configured() {
-        return 0;
+        return;
     }
-    let sk: *const u8 = ctx.arg(0);
-    let Some(tp) = tcp_sk(sk) else { return 0 };
-    let skb: *const u8 = ctx.arg(1);
+    let Some(tp) = tcp_sk(sk) else { return };
     // Nothing of ours queued and our receive window open: the receiving side of a stream,
     // or an idle socket. Not a wedge, and no map lookup. (A tracked socket is dropped by the
     // ACK that drains it, whose pre-ACK state still shows data queued, so it is never skipped.)
@@ -349,13 +458,13 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
     let una: u32 = ld(tp, off!(snd_una));
     let rcv_wnd: u32 = ld(tp, off!(rcv_wnd));
     if write_seq == una && rcv_wnd != 0 {
-        return 0;
+        return;
     }
     // A stream's ACKs arrive back to back: refresh a socket from them at most once per ms
     // per CPU. Never skipped: the first ACK after a pause (it ends a gap), one that drains
     // the queue, a zero window, a closed receive window.
     let t = now();
-    let mut ack = None;
+    let mut ack = NO_ACK;
     let mut have_ack = false;
     if let Some(last) = LAST_ACK.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -364,17 +473,15 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
             // The header is read only for a socket refreshed within the last millisecond.
             ack = read_ack(skb);
             have_ack = true;
-            if let Some((ack_seq, window)) = ack {
-                if window != 0 && ack_seq != write_seq {
-                    return 0;
-                }
+            if ack.valid && ack.window != 0 && ack.seq != write_seq {
+                return;
             }
         }
         last.sk = sk as u64;
         last.ns = t;
     }
-    let cookie = cookie_of(sk);
-    let p = match SOCKS.get_ptr_mut(&cookie) {
+    let key = key_of(sk);
+    let p = match lookup(tp, key) {
         Some(p) => p,
         None => {
             // Untracked: start tracking only on a wedge signature — the peer has closed its
@@ -382,21 +489,21 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
             // data unread.
             let snd_wnd: u32 = ld(tp, off!(snd_wnd));
             if snd_wnd != 0 && rcv_wnd != 0 {
-                return 0;
+                return;
             }
             if !have_ack {
                 ack = read_ack(skb);
                 have_ack = true;
             }
-            let zero_win = matches!(ack, Some((_, 0)));
+            let zero_win = ack.valid && ack.window == 0;
             let rcv_nxt: u32 = ld(tp, off!(rcv_nxt));
             let copied: u32 = ld(tp, off!(copied_seq));
             if !(zero_win && write_seq != una) && !(rcv_wnd == 0 && rcv_nxt != copied) {
-                return 0;
+                return;
             }
-            match track(tp, cookie, t) {
+            match track(tp, key, t) {
                 Some(p) => p,
-                None => return 0,
+                None => return,
             }
         }
     };
@@ -408,7 +515,8 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
     let cur_una: u32 = ld(tp, off!(snd_una));
     let mut una = cur_una;
     let mut progress_before = s.snd_una;
-    if let Some((ack_seq, window)) = ack {
+    if ack.valid {
+        let (ack_seq, window) = (ack.seq, ack.window);
         let snd_nxt: u32 = ld(tp, off!(snd_nxt));
         // An ACK for data we sent (not beyond snd_nxt) moves snd_una once processed.
         if after(ack_seq, una) && !after(ack_seq, snd_nxt) {
@@ -433,23 +541,36 @@ pub fn tcpstall_probe(ctx: BtfTracePointContext) -> i32 {
     s.backoff = backoff as u32;
     refresh_recv(s, tp, t);
     if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
-        let _ = SOCKS.remove(&cookie);
+        let _ = SOCKS.remove(&key);
         bump(counter::DRAINED);
     }
+}
+
+/// `tcp_probe` fires first thing in `tcp_rcv_established`.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcpstall_ack_tp(ctx: BtfTracePointContext) -> i32 {
+    on_ack(ctx.arg(0), ctx.arg(1));
     0
 }
 
-#[btf_tracepoint(function = "tcp_retransmit_skb")]
-pub fn tcpstall_retransmit(ctx: BtfTracePointContext) -> i32 {
+/// Without the tracepoint: entry of `tcp_rcv_established(sk, skb)`, the same place.
+#[fentry(function = "tcp_rcv_established")]
+pub fn tcpstall_ack_fentry(ctx: FEntryContext) -> i32 {
+    on_ack(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+/// retransmit: `sk` retransmits (the dead-peer signal).
+#[inline(always)]
+fn on_retransmit(sk: *const u8) {
     if !configured() {
-        return 0;
+        return;
     }
-    let sk: *const u8 = ctx.arg(0);
-    let Some(tp) = tcp_sk(sk) else { return 0 };
-    let cookie = cookie_of(sk);
+    let Some(tp) = tcp_sk(sk) else { return };
+    let key = key_of(sk);
     let t = now();
-    let Some(p) = tracked_or_track(tp, cookie, t) else {
-        return 0;
+    let Some(p) = tracked_or_track(tp, key, t) else {
+        return;
     };
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
@@ -466,19 +587,31 @@ pub fn tcpstall_retransmit(ctx: BtfTracePointContext) -> i32 {
     }
     let backoff: u8 = ld(tp, off!(icsk_backoff));
     s.backoff = backoff as u32;
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcpstall_retransmit_tp(ctx: BtfTracePointContext) -> i32 {
+    on_retransmit(ctx.arg(0));
     0
 }
 
-#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
-pub fn tcpstall_read(ctx: BtfTracePointContext) -> i32 {
+/// Without the tracepoint: entry of `tcp_retransmit_skb(sk, skb, segs)` (every attempt).
+#[fentry(function = "tcp_retransmit_skb")]
+pub fn tcpstall_retransmit_fentry(ctx: FEntryContext) -> i32 {
+    on_retransmit(ctx.arg(0));
+    0
+}
+
+/// read: the local application consumed received data on `sk`.
+#[inline(always)]
+fn on_read(sk: *const u8) {
     if !configured() {
-        return 0;
+        return;
     }
-    let sk: *const u8 = ctx.arg(0);
-    let Some(tp) = tcp_sk(sk) else { return 0 };
-    let cookie = cookie_of(sk);
-    let Some(p) = SOCKS.get_ptr_mut(&cookie) else {
-        return 0;
+    let Some(tp) = tcp_sk(sk) else { return };
+    let key = key_of(sk);
+    let Some(p) = lookup(tp, key) else {
+        return;
     };
     let t = now();
     // SAFETY: map value pointer valid for this invocation.
@@ -487,30 +620,50 @@ pub fn tcpstall_read(ctx: BtfTracePointContext) -> i32 {
     let una: u32 = ld(tp, off!(snd_una));
     refresh_send(s, tp, t, una);
     if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
-        let _ = SOCKS.remove(&cookie);
+        let _ = SOCKS.remove(&key);
         bump(counter::DRAINED);
     }
+}
+
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+pub fn tcpstall_read_tp(ctx: BtfTracePointContext) -> i32 {
+    on_read(ctx.arg(0));
     0
 }
 
+/// Without the tracepoint: entry of the function it sits in.
+#[fentry(function = "tcp_rcv_space_adjust")]
+pub fn tcpstall_read_fentry(ctx: FEntryContext) -> i32 {
+    on_read(ctx.arg(0));
+    0
+}
+
+/// state: a socket leaving ESTABLISHED/CLOSE_WAIT, or reaching CLOSE from any state (an
+/// orphan tracked in FIN_WAIT1 by the retransmit hook, say), is dropped. Its entry can never
+/// outlive the socket, so an address key is never inherited by a later socket.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
     let was_open = oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT;
     let still_open = newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT;
-    if !was_open || still_open {
+    if !(was_open && !still_open) && newstate != TCP_CLOSE {
         return 0;
     }
     let sk: *const u8 = ctx.arg(0);
-    let cookie = cookie_of(sk);
-    if SOCKS.remove(&cookie).is_err() {
+    let key = key_of(sk);
+    let Some(p) = SOCKS.get_ptr(&key) else {
         return 0; // not tracked
+    };
+    // SAFETY: map value pointer valid for this invocation.
+    let cookie = unsafe { (*p).cookie };
+    if SOCKS.remove(&key).is_err() {
+        return 0; // removed by another CPU meanwhile
     }
     bump(counter::CLOSED);
     let note = CloseNote {
         cookie,
-        key: cookie,
+        key,
         ts_ns: now(),
         reason: gone::CLOSED,
         new_state: newstate as u32,

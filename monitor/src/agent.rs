@@ -96,6 +96,8 @@ pub struct Agent {
     cgroups: CgroupPaths,
     destroyer: Destroyer,
     reset_works: bool,
+    /// The start-up self-test found destroying orphans safe on this kernel.
+    orphans_safe: bool,
     rate: RateLimit,
     counts: ResetCounts,
     /// Last snapshot of every socket present in the kernel map at the previous tick.
@@ -149,15 +151,40 @@ impl Agent {
         let mut out = EventWriter::open(cfg.output.as_deref())?;
         // Probe the reset path before our hooks exist, so the probe's own wedge is not tracked.
         let wants_reset = cfg.policy.rules.iter().any(|r| r.action == Action::Reset);
-        let probe = reset::self_probe();
+        // On kernels where inet_diag/tcp_diag are modules, SOCK_DESTROY needs them loaded.
+        let modules = reset::ensure_diag_modules();
+        let mut probe = reset::self_probe();
+        match &modules {
+            Ok(loaded) if !loaded.is_empty() => {
+                probe.detail = format!("loaded {}; {}", loaded.join(", "), probe.detail)
+            }
+            Err(why) if !probe.works => probe.detail = format!("{}; {why}", probe.detail),
+            _ => {}
+        }
+        // Before the 2024 tcp_abort fix, destroying an orphan could leave it with no timer
+        // forever: decided by a self-test, never by the version string.
+        let orphan = if probe.works {
+            reset::orphan_probe()
+        } else {
+            reset::OrphanReport {
+                safe: false,
+                detail: "not tested: SOCK_DESTROY does not work here (see reset_path); orphans \
+                         are never reset"
+                    .into(),
+            }
+        };
+        if wants_reset && !orphan.safe {
+            log::warn!("orphaned sockets will not be reset: {}", orphan.detail);
+        }
         if wants_reset && !probe.works {
             log::warn!(
                 "reset path unavailable ({}); every reset will be reported as reset_skipped",
                 probe.detail
             );
         }
-        let (offsets, offsets_source) = crate::btf::load_offsets()?;
-        let probes = Probes::load(&offsets, cfg.max_sockets, cfg.bpf_stats)?;
+        let (kbtf, offsets, offsets_source) = crate::btf::load_kernel()?;
+        let probes = Probes::load(&kbtf, &offsets, cfg.max_sockets, cfg.bpf_stats)?;
+        drop(kbtf);
         let mode = if !wants_reset {
             event::Mode::Observe
         } else if cfg.dry_run {
@@ -171,12 +198,23 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             kernel: uname_release(),
-            hooks: probes.hooks().to_vec(),
+            hooks: probes.hook_reports().to_vec(),
+            degraded: probes.degraded().to_vec(),
+            socket_key: if probes.key_by_addr() {
+                "address"
+            } else {
+                "cookie"
+            }
+            .into(),
             offsets_source,
             mode,
             reset_path: event::ResetPath {
                 works: probe.works,
                 detail: probe.detail.clone(),
+            },
+            orphan_reset: event::OrphanReset {
+                safe: orphan.safe,
+                detail: orphan.detail.clone(),
             },
             policy: cfg.policy.source.as_ref().map(|p| p.display().to_string()),
             tick_ms: cfg.tick.as_millis() as u64,
@@ -195,6 +233,7 @@ impl Agent {
             cgroups: CgroupPaths::default(),
             destroyer: Destroyer::new(),
             reset_works: probe.works,
+            orphans_safe: orphan.safe,
             rate,
             counts: ResetCounts::default(),
             last: HashMap::new(),
@@ -289,7 +328,27 @@ impl Agent {
             .into_iter()
             .map(|n| (n.cookie, n.ts_ns))
             .collect();
-        let states = self.probes.read_all();
+        let destroyer = &mut self.destroyer;
+        let states = self.probes.read_all(&mut |st| {
+            // Address-keyed kernels only: the cookie of a socket nobody asked about yet.
+            let snap = Snapshot::from_state(st, 0);
+            let target = Target {
+                cookie: 0,
+                netns: snap.netns,
+                family: snap.family,
+                local: snap.local,
+                remote: snap.remote,
+                pid_hint: snap.pid,
+            };
+            match destroyer.lookup(&target) {
+                Ok(Some(d)) => Some(d.cookie),
+                Ok(None) => None,
+                Err(e) => {
+                    log::debug!("cookie lookup of {} -> {}: {e}", snap.local, snap.remote);
+                    None
+                }
+            }
+        });
         let read_us = t0.elapsed().as_micros();
         let now_ns = monotonic_ns();
         let mut present = HashSet::with_capacity(states.len());
@@ -482,6 +541,18 @@ impl Agent {
                 sel,
                 event::SkipGuard::ResetUnavailable,
                 "the start-up probe of SOCK_DESTROY failed (see agent_started.reset_path)".into(),
+            );
+        }
+        if snap.orphan && !self.orphans_safe {
+            return self.skip(
+                snap,
+                class,
+                sel,
+                event::SkipGuard::OrphanUnsafe,
+                "the application already closed this socket (an orphan the kernel finishes on \
+                 its own), and on this kernel destroying an orphan can leave it with no timer \
+                 forever (see agent_started.orphan_reset)"
+                    .into(),
             );
         }
         if self.cfg.dry_run {

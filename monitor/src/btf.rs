@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -79,7 +80,9 @@ enum Kind {
         bits: u32,
         bit_offset: u32,
     },
-    Ptr,
+    Ptr {
+        target: u32,
+    },
     Array {
         elem: u32,
         nelems: u32,
@@ -91,15 +94,33 @@ enum Kind {
         first: u32,
         count: u32,
     },
-    /// Types with a size and nothing else of interest here: ENUM, ENUM64, FLOAT, DATASEC.
+    /// Types with a size and nothing else of interest here: ENUM, ENUM64, FLOAT, DATASEC
+    /// (`kind` is the BTF kind).
     Sized {
         size: u32,
+        kind: u32,
     },
-    /// TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG: transparent references to another type.
+    /// TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG: transparent references to another type
+    /// (`kind` is the BTF kind; only a TYPEDEF has a name of its own).
     Modifier {
         target: u32,
+        kind: u32,
     },
-    /// Kinds that have no size and cannot hold fields: FWD, FUNC, FUNC_PROTO, VAR, DECL_TAG.
+    /// Forward declaration of a struct or union.
+    Fwd {
+        is_union: bool,
+    },
+    /// A function; `proto` is its FUNC_PROTO.
+    Func {
+        proto: u32,
+    },
+    /// A function prototype; its parameter types are `params[first..first + count]`
+    /// (type 0 in the last one means variadic).
+    FuncProto {
+        first: u32,
+        count: u32,
+    },
+    /// Kinds that have no size and cannot hold fields: VAR, DECL_TAG (and `void`, id 0).
     Other {
         kind: u32,
     },
@@ -115,15 +136,67 @@ struct Member {
     bitfield_size: u32,
 }
 
-/// Parsed BTF: all types, the struct/union members, the string section and an index of
-/// named structs and unions.
+/// Parsed BTF: all types, the struct/union members, the function prototype parameters, the
+/// string section and an index of named structs and unions.
 pub struct Btf {
     /// Index = type id; id 0 is `void` and has a placeholder entry.
     types: Vec<Type>,
     members: Vec<Member>,
+    /// Parameter type ids of every FUNC_PROTO, back to back (see [`Kind::FuncProto`]).
+    params: Vec<u32>,
     strings: Vec<u8>,
     /// Struct and union names to their type ids (several when the name is not unique).
     composites: HashMap<String, Vec<u32>>,
+    /// FUNC and TYPEDEF names, built on first use so that [`Btf::parse`] stays as cheap as
+    /// the offset lookup needs.
+    names: OnceLock<NameIndex>,
+}
+
+/// Function and typedef names: (hash of the name, type id), sorted. Built without copying
+/// or allocating per name (vmlinux has some 56k functions); a lookup hashes the wanted
+/// name, binary-searches and compares the candidates' names, so hash collisions are
+/// harmless and names that are not unique (which deduplicated vmlinux BTF avoids but a blob
+/// may contain) yield every id.
+#[derive(Default)]
+struct NameIndex {
+    funcs: Vec<(u64, u32)>,
+    typedefs: Vec<(u64, u32)>,
+}
+
+/// Prefix of the typedef the kernel emits for every BTF-enabled tracepoint `<name>`:
+/// `typedef void (*btf_trace_<name>)(void *__data, <tracepoint arguments>)`.
+const TRACEPOINT_TYPEDEF_PREFIX: &str = "btf_trace_";
+
+/// Where a hook's arguments come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site<'a> {
+    /// A BTF tracepoint (`tp_btf`), by its name without the `btf_trace_` prefix, e.g.
+    /// `tcp_probe`.
+    Tracepoint(&'a str),
+    /// A kernel function (`fentry`/`fexit`), e.g. `tcp_sendmsg_locked`.
+    Function(&'a str),
+}
+
+impl std::fmt::Display for Site<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Site::Tracepoint(name) => write!(f, "tracepoint {name}"),
+            Site::Function(name) => write!(f, "function {name}"),
+        }
+    }
+}
+
+/// What a hook's programs read from its arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Fewest arguments the site may have.
+    pub min_args: usize,
+    /// Most arguments the site may have (`usize::MAX`: no limit).
+    pub max_args: usize,
+    /// (argument index, type) for every argument the programs read, in the rendering of
+    /// [`Btf::params`], e.g. `(0, "struct sock *")`. Qualifiers are ignored when comparing.
+    /// Every listed argument must exist, so list only indexes below `min_args`.
+    pub args: &'static [(usize, &'static str)],
 }
 
 /// Little-endian reader over a byte slice, with bounds-checked reads.
@@ -220,6 +293,7 @@ impl Btf {
             kind: Kind::Other { kind: 0 },
         });
         let mut members = Vec::new();
+        let mut params = Vec::new();
         let mut r = Reader {
             bytes: type_sec,
             pos: 0,
@@ -242,7 +316,9 @@ impl Btf {
                         bit_offset: (enc >> 16) & 0xff,
                     }
                 }
-                KIND_PTR => Kind::Ptr,
+                KIND_PTR => Kind::Ptr {
+                    target: size_or_type,
+                },
                 KIND_ARRAY => {
                     let elem = r.u32()?;
                     let _index_type = r.u32()?;
@@ -274,33 +350,45 @@ impl Btf {
                         count: vlen as u32,
                     }
                 }
-                KIND_ENUM => {
-                    r.skip(vlen * 8)?;
-                    Kind::Sized { size: size_or_type }
+                KIND_ENUM | KIND_ENUM64 | KIND_DATASEC | KIND_FLOAT => {
+                    r.skip(match kind_no {
+                        KIND_ENUM => vlen * 8,
+                        KIND_ENUM64 | KIND_DATASEC => vlen * 12,
+                        _ => 0,
+                    })?;
+                    Kind::Sized {
+                        size: size_or_type,
+                        kind: kind_no,
+                    }
                 }
-                KIND_ENUM64 => {
-                    r.skip(vlen * 12)?;
-                    Kind::Sized { size: size_or_type }
-                }
-                KIND_DATASEC => {
-                    r.skip(vlen * 12)?;
-                    Kind::Sized { size: size_or_type }
-                }
-                KIND_FLOAT => Kind::Sized { size: size_or_type },
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Kind::Modifier {
                         target: size_or_type,
+                        kind: kind_no,
                     }
                 }
                 KIND_FUNC_PROTO => {
-                    r.skip(vlen * 8)?;
-                    Kind::Other { kind: kind_no }
+                    // `struct btf_param { name_off, type }` records; only the types matter.
+                    let first = params.len() as u32;
+                    for _ in 0..vlen {
+                        let _name_off = r.u32()?;
+                        params.push(r.u32()?);
+                    }
+                    Kind::FuncProto {
+                        first,
+                        count: vlen as u32,
+                    }
                 }
                 KIND_VAR | KIND_DECL_TAG => {
                     r.skip(4)?;
                     Kind::Other { kind: kind_no }
                 }
-                KIND_FWD | KIND_FUNC => Kind::Other { kind: kind_no },
+                KIND_FWD => Kind::Fwd {
+                    is_union: kind_flag,
+                },
+                KIND_FUNC => Kind::Func {
+                    proto: size_or_type,
+                },
                 _ => bail!(
                     "BTF type id {id} (byte {at} of the type section) has unknown kind \
                      {kind_no}; the kernel's BTF is newer than this parser understands"
@@ -312,8 +400,10 @@ impl Btf {
         let mut btf = Btf {
             types,
             members,
+            params,
             strings: str_sec.to_vec(),
             composites: HashMap::new(),
+            names: OnceLock::new(),
         };
         let mut composites: HashMap<String, Vec<u32>> = HashMap::new();
         for (id, t) in btf.types.iter().enumerate() {
@@ -531,7 +621,7 @@ impl Btf {
     fn resolve(&self, mut id: u32) -> Result<u32> {
         for _ in 0..MAX_RESOLVE_DEPTH {
             match self.ty(id)?.kind {
-                Kind::Modifier { target } => id = target,
+                Kind::Modifier { target, .. } => id = target,
                 _ => return Ok(id),
             }
         }
@@ -544,7 +634,7 @@ impl Btf {
         let mut multiplier: u64 = 1;
         for _ in 0..MAX_RESOLVE_DEPTH {
             let size = match self.ty(id)?.kind {
-                Kind::Modifier { target } => {
+                Kind::Modifier { target, .. } => {
                     id = target;
                     continue;
                 }
@@ -553,10 +643,15 @@ impl Btf {
                     id = elem;
                     continue;
                 }
-                Kind::Int { size, .. } | Kind::Composite { size, .. } | Kind::Sized { size } => {
-                    size
+                Kind::Int { size, .. }
+                | Kind::Composite { size, .. }
+                | Kind::Sized { size, .. } => size,
+                Kind::Ptr { .. } => POINTER_SIZE,
+                Kind::Fwd { .. } => bail!("type {} ({}) has no size", id, kind_name(KIND_FWD)),
+                Kind::Func { .. } => bail!("type {} ({}) has no size", id, kind_name(KIND_FUNC)),
+                Kind::FuncProto { .. } => {
+                    bail!("type {} ({}) has no size", id, kind_name(KIND_FUNC_PROTO))
                 }
-                Kind::Ptr => POINTER_SIZE,
                 Kind::Other { kind } => {
                     bail!("type {} ({}) has no size", id, kind_name(kind))
                 }
@@ -582,12 +677,15 @@ impl Btf {
                     format!("{kw} {name}")
                 }
             }
-            Kind::Ptr => "pointer".to_owned(),
+            Kind::Ptr { .. } => "pointer".to_owned(),
             Kind::Array { .. } => "array".to_owned(),
             _ if !name.is_empty() => name.to_owned(),
             Kind::Int { .. } => "integer".to_owned(),
             Kind::Sized { .. } => "enum".to_owned(),
-            Kind::Modifier { target } => self.describe(target),
+            Kind::Modifier { target, .. } => self.describe(target),
+            Kind::Fwd { .. } => kind_name(KIND_FWD).to_owned(),
+            Kind::Func { .. } => kind_name(KIND_FUNC).to_owned(),
+            Kind::FuncProto { .. } => kind_name(KIND_FUNC_PROTO).to_owned(),
             Kind::Other { kind } => kind_name(kind).to_owned(),
         }
     }
@@ -605,6 +703,337 @@ impl Btf {
         std::str::from_utf8(&tail[..end])
             .map_err(|_| anyhow!("corrupt BTF: string at offset {off} is not UTF-8"))
     }
+}
+
+/// Hook prototypes: the parameter types of BTF tracepoints and kernel functions.
+impl Btf {
+    /// Parameter types of a BTF tracepoint (from the typedef `btf_trace_<name>`, a pointer
+    /// to a FUNC_PROTO whose first parameter is the `void *` context, which is dropped) or
+    /// of a kernel function (the FUNC named `name` → its FUNC_PROTO), rendered C-like
+    /// without qualifiers: `struct sock *`, `int`, `size_t` (typedef names are kept),
+    /// `long int *`, `union x`, `enum y`, `struct (anon)`, `fn *` for function pointers,
+    /// `...` for the variadic tail.
+    ///
+    /// `Ok(None)` when the tracepoint or function does not exist in this BTF. Errors when
+    /// the BTF is corrupt, when a tracepoint typedef is not shaped as described, or when
+    /// several definitions of the name disagree on the parameters.
+    pub fn params(&self, site: Site) -> Result<Option<Vec<String>>> {
+        let mut found: Option<Vec<String>> = None;
+        for id in self.site_ids(site)? {
+            let params = match site {
+                Site::Tracepoint(_) => self.tracepoint_params(id),
+                Site::Function(_) => self.function_params(id),
+            }
+            .with_context(|| format!("{site} in kernel BTF (type id {id})"))?;
+            match &found {
+                None => found = Some(params),
+                Some(prev) if *prev == params => {}
+                Some(prev) => bail!(
+                    "kernel BTF has several definitions of {site} that disagree on its \
+                     parameters: ({}) vs ({})",
+                    prev.join(", "),
+                    params.join(", ")
+                ),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether the kernel function `name` is in this BTF (so `fentry` can attach to it).
+    pub fn has_func(&self, name: &str) -> bool {
+        self.site_ids(Site::Function(name))
+            .is_ok_and(|ids| !ids.is_empty())
+    }
+
+    /// Whether the BTF tracepoint `name` (typedef `btf_trace_<name>`) is in this BTF (so
+    /// `tp_btf` can attach to it).
+    pub fn has_tracepoint(&self, name: &str) -> bool {
+        self.site_ids(Site::Tracepoint(name))
+            .is_ok_and(|ids| !ids.is_empty())
+    }
+
+    /// Type ids of the FUNCs named like a function site, or of the `btf_trace_<name>`
+    /// TYPEDEFs for a tracepoint site.
+    fn site_ids(&self, site: Site) -> Result<Vec<u32>> {
+        let index = self.names.get_or_init(|| self.build_name_index());
+        let (list, prefix, name) = match site {
+            Site::Tracepoint(name) => (&index.typedefs, TRACEPOINT_TYPEDEF_PREFIX, name),
+            Site::Function(name) => (&index.funcs, "", name),
+        };
+        let hash = name_hash(prefix.as_bytes().iter().chain(name.as_bytes()));
+        let start = list.partition_point(|&(h, _)| h < hash);
+        let mut ids = Vec::new();
+        for &(_, id) in list[start..].iter().take_while(|&&(h, _)| h == hash) {
+            let candidate = self.name(self.ty(id)?.name_off)?;
+            if candidate.strip_prefix(prefix) == Some(name) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The FUNC and TYPEDEF [`NameIndex`]. Names at a bad offset are left out here and
+    /// reported by the lookups that need them.
+    fn build_name_index(&self) -> NameIndex {
+        let mut index = NameIndex::default();
+        for (id, t) in self.types.iter().enumerate() {
+            let list = match t.kind {
+                Kind::Func { .. } => &mut index.funcs,
+                Kind::Modifier {
+                    kind: KIND_TYPEDEF, ..
+                } => &mut index.typedefs,
+                _ => continue,
+            };
+            let Some(tail) = self.strings.get(t.name_off as usize..) else {
+                continue;
+            };
+            if tail.first().is_some_and(|&b| b != 0) {
+                let name = tail.iter().take_while(|&&b| b != 0);
+                list.push((name_hash(name), id as u32));
+            }
+        }
+        index.funcs.sort_unstable();
+        index.typedefs.sort_unstable();
+        index
+    }
+
+    /// Parameters of the tracepoint whose `btf_trace_<name>` typedef is type `id`.
+    fn tracepoint_params(&self, id: u32) -> Result<Vec<String>> {
+        let ptr = self.resolve(id)?;
+        let proto = match self.ty(ptr)?.kind {
+            Kind::Ptr { target } => self.resolve(target)?,
+            _ => bail!(
+                "the tracepoint typedef names {}, not a pointer to a function prototype",
+                self.describe(ptr)
+            ),
+        };
+        ensure!(
+            matches!(self.ty(proto)?.kind, Kind::FuncProto { .. }),
+            "the tracepoint typedef points to {}, not to a function prototype",
+            self.describe(proto)
+        );
+        let mut params = self.proto_params(proto)?;
+        match params.first().map(String::as_str) {
+            Some("void *") => {
+                params.remove(0);
+                Ok(params)
+            }
+            first => bail!(
+                "the tracepoint's first parameter is {}, not the `void *` context",
+                first.unwrap_or("absent")
+            ),
+        }
+    }
+
+    /// Parameters of the function (FUNC) with type `id`.
+    fn function_params(&self, id: u32) -> Result<Vec<String>> {
+        match self.ty(id)?.kind {
+            Kind::Func { proto } => self.proto_params(proto),
+            _ => bail!("internal error: type {id} is not a function"),
+        }
+    }
+
+    /// Rendered parameter types of FUNC_PROTO `id`.
+    fn proto_params(&self, id: u32) -> Result<Vec<String>> {
+        let (first, count) = match self.ty(id)?.kind {
+            Kind::FuncProto { first, count } => (first as usize, count as usize),
+            _ => bail!(
+                "type {id} ({}) is not a function prototype",
+                self.describe(id)
+            ),
+        };
+        let types = self
+            .params
+            .get(first..first + count)
+            .ok_or_else(|| anyhow!("internal error: parameter range of type {id} out of bounds"))?;
+        types
+            .iter()
+            .enumerate()
+            .map(|(i, &ty)| match ty {
+                0 if i + 1 == count => Ok("...".to_owned()),
+                0 => bail!("corrupt BTF: parameter {i} of function prototype {id} is void"),
+                _ => self.render(ty, 0),
+            })
+            .collect()
+    }
+
+    /// C-like rendering of type `id` without qualifiers, e.g. `struct sock *`, `size_t`.
+    fn render(&self, id: u32, depth: usize) -> Result<String> {
+        ensure!(
+            depth < MAX_RESOLVE_DEPTH,
+            "corrupt BTF: type reference chain from type id {id} is longer than \
+             {MAX_RESOLVE_DEPTH} (a cycle?)"
+        );
+        if id == 0 {
+            return Ok("void".to_owned());
+        }
+        let t = self.ty(id)?;
+        let name = self.name(t.name_off)?;
+        let tagged = |kw: &str| {
+            if name.is_empty() {
+                format!("{kw} (anon)")
+            } else {
+                format!("{kw} {name}")
+            }
+        };
+        Ok(match t.kind {
+            Kind::Ptr { target } => {
+                if matches!(
+                    self.ty(self.strip_qualifiers(target)?)?.kind,
+                    Kind::FuncProto { .. }
+                ) {
+                    "fn *".to_owned()
+                } else {
+                    let mut inner = self.render(target, depth + 1)?;
+                    if !inner.ends_with('*') {
+                        inner.push(' ');
+                    }
+                    inner.push('*');
+                    inner
+                }
+            }
+            Kind::Array { elem, nelems } => {
+                format!("{}[{nelems}]", self.render(elem, depth + 1)?)
+            }
+            Kind::Composite { is_union, .. } | Kind::Fwd { is_union } => {
+                tagged(if is_union { "union" } else { "struct" })
+            }
+            Kind::Sized {
+                kind: KIND_ENUM | KIND_ENUM64,
+                ..
+            } => tagged("enum"),
+            Kind::Modifier {
+                kind: KIND_TYPEDEF, ..
+            } => name.to_owned(),
+            Kind::Modifier { target, .. } => self.render(target, depth + 1)?,
+            Kind::FuncProto { .. } => "fn".to_owned(),
+            Kind::Int { .. } | Kind::Sized { .. } | Kind::Func { .. } | Kind::Other { .. } => {
+                if name.is_empty() {
+                    self.describe(id)
+                } else {
+                    name.to_owned()
+                }
+            }
+        })
+    }
+
+    /// Follows const/volatile/restrict/type-tag references, but not typedefs.
+    fn strip_qualifiers(&self, mut id: u32) -> Result<u32> {
+        for _ in 0..MAX_RESOLVE_DEPTH {
+            match self.ty(id)?.kind {
+                Kind::Modifier { target, kind } if kind != KIND_TYPEDEF => id = target,
+                _ => return Ok(id),
+            }
+        }
+        bail!("corrupt BTF: qualifier chain from type id {id} is longer than {MAX_RESOLVE_DEPTH} (a cycle?)")
+    }
+}
+
+/// FNV-1a, 64-bit: fast on the short identifiers BTF names are.
+fn name_hash<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Checks a hook site's parameters (from [`Btf::params`]) against what the hook's eBPF
+/// programs read: the count must be within `shape.min_args..=shape.max_args` and every
+/// argument listed in `shape.args` must exist and have exactly that type, ignoring
+/// const/volatile/restrict qualifiers.
+///
+/// The error names the hook, the site, the kernel release, the prototype found and the one
+/// expected, and each difference, e.g. "hook ack: tracepoint tcp_probe on kernel 5.10.0 has
+/// (struct sock *, int); the eBPF programs were written for (struct sock *, struct sk_buff *)
+/// — arg 1 is int, expected struct sk_buff *. This kernel is not supported for this hook;
+/// please report it."
+pub fn check_params(
+    hook: &str,
+    site: Site,
+    kernel: &str,
+    params: &[String],
+    shape: &Shape,
+) -> Result<()> {
+    let mut problems = Vec::new();
+    let n = params.len();
+    let count_ok = (shape.min_args..=shape.max_args).contains(&n);
+    if !count_ok {
+        let expected = if shape.min_args == shape.max_args {
+            format!("{}", shape.min_args)
+        } else if shape.max_args == usize::MAX {
+            format!("at least {}", shape.min_args)
+        } else {
+            format!("{} to {}", shape.min_args, shape.max_args)
+        };
+        problems.push(format!(
+            "it has {n} argument{}, expected {expected}",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    for &(i, want) in shape.args {
+        match params.get(i) {
+            Some(got) if normalize_type(got) == normalize_type(want) => {}
+            Some(got) => problems.push(format!("arg {i} is {got}, expected {want}")),
+            // Already covered by the count message when the count is off.
+            None if count_ok => problems.push(format!("arg {i} is missing, expected {want}")),
+            None => {}
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "hook {hook}: {site} on kernel {kernel} has ({}); the eBPF programs were written for \
+         ({}) — {}. This kernel is not supported for this hook; please report it.",
+        params.join(", "),
+        expected_signature(shape),
+        problems.join("; ")
+    )
+}
+
+/// The prototype a [`Shape`] describes, e.g. `struct sock *, _, [int]`: `_` for an argument
+/// of any type, brackets for an optional one, `...` when any number may follow.
+fn expected_signature(shape: &Shape) -> String {
+    let listed = shape.args.iter().map(|&(i, _)| i + 1).max().unwrap_or(0);
+    let shown = shape.min_args.max(listed);
+    let mut items: Vec<String> = (0..shown)
+        .map(|i| {
+            let ty = shape
+                .args
+                .iter()
+                .find(|&&(j, _)| j == i)
+                .map_or("_", |&(_, ty)| ty);
+            if i < shape.min_args {
+                ty.to_owned()
+            } else {
+                format!("[{ty}]")
+            }
+        })
+        .collect();
+    if shape.max_args == usize::MAX {
+        items.push("...".to_owned());
+    } else {
+        items.extend((shown..shape.max_args).map(|_| "[_]".to_owned()));
+    }
+    items.join(", ")
+}
+
+/// A type's rendering with qualifiers dropped and spacing made canonical, so that
+/// `const struct sock*` and `struct sock *` compare equal.
+fn normalize_type(ty: &str) -> String {
+    let mut out = String::new();
+    for token in ty.replace('*', " * ").split_whitespace() {
+        match token {
+            "const" | "volatile" | "restrict" | "__restrict" => {}
+            "*" if out.ends_with('*') => out.push('*'),
+            _ => {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(token);
+            }
+        }
+    }
+    out
 }
 
 fn kind_name(kind: u32) -> &'static str {
@@ -934,12 +1363,21 @@ pub fn load_offsets() -> Result<(Offsets, String)> {
     load_offsets_from(Path::new(DEFAULT_VMLINUX_BTF))
 }
 
+/// The running kernel's parsed BTF (for hook prototypes), offsets and their source.
+pub fn load_kernel() -> Result<(Btf, Offsets, String)> {
+    load_kernel_from(Path::new(DEFAULT_VMLINUX_BTF))
+}
+
 /// Reads the offsets from the BTF file at `path` (see [`load_offsets`]).
 ///
 /// Fails when the file cannot be read or parsed, or when any field the eBPF programs need
 /// is missing or has an unexpected size; the error names each field and the kernel release
 /// and says the kernel is not supported.
 pub fn load_offsets_from(path: &Path) -> Result<(Offsets, String)> {
+    load_kernel_from(path).map(|(_, o, s)| (o, s))
+}
+
+fn load_kernel_from(path: &Path) -> Result<(Btf, Offsets, String)> {
     let started = Instant::now();
     let bytes = std::fs::read(path).with_context(|| {
         format!(
@@ -965,7 +1403,7 @@ pub fn load_offsets_from(path: &Path) -> Result<(Offsets, String)> {
         bytes.len(),
         started.elapsed()
     );
-    Ok((offsets, format!("btf:{}", path.display())))
+    Ok((btf, offsets, format!("btf:{}", path.display())))
 }
 
 #[cfg(test)]
@@ -1063,6 +1501,43 @@ mod tests {
 
         fn union(&mut self, name: &str, size: u32, members: &[M]) -> u32 {
             self.composite(true, name, size, members)
+        }
+
+        /// A FUNC_PROTO returning `ret` with `params` (name, type; type 0 last = `...`).
+        fn func_proto(&mut self, ret: u32, params: &[(&str, u32)]) -> u32 {
+            let id = self.record("", KIND_FUNC_PROTO, false, params.len() as u32, ret);
+            for &(name, ty) in params {
+                let name_off = self.str(name);
+                self.words(&[name_off, ty]);
+            }
+            id
+        }
+
+        /// A global FUNC `name` with a new FUNC_PROTO.
+        fn func(&mut self, name: &str, ret: u32, params: &[(&str, u32)]) -> u32 {
+            let proto = self.func_proto(ret, params);
+            // vlen holds the linkage: 1 = global.
+            self.record(name, KIND_FUNC, false, 1, proto)
+        }
+
+        /// A BTF tracepoint the way the kernel describes one:
+        /// `typedef void (*btf_trace_<name>)(void *__data, <params>)`.
+        fn tracepoint(&mut self, name: &str, params: &[(&str, u32)]) -> u32 {
+            let void_ptr = self.ptr(0);
+            let mut all = vec![("__data", void_ptr)];
+            all.extend_from_slice(params);
+            let proto = self.func_proto(0, &all);
+            let ptr = self.ptr(proto);
+            self.modifier(KIND_TYPEDEF, &format!("btf_trace_{name}"), ptr)
+        }
+
+        fn fwd(&mut self, name: &str, union: bool) -> u32 {
+            self.record(name, KIND_FWD, union, 0, 0)
+        }
+
+        /// An ENUM without enumerators.
+        fn enumeration(&mut self, name: &str) -> u32 {
+            self.record(name, KIND_ENUM, false, 0, 4)
         }
 
         /// One record of every other kind, with the right trailing data, so a wrong skip
@@ -1546,6 +2021,515 @@ mod tests {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
+    /// Hook sites as the kernel describes them, with the shapes the real ones take on 6.18
+    /// plus every kind of parameter type the renderer handles.
+    fn hooks_kernel() -> Vec<u8> {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let long = b.int("long int", 8);
+        let ulong = b.int("long unsigned int", 8);
+        let char_ = b.int("char", 1);
+        let kernel_ulong = b.modifier(KIND_TYPEDEF, "__kernel_ulong_t", ulong);
+        let kernel_size = b.modifier(KIND_TYPEDEF, "__kernel_size_t", kernel_ulong);
+        let size_t = b.modifier(KIND_TYPEDEF, "size_t", kernel_size);
+        let sock = b.strukt("sock", 8, &[("x", int, 0, 0)]);
+        let skb = b.strukt("sk_buff", 8, &[("len", int, 0, 0)]);
+        let msghdr = b.fwd("msghdr", false);
+        let sock_ptr = b.ptr(sock);
+        let const_sock = b.modifier(KIND_CONST, "", sock);
+        let const_sock_ptr = b.ptr(const_sock);
+        let skb_ptr = b.ptr(skb);
+        let const_skb = b.modifier(KIND_CONST, "", skb);
+        let const_skb_ptr = b.ptr(const_skb);
+        let msg_ptr = b.ptr(msghdr);
+        let long_ptr = b.ptr(long);
+
+        b.tracepoint("tcp_probe", &[("sk", sock_ptr), ("skb", skb_ptr)]);
+        b.tracepoint(
+            "tcp_retransmit_skb",
+            &[("sk", const_sock_ptr), ("skb", const_skb_ptr)],
+        );
+        b.tracepoint(
+            "inet_sock_set_state",
+            &[("sk", const_sock_ptr), ("oldstate", int), ("newstate", int)],
+        );
+        b.func(
+            "tcp_sendmsg_locked",
+            int,
+            &[("sk", sock_ptr), ("msg", msg_ptr), ("size", size_t)],
+        );
+        b.func(
+            "sk_stream_wait_memory",
+            int,
+            &[("sk", sock_ptr), ("timeo_p", long_ptr)],
+        );
+        let const_char = b.modifier(KIND_CONST, "", char_);
+        let fmt = b.ptr(const_char);
+        b.func("_printk", int, &[("fmt", fmt), ("", 0)]);
+        b.func("no_args", int, &[]);
+
+        let cb_proto = b.func_proto(0, &[("", sock_ptr)]);
+        let cb = b.ptr(cb_proto);
+        let const_cb_proto = b.modifier(KIND_CONST, "", cb_proto);
+        let const_cb = b.ptr(const_cb_proto);
+        let cb_t = b.modifier(KIND_TYPEDEF, "rcu_callback_t", cb);
+        let attr = b.union("bpf_attr", 8, &[("a", int, 0, 0)]);
+        let attr_ptr = b.ptr(attr);
+        let pacing = b.enumeration("sk_pacing");
+        let anon_enum = b.enumeration("");
+        let anon = b.strukt("", 4, &[("a", int, 0, 0)]);
+        let anon_ptr = b.ptr(anon);
+        let anon_union = b.union("", 4, &[("a", int, 0, 0)]);
+        let sock_pp = b.ptr(sock_ptr);
+        let vol_int = b.modifier(KIND_VOLATILE, "", int);
+        let restrict_sock_ptr = b.modifier(KIND_RESTRICT, "", sock_ptr);
+        let rcu_sock = b.modifier(KIND_TYPE_TAG, "rcu", sock);
+        let rcu_sock_ptr = b.ptr(rcu_sock);
+        let void_ptr = b.ptr(0);
+        let fwd_union = b.fwd("bpf_prog_aux_u", true);
+        let fwd_union_ptr = b.ptr(fwd_union);
+        let idx = b.int("__ARRAY_SIZE_TYPE__", 4);
+        let chars = b.array(char_, idx, 16);
+        let chars_ptr = b.ptr(chars);
+        b.func(
+            "zoo",
+            0,
+            &[
+                ("cb", cb),
+                ("const_cb", const_cb),
+                ("cb_t", cb_t),
+                ("attr", attr_ptr),
+                ("attr_val", attr),
+                ("pacing", pacing),
+                ("anon_enum", anon_enum),
+                ("anon", anon_ptr),
+                ("anon_union", anon_union),
+                ("pp", sock_pp),
+                ("v", vol_int),
+                ("r", restrict_sock_ptr),
+                ("rcu", rcu_sock_ptr),
+                ("data", void_ptr),
+                ("fwd_union", fwd_union_ptr),
+                ("name", chars_ptr),
+                ("size", size_t),
+            ],
+        );
+
+        // Malformed tracepoint typedefs.
+        b.modifier(KIND_TYPEDEF, "btf_trace_not_a_pointer", int);
+        b.modifier(KIND_TYPEDEF, "btf_trace_not_a_proto", sock_ptr);
+        let no_ctx = b.func_proto(0, &[("sk", sock_ptr)]);
+        let no_ctx_ptr = b.ptr(no_ctx);
+        b.modifier(KIND_TYPEDEF, "btf_trace_no_ctx", no_ctx_ptr);
+        let empty = b.func_proto(0, &[]);
+        let empty_ptr = b.ptr(empty);
+        b.modifier(KIND_TYPEDEF, "btf_trace_empty", empty_ptr);
+
+        // The same function twice: agreeing, then disagreeing definitions.
+        b.func("twice_same", int, &[("sk", sock_ptr)]);
+        b.func("twice_same", int, &[("sk", const_sock_ptr)]);
+        b.func("twice_differs", int, &[("sk", sock_ptr)]);
+        b.func("twice_differs", int, &[("skb", skb_ptr)]);
+
+        // A parameter referring to a type that does not exist.
+        b.func("dangling", int, &[("x", 9999)]);
+        b.finish()
+    }
+
+    fn hooks() -> Btf {
+        Btf::parse(&hooks_kernel()).expect("synthetic BTF parses")
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn params_of(btf: &Btf, site: Site) -> Vec<String> {
+        btf.params(site)
+            .unwrap_or_else(|e| panic!("{site}: {e:#}"))
+            .unwrap_or_else(|| panic!("{site} is absent"))
+    }
+
+    #[test]
+    fn tracepoint_params_drop_the_context() {
+        let btf = hooks();
+        assert_eq!(
+            params_of(&btf, Site::Tracepoint("tcp_probe")),
+            strings(&["struct sock *", "struct sk_buff *"])
+        );
+        assert!(btf.has_tracepoint("tcp_probe"));
+        assert!(!btf.has_func("tcp_probe"));
+        // A tracepoint with no arguments of its own has only the context.
+        let e = format!("{:#}", btf.params(Site::Tracepoint("empty")).unwrap_err());
+        assert!(
+            e.starts_with("tracepoint empty in kernel BTF (type id "),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("the tracepoint's first parameter is absent, not the `void *` context"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn function_params_keep_typedef_names() {
+        let btf = hooks();
+        assert_eq!(
+            params_of(&btf, Site::Function("tcp_sendmsg_locked")),
+            strings(&["struct sock *", "struct msghdr *", "size_t"])
+        );
+        assert_eq!(
+            params_of(&btf, Site::Function("sk_stream_wait_memory")),
+            strings(&["struct sock *", "long int *"])
+        );
+        assert_eq!(params_of(&btf, Site::Function("no_args")), strings(&[]));
+        assert!(btf.has_func("tcp_sendmsg_locked"));
+        assert!(!btf.has_tracepoint("tcp_sendmsg_locked"));
+        // The FUNC_PROTO in the blob with every kind still parses and renders.
+        assert_eq!(
+            params_of(&mini(), Site::Function("tcp_sendmsg")),
+            strings(&["int", "enum tcp_ca_state"])
+        );
+    }
+
+    #[test]
+    fn qualifiers_are_stripped() {
+        let btf = hooks();
+        assert_eq!(
+            params_of(&btf, Site::Tracepoint("tcp_retransmit_skb")),
+            strings(&["struct sock *", "struct sk_buff *"])
+        );
+        assert_eq!(
+            params_of(&btf, Site::Tracepoint("inet_sock_set_state")),
+            strings(&["struct sock *", "int", "int"])
+        );
+        // Definitions that differ only in qualifiers agree.
+        assert_eq!(
+            params_of(&btf, Site::Function("twice_same")),
+            strings(&["struct sock *"])
+        );
+    }
+
+    #[test]
+    fn absent_sites_are_none() {
+        let btf = hooks();
+        for site in [
+            Site::Tracepoint("nope"),
+            Site::Function("nope"),
+            Site::Function("tcp_probe"),
+            Site::Function("btf_trace_tcp_probe"),
+            Site::Tracepoint("tcp_sendmsg_locked"),
+            Site::Tracepoint("btf_trace_tcp_probe"),
+            Site::Tracepoint(""),
+            Site::Function(""),
+            // A typedef and a struct, not functions.
+            Site::Function("size_t"),
+            Site::Function("sock"),
+        ] {
+            assert_eq!(btf.params(site).unwrap(), None, "{site}");
+        }
+        assert!(!btf.has_func("nope"));
+        assert!(!btf.has_tracepoint("nope"));
+    }
+
+    #[test]
+    fn rendering_of_every_parameter_kind() {
+        let btf = hooks();
+        assert_eq!(
+            params_of(&btf, Site::Function("zoo")),
+            strings(&[
+                "fn *",
+                "fn *",
+                "rcu_callback_t",
+                "union bpf_attr *",
+                "union bpf_attr",
+                "enum sk_pacing",
+                "enum (anon)",
+                "struct (anon) *",
+                "union (anon)",
+                "struct sock **",
+                "int",
+                "struct sock *",
+                "struct sock *",
+                "void *",
+                "union bpf_prog_aux_u *",
+                "char[16] *",
+                "size_t",
+            ])
+        );
+    }
+
+    #[test]
+    fn variadic_functions_end_in_ellipsis() {
+        assert_eq!(
+            params_of(&hooks(), Site::Function("_printk")),
+            strings(&["char *", "..."])
+        );
+    }
+
+    #[test]
+    fn malformed_sites_are_errors() {
+        let btf = hooks();
+        let err = |site| format!("{:#}", btf.params(site).unwrap_err());
+        let e = err(Site::Tracepoint("not_a_pointer"));
+        assert!(
+            e.starts_with("tracepoint not_a_pointer in kernel BTF"),
+            "{e}"
+        );
+        assert!(
+            e.contains("typedef names int, not a pointer to a function prototype"),
+            "{e}"
+        );
+        let e = err(Site::Tracepoint("not_a_proto"));
+        assert!(
+            e.contains("typedef points to struct sock, not to a function prototype"),
+            "{e}"
+        );
+        let e = err(Site::Tracepoint("no_ctx"));
+        assert!(
+            e.contains("first parameter is struct sock *, not the `void *` context"),
+            "{e}"
+        );
+        let e = err(Site::Function("twice_differs"));
+        assert!(
+            e.contains(
+                "several definitions of function twice_differs that disagree on its \
+                 parameters: (struct sock *) vs (struct sk_buff *)"
+            ),
+            "{e}"
+        );
+        let e = err(Site::Function("dangling"));
+        assert!(e.starts_with("function dangling in kernel BTF"), "{e}");
+        assert!(e.contains("type id 9999"), "{e}");
+        // Existence checks do not look at the prototype.
+        assert!(btf.has_tracepoint("no_ctx"));
+        assert!(btf.has_func("dangling"));
+    }
+
+    #[test]
+    fn site_display() {
+        assert_eq!(
+            Site::Tracepoint("tcp_probe").to_string(),
+            "tracepoint tcp_probe"
+        );
+        assert_eq!(
+            Site::Function("tcp_sendmsg_locked").to_string(),
+            "function tcp_sendmsg_locked"
+        );
+    }
+
+    const ACK: Shape = Shape {
+        min_args: 2,
+        max_args: 2,
+        args: &[(0, "struct sock *"), (1, "struct sk_buff *")],
+    };
+
+    #[test]
+    fn check_params_accepts_fitting_prototypes() {
+        let probe = strings(&["struct sock *", "struct sk_buff *"]);
+        check_params("ack", Site::Tracepoint("tcp_probe"), "6.18", &probe, &ACK).unwrap();
+        // Qualifiers and spacing in the shape do not matter.
+        let shape = Shape {
+            min_args: 3,
+            max_args: 4,
+            args: &[(0, "const struct sock*"), (2, "size_t")],
+        };
+        let send = strings(&["struct sock *", "struct msghdr *", "size_t"]);
+        let site = Site::Function("tcp_sendmsg_locked");
+        check_params("send", site, "6.18", &send, &shape).unwrap();
+        let mut four = send.clone();
+        four.push("int".to_owned());
+        check_params("send", site, "6.18", &four, &shape).unwrap();
+        let any = Shape {
+            min_args: 1,
+            max_args: usize::MAX,
+            args: &[(0, "char *")],
+        };
+        let printk = strings(&["char *", "..."]);
+        check_params("log", Site::Function("_printk"), "6.18", &printk, &any).unwrap();
+    }
+
+    #[test]
+    fn check_params_type_mismatch_message() {
+        let params = strings(&["struct sock *", "int"]);
+        let e = check_params(
+            "ack",
+            Site::Tracepoint("tcp_probe"),
+            "5.10.0-30-cloud-amd64",
+            &params,
+            &ACK,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "hook ack: tracepoint tcp_probe on kernel 5.10.0-30-cloud-amd64 has \
+             (struct sock *, int); the eBPF programs were written for \
+             (struct sock *, struct sk_buff *) — arg 1 is int, expected struct sk_buff *. \
+             This kernel is not supported for this hook; please report it."
+        );
+        // Every differing argument is named.
+        let params = strings(&["struct sk_buff *", "struct sock *"]);
+        let e = check_params("ack", Site::Function("tcp_ack"), "7.1", &params, &ACK)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "hook ack: function tcp_ack on kernel 7.1 has (struct sk_buff *, struct sock *)"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "— arg 0 is struct sk_buff *, expected struct sock *; arg 1 is struct sock *, \
+                 expected struct sk_buff *."
+            ),
+            "{e}"
+        );
+        // A pointer is not the pointee, nor a pointer to pointer.
+        for wrong in ["struct sock", "struct sock **"] {
+            let params = strings(&[wrong, "struct sk_buff *"]);
+            let site = Site::Tracepoint("tcp_probe");
+            assert!(
+                check_params("ack", site, "6.18", &params, &ACK).is_err(),
+                "{wrong}"
+            );
+        }
+    }
+
+    #[test]
+    fn check_params_count_mismatch_message() {
+        let params = strings(&["struct sock *", "struct sk_buff *", "int"]);
+        let e = check_params("ack", Site::Tracepoint("tcp_probe"), "7.2.0", &params, &ACK)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "hook ack: tracepoint tcp_probe on kernel 7.2.0 has \
+             (struct sock *, struct sk_buff *, int); the eBPF programs were written for \
+             (struct sock *, struct sk_buff *) — it has 3 arguments, expected 2. \
+             This kernel is not supported for this hook; please report it."
+        );
+        // Too few: the count is reported once, not also each missing argument.
+        let params = strings(&["struct sock *"]);
+        let e = check_params("ack", Site::Tracepoint("tcp_probe"), "5.4", &params, &ACK)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("has (struct sock *); ") && e.contains("— it has 1 argument, expected 2."),
+            "{e}"
+        );
+        // Ranges, unbounded counts and unread arguments in the expected prototype.
+        let shape = Shape {
+            min_args: 3,
+            max_args: 4,
+            args: &[(0, "struct sock *"), (2, "size_t")],
+        };
+        let e = check_params("send", Site::Function("f"), "k", &[], &shape)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "has (); the eBPF programs were written for (struct sock *, _, size_t, [_]) \
+                 — it has 0 arguments, expected 3 to 4."
+            ),
+            "{e}"
+        );
+        let shape = Shape {
+            min_args: 1,
+            max_args: usize::MAX,
+            args: &[(0, "char *")],
+        };
+        let e = check_params("log", Site::Function("f"), "k", &[], &shape)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("written for (char *, ...) — it has 0 arguments, expected at least 1."),
+            "{e}"
+        );
+        // A listed argument beyond the count the shape allows is reported as missing.
+        let shape = Shape {
+            min_args: 1,
+            max_args: 2,
+            args: &[(1, "int")],
+        };
+        let e = check_params("x", Site::Function("f"), "k", &strings(&["int"]), &shape)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("written for (_, [int]) — arg 1 is missing, expected int."),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn normalized_types() {
+        assert_eq!(normalize_type("const struct sock*"), "struct sock *");
+        assert_eq!(normalize_type("struct sock * const *"), "struct sock **");
+        assert_eq!(normalize_type(" volatile  int "), "int");
+        assert_eq!(normalize_type("char *restrict"), "char *");
+    }
+
+    /// Hook prototypes of the running kernel, when it publishes BTF.
+    #[test]
+    fn running_kernel_hook_params() {
+        let path = Path::new(DEFAULT_VMLINUX_BTF);
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("skipping: cannot read {DEFAULT_VMLINUX_BTF}: {e}");
+                return;
+            }
+        };
+        let started = Instant::now();
+        let btf = Btf::parse(&bytes).unwrap();
+        let parsed = started.elapsed();
+        let started = Instant::now();
+        let tcp_probe = btf.params(Site::Tracepoint("tcp_probe")).unwrap();
+        eprintln!(
+            "parse {parsed:?}, first params() lookup (builds the name index) {:?}",
+            started.elapsed()
+        );
+        let get = |site: Site| {
+            let p = btf.params(site).unwrap();
+            eprintln!("{site}: {p:?}");
+            p
+        };
+        let some = |v: &[&str]| Some(strings(v));
+        // BTF tracepoints and functions exist on every kernel this agent supports.
+        assert_eq!(tcp_probe, some(&["struct sock *", "struct sk_buff *"]));
+        assert_eq!(
+            get(Site::Tracepoint("inet_sock_set_state")),
+            some(&["struct sock *", "int", "int"])
+        );
+        assert_eq!(
+            get(Site::Function("tcp_sendmsg_locked")),
+            some(&["struct sock *", "struct msghdr *", "size_t"])
+        );
+        assert_eq!(
+            get(Site::Function("sk_stream_wait_memory")),
+            some(&["struct sock *", "long int *"])
+        );
+        assert_eq!(
+            get(Site::Function("tcp_rcv_established")),
+            some(&["struct sock *", "struct sk_buff *"])
+        );
+        assert_eq!(get(Site::Function("tcpstall_no_such_function")), None);
+        assert_eq!(get(Site::Tracepoint("tcpstall_no_such_tracepoint")), None);
+        assert!(btf.has_func("tcp_sendmsg_locked"));
+        assert!(!btf.has_func("tcpstall_no_such_function"));
+        assert!(btf.has_tracepoint("tcp_probe"));
+        assert!(!btf.has_tracepoint("tcpstall_no_such_tracepoint"));
+        // The tcp_sendmsg_locked tracepoint appeared in 6.x; its argument list grew over
+        // time, its first argument is the socket.
+        let send_tp = get(Site::Tracepoint("tcp_sendmsg_locked"));
+        if kernel_release().starts_with("6.18.") {
+            let send_tp = send_tp.expect("6.18 has the tcp_sendmsg_locked tracepoint");
+            assert_eq!(send_tp[0], "struct sock *");
+            assert!(btf.has_tracepoint("tcp_sendmsg_locked"));
+        }
+    }
+
     /// Against the running kernel, when it publishes BTF.
     #[test]
     fn running_kernel_offsets() {
@@ -1620,5 +2604,45 @@ mod tests {
             assert_eq!(o.sk_wmem_queued, 376);
             assert_eq!(o.sk_sndbuf, 568);
         }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use std::time::Duration;
+
+    fn summary(what: &str, mut times: Vec<Duration>) {
+        times.sort();
+        eprintln!(
+            "{what}: min {:?} median {:?} max {:?} ({} runs)",
+            times[0],
+            times[times.len() / 2],
+            times[times.len() - 1],
+            times.len()
+        );
+    }
+
+    /// `cargo test --release -p monitor --lib btf::timing -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing measurement, run by hand"]
+    fn parse_time_of_running_kernel() {
+        let Ok(bytes) = std::fs::read(DEFAULT_VMLINUX_BTF) else {
+            eprintln!("skipping: {DEFAULT_VMLINUX_BTF} not readable");
+            return;
+        };
+        let mut parse = Vec::new();
+        let mut index = Vec::new();
+        for _ in 0..30 {
+            let t = Instant::now();
+            let btf = Btf::parse(&bytes).unwrap();
+            parse.push(t.elapsed());
+            let t = Instant::now();
+            assert!(btf.has_tracepoint("tcp_probe"));
+            index.push(t.elapsed());
+        }
+        eprintln!("{DEFAULT_VMLINUX_BTF}: {} bytes", bytes.len());
+        summary("Btf::parse", parse);
+        summary("first lookup (builds the FUNC/TYPEDEF index)", index);
     }
 }

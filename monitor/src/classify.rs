@@ -1248,6 +1248,7 @@ mod tests {
                     snd_wnd: 65535,
                     zero_window: false,
                     sndbuf_full: false,
+                    orphan: false,
                     wmem_queued: 0,
                     sndbuf: 4 * MIB as u32,
                     retransmits: 0,

@@ -117,17 +117,21 @@ pub enum SkipGuard {
     ResetUnavailable,
     /// The cookie now names a different connection than the one judged stalled.
     IdentityChanged,
+    /// The socket is an orphan (its application closed it) and the start-up self-test found
+    /// that this kernel mishandles destroying orphans (see `agent_started.orphan_reset`).
+    OrphanUnsafe,
 }
 
 impl SkipGuard {
     /// Every variant, in schema order.
-    pub const ALL: [SkipGuard; 6] = [
+    pub const ALL: [SkipGuard; 7] = [
         SkipGuard::DryRun,
         SkipGuard::ProtectedPort,
         SkipGuard::RateLimit,
         SkipGuard::NotStalledAnymore,
         SkipGuard::ResetUnavailable,
         SkipGuard::IdentityChanged,
+        SkipGuard::OrphanUnsafe,
     ];
 
     /// The JSON spelling.
@@ -139,8 +143,32 @@ impl SkipGuard {
             SkipGuard::NotStalledAnymore => "not_stalled_anymore",
             SkipGuard::ResetUnavailable => "reset_unavailable",
             SkipGuard::IdentityChanged => "identity_changed",
+            SkipGuard::OrphanUnsafe => "orphan_unsafe",
         }
     }
+}
+
+/// How one kernel hook is attached, in `agent_started.hooks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HookReport {
+    /// The hook: `send`, `send_wait`, `send_pages`, `ack`, `retransmit`, `read`, `state`.
+    pub hook: String,
+    /// The attach point used, e.g. `tp_btf/tcp_probe` or `fentry/tcp_sendmsg_locked`;
+    /// `None` when the hook is not attached (not needed on this kernel, or unavailable).
+    pub attach: Option<String>,
+    /// Why this attach point (or none), e.g. `tracepoint tcp_sendmsg_locked absent:
+    /// fentry tcp_sendmsg_locked`.
+    pub why: String,
+}
+
+/// Whether destroying an orphaned socket is handled correctly by this kernel (start-up
+/// self-test on an orphan of the agent's own).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OrphanReset {
+    /// `true`: orphans may be reset; `false`: orphans are never reset (guard `orphan_unsafe`).
+    pub safe: bool,
+    /// What the self-test saw.
+    pub detail: String,
 }
 
 /// Whether the SOCK_DESTROY reset path was found working at startup.
@@ -280,14 +308,22 @@ pub enum Event {
         pid: u32,
         /// Kernel release (`uname -r`).
         kernel: String,
-        /// Attached hooks, e.g. `tp_btf/tcp_sendmsg_locked`.
-        hooks: Vec<String>,
+        /// Per hook, the attach point the running kernel offered and why.
+        hooks: Vec<HookReport>,
+        /// What detection lost on this kernel because a hook could not be attached (empty:
+        /// nothing lost).
+        degraded: Vec<String>,
+        /// How the kernel side keys sockets: `cookie`, or `address` where tracing programs
+        /// cannot read socket cookies (before Linux 5.12).
+        socket_key: String,
         /// Where the kernel struct offsets came from.
         offsets_source: String,
         /// Run mode.
         mode: Mode,
         /// Result of the startup reset-path probe.
         reset_path: ResetPath,
+        /// Result of the startup orphan-reset self-test.
+        orphan_reset: OrphanReset,
         /// Policy file in use; `None` = built-in defaults.
         policy: Option<String>,
         /// Tick period in milliseconds.
@@ -655,6 +691,7 @@ const GUARDS: &[&str] = &[
     "not_stalled_anymore",
     "reset_unavailable",
     "identity_changed",
+    "orphan_unsafe",
 ];
 
 /// Fields on every line.
@@ -775,6 +812,37 @@ pub const SOCKET_FIELDS: &[Field] = &[
     ),
 ];
 
+const HOOK_FIELDS: &[Field] = &[
+    f(
+        "hook",
+        FieldType::Enum(&[
+            "send",
+            "send_wait",
+            "send_pages",
+            "ack",
+            "retransmit",
+            "read",
+            "state",
+        ]),
+        "Hook name",
+    ),
+    f(
+        "attach",
+        FieldType::Nullable(&FieldType::Str),
+        "Attach point used (`tp_btf/…`, `fentry/…`); null = not attached",
+    ),
+    f("why", FieldType::Str, "Why this attach point, or why none"),
+];
+
+const ORPHAN_RESET_FIELDS: &[Field] = &[
+    f(
+        "safe",
+        FieldType::Bool,
+        "Destroying an orphan (app-closed socket) left nothing behind; false = orphans are never reset",
+    ),
+    f("detail", FieldType::Str, "What the self-test saw"),
+];
+
 const RESET_PATH_FIELDS: &[Field] = &[
     f(
         "works",
@@ -818,8 +886,18 @@ static SCHEMA: &[EventSchema] = &[
             f("kernel", FieldType::Str, "Kernel release (`uname -r`)"),
             f(
                 "hooks",
+                FieldType::Array(&FieldType::Object(HOOK_FIELDS)),
+                "Per hook: the attach point the kernel offered, and why",
+            ),
+            f(
+                "degraded",
                 FieldType::Array(&FieldType::Str),
-                "Attached hooks, e.g. `tp_btf/tcp_sendmsg_locked`",
+                "What detection lost because a hook could not be attached; empty = nothing",
+            ),
+            f(
+                "socket_key",
+                FieldType::Enum(&["cookie", "address"]),
+                "How the kernel side keys sockets (`address` before Linux 5.12)",
             ),
             f(
                 "offsets_source",
@@ -831,6 +909,11 @@ static SCHEMA: &[EventSchema] = &[
                 "reset_path",
                 FieldType::Object(RESET_PATH_FIELDS),
                 "Result of the startup SOCK_DESTROY probe",
+            ),
+            f(
+                "orphan_reset",
+                FieldType::Object(ORPHAN_RESET_FIELDS),
+                "Result of the startup self-test of destroying an orphaned socket",
             ),
             f(
                 "policy",
@@ -1286,12 +1369,22 @@ mod tests {
                 version: "0.1.0".into(),
                 pid: 1234,
                 kernel: "6.18.0".into(),
-                hooks: vec!["tp_btf/tcp_sendmsg_locked".into(), "iter/tcp".into()],
+                hooks: vec![HookReport {
+                    hook: "send".into(),
+                    attach: Some("fentry/tcp_sendmsg_locked".into()),
+                    why: "tracepoint tcp_sendmsg_locked absent: fentry tcp_sendmsg_locked".into(),
+                }],
+                degraded: vec![],
+                socket_key: "cookie".into(),
                 offsets_source: "btf:/sys/kernel/btf/vmlinux".into(),
                 mode: Mode::DryRun,
                 reset_path: ResetPath {
                     works: true,
                     detail: "SOCK_DESTROY probe ok".into(),
+                },
+                orphan_reset: OrphanReset {
+                    safe: true,
+                    detail: "orphan destroyed cleanly".into(),
                 },
                 policy: full.then(|| "/etc/tcpstall/policy.toml".into()),
                 tick_ms: 1000,
@@ -1587,9 +1680,9 @@ mod tests {
         validate(&v).unwrap();
 
         let mut v = line_value(&samples(true)[0]);
-        v["hooks"] = json!(["ok", 3]);
+        v["hooks"] = json!([{"hook": "ack", "attach": null, "why": "x"}, 3]);
         let err = validate(&v).unwrap_err();
-        assert!(err.contains("hooks: [1]: expected string"), "{err}");
+        assert!(err.contains("hooks: [1]: expected object"), "{err}");
 
         let mut v = line_value(&samples(true)[7]);
         v["calibration"][0]["p99_ms"] = json!("slow");

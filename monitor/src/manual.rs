@@ -54,8 +54,10 @@
 //!    wedged → `reset_skipped`, guard `not_stalled_anymore`: tcpstall only resets sockets
 //!    with data queued (use `ss -K` for anything else);
 //! 3. `max_resets_per_minute = 0` in `--policy` → `reset_skipped`, guard `rate_limit`;
-//! 4. `--dry-run` → `reset_skipped`, guard `dry_run`;
-//! 5. otherwise the socket is re-read and destroyed by cookie and 4-tuple in its namespace
+//! 4. an orphan (the application closed it) on a kernel where the orphan-reset self-test
+//!    fails → `reset_skipped`, guard `orphan_unsafe`;
+//! 5. `--dry-run` → `reset_skipped`, guard `dry_run`;
+//! 6. otherwise the socket is re-read and destroyed by cookie and 4-tuple in its namespace
 //!    (`SOCK_DESTROY`, as `ss -K`): `socket_reset`, or `reset_failed` with the errno and what
 //!    it means. The application sees `ECONNABORTED`; the peer gets a RST.
 //!
@@ -932,7 +934,8 @@ pub const RESET_HELP: &str = "\
 Guards, in order: a protected port (--policy [guards] protect_ports, default 22) refuses; a \
 socket with nothing queued to send is not wedged and is refused (tcpstall only resets \
 sockets with data queued; use `ss -K` for anything else); max_resets_per_minute = 0 \
-refuses; --dry-run stops here. Otherwise the socket is destroyed by cookie and 4-tuple in \
+refuses; an orphan (its application closed it) is refused where destroying orphans is not safe \
+on this kernel (a self-test decides); --dry-run stops here. Otherwise the socket is destroyed by cookie and 4-tuple in \
 its network namespace. Events (NDJSON) go to stdout, notes to stderr.
 
 Exit codes:
@@ -1418,6 +1421,25 @@ fn guard_and_reset(req: &ResetRequest, ns: &NetnsRef, target: Target, d: TcpDiag
             EXIT_FAILED,
         );
     }
+    if d.inode == 0 {
+        // An orphan (its application closed it): safe to destroy only where the start-up
+        // self-test of the agent would say so; the same test, run now.
+        let orphan = crate::reset::orphan_probe();
+        if !orphan.safe {
+            return skipped(
+                &target,
+                &d,
+                SkipGuard::OrphanUnsafe,
+                format!(
+                    "the application already closed this socket (an orphan the kernel \
+                     finishes on its own), and on this kernel destroying an orphan is not safe: \
+                     {}",
+                    orphan.detail
+                ),
+                EXIT_FAILED,
+            );
+        }
+    }
     if req.dry_run {
         return skipped(
             &target,
@@ -1560,10 +1582,16 @@ no_ack_after = "20s"
             pid: 1,
             kernel: "6.18".into(),
             hooks: vec![],
+            degraded: vec![],
+            socket_key: "cookie".into(),
             offsets_source: "btf".into(),
             mode: event::Mode::Observe,
             reset_path: event::ResetPath {
                 works: true,
+                detail: "ok".into(),
+            },
+            orphan_reset: event::OrphanReset {
+                safe: true,
                 detail: "ok".into(),
             },
             policy: None,

@@ -3,13 +3,16 @@
 //!
 //! Dropping [`Probes`] detaches every program and frees the maps.
 
+use crate::attach::{self, Candidate, Kind, Selection};
+use crate::btf::{Btf as KernelBtf, Site};
+use crate::event::HookReport;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FEntry},
     Btf, Ebpf, EbpfLoader,
 };
-use monitor_common::{counter, CloseNote, Offsets, SockState};
+use monitor_common::{counter, mode, CloseNote, Offsets, SockState};
 use std::os::fd::OwnedFd;
 
 /// The embedded eBPF object (built by `cargo xtask build-ebpf`).
@@ -17,15 +20,6 @@ use std::os::fd::OwnedFd;
 static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TCPSTALL_EBPF_OBJ_PATH"));
 #[cfg(not(tcpstall_ebpf_obj))]
 static EBPF_OBJ: &[u8] = &[];
-
-/// (program name in the object, BTF tracepoint it attaches to).
-pub const HOOKS: &[(&str, &str)] = &[
-    ("tcpstall_sendmsg", "tcp_sendmsg_locked"),
-    ("tcpstall_probe", "tcp_probe"),
-    ("tcpstall_retransmit", "tcp_retransmit_skb"),
-    ("tcpstall_read", "tcp_rcv_space_adjust"),
-    ("tcpstall_state", "inet_sock_set_state"),
-];
 
 /// Kernel-side counters (cumulative since load), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,6 +29,8 @@ pub struct Counters {
     pub tracked: u64,
     pub drained: u64,
     pub closed: u64,
+    /// Entries dropped because their address key belonged to another socket by then.
+    pub stale: u64,
 }
 
 pub struct Probes {
@@ -43,16 +39,105 @@ pub struct Probes {
     closed: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     ebpf: Ebpf,
-    hooks: Vec<String>,
+    selection: Selection,
+    key_by_addr: bool,
     max_sockets: u32,
     _stats: Option<OwnedFd>,
     /// The kernel supports BPF_MAP_LOOKUP_BATCH on our map (cleared on the first refusal).
     batch_ok: std::cell::Cell<bool>,
+    /// Under address keys: map key → (first_seen_ns, cookie), for entries whose cookie the
+    /// kernel side could not read yet (first_seen_ns tells a later socket at the same
+    /// address apart), and cookie → key for [`Probes::get`]. Bounded by the map's entries:
+    /// pruned to the keys present at every [`Probes::read_all`].
+    cookies: std::collections::HashMap<u64, (u64, u64)>,
+    keys: std::collections::HashMap<u64, u64>,
+}
+
+/// The running kernel, for [`attach::select`]: BTF for prototypes, the loaded object for
+/// programs.
+struct Loader<'a> {
+    kbtf: &'a KernelBtf,
+    btf: &'a Btf,
+    ebpf: &'a mut Ebpf,
+    release: String,
+}
+
+impl attach::Kernel for Loader<'_> {
+    fn release(&self) -> &str {
+        &self.release
+    }
+
+    fn params(&self, site: Site) -> Result<Option<Vec<String>>> {
+        self.kbtf.params(site)
+    }
+
+    fn attach(&mut self, c: &Candidate) -> Result<()> {
+        let prog = self
+            .ebpf
+            .program_mut(c.prog)
+            .ok_or_else(|| anyhow!("program {} missing from the eBPF object", c.prog))?;
+        match c.kind {
+            Kind::TpBtf => {
+                let p: &mut BtfTracePoint = prog.try_into()?;
+                if p.fd().is_err() {
+                    p.load(c.target, self.btf).map_err(verifier_error)?;
+                }
+                p.attach().map_err(|e| anyhow!("{e}"))?;
+            }
+            Kind::FEntry => {
+                let p: &mut FEntry = prog.try_into()?;
+                if p.fd().is_err() {
+                    p.load(c.target, self.btf).map_err(verifier_error)?;
+                }
+                p.attach().map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A load error with the verifier's last lines (aya's message holds the whole log).
+fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
+    let text = format!("{e:#}");
+    log::debug!("program load failed: {text}");
+    let text = text.trim_end();
+    let text = text
+        .strip_suffix("Verifier output:")
+        .unwrap_or(text)
+        .trim_end();
+    let text = text.strip_suffix('.').unwrap_or(text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() > 6 {
+        anyhow!("{} … {}", lines[0], lines[lines.len() - 4..].join(" | "))
+    } else {
+        anyhow!("{}", lines.join(" | "))
+    }
+}
+
+/// The kernel release (`uname -r`).
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain data filled by the kernel.
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 impl Probes {
-    /// Load and attach everything. `max_sockets` bounds the per-socket map.
-    pub fn load(offsets: &Offsets, max_sockets: u32, bpf_stats: bool) -> Result<Probes> {
+    /// Load the object with the running kernel's offsets and attach every hook at the best
+    /// attach point the kernel offers ([`attach::select`]). `max_sockets` bounds the
+    /// per-socket map.
+    pub fn load(
+        kbtf: &KernelBtf,
+        offsets: &Offsets,
+        max_sockets: u32,
+        bpf_stats: bool,
+    ) -> Result<Probes> {
         if EBPF_OBJ.is_empty() {
             bail!(
                 "this tcpstall binary was built without its eBPF object; \
@@ -73,29 +158,43 @@ impl Probes {
         } else {
             None
         };
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global("OFFSETS", offsets, true)
-            .map_max_entries("SOCKS", max_sockets)
-            .load(EBPF_OBJ)
-            .map_err(|e| {
-                anyhow!(
-                    "loading the eBPF object failed: {e}. Needs root (CAP_BPF, CAP_PERFMON); \
-                     if the verifier refused it, the log above says why"
-                )
-            })?;
-        let mut hooks = Vec::new();
-        for (prog, tp) in HOOKS {
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-                .try_into()?;
-            p.load(tp, &btf)
-                .map_err(|e| anyhow!("loading {prog} for tp_btf/{tp}: {e:#}"))?;
-            p.attach()
-                .map_err(|e| anyhow!("attaching tp_btf/{tp}: {e:#}"))?;
-            hooks.push(format!("tp_btf/{tp}"));
-        }
+        let release = kernel_release();
+        // Socket cookies from tracing programs arrived in 5.12. Decide by behaviour: the
+        // state program (the simplest user of the key) must load with cookie keys, else the
+        // object is reloaded with address keys.
+        let (mut ebpf, key_by_addr) = match Self::open(&btf, offsets, max_sockets, false)
+            .and_then(|e| Self::probe_key(e, &btf))
+        {
+            Ok(ebpf) => (ebpf, false),
+            Err(cookie_err) => {
+                let mut by_addr = *offsets;
+                by_addr.mode |= mode::KEY_BY_ADDR;
+                match Self::open(&btf, &by_addr, max_sockets, true)
+                    .and_then(|e| Self::probe_key(e, &btf))
+                {
+                    Ok(ebpf) => {
+                        log::info!(
+                            "socket cookies are not available to tracing programs on {release} \
+                             ({cookie_err:#}); keying sockets by address"
+                        );
+                        (ebpf, true)
+                    }
+                    Err(addr_err) => bail!(
+                        "the kernel's verifier refused the eBPF programs on {release}: with \
+                         socket cookies: {cookie_err:#}; with address keys: {addr_err:#}"
+                    ),
+                }
+            }
+        };
+        let selection = {
+            let mut loader = Loader {
+                kbtf,
+                btf: &btf,
+                ebpf: &mut ebpf,
+                release,
+            };
+            attach::select(&mut loader, attach::HOOKS)?
+        };
         let socks = HashMap::try_from(ebpf.take_map("SOCKS").context("SOCKS map missing")?)?;
         let closed = RingBuf::try_from(ebpf.take_map("CLOSED").context("CLOSED map missing")?)?;
         let counters =
@@ -105,24 +204,102 @@ impl Probes {
             closed,
             counters,
             ebpf,
-            hooks,
+            selection,
+            key_by_addr,
             max_sockets,
             _stats: stats,
             batch_ok: std::cell::Cell::new(true),
+            cookies: Default::default(),
+            keys: Default::default(),
         })
     }
 
-    pub fn hooks(&self) -> &[String] {
-        &self.hooks
+    /// Create the maps and read the object with these offsets (no program loaded yet).
+    fn open(btf: &Btf, offsets: &Offsets, max_sockets: u32, by_addr: bool) -> Result<Ebpf> {
+        let mut offsets = *offsets;
+        if by_addr {
+            offsets.mode |= mode::KEY_BY_ADDR;
+        }
+        EbpfLoader::new()
+            .btf(Some(btf))
+            .override_global("OFFSETS", &offsets, true)
+            .map_max_entries("SOCKS", max_sockets)
+            .load(EBPF_OBJ)
+            .map_err(|e| {
+                anyhow!(
+                    "loading the eBPF object failed: {e}. Needs root (CAP_BPF, CAP_PERFMON); \
+                     if the verifier refused it, the log above says why"
+                )
+            })
+    }
+
+    /// Load (not attach) the state program: the verifier's verdict on this key mode.
+    fn probe_key(mut ebpf: Ebpf, btf: &Btf) -> Result<Ebpf> {
+        let p: &mut BtfTracePoint = ebpf
+            .program_mut("tcpstall_state")
+            .context("program tcpstall_state missing from the eBPF object")?
+            .try_into()?;
+        p.load("inet_sock_set_state", btf).map_err(verifier_error)?;
+        Ok(ebpf)
+    }
+
+    /// Per hook, the attach point used and why.
+    pub fn hook_reports(&self) -> &[HookReport] {
+        &self.selection.reports
+    }
+
+    /// What detection lost because a hook could not be attached.
+    pub fn degraded(&self) -> &[String] {
+        &self.selection.degraded
+    }
+
+    /// Sockets are keyed by address (no cookies in tracing programs on this kernel).
+    pub fn key_by_addr(&self) -> bool {
+        self.key_by_addr
     }
 
     pub fn max_sockets(&self) -> u32 {
         self.max_sockets
     }
 
-    /// Every tracked socket's state. Cost is proportional to the sockets tracked (those with
-    /// data queued), not to all sockets on the node.
-    pub fn read_all(&self) -> Vec<SockState> {
+    /// Every tracked socket's state, each with its cookie. Cost is proportional to the
+    /// sockets tracked (those with data queued), not to all sockets on the node.
+    ///
+    /// Under address keys an entry's cookie may still be 0 (the kernel makes a socket's
+    /// cookie only when something asks for it): `resolve` asks (a sock_diag lookup by
+    /// 4-tuple, which also makes the kernel store it, so the kernel side reads it from then
+    /// on). An entry `resolve` cannot name is left out this time.
+    pub fn read_all(
+        &mut self,
+        resolve: &mut dyn FnMut(&SockState) -> Option<u64>,
+    ) -> Vec<SockState> {
+        let mut v = self.read_raw();
+        if self.key_by_addr {
+            let present: std::collections::HashSet<(u64, u64)> =
+                v.iter().map(|s| (s.key, s.first_seen_ns)).collect();
+            self.cookies
+                .retain(|k, (first, _)| present.contains(&(*k, *first)));
+            v.retain_mut(|s| {
+                if s.cookie == 0 {
+                    match self.cookies.get(&s.key) {
+                        Some(&(first, c)) if first == s.first_seen_ns => s.cookie = c,
+                        _ => match resolve(s) {
+                            Some(c) => {
+                                self.cookies.insert(s.key, (s.first_seen_ns, c));
+                                s.cookie = c;
+                            }
+                            None => return false,
+                        },
+                    }
+                }
+                true
+            });
+            self.keys = v.iter().map(|s| (s.cookie, s.key)).collect();
+        }
+        v
+    }
+
+    fn read_raw(&self) -> Vec<SockState> {
         if self.batch_ok.get() {
             match self.read_batched() {
                 Ok(v) => return v,
@@ -210,7 +387,18 @@ impl Probes {
 
     /// One socket's current state (for re-verification right before acting).
     pub fn get(&self, cookie: u64) -> Option<SockState> {
-        self.socks.get(&cookie, 0).ok()
+        if !self.key_by_addr {
+            return self.socks.get(&cookie, 0).ok();
+        }
+        let key = *self.keys.get(&cookie)?;
+        let mut s = self.socks.get(&key, 0).ok()?;
+        if s.cookie == 0 {
+            match self.cookies.get(&key) {
+                Some(&(first, c)) if first == s.first_seen_ns => s.cookie = c,
+                _ => return None,
+            }
+        }
+        (s.cookie == cookie).then_some(s)
     }
 
     /// Close notes produced since the last call.
@@ -221,6 +409,20 @@ impl Probes {
                 // SAFETY: the kernel side writes exactly a CloseNote; read unaligned.
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const CloseNote) });
             }
+        }
+        if self.key_by_addr {
+            out.retain_mut(|n| {
+                let known = self.cookies.remove(&n.key).map(|(_, c)| c);
+                if n.cookie == 0 {
+                    // Never named by a read: the agent never saw this socket.
+                    match known {
+                        Some(c) => n.cookie = c,
+                        None => return false,
+                    }
+                }
+                self.keys.remove(&n.cookie);
+                true
+            });
         }
         out
     }
@@ -238,6 +440,7 @@ impl Probes {
             tracked: sum(counter::TRACKED),
             drained: sum(counter::DRAINED),
             closed: sum(counter::CLOSED),
+            stale: sum(counter::STALE),
         }
     }
 
@@ -245,7 +448,7 @@ impl Probes {
     pub fn bpf_run_ns(&self) -> Option<u64> {
         self._stats.as_ref()?;
         let mut total = 0u64;
-        for (name, _) in HOOKS {
+        for name in &self.selection.attached {
             let p = self.ebpf.program(name)?;
             total += p.info().ok()?.run_time().as_nanos() as u64;
         }

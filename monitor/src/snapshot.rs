@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub zero_window: bool,
     /// Send buffer full at the last write: the writer blocks in send().
     pub sndbuf_full: bool,
+    /// The application has closed the socket; the kernel is finishing it (FIN_WAIT1 …).
+    pub orphan: bool,
     pub wmem_queued: u32,
     pub sndbuf: u32,
     pub retransmits: u32,
@@ -101,6 +103,7 @@ impl Snapshot {
             snd_wnd: s.snd_wnd,
             zero_window: s.flags & flags::ZERO_WINDOW != 0,
             sndbuf_full: s.flags & flags::SNDBUF_FULL != 0,
+            orphan: s.flags & flags::ORPHAN != 0,
             wmem_queued: s.wmem_queued,
             sndbuf: s.sndbuf,
             retransmits: s.retransmits,
