@@ -45,9 +45,12 @@ const MAX_TRIES: usize = 6;
 const GUEST_TIMEOUT: Duration = Duration::from_secs(12 * 60);
 /// Guest memory (MiB).
 const GUEST_MEM: &str = "1536";
-/// Kernel modules the guest loads (their dependencies come along): sock_diag for resets,
+/// Kernel modules put into the guest (their dependencies come along): sock_diag for resets,
 /// veth for the namespace links, nftables for the dead-peer blackhole.
 const MODULES: &[&str] = &["inet_diag", "tcp_diag", "veth", "nf_tables"];
+/// Of those, the ones the agent loads itself (with `modprobe`) at start-up: /init leaves
+/// them alone, so every guest checks the agent's module loading too.
+const AGENT_LOADS: &[&str] = &["inet_diag", "tcp_diag"];
 /// Host programs copied into the initramfs with their shared libraries.
 const HOST_PROGRAMS: &[&str] = &["ip", "nft", "ss"];
 /// Marker of the lines the guest's /init prints.
@@ -686,7 +689,12 @@ fn put(tree: &Path, at: &str, src: &Path) -> Result<()> {
 
 /// The guest's /init.
 fn init_script(k: &Kernel, modules: &[String]) -> String {
-    let mods = modules.join(" ");
+    let mods = modules
+        .iter()
+        .filter(|m| !AGENT_LOADS.contains(&m.as_str()))
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -714,7 +722,9 @@ echo "{MARK} modules $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
 echo "{MARK} test-start uptime=$(cut -d' ' -f1 /proc/uptime)"
 CI=true TCPSTALL_BIN=/bin/tcpstall TCPSTALL_EXPECT_ATTACH={expect} TCPSTALL_VM={id} \
     /bin/kernels-test --test-threads=1 --nocapture
-echo "{MARK} exit rc=$? uptime=$(cut -d' ' -f1 /proc/uptime)"
+rc=$?
+echo "{MARK} modules-after $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
+echo "{MARK} exit rc=$rc uptime=$(cut -d' ' -f1 /proc/uptime)"
 sync
 poweroff -f
 "#,
