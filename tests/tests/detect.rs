@@ -311,7 +311,10 @@ fn sigterm_detaches_every_hook() {
         .iter()
         .filter(|h| !h["attach"].is_null())
         .count();
-    assert!(attached >= 5, "fewer hooks attached than expected: {started}");
+    assert!(
+        attached >= 5,
+        "fewer hooks attached than expected: {started}"
+    );
     assert!(
         during >= before + attached,
         "expected the agent's {attached} programs loaded: {before} before, {during} during"

@@ -437,7 +437,12 @@ fn test(repo: &Path, args: &[String]) -> Result<()> {
     )?;
     const STAGES: usize = 7;
     stage(1, STAGES, "system packages");
-    install_packages(TEST_PACKAGES)?;
+    let packages: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .chain(vm::VM_PACKAGES)
+        .copied()
+        .collect();
+    install_packages(&packages)?;
     stage(2, STAGES, "tracefs");
     mount_tracefs()?;
     stage(3, STAGES, "toolchain bootstrap");
@@ -453,7 +458,6 @@ fn test(repo: &Path, args: &[String]) -> Result<()> {
     run(&mut cmd).context("tests failed")?;
     say("all host tests passed");
     stage(7, STAGES, "kernel matrix (QEMU guests)");
-    install_packages(vm::VM_PACKAGES)?;
     vm_matrix(repo, &bin, &vm::VmOpts::default())?;
     say("all tests passed");
     Ok(())

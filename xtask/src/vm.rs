@@ -42,7 +42,7 @@ const LISTS_MAX_AGE: Duration = Duration::from_secs(6 * 3600);
 /// (the newest names of an old release can be listed but already gone from the pool).
 const MAX_TRIES: usize = 6;
 /// Hard limit of one guest run.
-const GUEST_TIMEOUT: Duration = Duration::from_secs(12 * 60);
+const GUEST_TIMEOUT: Duration = Duration::from_secs(8 * 60);
 /// Guest memory (MiB).
 const GUEST_MEM: &str = "1536";
 /// Kernel modules put into the guest (their dependencies come along): sock_diag for resets,
@@ -331,14 +331,36 @@ impl Apt {
         Ok(all)
     }
 
-    /// The cached .deb of `package`, downloading it if needed.
+    /// The cached .deb of `package`, downloading it if needed. A failed download is
+    /// remembered (`<package>.unavailable`) for as long as the lists are fresh, so later runs
+    /// go straight to the build that works.
     fn download(&self, package: &str, debs: &Path) -> Result<PathBuf> {
         if let Some(p) = find_deb(debs, package) {
             return Ok(p);
         }
+        let marker = debs.join(format!("{package}.unavailable"));
+        let recent = fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < LISTS_MAX_AGE);
+        if recent {
+            bail!(
+                "{package} could not be downloaded less than {} h ago: {}",
+                LISTS_MAX_AGE.as_secs() / 3600,
+                fs::read_to_string(&marker).unwrap_or_default().trim()
+            );
+        }
         let mut cmd = self.cmd("apt-get");
         cmd.args(["download", package]).current_dir(debs);
-        capture(&mut cmd).with_context(|| format!("downloading {package}"))?;
+        if let Err(e) = capture(&mut cmd) {
+            // apt's own reason ("E: Failed to fetch ... 404 Not Found"), not the command line.
+            let text = format!("{e:#}");
+            let reason = text.rsplit_once("E: ").map_or(text.as_str(), |(_, r)| r);
+            let _ = fs::write(&marker, format!("{reason}\n"));
+            bail!("apt-get download {package}: {reason}");
+        }
+        let _ = fs::remove_file(&marker);
         find_deb(debs, package).with_context(|| format!("apt-get download {package} left no .deb"))
     }
 }
@@ -416,9 +438,8 @@ fn fetch_line(apt: &Apt, names: &[String], line: &'static Line, cache: &Path) ->
         }
         if let Some(e) = failed {
             say(&format!(
-                "kernel {}: {name} cannot be downloaded, trying an older build ({})",
-                line.id,
-                e.lines().last().unwrap_or("")
+                "kernel {}: {name} cannot be downloaded, trying an older build ({e})",
+                line.id
             ));
             skipped.push(name.to_string());
             continue;
