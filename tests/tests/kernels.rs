@@ -8,7 +8,9 @@
 //! c. a dead peer (nftables drop in its netns): `no_ack` → reset → the writer gets an error;
 //! d. an idle connection and a healthy reader: no stall over 2.5× the threshold, data intact;
 //! e. the orphan guard: the agent's `agent_started.orphan_reset.safe` matches what the kernel
-//!    does when an orphaned FIN_WAIT1 socket stuck on a zero window is destroyed.
+//!    does when an orphaned FIN_WAIT1 socket stuck on a zero window is destroyed;
+//! f. a sendfile() writer (the send_pages path before 6.5) to a non-reader: reset, and the
+//!    event names the writer.
 //!
 //! Guests run under TCG (no KVM), so bounds here are the suite's plus a generous allowance;
 //! the host suite checks the tight bounds elsewhere (enforce.rs, detect.rs).
@@ -437,4 +439,133 @@ fn e_orphan_reset_guard_matches_the_kernel() {
         "agent_started.orphan_reset says safe={agent_safe} ({}), the kernel measured here: {detail}",
         orphan["detail"]
     );
+}
+
+/// What the sendfile writer of scenario f saw.
+#[derive(Default)]
+struct SendfileState {
+    /// Bytes sendfile() accepted, and when the count last grew.
+    progress: (u64, Option<Instant>),
+    /// The errno that ended it, and when.
+    failed: Option<(i32, Instant)>,
+}
+
+/// f. A sendfile() writer to a client that never reads (before Linux 6.5 this goes through
+/// `do_tcp_sendpages`, the send_pages hook, not `tcp_sendmsg_locked`): reset, ECONNABORTED,
+/// and the event names the writer thread, which only the send-side hook can know.
+#[test]
+fn f_sendfile_writer_to_a_non_reader_is_reset() {
+    use std::os::fd::AsRawFd;
+    use std::sync::{Arc, Mutex};
+    if !require_root() {
+        return;
+    }
+    const FILE_LEN: usize = 4 << 20;
+    let path = std::env::temp_dir().join(format!("tcpstall-sendfile-{}", std::process::id()));
+    std::fs::write(&path, vec![0xa5u8; FILE_LEN]).expect("writing the sendfile source");
+    let file = std::fs::File::open(&path).expect("opening the sendfile source");
+    let _ = std::fs::remove_file(&path);
+    let listener = TcpListener::bind(loopback()).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let agent = AgentOpts::new(reset_policy(&[port])).start();
+    let client = sock::connect(listener.local_addr().unwrap(), None, Duration::from_secs(5))
+        .expect("connecting the client");
+    let (server, client_addr) = listener.accept().unwrap();
+    let server = Arc::new(server);
+    let cookie = sock::cookie(&*server).unwrap();
+    let state = Arc::new(Mutex::new(SendfileState::default()));
+    let writer = {
+        let (server, state) = (Arc::clone(&server), Arc::clone(&state));
+        std::thread::Builder::new()
+            .name(tests::traffic::WRITER_COMM.into())
+            .spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut offset: libc::off_t = 0;
+                while Instant::now() < deadline {
+                    if offset as usize >= FILE_LEN {
+                        offset = 0;
+                    }
+                    let left = FILE_LEN - offset as usize;
+                    // SAFETY: valid fds; offset is ours.
+                    let n = unsafe {
+                        libc::sendfile(server.as_raw_fd(), file.as_raw_fd(), &mut offset, left)
+                    };
+                    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                    if n < 0 {
+                        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                        if errno != libc::EINTR {
+                            st.failed = Some((errno, Instant::now()));
+                            return;
+                        }
+                    } else {
+                        st.progress = (st.progress.0 + n as u64, Some(Instant::now()));
+                    }
+                }
+            })
+            .expect("spawning the sendfile writer")
+    };
+    let lock = || state.lock().unwrap_or_else(|e| e.into_inner());
+    // The writer fills the client's receive buffer and its own send buffer, then blocks in
+    // sendfile(); the reset must end it within the threshold (plus allowances) of that.
+    let started_at = Instant::now();
+    let limit = Duration::from_secs(15) + bound();
+    let failed = poll(limit, || lock().failed);
+    let sent = lock().progress;
+    // Unblock and end the writer whatever happened, then judge.
+    let _ = sock::set_linger_zero(&client);
+    sock::shutdown(&*server, libc::SHUT_RDWR);
+    sock::shutdown(&client, libc::SHUT_RDWR);
+    let end = Instant::now() + Duration::from_secs(10);
+    while !writer.is_finished() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(writer.is_finished(), "the sendfile writer did not end");
+    let _ = writer.join();
+    let Some((errno, at)) = failed else {
+        panic!(
+            "the sendfile() writer did not fail within {limit:?} ({} bytes sent){}",
+            sent.0,
+            agent.diagnostics()
+        );
+    };
+    let last_progress = sent.1.unwrap_or(started_at);
+    eprintln!(
+        "sendfile writer: {} bytes sent, last progress {:?} after start, failed with {} {:?} \
+         after start",
+        sent.0,
+        last_progress.saturating_duration_since(started_at),
+        sock::errno_name(errno),
+        at.saturating_duration_since(started_at)
+    );
+    // A sendfile() blocked when the reset comes returns the bytes it had queued; the next
+    // call then fails with EPIPE (the socket is shut down) rather than ECONNABORTED.
+    assert!(
+        errno == libc::ECONNABORTED || errno == libc::EPIPE,
+        "sendfile() failed with {}, expected ECONNABORTED or EPIPE{}",
+        sock::errno_name(errno),
+        agent.diagnostics()
+    );
+    let ev = agent
+        .wait_for(
+            |e| is_socket_event(e, "socket_reset", cookie),
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|| panic!("no socket_reset for cookie {cookie}{}", agent.diagnostics()));
+    assert_eq!(ev["class"], "zero_window", "{ev}");
+    assert_eq!(
+        tests::check::addr(&ev, "remote"),
+        client_addr,
+        "remote in {ev}"
+    );
+    assert_eq!(
+        ev["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "the send-side hook did not attribute the sendfile() writer: pid in {ev}"
+    );
+    assert_eq!(
+        ev["comm"],
+        tests::traffic::WRITER_COMM,
+        "the send-side hook did not attribute the sendfile() writer: comm in {ev}"
+    );
+    agent.stop();
 }
