@@ -109,19 +109,6 @@ pub struct Agent {
     last_sweep_us: u64,
 }
 
-fn uname_release() -> String {
-    // SAFETY: utsname is plain data filled by the kernel.
-    unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut u) != 0 {
-            return "unknown".into();
-        }
-        std::ffi::CStr::from_ptr(u.release.as_ptr())
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
 /// utime + stime of this process, ms.
 pub fn cpu_ms() -> u64 {
     // SAFETY: rusage is plain data.
@@ -197,7 +184,7 @@ impl Agent {
         out.write(&Event::AgentStarted {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
-            kernel: uname_release(),
+            kernel: crate::btf::kernel_release(),
             hooks: probes.hook_reports().to_vec(),
             degraded: probes.degraded().to_vec(),
             socket_key: if probes.key_by_addr() {

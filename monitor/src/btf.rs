@@ -1341,18 +1341,25 @@ fn offsets_from_btf(btf: &Btf) -> Result<Offsets> {
     Ok(offsets)
 }
 
-/// The running kernel's release (`uname -r`), or a placeholder if it cannot be read.
-fn kernel_release() -> String {
+/// The running kernel's release (`uname -r`), if it can be read.
+pub fn uname_release() -> Option<String> {
     // SAFETY: uname fills the zero-initialised struct; each field is NUL-terminated.
     unsafe {
         let mut u: libc::utsname = std::mem::zeroed();
         if libc::uname(&mut u) != 0 {
-            return "(unknown release)".to_owned();
+            return None;
         }
-        std::ffi::CStr::from_ptr(u.release.as_ptr())
-            .to_string_lossy()
-            .into_owned()
+        Some(
+            std::ffi::CStr::from_ptr(u.release.as_ptr())
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
+}
+
+/// The running kernel's release (`uname -r`), or a placeholder if it cannot be read.
+pub fn kernel_release() -> String {
+    uname_release().unwrap_or_else(|| "(unknown release)".to_owned())
 }
 
 /// Reads the offsets from the running kernel's BTF at [`DEFAULT_VMLINUX_BTF`].

@@ -114,20 +114,6 @@ fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
     }
 }
 
-/// The kernel release (`uname -r`).
-pub fn kernel_release() -> String {
-    // SAFETY: utsname is plain data filled by the kernel.
-    unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut u) != 0 {
-            return "unknown".into();
-        }
-        std::ffi::CStr::from_ptr(u.release.as_ptr())
-            .to_string_lossy()
-            .into_owned()
-    }
-}
-
 impl Probes {
     /// Load the object with the running kernel's offsets and attach every hook at the best
     /// attach point the kernel offers ([`attach::select`]). `max_sockets` bounds the
@@ -158,7 +144,7 @@ impl Probes {
         } else {
             None
         };
-        let release = kernel_release();
+        let release = crate::btf::kernel_release();
         // Socket cookies from tracing programs arrived in 5.12. Decide by behaviour: the
         // state program (the simplest user of the key) must load with cookie keys, else the
         // object is reloaded with address keys.

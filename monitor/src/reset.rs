@@ -727,6 +727,21 @@ struct WireId {
     cookie: [u32; 2],
 }
 
+impl WireId {
+    /// Every socket of `family` (a dump request's id).
+    fn any(family: u16) -> WireId {
+        WireId {
+            family: family as u8,
+            sport: 0,
+            dport: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            ifindex: 0,
+            cookie: [INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE],
+        }
+    }
+}
+
 fn v4_of(ip: IpAddr) -> Option<Ipv4Addr> {
     match ip {
         IpAddr::V4(a) => Some(a),
@@ -1811,15 +1826,7 @@ fn dump_family(
     buf: &mut [u8],
     deadline: Instant,
 ) -> Result<Vec<TcpDiag>, ResetError> {
-    let id = WireId {
-        family: family as u8,
-        sport: 0,
-        dport: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        ifindex: 0,
-        cookie: [INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE],
-    };
+    let id = WireId::any(family);
     let ext = 1u8 << (INET_DIAG_INFO - 1);
     let msg = encode_request(
         SOCK_DIAG_BY_FAMILY,

@@ -146,7 +146,7 @@ struct SystemModules {
 
 impl SystemModules {
     fn new() -> SystemModules {
-        let builtin = kernel_release()
+        let builtin = crate::btf::uname_release()
             .and_then(|r| fs::read_to_string(format!("/lib/modules/{r}/modules.builtin")).ok())
             .map(|s| parse_builtin(&s))
             .unwrap_or_default();
@@ -174,18 +174,6 @@ fn proc_modules_lists(text: &str, module: &str) -> bool {
     text.lines()
         .filter_map(|l| l.split_whitespace().next())
         .any(|m| norm(m) == want)
-}
-
-fn kernel_release() -> Option<String> {
-    // SAFETY: utsname is plain old data; uname fills it.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: u is a valid utsname.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return None;
-    }
-    // SAFETY: uname NUL-terminates release.
-    let c = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
-    Some(c.to_string_lossy().into_owned())
 }
 
 impl ModuleEnv for SystemModules {
@@ -283,15 +271,7 @@ fn modprobe_exit_text(code: Option<i32>, stderr: &str) -> String {
 /// TCP handler (tcp_diag) is there. Needs no privilege; the answer is small on any host.
 fn tcp_diag_answers() -> Result<(), ResetError> {
     let fd = open_diag_socket_here()?;
-    let id = WireId {
-        family: AF_INET as u8,
-        sport: 0,
-        dport: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        ifindex: 0,
-        cookie: [INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE],
-    };
+    let id = WireId::any(AF_INET);
     let seq = 1;
     let mut msg = encode_request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, &id, 0);
     // idiag_states: TCP_LISTEN (10) only.
