@@ -171,7 +171,7 @@ impl Line {
 /// Options of `cargo xtask vm-test`.
 #[derive(Clone, Debug)]
 pub struct VmOpts {
-    /// Only kernels whose id or package name contains this.
+    /// Only kernels whose id, package name or Debian release contains this.
     pub kernel: Option<String>,
     /// Keep the work folders (initramfs trees) under target/vm-matrix/work.
     pub keep: bool,
@@ -1082,9 +1082,11 @@ pub fn vm_test(target: &Path, agent: &Path, test_bin: &Path, opts: &VmOpts) -> R
     let lines: Vec<&'static Line> = LINES
         .iter()
         .filter(|l| {
-            opts.kernel
-                .as_deref()
-                .is_none_or(|f| l.id.contains(f) || l.prefix.contains(f))
+            opts.kernel.as_deref().is_none_or(|f| {
+                l.id.contains(f)
+                    || l.prefix.contains(f)
+                    || l.debian.to_lowercase().contains(&f.to_lowercase())
+            })
         })
         .collect();
     if lines.is_empty() {
