@@ -1079,16 +1079,19 @@ pub fn build_guest_test(cargo: &mut Command) -> Result<PathBuf> {
 pub fn vm_test(target: &Path, agent: &Path, test_bin: &Path, opts: &VmOpts) -> Result<()> {
     let cache = PathBuf::from(CACHE);
     fs::create_dir_all(&cache).with_context(|| format!("creating {CACHE}"))?;
-    let lines: Vec<&'static Line> = LINES
-        .iter()
-        .filter(|l| {
-            opts.kernel.as_deref().is_none_or(|f| {
+    let lines: Vec<&'static Line> = match opts.kernel.as_deref() {
+        None => LINES.iter().collect(),
+        // An exact id wins (`--kernel 6.1` is not also 6.12); else any substring match.
+        Some(f) if LINES.iter().any(|l| l.id == f) => LINES.iter().filter(|l| l.id == f).collect(),
+        Some(f) => LINES
+            .iter()
+            .filter(|l| {
                 l.id.contains(f)
                     || l.prefix.contains(f)
                     || l.debian.to_lowercase().contains(&f.to_lowercase())
             })
-        })
-        .collect();
+            .collect(),
+    };
     if lines.is_empty() {
         bail!(
             "--kernel {:?} matches none of: {}",
@@ -1165,6 +1168,19 @@ pub fn vm_test(target: &Path, agent: &Path, test_bin: &Path, opts: &VmOpts) -> R
     let mut err = std::io::stderr().lock();
     writeln!(err, "\nKernel matrix ({total:.0} s, {jobs} at a time):\n")?;
     writeln!(err, "{table}")?;
+    for o in &outcomes {
+        let secs = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.1} s"));
+        writeln!(
+            err,
+            "{:>5}: boot {}, guest total {}, wall {:.1} s, {}",
+            o.kernel.line.id,
+            secs(o.result.boot_s),
+            secs(o.result.guest_total_s),
+            o.wall_s,
+            o.result.summary.as_deref().unwrap_or("no test summary")
+        )?;
+    }
+    writeln!(err)?;
     writeln!(
         err,
         "results: {}  logs: {}/<kernel>.log",
