@@ -877,6 +877,17 @@ impl Conn {
     /// Close the server socket the way an application giving up on a wedged connection does:
     /// `SO_LINGER {on, 0}`, `shutdown()` to wake the blocked writer, then the last `close()`,
     /// which aborts with a RST and takes the socket to TCP_CLOSE at once.
+    /// Close the server socket the ordinary way (FIN after whatever is queued): with data
+    /// still unacknowledged it becomes an orphan the kernel keeps finishing (FIN_WAIT1).
+    /// Only for connections without a writer or inbox thread (they hold clones).
+    pub fn close_server(&mut self) {
+        assert!(
+            self.writer.is_none() && self.inbox.is_none() && self.acks.is_none(),
+            "close_server on a connection with helper threads (they hold the socket open)"
+        );
+        drop(self.server.take());
+    }
+
     pub fn abort_server(&mut self) -> Result<(), String> {
         sock::set_linger_zero(self.server()).map_err(|e| format!("SO_LINGER: {e}"))?;
         sock::shutdown(self.server(), libc::SHUT_RDWR);

@@ -444,3 +444,80 @@ fn rate_limit_caps_resets() {
     drop(wedges);
     agent.stop();
 }
+
+/// Orphans to a dead peer (the application closed its sockets while they retransmit) are
+/// tracked again by the retransmit hook in FIN_WAIT1; once destroyed they reach CLOSE and
+/// must leave the kernel map (they used to stay until the agent exited, one leaked entry per
+/// close-while-peer-dead, until the map was full).
+#[test]
+fn destroyed_orphans_leave_no_map_entry() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 20;
+    let ns = NetNs::linked_to_host().unwrap();
+    let l = Listener::bind(SocketAddr::from((ns.peer_addr(), 0))).unwrap();
+    let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
+    assert_enforcing(&agent);
+    let started = agent
+        .wait_for(|e| is_event(e, "agent_started"), Duration::ZERO)
+        .unwrap();
+    if started["orphan_reset"]["safe"] != true {
+        panic!("this test needs a kernel where destroying orphans is safe: {started}");
+    }
+    // N connections with data in flight, then the peer goes silent, then the application
+    // closes every server socket: N orphans in FIN_WAIT1 retransmitting to a dead peer.
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        conns.push(l.connect(Some(&ns), ConnOpts::default()).unwrap());
+    }
+    ns.blackhole().unwrap();
+    let mut cookies = HashSet::new();
+    for c in &conns {
+        let mut s = c.server();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.write(&[7u8; 16 * 1024]);
+        cookies.insert(c.server_cookie);
+    }
+    for c in &mut conns {
+        c.close_server();
+    }
+    let closed = Instant::now();
+    // Each orphan is tracked again by its retransmits, stalls (no_ack) and is reset.
+    let deadline = closed + tests::detection_bound() + Duration::from_secs(10);
+    let mut reset = HashSet::new();
+    while reset.len() < N && Instant::now() < deadline {
+        for ev in agent.matching(|e| is_event(e, "socket_reset")) {
+            if let Some(ck) = ev["cookie"].as_u64().filter(|c| cookies.contains(c)) {
+                reset.insert(ck);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        reset.len(),
+        N,
+        "not every orphan was reset{}",
+        agent.diagnostics()
+    );
+    // Two stats intervals later the map holds none of them.
+    let mark = agent.mark();
+    let stats = agent
+        .wait_for_received(mark, |e| is_event(e, "stats"), Duration::from_secs(5))
+        .and_then(|_| {
+            agent.wait_for_received(
+                agent.mark(),
+                |e| is_event(e, "stats"),
+                Duration::from_secs(5),
+            )
+        })
+        .expect("stats after the resets")
+        .json;
+    let tracked = stats["sockets_tracked"].as_u64().unwrap();
+    assert!(
+        tracked < N as u64 / 2,
+        "{tracked} sockets still tracked after all {N} orphans were destroyed: {stats}{}",
+        agent.diagnostics()
+    );
+    agent.stop();
+}
