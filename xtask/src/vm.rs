@@ -995,6 +995,20 @@ fn run_guest(k: Kernel, out_dir: &Path, agent: &Path, test_bin: &Path, keep: boo
         .map_err(anyhow::Error::from)
         .and_then(|_| build_initramfs(&k, &work, agent, test_bin))
         .and_then(|initrd| {
+            // For --keep: the same guest by hand, console on the terminal.
+            let script = format!(
+                "#!/bin/sh\n# Boots kernel {} with this initramfs (from cargo xtask vm-test --keep).\n\
+                 exec qemu-system-x86_64 -nodefaults -no-reboot -nographic -serial mon:stdio \\\n  \
+                 -m {GUEST_MEM} -smp 1 -cpu max -kernel '{}' -initrd '{}' \\\n  \
+                 -append 'console=ttyS0 panic=-1 mitigations=off'\n",
+                k.release,
+                k.vmlinuz.display(),
+                initrd.display()
+            );
+            let boot_sh = work.join("boot.sh");
+            fs::write(&boot_sh, script)?;
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&boot_sh, fs::Permissions::from_mode(0o755))?;
             say(&format!(
                 "kernel {} ({}): booting {} ({} MB initramfs)",
                 k.line.id,
