@@ -393,6 +393,8 @@ struct Kernel {
     moddir: PathBuf,
     /// Older builds that failed to download.
     skipped: Vec<String>,
+    /// Why no build of this line could be fetched (the kernel then fails without a boot).
+    fetch_error: Option<String>,
 }
 
 fn extract(deb: &Path, into: &Path) -> Result<()> {
@@ -477,6 +479,7 @@ fn fetch_line(apt: &Apt, names: &[String], line: &'static Line, cache: &Path) ->
             vmlinuz,
             moddir,
             skipped,
+            fetch_error: None,
         });
     }
     bail!(
@@ -486,6 +489,44 @@ fn fetch_line(apt: &Apt, names: &[String], line: &'static Line, cache: &Path) ->
         MAX_TRIES.min(candidates.len()),
         skipped.join(", ")
     )
+}
+
+/// Remove cached packages and extractions of `k`'s line other than the build in use, so the
+/// cache holds one build per line however many Debian publishes over time.
+fn prune(cache: &Path, k: &Kernel) {
+    let line = k.line;
+    let ours = |package: &str| {
+        line.matches(package)
+            || line
+                .modules_prefix
+                .is_some_and(|mp| package.starts_with(mp) && package.ends_with(line.suffix))
+    };
+    for dir in ["debs", "kernels"] {
+        for e in fs::read_dir(cache.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let package = name.split('_').next().unwrap_or(&name);
+            let package = package.strip_suffix(".unavailable").unwrap_or(package);
+            if name.ends_with(".unavailable")
+                || !ours(package)
+                || k.packages.iter().any(|p| p == package)
+            {
+                continue;
+            }
+            say(&format!(
+                "cache: removing {name} (kernel {} now uses {})",
+                line.id, k.packages[0]
+            ));
+            let _ = if e.path().is_dir() {
+                fs::remove_dir_all(e.path())
+            } else {
+                fs::remove_file(e.path())
+            };
+        }
+    }
 }
 
 fn find_moddir(root: &Path) -> Result<(String, PathBuf)> {
@@ -990,6 +1031,16 @@ fn run_guest(k: Kernel, out_dir: &Path, agent: &Path, test_bin: &Path, keep: boo
     let started = Instant::now();
     let mut problems = Vec::new();
     let mut result = GuestResult::default();
+    if let Some(e) = &k.fetch_error {
+        return Outcome {
+            problems: vec![format!("kernel not fetched: {e}")],
+            kernel: k,
+            result,
+            passed: false,
+            wall_s: 0.0,
+            log,
+        };
+    }
     let _ = fs::remove_dir_all(&work);
     let ran = fs::create_dir_all(&work)
         .map_err(anyhow::Error::from)
@@ -1118,7 +1169,28 @@ pub fn vm_test(target: &Path, agent: &Path, test_bin: &Path, opts: &VmOpts) -> R
     let names = apt.names()?;
     let mut kernels = Vec::new();
     for line in &lines {
-        let k = fetch_line(&apt, &names, line, &cache)?;
+        let k = match fetch_line(&apt, &names, line, &cache) {
+            Ok(k) => k,
+            Err(e) => {
+                // Reported as a failed kernel (the others still run); never skipped.
+                say(&format!("kernel {}: cannot be fetched: {e:#}", line.id));
+                Kernel {
+                    line,
+                    packages: Vec::new(),
+                    version: "?".into(),
+                    release: "?".into(),
+                    vmlinuz: PathBuf::new(),
+                    moddir: PathBuf::new(),
+                    skipped: Vec::new(),
+                    fetch_error: Some(format!("{e:#}")),
+                }
+            }
+        };
+        if k.fetch_error.is_some() {
+            kernels.push(k);
+            continue;
+        }
+        prune(&cache, &k);
         say(&format!(
             "kernel {}: {} {} (release {}){}",
             line.id,
