@@ -205,6 +205,9 @@ pub struct Offsets {
     pub sk_wmem_queued: u32,
     pub sk_sndbuf: u32,
     pub sk_rcvbuf: u32,
+    /// `struct sock` -> `sk_protocol` (u16 since Linux 5.6): kprobes check it is
+    /// IPPROTO_TCP, as they cannot use `bpf_skc_to_tcp_sock`.
+    pub sk_protocol: u32,
     // struct inet_connection_sock
     pub icsk_backoff: u32,
     // struct tcp_sock
@@ -239,6 +242,7 @@ impl Offsets {
             sk_wmem_queued: 0,
             sk_sndbuf: 0,
             sk_rcvbuf: 0,
+            sk_protocol: 0,
             icsk_backoff: 0,
             write_seq: 0,
             snd_una: 0,

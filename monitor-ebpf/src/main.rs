@@ -2,15 +2,18 @@
 //!
 //! Each hook has one logic function (`on_*`) and thin entry points, one per way the kernel can
 //! offer it: a BTF tracepoint (`tp_btf`) where the kernel has the tracepoint, else fentry on
-//! the kernel function the tracepoint sits in. The agent probes at start-up which entry point
-//! of each hook loads and attaches (`monitor/src/probes.rs`); the others are never loaded.
-//! - send (`tcp_sendmsg_locked` tracepoint, else fentry `tcp_sendmsg_locked`; plus fentry
-//!   `sk_stream_wait_memory` (a write about to block on a full buffer) and, before 6.5,
-//!   `do_tcp_sendpages` (sendfile/splice/kTLS)): a process writes; start tracking once data
-//!   is already queued, record who writes and send-buffer fill.
-//! - ack (`tcp_probe` tracepoint, else fentry `tcp_rcv_established`): an incoming segment on
-//!   an established socket; ACK progress, peer window, persist-probe answers, read-side
-//!   backlog.
+//! the kernel function the tracepoint sits in, else a kprobe on that function. The logic is
+//! generic over [`Mem`], how it reads the socket: direct loads from the BTF-typed pointer of
+//! tp_btf and fentry, `bpf_probe_read_kernel` from the plain pointer of a kprobe. The agent
+//! probes at start-up which entry point of each hook loads and attaches
+//! (`monitor/src/probes.rs`); the others are never loaded.
+//! - send (`tcp_sendmsg_locked` tracepoint, else fentry/kprobe `tcp_sendmsg_locked`; plus
+//!   fentry/kprobe `sk_stream_wait_memory` (a write about to block on a full buffer) and,
+//!   before 6.5, `do_tcp_sendpages` (sendfile/splice/kTLS)): a process writes; start tracking
+//!   once data is already queued, record who writes and send-buffer fill.
+//! - ack (`tcp_probe` tracepoint, else fentry/kprobe `tcp_rcv_established`): an incoming
+//!   segment on an established socket; ACK progress, peer window, persist-probe answers,
+//!   read-side backlog.
 //! - retransmit (`tcp_retransmit_skb`): retransmit count/time (the dead-peer signal); starts
 //!   tracking too.
 //! - read (`tcp_rcv_space_adjust`): the local app read data (read-side progress).
@@ -19,8 +22,8 @@
 //!
 //! A socket leaves the map when everything is acked and nothing is unread (drained), or when
 //! it closes. Kernel struct offsets come from the running kernel's BTF via `OFFSETS`.
-//! Sockets are keyed by cookie, or by address where tracing programs cannot get the cookie
-//! (before 5.12, [`mode::KEY_BY_ADDR`]).
+//! Sockets are keyed by cookie, or by address where the programs cannot get the cookie
+//! (tracing programs before 5.12, kprobes always: [`mode::KEY_BY_ADDR`]).
 #![no_std]
 #![no_main]
 
@@ -33,9 +36,9 @@ use aya_ebpf::{
             bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skc_to_tcp_sock,
         },
     },
-    macros::{btf_tracepoint, fentry, map},
+    macros::{btf_tracepoint, fentry, kprobe, map},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, FEntryContext},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use monitor_common::{
     counter, flags, gone, mode, CloseNote, Gap, Offsets, SockState, CLOSED_RING_BYTES,
@@ -90,40 +93,90 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
 const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
 
-/// The loader filled in `OFFSETS`.
-#[inline(always)]
-fn configured() -> bool {
-    off!(magic) == Offsets::MAGIC
+/// How a program reads the kernel's socket. Every logic function is generic over it and
+/// monomorphised per entry point, so the one logic per hook compiles to direct loads for
+/// tp_btf and fentry and to checked reads for kprobes.
+trait Mem {
+    /// The socket pointer is a trusted BTF pointer (tp_btf, fentry): direct loads, the
+    /// cookie helper and `bpf_skc_to_tcp_sock` are allowed. A kprobe's is a plain number.
+    const TRUSTED: bool;
+    /// Read the kernel field at `base + off`.
+    fn ld<T: Copy + Default>(base: *const u8, off: u32) -> T;
+    /// The hook's `struct sock *` as a `struct tcp_sock *` (None for non-TCP sockets).
+    fn tcp_sk(sk: *const u8) -> Option<*const u8>;
 }
 
-/// Direct load of a field of a BTF-typed kernel object (`struct tcp_sock *` from
-/// `bpf_skc_to_tcp_sock`) at a verifier-known constant offset: one instruction, no helper.
-#[inline(always)]
-fn ld<T: Copy>(base: *const u8, off: u32) -> T {
-    // SAFETY: `base` is a trusted BTF pointer and `off` a field offset taken from the
-    // running kernel's BTF; the verifier checks the access against the type.
-    unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) }
+/// tp_btf and fentry: BTF-typed arguments.
+struct Btf;
+
+impl Mem for Btf {
+    const TRUSTED: bool = true;
+
+    /// Direct load of a field of a BTF-typed kernel object (`struct tcp_sock *` from
+    /// `bpf_skc_to_tcp_sock`) at a verifier-known constant offset: one instruction, no helper.
+    #[inline(always)]
+    fn ld<T: Copy + Default>(base: *const u8, off: u32) -> T {
+        // SAFETY: `base` is a trusted BTF pointer and `off` a field offset taken from the
+        // running kernel's BTF; the verifier checks the access against the type.
+        unsafe { core::ptr::read_volatile(base.wrapping_add(off as usize) as *const T) }
+    }
+
+    #[inline(always)]
+    fn tcp_sk(sk: *const u8) -> Option<*const u8> {
+        // SAFETY: sk is the hook's trusted socket pointer.
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
+        if tp.is_null() {
+            None
+        } else {
+            Some(tp)
+        }
+    }
 }
 
-/// Read through an untrusted kernel pointer (packet data): checked, faults read as zero.
+/// kprobe: the arguments are plain numbers from `pt_regs`; every read goes through
+/// `bpf_probe_read_kernel`, and keys are addresses (no cookie helper for kprobes).
+struct Kprobe;
+
+impl Mem for Kprobe {
+    const TRUSTED: bool = false;
+
+    #[inline(always)]
+    fn ld<T: Copy + Default>(base: *const u8, off: u32) -> T {
+        rd(base, off)
+    }
+
+    /// `sk_protocol` is IPPROTO_TCP: `sk_stream_wait_memory` is also called for MPTCP and
+    /// other stream protocols, whose sockets are no `tcp_sock`.
+    #[inline(always)]
+    fn tcp_sk(sk: *const u8) -> Option<*const u8> {
+        if sk.is_null() {
+            return None;
+        }
+        let proto: u16 = rd(sk, off!(sk_protocol));
+        if proto != IPPROTO_TCP {
+            None
+        } else {
+            Some(sk)
+        }
+    }
+}
+
+/// The loader filled in `OFFSETS`, with address keys where the programs cannot get the
+/// cookie (kprobes never can; the loader reloads the object with address keys when it
+/// attaches one, so a kprobe of a cookie-keyed object only exists until then, doing nothing).
+#[inline(always)]
+fn configured<M: Mem>() -> bool {
+    off!(magic) == Offsets::MAGIC && (M::TRUSTED || key_by_addr())
+}
+
+/// Read through an untrusted kernel pointer: checked, faults read as zero (the default).
 #[inline(always)]
 fn rd<T: Default>(base: *const u8, off: u32) -> T {
     // SAFETY: bpf_probe_read_kernel checks the address; a failed read yields the default.
     unsafe {
         bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T).unwrap_or_default()
-    }
-}
-
-/// The tracepoint's `struct sock *` as a `struct tcp_sock *` (NULL for non-TCP sockets).
-#[inline(always)]
-fn tcp_sk(sk: *const u8) -> Option<*const u8> {
-    // SAFETY: sk is the tracepoint's trusted socket pointer.
-    let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
-    if tp.is_null() {
-        None
-    } else {
-        Some(tp)
     }
 }
 
@@ -151,8 +204,8 @@ fn key_by_addr() -> bool {
 
 /// The `SOCKS` key of `sk`: its cookie, or its address under [`mode::KEY_BY_ADDR`].
 #[inline(always)]
-fn key_of(sk: *const u8) -> u64 {
-    if key_by_addr() {
+fn key_of<M: Mem>(sk: *const u8) -> u64 {
+    if !M::TRUSTED || key_by_addr() {
         sk as u64
     } else {
         // SAFETY: sk is the hook's trusted `struct sock *`.
@@ -163,9 +216,9 @@ fn key_of(sk: *const u8) -> u64 {
 /// The cookie to report for `sk` keyed `key`: the key itself, or under
 /// [`mode::KEY_BY_ADDR`] the socket's `skc_cookie` (0 until the kernel generated one).
 #[inline(always)]
-fn cookie_field(tp: *const u8, key: u64) -> u64 {
+fn cookie_field<M: Mem>(tp: *const u8, key: u64) -> u64 {
     if key_by_addr() {
-        ld(tp, off!(skc_cookie))
+        M::ld(tp, off!(skc_cookie))
     } else {
         key
     }
@@ -175,13 +228,13 @@ fn cookie_field(tp: *const u8, key: u64) -> u64 {
 /// socket's is a leftover of an earlier socket at the same address: it is dropped, never
 /// inherited.
 #[inline(always)]
-fn lookup(tp: *const u8, key: u64) -> Option<*mut SockState> {
+fn lookup<M: Mem>(tp: *const u8, key: u64) -> Option<*mut SockState> {
     let p = SOCKS.get_ptr_mut(&key)?;
     if key_by_addr() {
         // SAFETY: map value pointer valid for this invocation.
         let s = unsafe { &*p };
-        let lport: u16 = ld(tp, off!(skc_num));
-        let rport: u16 = u16::from_be(ld(tp, off!(skc_dport)));
+        let lport: u16 = M::ld(tp, off!(skc_num));
+        let rport: u16 = u16::from_be(M::ld(tp, off!(skc_dport)));
         if s.lport != lport || s.rport != rport {
             let _ = SOCKS.remove(&key);
             bump(counter::STALE);
@@ -199,21 +252,21 @@ fn after(a: u32, b: u32) -> bool {
 
 /// Re-read the send side from the socket and account ACK progress up to `una`.
 #[inline(always)]
-fn refresh_send(s: &mut SockState, tp: *const u8, t: u64, una: u32) {
-    s.write_seq = ld(tp, off!(write_seq));
-    s.snd_nxt = ld(tp, off!(snd_nxt));
-    let wmem: i32 = ld(tp, off!(sk_wmem_queued));
-    let sndbuf: i32 = ld(tp, off!(sk_sndbuf));
+fn refresh_send<M: Mem>(s: &mut SockState, tp: *const u8, t: u64, una: u32) {
+    s.write_seq = M::ld(tp, off!(write_seq));
+    s.snd_nxt = M::ld(tp, off!(snd_nxt));
+    let wmem: i32 = M::ld(tp, off!(sk_wmem_queued));
+    let sndbuf: i32 = M::ld(tp, off!(sk_sndbuf));
     s.wmem_queued = wmem as u32;
     s.sndbuf = sndbuf as u32;
-    let socket: u64 = ld(tp, off!(sk_socket));
+    let socket: u64 = M::ld(tp, off!(sk_socket));
     if socket == 0 {
         s.flags |= flags::ORPHAN;
     } else {
         s.flags &= !flags::ORPHAN;
     }
     if s.cookie == 0 {
-        s.cookie = cookie_field(tp, s.key);
+        s.cookie = cookie_field::<M>(tp, s.key);
     }
     if wmem >= sndbuf {
         s.flags |= flags::SNDBUF_FULL;
@@ -245,16 +298,16 @@ fn refresh_send(s: &mut SockState, tp: *const u8, t: u64, una: u32) {
 }
 
 #[inline(always)]
-fn refresh_recv(s: &mut SockState, tp: *const u8, t: u64) {
-    s.rcv_nxt = ld(tp, off!(rcv_nxt));
-    let copied: u32 = ld(tp, off!(copied_seq));
+fn refresh_recv<M: Mem>(s: &mut SockState, tp: *const u8, t: u64) {
+    s.rcv_nxt = M::ld(tp, off!(rcv_nxt));
+    let copied: u32 = M::ld(tp, off!(copied_seq));
     if copied != s.copied_seq {
         s.copied_seq = copied;
         s.last_read_ns = t;
     }
-    let rcvbuf: i32 = ld(tp, off!(sk_rcvbuf));
+    let rcvbuf: i32 = M::ld(tp, off!(sk_rcvbuf));
     s.rcvbuf = rcvbuf as u32;
-    s.rcv_wnd = ld(tp, off!(rcv_wnd));
+    s.rcv_wnd = M::ld(tp, off!(rcv_wnd));
     if s.rcv_nxt != s.copied_seq {
         s.flags |= flags::RECV_BACKLOG;
     } else {
@@ -277,39 +330,39 @@ fn set_writer(s: &mut SockState) {
 
 /// Start tracking `sk`. Returns the new entry, or None when the map is full (counted).
 #[inline(always)]
-fn track(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
+fn track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch slot owned by this program invocation.
     let s = unsafe { &mut *scratch };
     *s = SockState::zeroed();
     s.key = key;
-    s.cookie = cookie_field(tp, key);
-    s.family = ld(tp, off!(skc_family));
-    s.lport = ld(tp, off!(skc_num));
-    s.rport = u16::from_be(ld(tp, off!(skc_dport)));
+    s.cookie = cookie_field::<M>(tp, key);
+    s.family = M::ld(tp, off!(skc_family));
+    s.lport = M::ld(tp, off!(skc_num));
+    s.rport = u16::from_be(M::ld(tp, off!(skc_dport)));
     if s.family == AF_INET6 {
-        s.laddr = ld(tp, off!(skc_v6_rcv_saddr));
-        s.raddr = ld(tp, off!(skc_v6_daddr));
+        s.laddr = M::ld(tp, off!(skc_v6_rcv_saddr));
+        s.raddr = M::ld(tp, off!(skc_v6_daddr));
     } else {
-        let l: [u8; 4] = ld(tp, off!(skc_rcv_saddr));
-        let r: [u8; 4] = ld(tp, off!(skc_daddr));
+        let l: [u8; 4] = M::ld(tp, off!(skc_rcv_saddr));
+        let r: [u8; 4] = M::ld(tp, off!(skc_daddr));
         s.laddr[..4].copy_from_slice(&l);
         s.raddr[..4].copy_from_slice(&r);
     }
-    let net: u64 = ld(tp, off!(skc_net));
-    s.netns = ld(net as *const u8, off!(net_ns_inum));
+    let net: u64 = M::ld(tp, off!(skc_net));
+    s.netns = M::ld(net as *const u8, off!(net_ns_inum));
     // Start from the socket's real state, whichever hook saw it first.
-    s.snd_una = ld(tp, off!(snd_una));
-    s.write_seq = ld(tp, off!(write_seq));
-    s.snd_nxt = ld(tp, off!(snd_nxt));
-    s.snd_wnd = ld(tp, off!(snd_wnd));
+    s.snd_una = M::ld(tp, off!(snd_una));
+    s.write_seq = M::ld(tp, off!(write_seq));
+    s.snd_nxt = M::ld(tp, off!(snd_nxt));
+    s.snd_wnd = M::ld(tp, off!(snd_wnd));
     if s.snd_wnd == 0 {
         s.flags |= flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
     }
-    s.copied_seq = ld(tp, off!(copied_seq));
-    s.rcv_nxt = ld(tp, off!(rcv_nxt));
-    s.rcv_wnd = ld(tp, off!(rcv_wnd));
-    let rcvbuf: i32 = ld(tp, off!(sk_rcvbuf));
+    s.copied_seq = M::ld(tp, off!(copied_seq));
+    s.rcv_nxt = M::ld(tp, off!(rcv_nxt));
+    s.rcv_wnd = M::ld(tp, off!(rcv_wnd));
+    let rcvbuf: i32 = M::ld(tp, off!(sk_rcvbuf));
     s.rcvbuf = rcvbuf as u32;
     if s.rcv_nxt != s.copied_seq {
         s.flags |= flags::RECV_BACKLOG;
@@ -327,23 +380,30 @@ fn track(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
 
 /// The socket's entry, starting to track it if it is not tracked yet (None: map full).
 #[inline(always)]
-fn tracked_or_track(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
-    match lookup(tp, key) {
+fn tracked_or_track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
+    match lookup::<M>(tp, key) {
         Some(p) => Some(p),
-        None => track(tp, key, t),
+        None => track::<M>(tp, key, t),
     }
+}
+
+/// A kprobe's first argument, the `struct sock *` (NULL if the register is unreadable: every
+/// program then returns at once).
+#[inline(always)]
+fn sk_arg(ctx: &ProbeContext) -> *const u8 {
+    ctx.arg(0).unwrap_or(core::ptr::null())
 }
 
 /// send: a process writes to `sk` (or is about to block on its full buffer).
 #[inline(always)]
-fn on_send(sk: *const u8) {
-    if !configured() {
+fn on_send<M: Mem>(sk: *const u8) {
+    if !configured::<M>() {
         return;
     }
     // Nothing queued in front of this write (`sk_wmem_queued` lives in `struct sock`: one
     // load, no helper): not a wedge candidate and no map lookup. (A tracked socket that
     // drained was already dropped by the ACK hook.)
-    let wmem: i32 = ld(sk, off!(sk_wmem_queued));
+    let wmem: i32 = M::ld(sk, off!(sk_wmem_queued));
     if wmem == 0 {
         return;
     }
@@ -360,19 +420,19 @@ fn on_send(sk: *const u8) {
         last.sk = sk as u64;
         last.ns = t;
     }
-    let Some(tp) = tcp_sk(sk) else { return };
-    let write_seq: u32 = ld(tp, off!(write_seq));
-    let una: u32 = ld(tp, off!(snd_una));
+    let Some(tp) = M::tcp_sk(sk) else { return };
+    let write_seq: u32 = M::ld(tp, off!(write_seq));
+    let una: u32 = M::ld(tp, off!(snd_una));
     if write_seq == una {
         return;
     }
-    let key = key_of(sk);
-    let Some(p) = tracked_or_track(tp, key, t) else {
+    let key = key_of::<M>(sk);
+    let Some(p) = tracked_or_track::<M>(tp, key, t) else {
         return;
     };
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
-    refresh_send(s, tp, t, una);
+    refresh_send::<M>(s, tp, t, una);
     s.last_send_ns = t;
     set_writer(s);
 }
@@ -381,14 +441,21 @@ fn on_send(sk: *const u8) {
 /// a write that then blocks).
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcpstall_send_tp(ctx: BtfTracePointContext) -> i32 {
-    on_send(ctx.arg(0));
+    on_send::<Btf>(ctx.arg(0));
     0
 }
 
 /// Without the tracepoint: on entry of every write.
 #[fentry(function = "tcp_sendmsg_locked")]
 pub fn tcpstall_send_fentry(ctx: FEntryContext) -> i32 {
-    on_send(ctx.arg(0));
+    on_send::<Btf>(ctx.arg(0));
+    0
+}
+
+/// Without fentry either (arm64 before 6.0, kernels without direct-call trampolines).
+#[kprobe(function = "tcp_sendmsg_locked")]
+pub fn tcpstall_send_kprobe(ctx: ProbeContext) -> u32 {
+    on_send::<Kprobe>(sk_arg(&ctx));
     0
 }
 
@@ -396,14 +463,26 @@ pub fn tcpstall_send_fentry(ctx: FEntryContext) -> i32 {
 /// which the entry of `tcp_sendmsg_locked` alone would miss for a first large write.
 #[fentry(function = "sk_stream_wait_memory")]
 pub fn tcpstall_send_wait(ctx: FEntryContext) -> i32 {
-    on_send(ctx.arg(0));
+    on_send::<Btf>(ctx.arg(0));
+    0
+}
+
+#[kprobe(function = "sk_stream_wait_memory")]
+pub fn tcpstall_send_wait_kprobe(ctx: ProbeContext) -> u32 {
+    on_send::<Kprobe>(sk_arg(&ctx));
     0
 }
 
 /// Before 6.5, sendfile/splice/kTLS write through `do_tcp_sendpages`, not `tcp_sendmsg_locked`.
 #[fentry(function = "do_tcp_sendpages")]
 pub fn tcpstall_send_pages(ctx: FEntryContext) -> i32 {
-    on_send(ctx.arg(0));
+    on_send::<Btf>(ctx.arg(0));
+    0
+}
+
+#[kprobe(function = "do_tcp_sendpages")]
+pub fn tcpstall_send_pages_kprobe(ctx: ProbeContext) -> u32 {
+    on_send::<Kprobe>(sk_arg(&ctx));
     0
 }
 
@@ -425,8 +504,8 @@ const NO_ACK: Ack = Ack {
 
 /// Peer's TCP header fields we need: ack_seq (be32 at byte 8), flags (byte 13), window (be16 at 14).
 #[inline(always)]
-fn read_ack(skb: *const u8) -> Ack {
-    let data: u64 = ld(skb, off!(skb_data));
+fn read_ack<M: Mem>(skb: *const u8) -> Ack {
+    let data: u64 = M::ld(skb, off!(skb_data));
     if data == 0 {
         return NO_ACK;
     }
@@ -446,17 +525,17 @@ fn read_ack(skb: *const u8) -> Ack {
 
 /// ack: segment `skb` arrives on established socket `sk`.
 #[inline(always)]
-fn on_ack(sk: *const u8, skb: *const u8) {
-    if !configured() {
+fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
+    if !configured::<M>() {
         return;
     }
-    let Some(tp) = tcp_sk(sk) else { return };
+    let Some(tp) = M::tcp_sk(sk) else { return };
     // Nothing of ours queued and our receive window open: the receiving side of a stream,
     // or an idle socket. Not a wedge, and no map lookup. (A tracked socket is dropped by the
     // ACK that drains it, whose pre-ACK state still shows data queued, so it is never skipped.)
-    let write_seq: u32 = ld(tp, off!(write_seq));
-    let una: u32 = ld(tp, off!(snd_una));
-    let rcv_wnd: u32 = ld(tp, off!(rcv_wnd));
+    let write_seq: u32 = M::ld(tp, off!(write_seq));
+    let una: u32 = M::ld(tp, off!(snd_una));
+    let rcv_wnd: u32 = M::ld(tp, off!(rcv_wnd));
     if write_seq == una && rcv_wnd != 0 {
         return;
     }
@@ -471,7 +550,7 @@ fn on_ack(sk: *const u8, skb: *const u8) {
         let last = unsafe { &mut *last };
         if last.sk == sk as u64 && t.wrapping_sub(last.ns) < REFRESH_NS && rcv_wnd != 0 {
             // The header is read only for a socket refreshed within the last millisecond.
-            ack = read_ack(skb);
+            ack = read_ack::<M>(skb);
             have_ack = true;
             if ack.valid && ack.window != 0 && ack.seq != write_seq {
                 return;
@@ -480,44 +559,44 @@ fn on_ack(sk: *const u8, skb: *const u8) {
         last.sk = sk as u64;
         last.ns = t;
     }
-    let key = key_of(sk);
-    let p = match lookup(tp, key) {
+    let key = key_of::<M>(sk);
+    let p = match lookup::<M>(tp, key) {
         Some(p) => p,
         None => {
             // Untracked: start tracking only on a wedge signature — the peer has closed its
             // window while we have data queued, or our own receive window is closed with
             // data unread.
-            let snd_wnd: u32 = ld(tp, off!(snd_wnd));
+            let snd_wnd: u32 = M::ld(tp, off!(snd_wnd));
             if snd_wnd != 0 && rcv_wnd != 0 {
                 return;
             }
             if !have_ack {
-                ack = read_ack(skb);
+                ack = read_ack::<M>(skb);
                 have_ack = true;
             }
             let zero_win = ack.valid && ack.window == 0;
-            let rcv_nxt: u32 = ld(tp, off!(rcv_nxt));
-            let copied: u32 = ld(tp, off!(copied_seq));
+            let rcv_nxt: u32 = M::ld(tp, off!(rcv_nxt));
+            let copied: u32 = M::ld(tp, off!(copied_seq));
             if !(zero_win && write_seq != una) && !(rcv_wnd == 0 && rcv_nxt != copied) {
                 return;
             }
-            match track(tp, key, t) {
+            match track::<M>(tp, key, t) {
                 Some(p) => p,
                 None => return,
             }
         }
     };
     if !have_ack {
-        ack = read_ack(skb);
+        ack = read_ack::<M>(skb);
     }
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
-    let cur_una: u32 = ld(tp, off!(snd_una));
+    let cur_una: u32 = M::ld(tp, off!(snd_una));
     let mut una = cur_una;
     let mut progress_before = s.snd_una;
     if ack.valid {
         let (ack_seq, window) = (ack.seq, ack.window);
-        let snd_nxt: u32 = ld(tp, off!(snd_nxt));
+        let snd_nxt: u32 = M::ld(tp, off!(snd_nxt));
         // An ACK for data we sent (not beyond snd_nxt) moves snd_una once processed.
         if after(ack_seq, una) && !after(ack_seq, snd_nxt) {
             una = ack_seq;
@@ -527,19 +606,19 @@ fn on_ack(sk: *const u8, skb: *const u8) {
             s.snd_wnd = 0;
         } else {
             s.flags &= !flags::ZERO_WINDOW;
-            s.snd_wnd = ld(tp, off!(snd_wnd));
+            s.snd_wnd = M::ld(tp, off!(snd_wnd));
         }
         s.last_ack_ns = t;
     } else {
         progress_before = una; // nothing to learn about the send side
     }
-    refresh_send(s, tp, t, una);
+    refresh_send::<M>(s, tp, t, una);
     if s.flags & flags::ZERO_WINDOW != 0 && !after(una, progress_before) {
         s.zero_window_acks = s.zero_window_acks.wrapping_add(1);
     }
-    let backoff: u8 = ld(tp, off!(icsk_backoff));
+    let backoff: u8 = M::ld(tp, off!(icsk_backoff));
     s.backoff = backoff as u32;
-    refresh_recv(s, tp, t);
+    refresh_recv::<M>(s, tp, t);
     if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
         let _ = SOCKS.remove(&key);
         bump(counter::DRAINED);
@@ -549,76 +628,89 @@ fn on_ack(sk: *const u8, skb: *const u8) {
 /// `tcp_probe` fires first thing in `tcp_rcv_established`.
 #[btf_tracepoint(function = "tcp_probe")]
 pub fn tcpstall_ack_tp(ctx: BtfTracePointContext) -> i32 {
-    on_ack(ctx.arg(0), ctx.arg(1));
+    on_ack::<Btf>(ctx.arg(0), ctx.arg(1));
     0
 }
 
 /// Without the tracepoint: entry of `tcp_rcv_established(sk, skb)`, the same place.
 #[fentry(function = "tcp_rcv_established")]
 pub fn tcpstall_ack_fentry(ctx: FEntryContext) -> i32 {
-    on_ack(ctx.arg(0), ctx.arg(1));
+    on_ack::<Btf>(ctx.arg(0), ctx.arg(1));
+    0
+}
+
+#[kprobe(function = "tcp_rcv_established")]
+pub fn tcpstall_ack_kprobe(ctx: ProbeContext) -> u32 {
+    let skb: *const u8 = ctx.arg(1).unwrap_or(core::ptr::null());
+    on_ack::<Kprobe>(sk_arg(&ctx), skb);
     0
 }
 
 /// retransmit: `sk` retransmits (the dead-peer signal).
 #[inline(always)]
-fn on_retransmit(sk: *const u8) {
-    if !configured() {
+fn on_retransmit<M: Mem>(sk: *const u8) {
+    if !configured::<M>() {
         return;
     }
-    let Some(tp) = tcp_sk(sk) else { return };
-    let key = key_of(sk);
+    let Some(tp) = M::tcp_sk(sk) else { return };
+    let key = key_of::<M>(sk);
     let t = now();
-    let Some(p) = tracked_or_track(tp, key, t) else {
+    let Some(p) = tracked_or_track::<M>(tp, key, t) else {
         return;
     };
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
-    let una: u32 = ld(tp, off!(snd_una));
-    refresh_send(s, tp, t, una);
+    let una: u32 = M::ld(tp, off!(snd_una));
+    refresh_send::<M>(s, tp, t, una);
     s.retransmits = s.retransmits.wrapping_add(1);
     s.last_retrans_ns = t;
     // No ACK is being processed here, so the socket's window is current.
-    s.snd_wnd = ld(tp, off!(snd_wnd));
+    s.snd_wnd = M::ld(tp, off!(snd_wnd));
     if s.snd_wnd == 0 {
         s.flags |= flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
     } else {
         s.flags &= !flags::ZERO_WINDOW;
     }
-    let backoff: u8 = ld(tp, off!(icsk_backoff));
+    let backoff: u8 = M::ld(tp, off!(icsk_backoff));
     s.backoff = backoff as u32;
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcpstall_retransmit_tp(ctx: BtfTracePointContext) -> i32 {
-    on_retransmit(ctx.arg(0));
+    on_retransmit::<Btf>(ctx.arg(0));
     0
 }
 
 /// Without the tracepoint: entry of `tcp_retransmit_skb(sk, skb, segs)` (every attempt).
 #[fentry(function = "tcp_retransmit_skb")]
 pub fn tcpstall_retransmit_fentry(ctx: FEntryContext) -> i32 {
-    on_retransmit(ctx.arg(0));
+    on_retransmit::<Btf>(ctx.arg(0));
+    0
+}
+
+#[kprobe(function = "tcp_retransmit_skb")]
+pub fn tcpstall_retransmit_kprobe(ctx: ProbeContext) -> u32 {
+    on_retransmit::<Kprobe>(sk_arg(&ctx));
     0
 }
 
 /// read: the local application consumed received data on `sk`.
 #[inline(always)]
-fn on_read(sk: *const u8) {
-    if !configured() {
+fn on_read<M: Mem>(sk: *const u8) {
+    if !configured::<M>() {
         return;
     }
-    let Some(tp) = tcp_sk(sk) else { return };
-    let key = key_of(sk);
-    let Some(p) = lookup(tp, key) else {
+    let Some(tp) = M::tcp_sk(sk) else { return };
+    let key = key_of::<M>(sk);
+    let Some(p) = lookup::<M>(tp, key) else {
         return;
     };
     let t = now();
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
-    refresh_recv(s, tp, t);
-    let una: u32 = ld(tp, off!(snd_una));
-    refresh_send(s, tp, t, una);
+    refresh_recv::<M>(s, tp, t);
+    let una: u32 = M::ld(tp, off!(snd_una));
+    refresh_send::<M>(s, tp, t, una);
     if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
         let _ = SOCKS.remove(&key);
         bump(counter::DRAINED);
@@ -627,14 +719,20 @@ fn on_read(sk: *const u8) {
 
 #[btf_tracepoint(function = "tcp_rcv_space_adjust")]
 pub fn tcpstall_read_tp(ctx: BtfTracePointContext) -> i32 {
-    on_read(ctx.arg(0));
+    on_read::<Btf>(ctx.arg(0));
     0
 }
 
 /// Without the tracepoint: entry of the function it sits in.
 #[fentry(function = "tcp_rcv_space_adjust")]
 pub fn tcpstall_read_fentry(ctx: FEntryContext) -> i32 {
-    on_read(ctx.arg(0));
+    on_read::<Btf>(ctx.arg(0));
+    0
+}
+
+#[kprobe(function = "tcp_rcv_space_adjust")]
+pub fn tcpstall_read_kprobe(ctx: ProbeContext) -> u32 {
+    on_read::<Kprobe>(sk_arg(&ctx));
     0
 }
 
@@ -651,7 +749,7 @@ pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let sk: *const u8 = ctx.arg(0);
-    let key = key_of(sk);
+    let key = key_of::<Btf>(sk);
     let Some(p) = SOCKS.get_ptr(&key) else {
         return 0; // not tracked
     };

@@ -2,10 +2,15 @@
 //!
 //! Every hook has one eBPF logic function and several thin entry points (see
 //! `monitor-ebpf`): a BTF tracepoint where the kernel has it, else fentry on the kernel
-//! function the tracepoint sits in. At start-up [`select`] walks each hook's candidates in
-//! order of preference, checks each one's prototype against the kernel's BTF, and keeps the
-//! first that loads and attaches. A hook with no working candidate stops the agent when
-//! detection cannot work without it, and is otherwise reported in `agent_started.degraded`.
+//! function the tracepoint sits in, else a kprobe on that function. At start-up [`select`]
+//! walks each hook's candidates in order of preference, checks each one's prototype against
+//! the kernel's BTF, and keeps the first that loads and attaches. A hook with no working
+//! candidate stops the agent when detection cannot work without it, and is otherwise
+//! reported in `agent_started.degraded`.
+//!
+//! kprobes cannot read socket cookies, and every program must key sockets the same way: when
+//! a kprobe is chosen for an object keyed by cookie, the object is reloaded with address keys
+//! and the walk done again ([`Kernel::rekey_by_addr`]).
 //!
 //! The walk is pure logic over a [`Kernel`], so it is unit-tested without a kernel; the real
 //! [`Kernel`] (loading into the running kernel) lives in `probes.rs`.
@@ -21,6 +26,10 @@ pub enum Kind {
     TpBtf,
     /// fentry on a kernel function (BPF trampoline).
     FEntry,
+    /// kprobe on a kernel function: where fentry is unavailable (arm64 before 6.0, kernels
+    /// without direct-call trampolines). Reads go through `bpf_probe_read_kernel`, and
+    /// sockets are keyed by address.
+    KProbe,
 }
 
 impl Kind {
@@ -28,7 +37,23 @@ impl Kind {
         match self {
             Kind::TpBtf => "tp_btf",
             Kind::FEntry => "fentry",
+            Kind::KProbe => "kprobe",
         }
+    }
+}
+
+/// Environment variable that makes [`select`] skip the candidates better than the named kind
+/// (`fentry` or `kprobe`) in every hook that has one of that kind: a testing knob, to run the
+/// fallbacks on a kernel that offers better.
+pub const ATTACH_ENV: &str = "TCPSTALL_ATTACH";
+
+/// The kind [`ATTACH_ENV`] asks for (`None`: unset or empty, best available).
+pub fn forced_kind(value: Option<&str>) -> Result<Option<Kind>> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("fentry") => Ok(Some(Kind::FEntry)),
+        Some("kprobe") => Ok(Some(Kind::KProbe)),
+        Some(other) => bail!("{ATTACH_ENV}={other:?}: expected fentry or kprobe (or unset)"),
     }
 }
 
@@ -48,11 +73,11 @@ impl Candidate {
     pub fn site(&self) -> Site<'static> {
         match self.kind {
             Kind::TpBtf => Site::Tracepoint(self.target),
-            Kind::FEntry => Site::Function(self.target),
+            Kind::FEntry | Kind::KProbe => Site::Function(self.target),
         }
     }
 
-    /// `tp_btf/tcp_probe`, `fentry/tcp_sendmsg_locked`.
+    /// `tp_btf/tcp_probe`, `fentry/tcp_sendmsg_locked`, `kprobe/tcp_sendmsg_locked`.
     pub fn attach_name(&self) -> String {
         format!("{}/{}", self.kind.prefix(), self.target)
     }
@@ -61,6 +86,7 @@ impl Candidate {
         match self.kind {
             Kind::TpBtf => format!("tracepoint {}", self.target),
             Kind::FEntry => format!("fentry {}", self.target),
+            Kind::KProbe => format!("kprobe {}", self.target),
         }
     }
 }
@@ -146,6 +172,12 @@ pub const HOOKS: &[Hook] = &[
                 prog: "tcpstall_ack_fentry",
                 shape: SOCK_SKB,
             },
+            Candidate {
+                kind: Kind::KProbe,
+                target: "tcp_rcv_established",
+                prog: "tcpstall_ack_kprobe",
+                shape: SOCK_SKB,
+            },
         ],
         lost: "",
         not_needed: "",
@@ -166,6 +198,12 @@ pub const HOOKS: &[Hook] = &[
                 prog: "tcpstall_send_fentry",
                 shape: ARG0_SOCK,
             },
+            Candidate {
+                kind: Kind::KProbe,
+                target: "tcp_sendmsg_locked",
+                prog: "tcpstall_send_kprobe",
+                shape: ARG0_SOCK,
+            },
         ],
         lost: "writer identity (pid, comm, cgroup): rules selecting by comm or cgroup never \
                match; wedges are still found from ACKs and retransmits",
@@ -174,12 +212,20 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         name: "send_wait",
         need: Need::UnlessTracepoint("send"),
-        candidates: &[Candidate {
-            kind: Kind::FEntry,
-            target: "sk_stream_wait_memory",
-            prog: "tcpstall_send_wait",
-            shape: ARG0_SOCK,
-        }],
+        candidates: &[
+            Candidate {
+                kind: Kind::FEntry,
+                target: "sk_stream_wait_memory",
+                prog: "tcpstall_send_wait",
+                shape: ARG0_SOCK,
+            },
+            Candidate {
+                kind: Kind::KProbe,
+                target: "sk_stream_wait_memory",
+                prog: "tcpstall_send_wait_kprobe",
+                shape: ARG0_SOCK,
+            },
+        ],
         lost: "the writer of a first write that blocks at once is not identified until it \
                writes again",
         not_needed: "not needed: the tcp_sendmsg_locked tracepoint also fires inside a write \
@@ -188,12 +234,20 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         name: "send_pages",
         need: Need::IfFunction("do_tcp_sendpages"),
-        candidates: &[Candidate {
-            kind: Kind::FEntry,
-            target: "do_tcp_sendpages",
-            prog: "tcpstall_send_pages",
-            shape: ARG0_SOCK,
-        }],
+        candidates: &[
+            Candidate {
+                kind: Kind::FEntry,
+                target: "do_tcp_sendpages",
+                prog: "tcpstall_send_pages",
+                shape: ARG0_SOCK,
+            },
+            Candidate {
+                kind: Kind::KProbe,
+                target: "do_tcp_sendpages",
+                prog: "tcpstall_send_pages_kprobe",
+                shape: ARG0_SOCK,
+            },
+        ],
         lost: "writers using sendfile/splice/kTLS are not identified (pid, comm, cgroup)",
         not_needed: "not needed: no do_tcp_sendpages on this kernel (since 6.5 sendfile, \
                      splice and kTLS write through tcp_sendmsg_locked)",
@@ -217,6 +271,12 @@ pub const HOOKS: &[Hook] = &[
                 kind: Kind::FEntry,
                 target: "tcp_retransmit_skb",
                 prog: "tcpstall_retransmit_fentry",
+                shape: SOCK_SKB,
+            },
+            Candidate {
+                kind: Kind::KProbe,
+                target: "tcp_retransmit_skb",
+                prog: "tcpstall_retransmit_kprobe",
                 shape: SOCK_SKB,
             },
         ],
@@ -244,6 +304,12 @@ pub const HOOKS: &[Hook] = &[
                 prog: "tcpstall_read_fentry",
                 shape: ARG0_SOCK,
             },
+            Candidate {
+                kind: Kind::KProbe,
+                target: "tcp_rcv_space_adjust",
+                prog: "tcpstall_read_kprobe",
+                shape: ARG0_SOCK,
+            },
         ],
         lost: "read-side progress: recv_backlog stalls clear only when the peer sends again",
         not_needed: "",
@@ -258,6 +324,10 @@ pub trait Kernel {
     fn params(&self, site: Site) -> Result<Option<Vec<String>>>;
     /// Load and attach `c`'s program. The error says why the kernel refused.
     fn attach(&mut self, c: &Candidate) -> Result<()>;
+    /// The loaded object keys sockets by address ([`monitor_common::mode::KEY_BY_ADDR`]).
+    fn key_by_addr(&self) -> bool;
+    /// Drop the loaded object (detaching every program) and load it again with address keys.
+    fn rekey_by_addr(&mut self) -> Result<()>;
 }
 
 /// What [`select`] decided.
@@ -267,10 +337,43 @@ pub struct Selection {
     pub degraded: Vec<String>,
     /// Program names attached.
     pub attached: Vec<&'static str>,
+    /// Kinds of the attached programs, in the order of `attached`.
+    pub kinds: Vec<Kind>,
 }
 
-/// Attach every hook in `hooks` as well as `kernel` allows.
-pub fn select(kernel: &mut dyn Kernel, hooks: &[Hook]) -> Result<Selection> {
+impl Selection {
+    /// A kprobe is attached: the object must key sockets by address.
+    pub fn needs_addr_keys(&self) -> bool {
+        self.kinds.contains(&Kind::KProbe)
+    }
+}
+
+/// Attach every hook in `hooks` as well as `kernel` allows; with `only` (the testing knob
+/// [`ATTACH_ENV`]), skip the candidates better than that kind. When a kprobe is chosen for an
+/// object keyed by cookie, the object is reloaded with address keys and the walk repeated.
+pub fn select(kernel: &mut dyn Kernel, hooks: &[Hook], only: Option<Kind>) -> Result<Selection> {
+    let sel = walk(kernel, hooks, only)?;
+    if !sel.needs_addr_keys() || kernel.key_by_addr() {
+        return Ok(sel);
+    }
+    let kprobes: Vec<&str> = sel
+        .kinds
+        .iter()
+        .zip(&sel.attached)
+        .filter(|(k, _)| **k == Kind::KProbe)
+        .map(|(_, p)| *p)
+        .collect();
+    log::info!(
+        "kprobes attached ({}) cannot read socket cookies: reloading the eBPF programs with \
+         sockets keyed by address",
+        kprobes.join(", ")
+    );
+    drop(sel);
+    kernel.rekey_by_addr()?;
+    walk(kernel, hooks, only)
+}
+
+fn walk(kernel: &mut dyn Kernel, hooks: &[Hook], only: Option<Kind>) -> Result<Selection> {
     let mut sel = Selection::default();
     for hook in hooks {
         let needed = match hook.need {
@@ -293,7 +396,17 @@ pub fn select(kernel: &mut dyn Kernel, hooks: &[Hook]) -> Result<Selection> {
         }
         let mut reasons: Vec<String> = Vec::new();
         let mut chosen = None;
-        for c in hook.candidates {
+        // The testing knob: candidates before the first of the asked kind are skipped.
+        let (first, forced) =
+            match only.and_then(|k| Some((hook.candidates.iter().position(|c| c.kind == k)?, k))) {
+                Some((i, k)) => (i, k.prefix()),
+                None => (0, ""),
+            };
+        for (i, c) in hook.candidates.iter().enumerate() {
+            if i < first {
+                reasons.push(format!("{} skipped: {ATTACH_ENV}={forced}", c.describe()));
+                continue;
+            }
             let params = match kernel.params(c.site())? {
                 None => {
                     reasons.push(format!("{} absent", c.site()));
@@ -318,6 +431,7 @@ pub fn select(kernel: &mut dyn Kernel, hooks: &[Hook]) -> Result<Selection> {
         match chosen {
             Some(c) => {
                 sel.attached.push(c.prog);
+                sel.kinds.push(c.kind);
                 let why = if reasons.is_empty() {
                     c.describe()
                 } else {
@@ -366,6 +480,10 @@ mod tests {
         sites: HashMap<String, Vec<String>>,
         refuse: Vec<Kind>,
         attached: Vec<String>,
+        /// The object keys sockets by address (5.10: no cookies in tracing programs).
+        by_addr: bool,
+        /// Times the object was reloaded with address keys.
+        rekeys: u32,
     }
 
     fn p(types: &[&str]) -> Vec<String> {
@@ -408,10 +526,12 @@ mod tests {
                 sites,
                 refuse: vec![],
                 attached: vec![],
+                by_addr: false,
+                rekeys: 0,
             }
         }
 
-        /// This development VM (6.18): every tracepoint, fentry refused.
+        /// This development VM (6.18): every tracepoint, fentry refused, no kprobes.
         fn host() -> Fake {
             let mut f = Fake::old();
             f.sites.remove("fn:do_tcp_sendpages");
@@ -420,6 +540,7 @@ mod tests {
                 p(&[SOCK, "struct msghdr *", SKB, "int"]),
             );
             f.refuse.push(Kind::FEntry);
+            f.refuse.push(Kind::KProbe);
             f
         }
     }
@@ -436,6 +557,16 @@ mod tests {
                 bail!("Operation not permitted (os error 1)");
             }
             self.attached.push(c.attach_name());
+            Ok(())
+        }
+        fn key_by_addr(&self) -> bool {
+            self.by_addr
+        }
+        fn rekey_by_addr(&mut self) -> Result<()> {
+            assert!(!self.by_addr, "reloaded an object already keyed by address");
+            self.by_addr = true;
+            self.rekeys += 1;
+            self.attached.clear();
             Ok(())
         }
     }
@@ -461,7 +592,7 @@ mod tests {
     #[test]
     fn old_kernel_falls_back_to_fentry_for_send() {
         let mut k = Fake::old();
-        let sel = select(&mut k, HOOKS).unwrap();
+        let sel = select(&mut k, HOOKS, None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("fentry/tcp_sendmsg_locked")
@@ -497,7 +628,7 @@ mod tests {
     #[test]
     fn host_kernel_uses_tracepoints_and_skips_companions() {
         let mut k = Fake::host();
-        let sel = select(&mut k, HOOKS).unwrap();
+        let sel = select(&mut k, HOOKS, None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("tp_btf/tcp_sendmsg_locked")
@@ -512,10 +643,11 @@ mod tests {
 
     #[test]
     fn a_missing_optional_hook_degrades_and_says_what_is_lost() {
-        // No tracepoint and fentry refused: send has no attach point.
+        // No tracepoint, fentry refused and no kprobes: send has no attach point.
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
-        let sel = select(&mut k, HOOKS).unwrap();
+        k.refuse.push(Kind::KProbe);
+        let sel = select(&mut k, HOOKS, None).unwrap();
         assert_eq!(attach_of(&sel, "send"), None);
         let why = why_of(&sel, "send");
         assert!(
@@ -539,10 +671,12 @@ mod tests {
         let mut k = Fake::old();
         k.sites.remove("tp:tcp_probe");
         k.refuse.push(Kind::FEntry);
-        let err = select(&mut k, HOOKS).unwrap_err().to_string();
+        k.refuse.push(Kind::KProbe);
+        let err = select(&mut k, HOOKS, None).unwrap_err().to_string();
         assert!(err.contains("ack hook"), "{err}");
         assert!(err.contains("tracepoint tcp_probe absent"), "{err}");
         assert!(err.contains("fentry tcp_rcv_established refused"), "{err}");
+        assert!(err.contains("kprobe tcp_rcv_established refused"), "{err}");
         assert!(err.contains("6.1.0-test"), "{err}");
     }
 
@@ -551,7 +685,7 @@ mod tests {
         let mut k = Fake::old();
         // A kernel whose tcp_probe tracepoint passes something else as its second argument.
         k.sites.insert("tp:tcp_probe".into(), p(&[SOCK, "int"]));
-        let sel = select(&mut k, HOOKS).unwrap();
+        let sel = select(&mut k, HOOKS, None).unwrap();
         assert_eq!(
             attach_of(&sel, "ack").as_deref(),
             Some("fentry/tcp_rcv_established")
@@ -569,10 +703,136 @@ mod tests {
         let mut k = Fake::old();
         k.sites
             .insert("tp:tcp_retransmit_skb".into(), p(&[SOCK, SKB, "int"]));
-        let sel = select(&mut k, HOOKS).unwrap();
+        let sel = select(&mut k, HOOKS, None).unwrap();
         assert_eq!(
             attach_of(&sel, "retransmit").as_deref(),
             Some("tp_btf/tcp_retransmit_skb")
         );
+    }
+
+    #[test]
+    fn without_fentry_kprobes_are_used_and_keys_become_addresses() {
+        // arm64 before 6.0: tracepoints, no fentry, kprobes.
+        let mut k = Fake::old();
+        k.refuse.push(Kind::FEntry);
+        let sel = select(&mut k, HOOKS, None).unwrap();
+        for (hook, f) in [
+            ("send", "tcp_sendmsg_locked"),
+            ("send_wait", "sk_stream_wait_memory"),
+            ("send_pages", "do_tcp_sendpages"),
+        ] {
+            assert_eq!(attach_of(&sel, hook), Some(format!("kprobe/{f}")), "{hook}");
+        }
+        assert_eq!(
+            why_of(&sel, "send"),
+            "tracepoint tcp_sendmsg_locked absent; fentry tcp_sendmsg_locked refused: \
+             Operation not permitted (os error 1): kprobe tcp_sendmsg_locked"
+        );
+        // Hooks with a tracepoint keep it.
+        assert_eq!(attach_of(&sel, "ack").as_deref(), Some("tp_btf/tcp_probe"));
+        assert!(sel.needs_addr_keys());
+        // The cookie-keyed object was reloaded once, and everything attached again to it.
+        assert!(k.by_addr);
+        assert_eq!(k.rekeys, 1);
+        assert_eq!(k.attached.len(), sel.attached.len());
+        assert_eq!(sel.attached.len(), 7);
+        assert!(sel.degraded.is_empty(), "{:?}", sel.degraded);
+    }
+
+    #[test]
+    fn an_address_keyed_object_is_not_reloaded_for_kprobes() {
+        // 5.10 without fentry: the object is keyed by address from the start.
+        let mut k = Fake::old();
+        k.refuse.push(Kind::FEntry);
+        k.by_addr = true;
+        let sel = select(&mut k, HOOKS, None).unwrap();
+        assert_eq!(
+            attach_of(&sel, "send").as_deref(),
+            Some("kprobe/tcp_sendmsg_locked")
+        );
+        assert_eq!(k.rekeys, 0);
+    }
+
+    #[test]
+    fn without_kprobes_cookie_keys_stay() {
+        let mut k = Fake::old();
+        let sel = select(&mut k, HOOKS, None).unwrap();
+        assert!(!sel.needs_addr_keys());
+        assert_eq!(k.rekeys, 0);
+        assert!(!k.by_addr);
+        assert!(!k.attached.iter().any(|a| a.starts_with("kprobe/")));
+    }
+
+    #[test]
+    fn attach_env_kprobe_skips_better_candidates() {
+        let mut k = Fake::old();
+        let sel = select(&mut k, HOOKS, Some(Kind::KProbe)).unwrap();
+        for (hook, f) in [
+            ("send", "tcp_sendmsg_locked"),
+            ("send_wait", "sk_stream_wait_memory"),
+            ("send_pages", "do_tcp_sendpages"),
+            ("ack", "tcp_rcv_established"),
+            ("retransmit", "tcp_retransmit_skb"),
+            ("read", "tcp_rcv_space_adjust"),
+        ] {
+            assert_eq!(attach_of(&sel, hook), Some(format!("kprobe/{f}")), "{hook}");
+        }
+        // state has no kprobe: it keeps its tracepoint.
+        assert_eq!(
+            attach_of(&sel, "state").as_deref(),
+            Some("tp_btf/inet_sock_set_state")
+        );
+        assert_eq!(
+            why_of(&sel, "ack"),
+            "tracepoint tcp_probe skipped: TCPSTALL_ATTACH=kprobe; fentry tcp_rcv_established \
+             skipped: TCPSTALL_ATTACH=kprobe: kprobe tcp_rcv_established"
+        );
+        assert_eq!(k.rekeys, 1);
+        assert!(k
+            .attached
+            .iter()
+            .all(|a| a.starts_with("kprobe/") || a == "tp_btf/inet_sock_set_state"));
+    }
+
+    #[test]
+    fn attach_env_fentry_keeps_cookie_keys() {
+        let mut k = Fake::old();
+        let sel = select(&mut k, HOOKS, Some(Kind::FEntry)).unwrap();
+        assert_eq!(
+            attach_of(&sel, "ack").as_deref(),
+            Some("fentry/tcp_rcv_established")
+        );
+        assert_eq!(
+            attach_of(&sel, "read").as_deref(),
+            Some("fentry/tcp_rcv_space_adjust")
+        );
+        assert!(why_of(&sel, "read").starts_with(
+            "tracepoint tcp_rcv_space_adjust skipped: TCPSTALL_ATTACH=fentry: fentry"
+        ));
+        assert_eq!(k.rekeys, 0);
+    }
+
+    #[test]
+    fn a_kprobe_with_a_wrong_prototype_is_never_attached() {
+        let mut k = Fake::old();
+        k.sites
+            .insert("fn:tcp_rcv_space_adjust".into(), p(&["struct tcp_sock *"]));
+        let sel = select(&mut k, HOOKS, Some(Kind::KProbe)).unwrap();
+        assert_eq!(attach_of(&sel, "read"), None);
+        assert!(why_of(&sel, "read").contains("struct sock *"));
+        assert!(!k
+            .attached
+            .iter()
+            .any(|a| a.contains("tcp_rcv_space_adjust")));
+    }
+
+    #[test]
+    fn attach_env_values() {
+        assert_eq!(forced_kind(None).unwrap(), None);
+        assert_eq!(forced_kind(Some("")).unwrap(), None);
+        assert_eq!(forced_kind(Some("kprobe")).unwrap(), Some(Kind::KProbe));
+        assert_eq!(forced_kind(Some("fentry")).unwrap(), Some(Kind::FEntry));
+        let e = forced_kind(Some("kprobes")).unwrap_err().to_string();
+        assert!(e.contains("TCPSTALL_ATTACH") && e.contains("kprobe"), "{e}");
     }
 }

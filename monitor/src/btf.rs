@@ -1212,6 +1212,14 @@ const OFFSET_SPECS: &[OffsetSpec] = &[
         slot: |o| &mut o.sk_rcvbuf,
     },
     OffsetSpec {
+        name: "sk_protocol",
+        struct_name: "sock",
+        // A u16 of its own since Linux 5.6 (a bitfield before).
+        paths: &["sk_protocol"],
+        size: 2,
+        slot: |o| &mut o.sk_protocol,
+    },
+    OffsetSpec {
         name: "icsk_backoff",
         struct_name: "inet_connection_sock",
         paths: &["icsk_backoff"],
@@ -1719,6 +1727,7 @@ mod tests {
                 ("sk_wmem_queued", int, 3008, 0),
                 ("sk_sndbuf", sndbuf_ty, 4544, 0),
                 ("sk_rcvbuf", int, 2048, 0),
+                ("sk_protocol", ushort, 4128, 0),
                 ("sk_socket", socket_ptr, 2176, 0),
             ],
         );
@@ -1889,6 +1898,7 @@ mod tests {
             sk_wmem_queued: 376,
             sk_sndbuf: 568,
             sk_rcvbuf: 256,
+            sk_protocol: 516,
             icsk_backoff: 1251,
             write_seq: 1576,
             snd_una: 1672,
@@ -2564,6 +2574,7 @@ mod tests {
             ("sk_wmem_queued", o.sk_wmem_queued),
             ("sk_sndbuf", o.sk_sndbuf),
             ("sk_rcvbuf", o.sk_rcvbuf),
+            ("sk_protocol", o.sk_protocol),
             ("icsk_backoff", o.icsk_backoff),
             ("write_seq", o.write_seq),
             ("snd_una", o.snd_una),

@@ -313,8 +313,8 @@ pub enum Event {
         /// What detection lost on this kernel because a hook could not be attached (empty:
         /// nothing lost).
         degraded: Vec<String>,
-        /// How the kernel side keys sockets: `cookie`, or `address` where tracing programs
-        /// cannot read socket cookies (before Linux 5.12).
+        /// How the kernel side keys sockets: `cookie`, or `address` where the programs
+        /// cannot read socket cookies (tracing programs before Linux 5.12; kprobes always).
         socket_key: String,
         /// Where the kernel struct offsets came from.
         offsets_source: String,
@@ -829,7 +829,7 @@ const HOOK_FIELDS: &[Field] = &[
     f(
         "attach",
         FieldType::Nullable(&FieldType::Str),
-        "Attach point used (`tp_btf/…`, `fentry/…`); null = not attached",
+        "Attach point used (`tp_btf/…`, `fentry/…`, `kprobe/…`); null = not attached",
     ),
     f("why", FieldType::Str, "Why this attach point, or why none"),
 ];
@@ -897,7 +897,7 @@ static SCHEMA: &[EventSchema] = &[
             f(
                 "socket_key",
                 FieldType::Enum(&["cookie", "address"]),
-                "How the kernel side keys sockets (`address` before Linux 5.12)",
+                "How the kernel side keys sockets (`address` before Linux 5.12, or when a kprobe is attached)",
             ),
             f(
                 "offsets_source",

@@ -9,7 +9,7 @@ use crate::event::HookReport;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FEntry},
+    programs::{BtfTracePoint, FEntry, KProbe},
     Btf, Ebpf, EbpfLoader,
 };
 use monitor_common::{counter, mode, CloseNote, Offsets, SockState};
@@ -54,11 +54,15 @@ pub struct Probes {
 }
 
 /// The running kernel, for [`attach::select`]: BTF for prototypes, the loaded object for
-/// programs.
+/// programs, and what it takes to load the object again with address keys.
 struct Loader<'a> {
     kbtf: &'a KernelBtf,
     btf: &'a Btf,
-    ebpf: &'a mut Ebpf,
+    /// None only while being reloaded.
+    ebpf: Option<Ebpf>,
+    key_by_addr: bool,
+    offsets: &'a Offsets,
+    max_sockets: u32,
     release: String,
 }
 
@@ -74,6 +78,8 @@ impl attach::Kernel for Loader<'_> {
     fn attach(&mut self, c: &Candidate) -> Result<()> {
         let prog = self
             .ebpf
+            .as_mut()
+            .context("the eBPF object failed to reload")?
             .program_mut(c.prog)
             .ok_or_else(|| anyhow!("program {} missing from the eBPF object", c.prog))?;
         match c.kind {
@@ -91,7 +97,29 @@ impl attach::Kernel for Loader<'_> {
                 }
                 p.attach().map_err(|e| anyhow!("{e}"))?;
             }
+            Kind::KProbe => {
+                let p: &mut KProbe = prog.try_into()?;
+                if p.fd().is_err() {
+                    p.load().map_err(verifier_error)?;
+                }
+                p.attach(c.target, 0).map_err(|e| anyhow!("{e}"))?;
+            }
         }
+        Ok(())
+    }
+
+    fn key_by_addr(&self) -> bool {
+        self.key_by_addr
+    }
+
+    fn rekey_by_addr(&mut self) -> Result<()> {
+        // The old object goes first: its programs detach and its maps are freed.
+        self.ebpf = None;
+        let ebpf = Probes::open(self.btf, self.offsets, self.max_sockets, true)
+            .and_then(|e| Probes::probe_key(e, self.btf))
+            .context("reloading the eBPF programs with sockets keyed by address")?;
+        self.ebpf = Some(ebpf);
+        self.key_by_addr = true;
         Ok(())
     }
 }
@@ -145,10 +173,11 @@ impl Probes {
             None
         };
         let release = crate::btf::kernel_release();
+        let only = attach::forced_kind(std::env::var(attach::ATTACH_ENV).ok().as_deref())?;
         // Socket cookies from tracing programs arrived in 5.12. Decide by behaviour: the
         // state program (the simplest user of the key) must load with cookie keys, else the
         // object is reloaded with address keys.
-        let (mut ebpf, key_by_addr) = match Self::open(&btf, offsets, max_sockets, false)
+        let (ebpf, key_by_addr) = match Self::open(&btf, offsets, max_sockets, false)
             .and_then(|e| Self::probe_key(e, &btf))
         {
             Ok(ebpf) => (ebpf, false),
@@ -172,15 +201,23 @@ impl Probes {
                 }
             }
         };
-        let selection = {
-            let mut loader = Loader {
-                kbtf,
-                btf: &btf,
-                ebpf: &mut ebpf,
-                release,
-            };
-            attach::select(&mut loader, attach::HOOKS)?
+        // A kprobe chosen below reloads the object with address keys (kprobes cannot read
+        // cookies, and every program must key sockets the same way).
+        let mut loader = Loader {
+            kbtf,
+            btf: &btf,
+            ebpf: Some(ebpf),
+            key_by_addr,
+            offsets,
+            max_sockets,
+            release,
         };
+        let selection = attach::select(&mut loader, attach::HOOKS, only)?;
+        let key_by_addr = loader.key_by_addr;
+        let mut ebpf = loader
+            .ebpf
+            .take()
+            .context("the eBPF object failed to reload")?;
         let socks = HashMap::try_from(ebpf.take_map("SOCKS").context("SOCKS map missing")?)?;
         let closed = RingBuf::try_from(ebpf.take_map("CLOSED").context("CLOSED map missing")?)?;
         let counters =
