@@ -4,6 +4,7 @@
 //! nightly toolchains needs nothing but `cargo xtask test` (as root) to build and test it all.
 
 mod bootstrap;
+mod vm;
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
@@ -61,6 +62,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Boot Debian's stock kernels (5.10, 6.1, 6.12, newest backports) under QEMU and run
+    /// the guest test (tests/tests/kernels.rs) with the agent in each, as root.
+    VmTest {
+        /// Only kernels whose id (5.10, 6.1, 6.12, 7.x) or package name contains this.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Keep the guests' work folders (initramfs) under target/vm-matrix/work.
+        #[arg(long)]
+        keep: bool,
+        /// How many guests run at the same time.
+        #[arg(long, default_value_t = vm::DEFAULT_JOBS)]
+        jobs: usize,
+    },
     /// Build everything and run the benchmarks: `cargo xtask bench [-- <bench args>]`.
     Bench {
         /// Arguments for the bench program.
@@ -100,6 +114,17 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Run { args } => run_agent(&repo, args),
         Cmd::Test { args } => test(&repo, &args),
         Cmd::Bench { args } => bench(&repo, args),
+        Cmd::VmTest { kernel, keep, jobs } => {
+            require_root(
+                "vm-test",
+                "it installs packages and writes its kernel cache under /var/cache",
+            )?;
+            install_packages(vm::VM_PACKAGES)?;
+            bootstrap(&repo)?;
+            build_ebpf(&repo, false)?;
+            let bin = build_agent(&repo)?;
+            vm_matrix(&repo, &bin, &vm::VmOpts { kernel, keep, jobs })
+        }
     }
 }
 
@@ -410,9 +435,14 @@ fn test(repo: &Path, args: &[String]) -> Result<()> {
         "it installs packages, mounts tracefs, and the tests load eBPF programs and create \
          network namespaces",
     )?;
-    const STAGES: usize = 6;
+    const STAGES: usize = 7;
     stage(1, STAGES, "system packages");
-    install_packages(TEST_PACKAGES)?;
+    let packages: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .chain(vm::VM_PACKAGES)
+        .copied()
+        .collect();
+    install_packages(&packages)?;
     stage(2, STAGES, "tracefs");
     mount_tracefs()?;
     stage(3, STAGES, "toolchain bootstrap");
@@ -426,8 +456,18 @@ fn test(repo: &Path, args: &[String]) -> Result<()> {
     let mut cmd = userspace_cargo(repo);
     cmd.args(cargo_test_args(args)).env("TCPSTALL_BIN", &bin);
     run(&mut cmd).context("tests failed")?;
+    say("all host tests passed");
+    stage(7, STAGES, "kernel matrix (QEMU guests)");
+    vm_matrix(repo, &bin, &vm::VmOpts::default())?;
     say("all tests passed");
     Ok(())
+}
+
+/// Builds the guest test and runs the kernel matrix.
+fn vm_matrix(repo: &Path, agent: &Path, opts: &vm::VmOpts) -> Result<()> {
+    let test_bin = vm::build_guest_test(&mut userspace_cargo(repo))?;
+    let target = target_dir(&metadata(repo)?)?;
+    vm::vm_test(&target, agent, &test_bin, opts)
 }
 
 fn bench(repo: &Path, args: Vec<String>) -> Result<()> {
