@@ -10,7 +10,9 @@
 //! e. the orphan guard: the agent's `agent_started.orphan_reset.safe` matches what the kernel
 //!    does when an orphaned FIN_WAIT1 socket stuck on a zero window is destroyed;
 //! f. a sendfile() writer (the send_pages path before 6.5) to a non-reader: reset, and the
-//!    event names the writer.
+//!    event names the writer;
+//! g. an orphan to a dead peer under a reset rule: reset where the agent found destroying
+//!    orphans safe, `reset_skipped` (guard `orphan_unsafe`) and left alone where not.
 //!
 //! Guests run under TCG (no KVM), so bounds here are the suite's plus a generous allowance;
 //! the host suite checks the tight bounds elsewhere (enforce.rs, detect.rs).
@@ -568,4 +570,80 @@ fn f_sendfile_writer_to_a_non_reader_is_reset() {
         "the send-side hook did not attribute the sendfile() writer: comm in {ev}"
     );
     agent.stop();
+}
+
+/// g. An orphan the agent must judge: the application closes a socket whose peer is dead
+/// while data is in flight (FIN_WAIT1, retransmitting). A reset rule selects it (`no_ack`):
+/// where the agent found destroying orphans safe it is reset and leaves the kernel; where it
+/// found it unsafe (5.10 without the tcp_abort fix) the agent reports `reset_skipped` with
+/// guard `orphan_unsafe` and the socket is left to the kernel.
+#[test]
+fn g_orphan_to_a_dead_peer_follows_the_orphan_guard() {
+    if !require_root() {
+        return;
+    }
+    let ns = NetNs::linked_to_host().expect("creating a netns with a veth link");
+    let l = Listener::bind(SocketAddr::from((ns.peer_addr(), 0))).unwrap();
+    let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
+    let safe = started(&agent)["orphan_reset"]["safe"]
+        .as_bool()
+        .expect("agent_started.orphan_reset.safe");
+    let mut c = l.connect(Some(&ns), ConnOpts::default()).unwrap();
+    ns.blackhole()
+        .expect("nftables blackhole in the peer netns");
+    {
+        let mut s = c.server();
+        s.set_nonblocking(true).unwrap();
+        s.write_all(&[7u8; 16 * 1024])
+            .expect("16 KiB fit in an empty send buffer");
+    }
+    let cookie = c.server_cookie;
+    c.close_server();
+    let closed = Instant::now();
+    assert!(
+        poll(Duration::from_secs(2), || (diag_state(cookie) == Some(4))
+            .then_some(()))
+        .is_some(),
+        "the closed socket did not become an orphan in FIN_WAIT1 (state {:?})",
+        diag_state(cookie)
+    );
+    let verdict = agent
+        .wait_for(
+            |e| {
+                is_socket_event(e, "socket_reset", cookie)
+                    || is_socket_event(e, "reset_skipped", cookie)
+                    || is_socket_event(e, "reset_failed", cookie)
+            },
+            (closed + bound()).saturating_duration_since(Instant::now()),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no reset decision about the orphan within {:?}{}",
+                bound(),
+                agent.diagnostics()
+            )
+        });
+    eprintln!("{MARK} orphan-guard safe={safe} {verdict}");
+    assert_eq!(verdict["class"], "no_ack", "{verdict}");
+    if safe {
+        assert_eq!(verdict["event"], "socket_reset", "{verdict}");
+        assert!(
+            poll(Duration::from_secs(2), || diag_state(cookie)
+                .is_none()
+                .then_some(()))
+            .is_some(),
+            "the reset orphan is still in the kernel: state {:?}",
+            diag_state(cookie)
+        );
+    } else {
+        assert_eq!(verdict["event"], "reset_skipped", "{verdict}");
+        assert_eq!(verdict["guard"], "orphan_unsafe", "{verdict}");
+        assert_eq!(
+            diag_state(cookie),
+            Some(4),
+            "an orphan the agent must not reset is no longer in FIN_WAIT1"
+        );
+    }
+    agent.stop();
+    drop(ns);
 }

@@ -82,6 +82,9 @@ struct Line {
     modules_prefix: Option<&'static str>,
     /// `TCPSTALL_EXPECT_ATTACH` for the guest test.
     expect: &'static str,
+    /// Extra environment of the guest test and the agents it starts (e.g. the
+    /// `TCPSTALL_ATTACH=kprobe` testing knob); empty for none.
+    env: &'static str,
 }
 
 const EXPECT_FENTRY_PAGES: &str =
@@ -92,6 +95,13 @@ const EXPECT_FENTRY: &str =
     "send=fentry/tcp_sendmsg_locked,send_wait=fentry/sk_stream_wait_memory,\
 send_pages=-,ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,\
 read=tp_btf/tcp_rcv_space_adjust,state=tp_btf/inet_sock_set_state";
+/// Every hook with a kernel function on kprobes (`TCPSTALL_ATTACH=kprobe`), as on a kernel
+/// without fentry; `state` stays on its tracepoint.
+const EXPECT_KPROBE: &str =
+    "send=kprobe/tcp_sendmsg_locked,send_wait=kprobe/sk_stream_wait_memory,\
+send_pages=kprobe/do_tcp_sendpages,ack=kprobe/tcp_rcv_established,\
+retransmit=kprobe/tcp_retransmit_skb,read=kprobe/tcp_rcv_space_adjust,\
+state=tp_btf/inet_sock_set_state";
 const EXPECT_TP: &str = "send=tp_btf/tcp_sendmsg_locked,send_wait=-,send_pages=-,\
 ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=tp_btf/tcp_rcv_space_adjust,\
 state=tp_btf/inet_sock_set_state";
@@ -130,6 +140,7 @@ const LINES: &[Line] = &[
         mid: digits,
         modules_prefix: None,
         expect: EXPECT_FENTRY_PAGES,
+        env: "",
     },
     Line {
         id: "6.1",
@@ -139,6 +150,19 @@ const LINES: &[Line] = &[
         mid: digits,
         modules_prefix: None,
         expect: EXPECT_FENTRY_PAGES,
+        env: "",
+    },
+    // The same 6.1 kernel with every function hook forced onto kprobes: the third attach
+    // method, which no kernel of the matrix needs on its own (fentry works on all of them).
+    Line {
+        id: "6.1-kprobe",
+        debian: "Debian 12 (bookworm), TCPSTALL_ATTACH=kprobe",
+        prefix: "linux-image-6.1.0-",
+        suffix: "-cloud-amd64-unsigned",
+        mid: digits,
+        modules_prefix: None,
+        expect: EXPECT_KPROBE,
+        env: "TCPSTALL_ATTACH=kprobe",
     },
     Line {
         id: "6.12",
@@ -148,6 +172,7 @@ const LINES: &[Line] = &[
         mid: deb13_patch,
         modules_prefix: None,
         expect: EXPECT_FENTRY,
+        env: "",
     },
     Line {
         id: "7.x",
@@ -157,6 +182,7 @@ const LINES: &[Line] = &[
         mid: seven_x,
         modules_prefix: Some("linux-modules-"),
         expect: EXPECT_TP,
+        env: "",
     },
 ];
 
@@ -782,7 +808,7 @@ for m in {mods}; do
 done
 echo "{MARK} modules $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
 echo "{MARK} test-start uptime=$(cut -d' ' -f1 /proc/uptime)"
-CI=true TCPSTALL_BIN=/bin/tcpstall TCPSTALL_EXPECT_ATTACH={expect} TCPSTALL_VM={id} \
+CI=true TCPSTALL_BIN=/bin/tcpstall TCPSTALL_EXPECT_ATTACH={expect} TCPSTALL_VM={id} {env} \
     /bin/kernels-test --test-threads=1 --nocapture
 rc=$?
 echo "{MARK} modules-after $(cut -d' ' -f1 /proc/modules | tr '\n' ' ')"
@@ -792,6 +818,7 @@ poweroff -f
 "#,
         expect = k.line.expect,
         id = k.line.id,
+        env = k.line.env,
     )
 }
 
