@@ -182,9 +182,7 @@ impl Probes {
         {
             Ok(ebpf) => (ebpf, false),
             Err(cookie_err) => {
-                let mut by_addr = *offsets;
-                by_addr.mode |= mode::KEY_BY_ADDR;
-                match Self::open(&btf, &by_addr, max_sockets, true)
+                match Self::open(&btf, offsets, max_sockets, true)
                     .and_then(|e| Self::probe_key(e, &btf))
                 {
                     Ok(ebpf) => {
