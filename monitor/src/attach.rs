@@ -316,6 +316,17 @@ pub const HOOKS: &[Hook] = &[
     },
 ];
 
+/// Every hook's name, in the order `agent_started.hooks` documents them.
+pub const HOOK_NAMES: &[&str] = &[
+    "send",
+    "send_wait",
+    "send_pages",
+    "ack",
+    "retransmit",
+    "read",
+    "state",
+];
+
 /// The running kernel, as [`select`] sees it.
 pub trait Kernel {
     /// Release string for messages (`uname -r`).
@@ -472,6 +483,15 @@ fn walk(kernel: &mut dyn Kernel, hooks: &[Hook], only: Option<Kind>) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hook_names_are_the_hooks() {
+        let mut a: Vec<&str> = HOOKS.iter().map(|h| h.name).collect();
+        let mut b = HOOK_NAMES.to_vec();
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b);
+    }
     use std::collections::HashMap;
 
     /// A kernel described by which sites exist (with their parameters) and which attach

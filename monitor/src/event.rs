@@ -815,15 +815,7 @@ pub const SOCKET_FIELDS: &[Field] = &[
 const HOOK_FIELDS: &[Field] = &[
     f(
         "hook",
-        FieldType::Enum(&[
-            "send",
-            "send_wait",
-            "send_pages",
-            "ack",
-            "retransmit",
-            "read",
-            "state",
-        ]),
+        FieldType::Enum(crate::attach::HOOK_NAMES),
         "Hook name",
     ),
     f(

@@ -30,15 +30,7 @@ use tests::traffic::{Conn, ConnOpts, Listener, Outcome, ReadMode, WriteMode};
 use tests::{detection_bound, policy, require_root, reset_rule, THRESHOLD};
 
 /// Hook names of `agent_started.hooks`, every one of which must be reported.
-const HOOKS: &[&str] = &[
-    "send",
-    "send_wait",
-    "send_pages",
-    "ack",
-    "retransmit",
-    "read",
-    "state",
-];
+use monitor::attach::HOOK_NAMES as HOOKS;
 
 /// What this host (Linux 6.18) attaches: the send tracepoint exists, nothing else needed.
 const HOST_EXPECT: &str = "send=tp_btf/tcp_sendmsg_locked,send_wait=-,send_pages=-,\
