@@ -98,6 +98,10 @@ impl attach::Kernel for Loader<'_> {
                 p.attach().map_err(|e| anyhow!("{e}"))?;
             }
             Kind::KProbe => {
+                // aya's own error here is only the path it failed to read.
+                if !std::path::Path::new(KPROBE_PMU).exists() {
+                    bail!("this kernel has no kprobes (no {KPROBE_PMU}: CONFIG_KPROBES is off)");
+                }
                 let p: &mut KProbe = prog.try_into()?;
                 if p.fd().is_err() {
                     p.load().map_err(verifier_error)?;
@@ -123,6 +127,9 @@ impl attach::Kernel for Loader<'_> {
         Ok(())
     }
 }
+
+/// Where a kernel with kprobes publishes their perf event type.
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
 /// A load error with the verifier's last lines (aya's message holds the whole log).
 fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {

@@ -127,3 +127,56 @@ fn without_cap_net_admin_the_agent_says_so_and_runs_observe_only() {
         "the detail must say what is missing: {detail}"
     );
 }
+
+/// With no attach point for a hook detection cannot do without, the agent refuses to start,
+/// naming the hook, the kernel and every attach point it tried, and leaves nothing loaded.
+/// Forced here with the testing knob `TCPSTALL_ATTACH=kprobe` on a kernel without kprobes
+/// (this development VM); where the kernel has kprobes the same run must start on them.
+#[test]
+fn a_required_hook_without_attach_point_is_a_clear_error() {
+    if !require_root() {
+        return;
+    }
+    let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    let before = tcpstall_programs();
+    let out = Command::new(binary())
+        .args(["run", "--duration", "1s", "--stats-interval", "1s"])
+        .env("TCPSTALL_ATTACH", "kprobe")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run tcpstall");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if has_kprobes {
+        assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+        let started = stdout.lines().next().unwrap_or_default();
+        assert!(
+            started.contains("\"kprobe/tcp_rcv_established\""),
+            "{started}"
+        );
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr:\n{stderr}");
+    assert!(
+        stdout.is_empty(),
+        "no events from an agent that did not start: {stdout}"
+    );
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    for want in [
+        "no usable attach point for the ack hook",
+        release.trim(),
+        "tracepoint tcp_probe skipped: TCPSTALL_ATTACH=kprobe",
+        "kprobe tcp_rcv_established refused: this kernel has no kprobes",
+    ] {
+        assert!(stderr.contains(want), "stderr lacks {want:?}:\n{stderr}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tcpstall_programs() > before {
+        assert!(
+            Instant::now() < deadline,
+            "programs left loaded by an agent that refused to start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
