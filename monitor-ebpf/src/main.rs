@@ -244,6 +244,25 @@ fn lookup<M: Mem>(tp: *const u8, key: u64) -> Option<*mut SockState> {
     Some(p)
 }
 
+/// Set or clear flag `bit` of `s`.
+#[inline(always)]
+fn set_flag(s: &mut SockState, bit: u32, on: bool) {
+    if on {
+        s.flags |= bit;
+    } else {
+        s.flags &= !bit;
+    }
+}
+
+/// Everything acked and nothing unread: the socket leaves the map.
+#[inline(always)]
+fn drop_if_drained(s: &SockState, key: u64) {
+    if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
+        let _ = SOCKS.remove(&key);
+        bump(counter::DRAINED);
+    }
+}
+
 /// Signed sequence comparison: `a` is after `b`.
 #[inline(always)]
 fn after(a: u32, b: u32) -> bool {
@@ -260,19 +279,11 @@ fn refresh_send<M: Mem>(s: &mut SockState, tp: *const u8, t: u64, una: u32) {
     s.wmem_queued = wmem as u32;
     s.sndbuf = sndbuf as u32;
     let socket: u64 = M::ld(tp, off!(sk_socket));
-    if socket == 0 {
-        s.flags |= flags::ORPHAN;
-    } else {
-        s.flags &= !flags::ORPHAN;
-    }
+    set_flag(s, flags::ORPHAN, socket == 0);
     if s.cookie == 0 {
         s.cookie = cookie_field::<M>(tp, s.key);
     }
-    if wmem >= sndbuf {
-        s.flags |= flags::SNDBUF_FULL;
-    } else {
-        s.flags &= !flags::SNDBUF_FULL;
-    }
+    set_flag(s, flags::SNDBUF_FULL, wmem >= sndbuf);
     if after(una, s.snd_una) {
         let acked = una.wrapping_sub(s.snd_una);
         s.bytes_acked += acked as u64;
@@ -308,11 +319,7 @@ fn refresh_recv<M: Mem>(s: &mut SockState, tp: *const u8, t: u64) {
     let rcvbuf: i32 = M::ld(tp, off!(sk_rcvbuf));
     s.rcvbuf = rcvbuf as u32;
     s.rcv_wnd = M::ld(tp, off!(rcv_wnd));
-    if s.rcv_nxt != s.copied_seq {
-        s.flags |= flags::RECV_BACKLOG;
-    } else {
-        s.flags &= !flags::RECV_BACKLOG;
-    }
+    set_flag(s, flags::RECV_BACKLOG, s.rcv_nxt != s.copied_seq);
 }
 
 #[inline(always)]
@@ -619,10 +626,7 @@ fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
     let backoff: u8 = M::ld(tp, off!(icsk_backoff));
     s.backoff = backoff as u32;
     refresh_recv::<M>(s, tp, t);
-    if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
-        let _ = SOCKS.remove(&key);
-        bump(counter::DRAINED);
-    }
+    drop_if_drained(s, key);
 }
 
 /// `tcp_probe` fires first thing in `tcp_rcv_established`.
@@ -711,10 +715,7 @@ fn on_read<M: Mem>(sk: *const u8) {
     refresh_recv::<M>(s, tp, t);
     let una: u32 = M::ld(tp, off!(snd_una));
     refresh_send::<M>(s, tp, t, una);
-    if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
-        let _ = SOCKS.remove(&key);
-        bump(counter::DRAINED);
-    }
+    drop_if_drained(s, key);
 }
 
 #[btf_tracepoint(function = "tcp_rcv_space_adjust")]
