@@ -132,6 +132,18 @@ fn evidence_fields(e: &Evidence) -> EvidenceFields {
 
 const NO_RULE: &str = "(defaults)";
 
+/// The socket of `snap` as a SOCK_DESTROY / lookup target (cookie and 4-tuple).
+fn target_of(snap: &Snapshot) -> Target {
+    Target {
+        cookie: snap.cookie,
+        netns: snap.netns,
+        family: snap.family,
+        local: snap.local,
+        remote: snap.remote,
+        pid_hint: snap.pid,
+    }
+}
+
 impl Agent {
     /// Validate, probe the reset path, load and attach. Emits `agent_started`.
     pub fn start(cfg: Config) -> Result<Agent> {
@@ -320,12 +332,8 @@ impl Agent {
             // Address-keyed kernels only: the cookie of a socket nobody asked about yet.
             let snap = Snapshot::from_state(st, 0);
             let target = Target {
-                cookie: 0,
-                netns: snap.netns,
-                family: snap.family,
-                local: snap.local,
-                remote: snap.remote,
-                pid_hint: snap.pid,
+                cookie: 0, // any cookie: this lookup is what makes the kernel assign it
+                ..target_of(&snap)
             };
             match destroyer.lookup(&target) {
                 Ok(Some(d)) => Some(d.cookie),
@@ -584,14 +592,7 @@ impl Agent {
                 format!("max_resets_per_minute = {per} reached; will retry while it stays stalled"),
             );
         }
-        let target = Target {
-            cookie: fresh.cookie,
-            netns: fresh.netns,
-            family: fresh.family,
-            local: fresh.local,
-            remote: fresh.remote,
-            pid_hint: fresh.pid,
-        };
+        let target = target_of(&fresh);
         let ev = self.tracker.evidence(snap.cookie);
         let f = self.socket_fields(
             &fresh,

@@ -128,6 +128,17 @@ impl attach::Kernel for Loader<'_> {
     }
 }
 
+/// The cookie looked up earlier for the entry `s` (same key and same tracking episode).
+fn cached_cookie(
+    cookies: &std::collections::HashMap<u64, (u64, u64)>,
+    s: &SockState,
+) -> Option<u64> {
+    match cookies.get(&s.key) {
+        Some(&(first, c)) if first == s.first_seen_ns => Some(c),
+        _ => None,
+    }
+}
+
 /// Where a kernel with kprobes publishes their perf event type.
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
@@ -309,9 +320,9 @@ impl Probes {
                 .retain(|k, (first, _)| present.contains(&(*k, *first)));
             v.retain_mut(|s| {
                 if s.cookie == 0 {
-                    match self.cookies.get(&s.key) {
-                        Some(&(first, c)) if first == s.first_seen_ns => s.cookie = c,
-                        _ => match resolve(s) {
+                    match cached_cookie(&self.cookies, s) {
+                        Some(c) => s.cookie = c,
+                        None => match resolve(s) {
                             Some(c) => {
                                 self.cookies.insert(s.key, (s.first_seen_ns, c));
                                 s.cookie = c;
@@ -421,10 +432,7 @@ impl Probes {
         let key = *self.keys.get(&cookie)?;
         let mut s = self.socks.get(&key, 0).ok()?;
         if s.cookie == 0 {
-            match self.cookies.get(&key) {
-                Some(&(first, c)) if first == s.first_seen_ns => s.cookie = c,
-                _ => return None,
-            }
+            s.cookie = cached_cookie(&self.cookies, &s)?;
         }
         (s.cookie == cookie).then_some(s)
     }
