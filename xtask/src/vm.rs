@@ -131,6 +131,17 @@ fn seven_x(s: &str) -> bool {
     }
 }
 
+const DEBIAN_12: Line = Line {
+    id: "6.1",
+    debian: "Debian 12 (bookworm)",
+    prefix: "linux-image-6.1.0-",
+    suffix: "-cloud-amd64-unsigned",
+    mid: digits,
+    modules_prefix: None,
+    expect: EXPECT_FENTRY_PAGES,
+    env: "",
+};
+
 const LINES: &[Line] = &[
     Line {
         id: "5.10",
@@ -142,27 +153,15 @@ const LINES: &[Line] = &[
         expect: EXPECT_FENTRY_PAGES,
         env: "",
     },
-    Line {
-        id: "6.1",
-        debian: "Debian 12 (bookworm)",
-        prefix: "linux-image-6.1.0-",
-        suffix: "-cloud-amd64-unsigned",
-        mid: digits,
-        modules_prefix: None,
-        expect: EXPECT_FENTRY_PAGES,
-        env: "",
-    },
+    DEBIAN_12,
     // The same 6.1 kernel with every function hook forced onto kprobes: the third attach
     // method, which no kernel of the matrix needs on its own (fentry works on all of them).
     Line {
         id: "6.1-kprobe",
         debian: "Debian 12 (bookworm), TCPSTALL_ATTACH=kprobe",
-        prefix: "linux-image-6.1.0-",
-        suffix: "-cloud-amd64-unsigned",
-        mid: digits,
-        modules_prefix: None,
         expect: EXPECT_KPROBE,
         env: "TCPSTALL_ATTACH=kprobe",
+        ..DEBIAN_12
     },
     Line {
         id: "6.12",
