@@ -1,16 +1,21 @@
-//! The agent's tick: read per-socket state → classify → policy → act → events.
+//! The agent's tick: read per-socket state → classify → policy → guards → act → events.
+//!
+//! The kernel parts sit behind two small traits, [`SockSource`] (the BPF map) and
+//! [`DiagPath`] (sock_diag lookups and SOCK_DESTROY), so the tick is unit-tested with fakes.
 
 use crate::classify::{Calibration, Evidence, StallClass, Tracker, Transition};
 use crate::event::{self, Event, EventWriter, EvidenceFields, SocketFields};
+use crate::guards::{self, Budgets, Hold, HoldChange, Networks, Peer, Refusal};
 use crate::identity::CgroupPaths;
 use crate::policy::{Action, Policy, Selection, SocketIdentity};
-use crate::probes::Probes;
-use crate::reset::{self, Destroyer, Target};
+use crate::probes::{Counters, Probes};
+use crate::reset::{self, Destroyer, ResetError, Target, TcpDiag};
 use crate::snapshot::{monotonic_ns, Snapshot};
 use anyhow::Result;
+use monitor_common::{CloseNote, SockState};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// SIGTERM and SIGINT, taken over from their default (killing) action.
 pub struct Signals {
@@ -41,8 +46,184 @@ pub struct Config {
     pub duration: Option<Duration>,
 }
 
-/// A reset decided this tick, done in one batch at the end of the tick.
+/// The kernel map as the tick needs it (`Probes` in production, a fake in unit tests).
+pub trait SockSource {
+    /// Every tracked socket's state, each with its cookie (`resolve` names address-keyed
+    /// entries; see [`Probes::read_all`]).
+    fn read_all(&mut self, resolve: &mut dyn FnMut(&SockState) -> Option<u64>) -> Vec<SockState>;
+    /// Close notes produced since the last call.
+    fn drain_closed(&mut self) -> Vec<CloseNote>;
+    /// Delete one socket's entry (eviction, stale entries). False if it was not there.
+    fn remove(&mut self, cookie: u64) -> bool;
+    fn counters(&self) -> Counters;
+    fn max_sockets(&self) -> u32;
+    fn bpf_run_ns(&self) -> Option<u64>;
+}
+
+/// The act stage's kernel interface: sock_diag lookups and SOCK_DESTROY (`Destroyer` in
+/// production, a fake in unit tests).
+pub trait DiagPath {
+    fn lookup(&mut self, t: &Target) -> Result<Option<TcpDiag>, ResetError>;
+    fn lookup_many(&mut self, t: &[Target]) -> Vec<Result<Option<TcpDiag>, ResetError>>;
+    fn destroy_many(&mut self, t: &[Target]) -> Vec<Result<(), ResetError>>;
+    /// Close per-namespace sockets idle past their limit; how many were closed.
+    fn release_idle(&mut self) -> usize;
+    fn cached_netns(&self) -> usize;
+}
+
+impl SockSource for Probes {
+    fn read_all(&mut self, resolve: &mut dyn FnMut(&SockState) -> Option<u64>) -> Vec<SockState> {
+        Probes::read_all(self, resolve)
+    }
+    fn drain_closed(&mut self) -> Vec<CloseNote> {
+        Probes::drain_closed(self)
+    }
+    fn remove(&mut self, cookie: u64) -> bool {
+        Probes::remove(self, cookie)
+    }
+    fn counters(&self) -> Counters {
+        Probes::counters(self)
+    }
+    fn max_sockets(&self) -> u32 {
+        Probes::max_sockets(self)
+    }
+    fn bpf_run_ns(&self) -> Option<u64> {
+        Probes::bpf_run_ns(self)
+    }
+}
+
+impl DiagPath for Destroyer {
+    fn lookup(&mut self, t: &Target) -> Result<Option<TcpDiag>, ResetError> {
+        Destroyer::lookup(self, t)
+    }
+    fn lookup_many(&mut self, t: &[Target]) -> Vec<Result<Option<TcpDiag>, ResetError>> {
+        Destroyer::lookup_many(self, t)
+    }
+    fn destroy_many(&mut self, t: &[Target]) -> Vec<Result<(), ResetError>> {
+        Destroyer::destroy_many(self, t)
+    }
+    fn release_idle(&mut self) -> usize {
+        Destroyer::release_idle(self)
+    }
+    fn cached_netns(&self) -> usize {
+        Destroyer::cached_netns(self)
+    }
+}
+
+/// Whether a listening socket exists on `t`'s local address and port in its namespace (the
+/// socket was accepted by a service of ours): an exact sock_diag lookup with no peer, which
+/// the kernel answers with the listener. `None` when the lookup failed.
+pub fn local_listener<K: DiagPath + ?Sized>(kern: &mut K, t: &Target) -> Option<bool> {
+    let any = match t.local.ip() {
+        std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    let probe = Target {
+        cookie: 0,
+        family: if t.local.is_ipv4() {
+            crate::snapshot::AF_INET
+        } else {
+            t.family
+        },
+        remote: std::net::SocketAddr::new(any, 0),
+        ..t.clone()
+    };
+    match kern.lookup(&probe) {
+        Ok(Some(d)) => Some(d.state == TCP_LISTEN),
+        Ok(None) => Some(false),
+        Err(e) => {
+            log::debug!("listener lookup for {}: {e}", t.local);
+            None
+        }
+    }
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_LISTEN: u8 = 10;
+const TCP_CLOSING: u8 = 11;
+
+/// An ACK the kernel received this much more recently than the last one the map holds
+/// means the map missed it.
+const LIVE_ACK_SLACK_MS: u64 = 1000;
+/// Transient reset-path errors are retried this many times in all, backing off.
+const MAX_ATTEMPTS: u32 = 6;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The map is made room in above this share of its capacity, down to `EVICT_LOW`.
+const EVICT_HIGH: f64 = 0.95;
+const EVICT_LOW: f64 = 0.90;
+/// Entries with no kernel activity for this long are checked against the kernel ...
+const STALE_AFTER: Duration = Duration::from_secs(60);
+/// ... at most every this often, at most `STALE_BATCH` per check.
+const STALE_EVERY: Duration = Duration::from_secs(30);
+const STALE_BATCH: usize = 1024;
+/// Close notes not matched to a departed socket are dropped after this long.
+const NOTE_KEEP: Duration = Duration::from_secs(30);
+
+/// Whether the live kernel state still shows the wedge the map showed (`Err`: why not).
+/// Re-verification right before SOCK_DESTROY, against the kernel itself rather than the
+/// map: the map can miss progress (e.g. ACKs in CLOSE_WAIT do not pass the ACK hook).
+pub fn verify_live(snap: &Snapshot, class: StallClass, d: &TcpDiag) -> Result<(), String> {
+    let open = d.state == TCP_ESTABLISHED || d.state == TCP_CLOSE_WAIT;
+    let orphan_state = matches!(d.state, TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK);
+    if !(open || (snap.orphan && orphan_state)) {
+        return Err(format!(
+            "the kernel shows the socket in state {} now",
+            d.state_name()
+        ));
+    }
+    if d.send_q == 0 {
+        return Err("the kernel's send queue is empty: everything was acked".into());
+    }
+    if u64::from(d.send_q) < snap.queued_bytes {
+        return Err(format!(
+            "the kernel's send queue shrank from {} to {} bytes: the peer acked data",
+            snap.queued_bytes, d.send_q
+        ));
+    }
+    match class {
+        StallClass::ZeroWindow if d.has_snd_wnd() && d.snd_wnd > 0 => Err(format!(
+            "the peer's window is open again ({} bytes)",
+            d.snd_wnd
+        )),
+        StallClass::NoAck => {
+            let seen = if snap.last_ack_ns > 0 {
+                snap.last_ack_ns
+            } else {
+                snap.first_seen_ns
+            };
+            let map_age_ms = snap.now_ns.saturating_sub(seen) / 1_000_000;
+            let live_ms = u64::from(d.last_ack_recv_ms);
+            if live_ms + LIVE_ACK_SLACK_MS < map_age_ms {
+                Err(format!(
+                    "the kernel received an ACK {live_ms} ms ago; the last one tcpstall saw \
+                     was {map_age_ms} ms ago"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether a reset-path error can succeed when tried again later.
+fn transient(e: &ResetError) -> bool {
+    e.is_transient()
+}
+
+/// A stalled socket the policy wants reset, this tick.
+struct Candidate<'p> {
+    snap: Snapshot,
+    sel: Selection<'p>,
+    class: StallClass,
+}
+
+/// A reset that passed every guard, done in one batch at the end of the tick.
 struct PendingReset {
+    cookie: u64,
     target: Target,
     fields: SocketFields,
     bytes_still_queued: u64,
@@ -53,30 +234,9 @@ struct PendingReset {
 struct ActState {
     skipped_guard: Option<event::SkipGuard>,
     done: bool,
-}
-
-/// Global reset rate limit: at most `per_minute` resets in any sliding minute.
-struct RateLimit {
-    per_minute: u32,
-    recent: std::collections::VecDeque<Instant>,
-}
-
-impl RateLimit {
-    fn allow(&mut self, now: Instant) -> bool {
-        while let Some(t) = self.recent.front() {
-            if now.duration_since(*t) >= Duration::from_secs(60) {
-                self.recent.pop_front();
-            } else {
-                break;
-            }
-        }
-        if (self.recent.len() as u32) < self.per_minute {
-            self.recent.push_back(now);
-            true
-        } else {
-            false
-        }
-    }
+    /// Failed attempts with transient errors, and when to try again.
+    attempts: u32,
+    retry_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -84,26 +244,36 @@ struct ResetCounts {
     done: u64,
     failed: u64,
     skipped: u64,
+    retried: u64,
 }
 
-pub struct Agent {
+pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     cfg: Config,
     policy: std::sync::Arc<Policy>,
-    probes: Probes,
+    src: S,
+    kern: K,
     out: EventWriter,
     tracker: Tracker,
     calibration: Calibration,
     cgroups: CgroupPaths,
-    destroyer: Destroyer,
     reset_works: bool,
     /// The start-up self-test found destroying orphans safe on this kernel.
     orphans_safe: bool,
-    rate: RateLimit,
+    budgets: Budgets,
+    nets: Networks,
+    hold: Hold,
     counts: ResetCounts,
     /// Last snapshot of every socket present in the kernel map at the previous tick.
     last: HashMap<u64, Snapshot>,
     acts: HashMap<u64, ActState>,
+    /// Close notes drained but not matched to a departed socket yet: cookie → (close
+    /// time ns, when drained).
+    closed: HashMap<u64, (u64, Instant)>,
     pending: Vec<PendingReset>,
+    map_evicted: u64,
+    map_stale: u64,
+    last_map_full: u64,
+    last_stale_check: Instant,
     started: Instant,
     last_stats: Instant,
     last_sweep_us: u64,
@@ -219,30 +389,73 @@ impl Agent {
             tick_ms: cfg.tick.as_millis() as u64,
             max_sockets: probes.max_sockets(),
         })?;
-        let rate = RateLimit {
-            per_minute: cfg.policy.guards.max_resets_per_minute,
-            recent: Default::default(),
+        let destroyer = match netns_idle_override()? {
+            Some(d) => Destroyer::with_idle_limit(d),
+            None => Destroyer::new(),
         };
-        Ok(Agent {
-            policy: std::sync::Arc::new(cfg.policy.clone()),
+        Ok(Agent::with_parts(
+            cfg,
             probes,
+            destroyer,
+            out,
+            probe.works,
+            orphan.safe,
+        ))
+    }
+}
+
+/// `TCPSTALL_NETNS_IDLE_MS`: testing knob for how long an idle per-namespace netlink socket
+/// is kept (default 60 s).
+fn netns_idle_override() -> Result<Option<Duration>> {
+    match std::env::var("TCPSTALL_NETNS_IDLE_MS") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
+            _ => anyhow::bail!(
+                "TCPSTALL_NETNS_IDLE_MS={v:?} is not a positive number of milliseconds"
+            ),
+        },
+        Err(_) => Ok(None),
+    }
+}
+
+impl<S: SockSource, K: DiagPath> Agent<S, K> {
+    /// An agent over the given kernel parts (no start-up probes, no `agent_started`): what
+    /// [`Agent::start`] ends with, and what the unit tests build with fakes.
+    pub fn with_parts(
+        cfg: Config,
+        src: S,
+        kern: K,
+        out: EventWriter,
+        reset_works: bool,
+        orphans_safe: bool,
+    ) -> Agent<S, K> {
+        Agent {
+            policy: std::sync::Arc::new(cfg.policy.clone()),
+            src,
+            kern,
             out,
             tracker: Tracker::new(),
             calibration: Calibration::new(),
             cgroups: CgroupPaths::default(),
-            destroyer: Destroyer::new(),
-            reset_works: probe.works,
-            orphans_safe: orphan.safe,
-            rate,
+            reset_works,
+            orphans_safe,
+            budgets: Budgets::default(),
+            nets: Networks::default(),
+            hold: Hold::default(),
             counts: ResetCounts::default(),
             last: HashMap::new(),
             acts: HashMap::new(),
+            closed: HashMap::new(),
             pending: Vec::new(),
+            map_evicted: 0,
+            map_stale: 0,
+            last_map_full: 0,
+            last_stale_check: Instant::now(),
             started: Instant::now(),
             last_stats: Instant::now(),
             last_sweep_us: 0,
             cfg,
-        })
+        }
     }
 
     /// Run ticks until a signal or the configured duration.
@@ -272,10 +485,11 @@ impl Agent {
             reason: reason.to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
         })?;
-        // Dropping `self.probes` detaches every hook.
+        // Dropping the probes detaches every hook.
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn socket_fields(
         &mut self,
         s: &Snapshot,
@@ -319,39 +533,41 @@ impl Agent {
         }
     }
 
-    fn tick(&mut self) -> Result<()> {
+    /// One tick. The map is read first and the close notes after it: the kernel side puts a
+    /// close's note on the ring before it removes the entry, so every entry this read
+    /// misses because of a close has its note among those drained right after (unless the
+    /// ring overflowed: then the kernel is asked). A close is never taken for a recovery.
+    pub fn tick(&mut self) -> Result<()> {
         let t0 = Instant::now();
-        let closed: HashMap<u64, u64> = self
-            .probes
-            .drain_closed()
-            .into_iter()
-            .map(|n| (n.cookie, n.ts_ns))
-            .collect();
-        let destroyer = &mut self.destroyer;
-        let states = self.probes.read_all(&mut |st| {
-            // Address-keyed kernels only: the cookie of a socket nobody asked about yet.
-            let snap = Snapshot::from_state(st, 0);
-            let target = Target {
-                cookie: 0, // any cookie: this lookup is what makes the kernel assign it
-                ..target_of(&snap)
-            };
-            match destroyer.lookup(&target) {
-                Ok(Some(d)) => Some(d.cookie),
-                Ok(None) => None,
-                Err(e) => {
-                    log::debug!("cookie lookup of {} -> {}: {e}", snap.local, snap.remote);
-                    None
-                }
-            }
-        });
+        let kern = &mut self.kern;
+        let states = self.src.read_all(&mut |st| resolve_cookie(kern, st));
+        for n in self.src.drain_closed() {
+            self.closed.insert(n.cookie, (n.ts_ns, t0));
+        }
         let read_us = t0.elapsed().as_micros();
         let now_ns = monotonic_ns();
         let mut present = HashSet::with_capacity(states.len());
         let policy = std::sync::Arc::clone(&self.policy);
+        // Tracked sockets each reset rule selects this tick (its budget scales with them).
+        let mut selected: HashMap<&str, u64> = HashMap::new();
+        let mut candidates: Vec<Candidate<'_>> = Vec::new();
+        self.nets.begin();
         for st in &states {
             let snap = Snapshot::from_state(st, now_ns);
             present.insert(snap.cookie);
             let sel = select(&policy, &mut self.cgroups, &snap);
+            if let Some(r) = sel.rule {
+                *selected.entry(r.name.as_str()).or_default() += 1;
+            }
+            self.nets.observe(
+                &Peer {
+                    remote: snap.remote.ip(),
+                    unacked_bytes: snap.unacked_bytes,
+                    last_ack_ns: snap.last_ack_ns,
+                    first_seen_ns: snap.first_seen_ns,
+                },
+                now_ns,
+            );
             let obs = self.tracker.observe(&snap, sel.thresholds);
             let rule_name = sel.rule.map(|r| r.name.as_str());
             for ep in &obs.recovered {
@@ -363,13 +579,41 @@ impl Agent {
             if let Some(active) = self.tracker.active(snap.cookie) {
                 let class = active.class;
                 if sel.resets(class) {
-                    self.enforce(&snap, &sel, class)?;
+                    candidates.push(Candidate {
+                        snap: snap.clone(),
+                        sel,
+                        class,
+                    });
                 }
             }
             self.last.insert(snap.cookie, snap);
         }
+        self.departures(&present, now_ns)?;
+        let report = self.nets.finish(&policy.guards.networks(), now_ns);
+        self.update_hold(&report)?;
+        self.enforce(candidates, &selected)?;
         self.flush_resets()?;
-        // Sockets gone from the kernel map since the last tick: closed, or drained.
+        self.make_room(states.len())?;
+        self.check_stale()?;
+        self.kern.release_idle();
+        self.closed.retain(|_, (_, at)| at.elapsed() < NOTE_KEEP);
+        self.budgets.prune(Instant::now());
+        self.tracker
+            .prune(now_ns, Duration::from_secs(600), 100_000);
+        self.last_sweep_us = t0.elapsed().as_micros() as u64;
+        log::debug!(
+            "tick: {} sockets, map read {read_us} us, whole tick {} us",
+            states.len(),
+            self.last_sweep_us
+        );
+        if self.last_stats.elapsed() >= self.cfg.stats_interval {
+            self.emit_stats()?;
+        }
+        Ok(())
+    }
+
+    /// Sockets gone from the kernel map since the last tick: closed, or drained.
+    fn departures(&mut self, present: &HashSet<u64>, now_ns: u64) -> Result<()> {
         let gone: Vec<u64> = self
             .last
             .keys()
@@ -378,8 +622,25 @@ impl Agent {
             .collect();
         for cookie in gone {
             let snap = self.last.remove(&cookie).expect("key from map");
-            let was_closed = closed.contains_key(&cookie);
-            let t = closed.get(&cookie).copied().unwrap_or(now_ns);
+            let note = self.closed.remove(&cookie).map(|(ts, _)| ts);
+            let stalled =
+                self.tracker.active(cookie).is_some() || self.tracker.active_recv(cookie).is_some();
+            let was_closed = match note {
+                Some(_) => true,
+                // No note (the ring overflowed): for a stalled socket, where it matters
+                // (recovery or close), ask the kernel; anything but a live open socket is a
+                // close. Unstalled sockets are taken as drained.
+                None if stalled => match self.kern.lookup(&target_of(&snap)) {
+                    Ok(Some(d)) => !(d.state == TCP_ESTABLISHED || d.state == TCP_CLOSE_WAIT),
+                    _ => true,
+                },
+                None => false,
+            };
+            if !was_closed {
+                // Drained: the peer acked everything.
+                self.nets.heard(snap.remote.ip(), now_ns);
+            }
+            let t = note.unwrap_or(now_ns);
             let last_evidence = self.tracker.evidence(cookie);
             let dep = self.tracker.forget_detailed(cookie, was_closed, t);
             let policy = std::sync::Arc::clone(&self.policy);
@@ -393,17 +654,35 @@ impl Agent {
             }
             self.acts.remove(&cookie);
         }
-        self.tracker
-            .prune(now_ns, Duration::from_secs(600), 100_000);
-        self.last_sweep_us = t0.elapsed().as_micros() as u64;
-        log::debug!(
-            "tick: {} sockets, map read {read_us} us, whole tick {} us",
-            states.len(),
-            self.last_sweep_us
+        Ok(())
+    }
+
+    fn update_hold(&mut self, report: &guards::NetReport) -> Result<()> {
+        let max = self.policy.guards.partition_max_hold;
+        let Some(change) = self.hold.update(report.partition, Instant::now(), max) else {
+            return Ok(());
+        };
+        let state = match change {
+            HoldChange::Started => "started",
+            HoldChange::Ended => "ended",
+            HoldChange::Expired => "expired",
+        };
+        log::warn!(
+            "partition hold {state}: {} remote networks silent, {} alive",
+            report.silent,
+            report.alive
         );
-        if self.last_stats.elapsed() >= self.cfg.stats_interval {
-            self.emit_stats()?;
-        }
+        self.out.write(&Event::PartitionHold {
+            state: state.into(),
+            silent_networks: report.silent as u64,
+            alive_networks: report.alive as u64,
+            networks: report
+                .silent_sample
+                .iter()
+                .map(|(n, c)| format!("{n} ({c} silent)"))
+                .collect(),
+            resets_held: self.hold.held,
+        })?;
         Ok(())
     }
 
@@ -485,6 +764,9 @@ impl Agent {
         guard: event::SkipGuard,
         detail: String,
     ) -> Result<()> {
+        if guard == event::SkipGuard::PartitionHold {
+            self.hold.held += 1;
+        }
         let act = self.acts.entry(snap.cookie).or_default();
         if act.skipped_guard == Some(guard) {
             return Ok(()); // said once per stall and guard
@@ -508,106 +790,220 @@ impl Agent {
         Ok(())
     }
 
-    /// Apply the reset action to a stalled socket, behind every guard.
-    fn enforce(&mut self, snap: &Snapshot, sel: &Selection<'_>, class: StallClass) -> Result<()> {
-        if self.acts.get(&snap.cookie).map(|a| a.done).unwrap_or(false) {
-            return Ok(());
+    /// A reset attempt failed. Transient errors are tried again with backoff (at most
+    /// [`MAX_ATTEMPTS`] in all); anything else is final for this stall.
+    fn failed(&mut self, c: &Candidate<'_>, e: &ResetError) -> Result<()> {
+        let tick = self.cfg.tick.max(Duration::from_millis(100));
+        let act = self.acts.entry(c.snap.cookie).or_default();
+        act.attempts += 1;
+        let retry = transient(e) && act.attempts < MAX_ATTEMPTS;
+        let retry_in = if retry {
+            let backoff = tick
+                .saturating_mul(1u32 << (act.attempts - 1).min(16))
+                .min(MAX_BACKOFF);
+            act.retry_at = Some(Instant::now() + backoff);
+            Some(backoff)
+        } else {
+            act.done = true;
+            None
+        };
+        if retry {
+            self.counts.retried += 1;
+        } else {
+            self.counts.failed += 1;
         }
-        let guards = &self.policy.guards;
-        if guards.protect_ports.contains(&snap.local.port())
-            || guards.protect_ports.contains(&snap.remote.port())
-        {
-            return self.skip(
-                snap,
-                class,
-                sel,
-                event::SkipGuard::ProtectedPort,
-                format!(
-                    "port {} or {} is in guards.protect_ports",
-                    snap.local.port(),
-                    snap.remote.port()
-                ),
-            );
+        let ev = self.tracker.evidence(c.snap.cookie);
+        let f = self.socket_fields(
+            &c.snap,
+            c.class,
+            c.snap.since_progress_ms(),
+            c.sel.rule.map(|r| r.name.as_str()),
+            c.sel.action,
+            ev.as_ref(),
+        );
+        self.out.write(&Event::ResetFailed {
+            socket: f,
+            errno: e.errno,
+            error: reset::errno_name(e.errno).to_string(),
+            meaning: e.meaning.clone(),
+            retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+        })?;
+        Ok(())
+    }
+
+    /// The guards that need no kernel lookup of the socket itself, in order.
+    fn static_guard(&mut self, c: &Candidate<'_>) -> Option<(event::SkipGuard, String)> {
+        let snap = &c.snap;
+        let ports = &self.policy.guards.protect_ports;
+        let (lp, rp) = (snap.local.port(), snap.remote.port());
+        if ports.contains(&lp) || ports.contains(&rp) {
+            // Direction matters only for a protected remote port.
+            let listener = if ports.contains(&rp) && !ports.contains(&lp) {
+                local_listener(&mut self.kern, &target_of(snap))
+            } else {
+                None
+            };
+            if let Some(why) = self.policy.is_protected(lp, rp, listener) {
+                return Some((event::SkipGuard::ProtectedPort, why));
+            }
         }
         if !self.reset_works {
-            return self.skip(
-                snap,
-                class,
-                sel,
+            return Some((
                 event::SkipGuard::ResetUnavailable,
                 "the start-up probe of SOCK_DESTROY failed (see agent_started.reset_path)".into(),
-            );
+            ));
         }
         if snap.orphan && !self.orphans_safe {
-            return self.skip(
-                snap,
-                class,
-                sel,
+            return Some((
                 event::SkipGuard::OrphanUnsafe,
                 "the application already closed this socket (an orphan the kernel finishes on \
                  its own), and on this kernel destroying an orphan can leave it with no timer \
                  forever (see agent_started.orphan_reset)"
                     .into(),
-            );
+            ));
+        }
+        if self.hold.active() {
+            return Some((
+                event::SkipGuard::PartitionHold,
+                "ACKs stopped from (almost) every remote network at once: the node's own path \
+                 looks down, so resets wait (see the partition_hold event)"
+                    .into(),
+            ));
         }
         if self.cfg.dry_run {
-            return self.skip(
-                snap,
-                class,
-                sel,
-                event::SkipGuard::DryRun,
-                "--dry-run: would have reset".into(),
-            );
+            return Some((event::SkipGuard::DryRun, "--dry-run: would have reset".into()));
         }
-        // Re-verify right before acting: same cookie still in the map, still stalled, no
-        // progress since the decision.
-        let fresh = match self.probes.get(snap.cookie) {
-            Some(st) => Snapshot::from_state(&st, monotonic_ns()),
-            None => {
-                return self.skip(
-                    snap,
-                    class,
-                    sel,
-                    event::SkipGuard::NotStalledAnymore,
-                    "the socket left tracking (closed or drained) before the reset".into(),
-                )
+        None
+    }
+
+    /// Apply the reset action to this tick's stalled sockets, behind every guard: the
+    /// static guards, then a batched live lookup in the kernel (re-verification), then the
+    /// budgets (a mass disconnect's `no_ack` stalls bypass them). Survivors are queued for
+    /// [`Agent::flush_resets`].
+    fn enforce(
+        &mut self,
+        candidates: Vec<Candidate<'_>>,
+        selected: &HashMap<&str, u64>,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let mut verify = Vec::new();
+        for c in candidates {
+            if let Some(a) = self.acts.get(&c.snap.cookie) {
+                if a.done || a.retry_at.map(|t| t > now).unwrap_or(false) {
+                    continue;
+                }
             }
-        };
-        if !self.tracker.still_stalled(&fresh) {
-            return self.skip(
-                snap,
-                class,
-                sel,
-                event::SkipGuard::NotStalledAnymore,
-                "progress since the decision; not resetting".into(),
-            );
+            if let Some((guard, detail)) = self.static_guard(&c) {
+                self.skip(&c.snap, c.class, &c.sel, guard, detail)?;
+                continue;
+            }
+            verify.push(c);
         }
-        if !self.rate.allow(Instant::now()) {
-            let per = self.policy.guards.max_resets_per_minute;
-            return self.skip(
-                snap,
-                class,
-                sel,
-                event::SkipGuard::RateLimit,
-                format!("max_resets_per_minute = {per} reached; will retry while it stays stalled"),
-            );
+        if verify.is_empty() {
+            return Ok(());
         }
-        let target = target_of(&fresh);
-        let ev = self.tracker.evidence(snap.cookie);
-        let f = self.socket_fields(
-            &fresh,
-            class,
-            fresh.since_progress_ms(),
-            sel.rule.map(|r| r.name.as_str()),
-            sel.action,
-            ev.as_ref(),
-        );
-        self.acts.entry(snap.cookie).or_default().done = true;
-        self.pending.push(PendingReset {
-            target,
-            fields: f,
-            bytes_still_queued: fresh.queued_bytes,
-        });
+        // Re-verify right before acting, in the kernel itself (batched).
+        let targets: Vec<Target> = verify.iter().map(|c| target_of(&c.snap)).collect();
+        let live = self.kern.lookup_many(&targets);
+        let mut verified = Vec::new();
+        for (c, r) in verify.into_iter().zip(live) {
+            match r {
+                Ok(Some(d)) => match verify_live(&c.snap, c.class, &d) {
+                    Ok(()) => verified.push(c),
+                    Err(why) => {
+                        if d.send_q == 0 && d.recv_q == 0 && self.src.remove(c.snap.cookie) {
+                            // The map kept an entry the kernel has drained: drop it, so the
+                            // next tick records the recovery.
+                            self.map_stale += 1;
+                        }
+                        self.skip(
+                            &c.snap,
+                            c.class,
+                            &c.sel,
+                            event::SkipGuard::NotStalledAnymore,
+                            format!("{why}; not resetting"),
+                        )?;
+                    }
+                },
+                Ok(None) => self.skip(
+                    &c.snap,
+                    c.class,
+                    &c.sel,
+                    event::SkipGuard::NotStalledAnymore,
+                    "the kernel has no such socket any more (closed before the reset)".into(),
+                )?,
+                Err(e) => self.failed(&c, &e)?,
+            }
+        }
+        let budgets = self.policy.guards.budgets();
+        let mass_min = self.policy.guards.mass_disconnect_min;
+        for c in verified {
+            let rule = c.sel.rule.map(|r| r.name.as_str()).unwrap_or(NO_RULE);
+            let net = guards::network_of(c.snap.remote.ip());
+            let mass = budgets.max_resets_per_minute > 0
+                && c.class == StallClass::NoAck
+                && match self.nets.mass_disconnect(&net, mass_min) {
+                    Some(first) => {
+                        if first {
+                            let n = self.nets.silent_sockets(&net, c.snap.now_ns);
+                            log::warn!("mass disconnect: {n} silent sockets in {net}");
+                            self.out.write(&Event::MassDisconnect {
+                                network: net.to_string(),
+                                silent_sockets: u64::from(n),
+                            })?;
+                        }
+                        true
+                    }
+                    None => false,
+                };
+            if mass {
+                self.budgets.record(rule, now);
+            } else {
+                let n = selected.get(rule).copied().unwrap_or(0);
+                if let Err(refusal) = self.budgets.take(&budgets, rule, net, n, now) {
+                    let (guard, detail) = match refusal {
+                        Refusal::Disabled => (
+                            event::SkipGuard::RateLimit,
+                            "max_resets_per_minute = 0: resets are disabled".to_string(),
+                        ),
+                        Refusal::Rule { capacity } => (
+                            event::SkipGuard::RateLimit,
+                            format!(
+                                "rule {rule} used its budget of {capacity} resets per minute \
+                                 (max(max_resets_per_minute, reset_share_per_minute × {n} \
+                                 sockets it tracks)); will retry while it stays stalled"
+                            ),
+                        ),
+                        Refusal::Network { net, capacity } => (
+                            event::SkipGuard::NetworkLimit,
+                            format!(
+                                "remote network {net} used its share ({capacity} resets per \
+                                 minute) of rule {rule}'s budget; will retry while it stays \
+                                 stalled"
+                            ),
+                        ),
+                    };
+                    self.skip(&c.snap, c.class, &c.sel, guard, detail)?;
+                    continue;
+                }
+            }
+            let ev = self.tracker.evidence(c.snap.cookie);
+            let f = self.socket_fields(
+                &c.snap,
+                c.class,
+                c.snap.since_progress_ms(),
+                c.sel.rule.map(|r| r.name.as_str()),
+                c.sel.action,
+                ev.as_ref(),
+            );
+            self.acts.entry(c.snap.cookie).or_default().done = true;
+            self.pending.push(PendingReset {
+                cookie: c.snap.cookie,
+                target: target_of(&c.snap),
+                fields: f,
+                bytes_still_queued: c.snap.queued_bytes,
+            });
+        }
         Ok(())
     }
 
@@ -620,7 +1016,7 @@ impl Agent {
         let pending = std::mem::take(&mut self.pending);
         let targets: Vec<Target> = pending.iter().map(|p| p.target.clone()).collect();
         let t0 = Instant::now();
-        let results = self.destroyer.destroy_many(&targets);
+        let results = self.kern.destroy_many(&targets);
         // Per-socket latency is not separable inside a batch: report the batch's mean.
         let latency_us = t0.elapsed().as_micros() as u64 / pending.len() as u64;
         for (p, res) in pending.into_iter().zip(results) {
@@ -634,14 +1030,130 @@ impl Agent {
                     })?;
                 }
                 Err(e) => {
-                    // One failure per stall: a socket that cannot be reset is not hammered.
-                    self.counts.failed += 1;
+                    let tick = self.cfg.tick.max(Duration::from_millis(100));
+                    let act = self.acts.entry(p.cookie).or_default();
+                    act.attempts += 1;
+                    let retry = transient(&e) && act.attempts < MAX_ATTEMPTS;
+                    let retry_in = if retry {
+                        // Tried again while it stays stalled (and passes the guards again).
+                        act.done = false;
+                        let backoff = tick
+                            .saturating_mul(1u32 << (act.attempts - 1).min(16))
+                            .min(MAX_BACKOFF);
+                        act.retry_at = Some(Instant::now() + backoff);
+                        self.counts.retried += 1;
+                        Some(backoff.as_millis() as u64)
+                    } else {
+                        // One final failure per stall: a socket that cannot be reset is not
+                        // hammered.
+                        self.counts.failed += 1;
+                        None
+                    };
                     self.out.write(&Event::ResetFailed {
                         socket: p.fields,
                         errno: e.errno,
                         error: reset::errno_name(e.errno).to_string(),
                         meaning: e.meaning.clone(),
+                        retry_in_ms: retry_in,
                     })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A (nearly) full map cannot take a new wedge: remove the entries least likely to
+    /// matter — never a stalled one; first those with nothing queued (the kernel would have
+    /// dropped them, a hook missed it), then the least recently active — down to 90 % of
+    /// the capacity.
+    fn make_room(&mut self, tracked: usize) -> Result<()> {
+        let cap = self.src.max_sockets() as usize;
+        let full = self.src.counters().map_full;
+        let refused = full > self.last_map_full;
+        self.last_map_full = full;
+        let high = (cap as f64 * EVICT_HIGH) as usize;
+        let low = (cap as f64 * EVICT_LOW) as usize;
+        if tracked < high && !(refused && tracked >= low) {
+            return Ok(());
+        }
+        let want = tracked.saturating_sub(low).max(1);
+        let mut order: Vec<(bool, u64, u64)> = self
+            .last
+            .values()
+            .filter(|s| {
+                self.tracker.active(s.cookie).is_none() && self.tracker.active_recv(s.cookie).is_none()
+            })
+            .map(|s| {
+                let drained = s.queued_bytes == 0 && s.recv_unread == 0;
+                let active = s
+                    .last_send_ns
+                    .max(s.last_ack_ns)
+                    .max(s.last_retrans_ns)
+                    .max(s.first_seen_ns);
+                (!drained, active, s.cookie)
+            })
+            .collect();
+        order.sort_unstable();
+        let mut evicted = 0;
+        for (_, _, cookie) in order.into_iter().take(want) {
+            if self.src.remove(cookie) {
+                evicted += 1;
+                // Forgotten quietly: the socket is fine, only no longer watched.
+                self.last.remove(&cookie);
+                let now_ns = monotonic_ns();
+                let _ = self.tracker.forget_detailed(cookie, false, now_ns);
+                self.acts.remove(&cookie);
+            }
+        }
+        if evicted > 0 {
+            self.map_evicted += evicted;
+            log::warn!(
+                "tracking map at {tracked} of {cap} entries: evicted {evicted} (map_evicted in stats)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Entries the kernel has not touched for [`STALE_AFTER`] are checked against the
+    /// kernel (batched, at most [`STALE_BATCH`] every [`STALE_EVERY`]): gone sockets are
+    /// removed and recorded as closed, sockets with nothing queued are removed (a hook
+    /// missed their drain).
+    fn check_stale(&mut self) -> Result<()> {
+        if self.last_stale_check.elapsed() < STALE_EVERY {
+            return Ok(());
+        }
+        self.last_stale_check = Instant::now();
+        let now_ns = monotonic_ns();
+        let quiet = STALE_AFTER.as_nanos() as u64;
+        let mut old: Vec<(u64, Target)> = self
+            .last
+            .values()
+            .filter(|s| {
+                let active = s
+                    .last_send_ns
+                    .max(s.last_ack_ns)
+                    .max(s.last_retrans_ns)
+                    .max(s.first_seen_ns);
+                now_ns.saturating_sub(active) >= quiet
+            })
+            .map(|s| (s.cookie, target_of(s)))
+            .collect();
+        old.truncate(STALE_BATCH);
+        if old.is_empty() {
+            return Ok(());
+        }
+        let targets: Vec<Target> = old.iter().map(|(_, t)| t.clone()).collect();
+        let live = self.kern.lookup_many(&targets);
+        for ((cookie, _), r) in old.into_iter().zip(live) {
+            let gone = match r {
+                Ok(None) => true,
+                Ok(Some(d)) if d.send_q == 0 && d.recv_q == 0 => false,
+                _ => continue,
+            };
+            if self.src.remove(cookie) {
+                self.map_stale += 1;
+                if gone {
+                    self.closed.insert(cookie, (now_ns, Instant::now()));
                 }
             }
         }
@@ -650,21 +1162,26 @@ impl Agent {
 
     fn emit_stats(&mut self) -> Result<()> {
         self.last_stats = Instant::now();
-        let c = self.probes.counters();
+        let c = self.src.counters();
         self.out.write(&Event::Stats(event::StatsFields {
             sockets_tracked: self.last.len() as u64,
-            map_capacity: self.probes.max_sockets(),
+            map_capacity: self.src.max_sockets(),
             map_full: c.map_full,
+            map_evicted: self.map_evicted,
+            map_stale: c.stale + self.map_stale,
+            netns_cached: self.kern.cached_netns() as u64,
+            partition_hold: self.hold.active(),
             close_notes_lost: c.close_notes_lost,
             events_lost: self.out.events_lost(),
             stalls_active: self.tracker.stalled_count() as u64,
             sweep_us: self.last_sweep_us,
             cpu_ms: cpu_ms(),
-            bpf_run_ns: self.probes.bpf_run_ns(),
+            bpf_run_ns: self.src.bpf_run_ns(),
             resets: event::ResetCounts {
                 done: self.counts.done,
                 failed: self.counts.failed,
                 skipped: self.counts.skipped,
+                retried: self.counts.retried,
             },
             calibration: self
                 .calibration
@@ -680,8 +1197,25 @@ impl Agent {
                 })
                 .collect(),
         }))?;
-        let _ = SystemTime::now();
         Ok(())
+    }
+}
+
+/// Address-keyed kernels only: the cookie of a socket nobody asked about yet (the lookup
+/// is what makes the kernel assign it).
+fn resolve_cookie<K: DiagPath + ?Sized>(kern: &mut K, st: &SockState) -> Option<u64> {
+    let snap = Snapshot::from_state(st, 0);
+    let target = Target {
+        cookie: 0,
+        ..target_of(&snap)
+    };
+    match kern.lookup(&target) {
+        Ok(Some(d)) => Some(d.cookie),
+        Ok(None) => None,
+        Err(e) => {
+            log::debug!("cookie lookup of {} -> {}: {e}", snap.local, snap.remote);
+            None
+        }
     }
 }
 
@@ -702,5 +1236,569 @@ fn event_action(a: Action) -> event::Action {
     match a {
         Action::Observe => event::Action::Observe,
         Action::Reset => event::Action::Reset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tick with fake kernel parts: ordering, guards, re-verification, batching, retries.
+    use super::*;
+    use monitor_common::flags;
+    use std::collections::HashSet;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::{Arc, Mutex};
+
+    const S: u64 = 1_000_000_000;
+
+    /// Entries and close notes of a fake map. A note queued with `note_after_read` appears
+    /// only in a drain that follows a read (a close racing the tick).
+    #[derive(Default)]
+    struct FakeMap {
+        states: Vec<SockState>,
+        notes: Vec<CloseNote>,
+        late_notes: Vec<CloseNote>,
+        read_done: bool,
+        removed: Vec<u64>,
+        max: u32,
+        map_full: u64,
+    }
+
+    #[derive(Clone, Default)]
+    struct Src(Arc<Mutex<FakeMap>>);
+
+    impl SockSource for Src {
+        fn read_all(&mut self, _r: &mut dyn FnMut(&SockState) -> Option<u64>) -> Vec<SockState> {
+            let mut m = self.0.lock().unwrap();
+            m.read_done = true;
+            m.states.clone()
+        }
+        fn drain_closed(&mut self) -> Vec<CloseNote> {
+            let mut m = self.0.lock().unwrap();
+            let mut out = std::mem::take(&mut m.notes);
+            if m.read_done {
+                out.append(&mut m.late_notes);
+            }
+            m.read_done = false;
+            out
+        }
+        fn remove(&mut self, cookie: u64) -> bool {
+            let mut m = self.0.lock().unwrap();
+            let before = m.states.len();
+            m.states.retain(|s| s.cookie != cookie);
+            m.removed.push(cookie);
+            m.states.len() != before
+        }
+        fn counters(&self) -> Counters {
+            Counters {
+                map_full: self.0.lock().unwrap().map_full,
+                ..Counters::default()
+            }
+        }
+        fn max_sockets(&self) -> u32 {
+            self.0.lock().unwrap().max.max(1)
+        }
+        fn bpf_run_ns(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    /// The kernel as sock_diag sees it: live sockets by cookie, listeners by local port,
+    /// errors to return from the next destroys.
+    #[derive(Default)]
+    struct FakeKernel {
+        live: HashMap<u64, TcpDiag>,
+        listeners: HashSet<u16>,
+        destroy_errors: Vec<i32>,
+        destroyed: Vec<u64>,
+        lookup_many_calls: usize,
+        destroy_calls: usize,
+    }
+
+    #[derive(Clone, Default)]
+    struct Kern(Arc<Mutex<FakeKernel>>);
+
+    impl DiagPath for Kern {
+        fn lookup(&mut self, t: &Target) -> Result<Option<TcpDiag>, ResetError> {
+            let k = self.0.lock().unwrap();
+            if t.remote.port() == 0 {
+                return Ok(k.listeners.contains(&t.local.port()).then(|| TcpDiag {
+                    state: TCP_LISTEN,
+                    ..diag(0, 0)
+                }));
+            }
+            Ok(k.live.get(&t.cookie).cloned())
+        }
+        fn lookup_many(&mut self, t: &[Target]) -> Vec<Result<Option<TcpDiag>, ResetError>> {
+            self.0.lock().unwrap().lookup_many_calls += 1;
+            t.iter().map(|t| self.lookup(t)).collect()
+        }
+        fn destroy_many(&mut self, t: &[Target]) -> Vec<Result<(), ResetError>> {
+            let mut k = self.0.lock().unwrap();
+            k.destroy_calls += 1;
+            t.iter()
+                .map(|t| {
+                    if !k.destroy_errors.is_empty() {
+                        let errno = k.destroy_errors.remove(0);
+                        return Err(ResetError {
+                            errno,
+                            meaning: "injected".into(),
+                            stage: "reply",
+                        });
+                    }
+                    k.destroyed.push(t.cookie);
+                    k.live.remove(&t.cookie);
+                    Ok(())
+                })
+                .collect()
+        }
+        fn release_idle(&mut self) -> usize {
+            0
+        }
+        fn cached_netns(&self) -> usize {
+            0
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn events(&self) -> Vec<serde_json::Value> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+        fn named(&self, name: &str) -> Vec<serde_json::Value> {
+            self.events()
+                .into_iter()
+                .filter(|e| e["event"] == name)
+                .collect()
+        }
+    }
+
+    fn diag(cookie: u64, send_q: u32) -> TcpDiag {
+        TcpDiag {
+            family: 2,
+            state: TCP_ESTABLISHED,
+            cookie,
+            local: "10.0.0.1:8080".parse().unwrap(),
+            remote: "10.9.0.2:40000".parse().unwrap(),
+            ifindex: 0,
+            uid: 0,
+            inode: 1,
+            timer: 1,
+            timer_retrans: 3,
+            timer_expires_ms: 100,
+            recv_q: 0,
+            send_q,
+            tcp_info_len: 0,
+            ca_state: 0,
+            retransmits: 3,
+            probes: 0,
+            backoff: 3,
+            rto_us: 1_600_000,
+            snd_mss: 1448,
+            unacked: 3,
+            lost: 0,
+            retrans: 1,
+            last_data_sent_ms: 100,
+            last_ack_recv_ms: 60_000,
+            rtt_us: 100,
+            snd_cwnd: 1,
+            total_retrans: 3,
+            bytes_acked: 0,
+            bytes_received: 0,
+            bytes_sent: 0,
+            bytes_retrans: 0,
+            notsent_bytes: 0,
+            snd_wnd: 0,
+        }
+    }
+
+    /// A socket of ours on :8080 to `remote`, stalled `class` since 10 s, 4000 bytes queued.
+    fn stalled(cookie: u64, remote: &str, class: StallClass) -> SockState {
+        let now = monotonic_ns();
+        let r: std::net::SocketAddr = remote.parse().unwrap();
+        let mut s = SockState::zeroed();
+        s.cookie = cookie;
+        s.key = cookie;
+        s.family = 2;
+        s.lport = 8080;
+        s.rport = r.port();
+        s.laddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        if let IpAddr::V4(v4) = r.ip() {
+            s.raddr[..4].copy_from_slice(&v4.octets());
+        }
+        s.write_seq = 5000;
+        s.snd_una = 1000;
+        s.snd_nxt = 5000;
+        s.first_seen_ns = now - 20 * S;
+        s.last_progress_ns = now - 10 * S;
+        match class {
+            StallClass::NoAck => {
+                s.snd_wnd = 65535;
+                s.last_ack_ns = now - 10 * S;
+                s.last_retrans_ns = now - S;
+                s.retransmits = 5;
+                s.backoff = 4;
+            }
+            _ => {
+                s.flags = flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
+                s.last_ack_ns = now - S / 10;
+                s.zero_window_acks = 8;
+            }
+        }
+        s
+    }
+
+    /// A healthy socket of ours to `remote`: data in flight, acked just now.
+    fn healthy(cookie: u64, remote: &str) -> SockState {
+        let mut s = stalled(cookie, remote, StallClass::NoAck);
+        let now = monotonic_ns();
+        s.last_progress_ns = now;
+        s.last_ack_ns = now;
+        s.last_retrans_ns = 0;
+        s.backoff = 0;
+        s.retransmits = 0;
+        s
+    }
+
+    const POLICY: &str = "tick = \"1s\"\n[defaults]\nno_ack_after = \"2s\"\n\
+        zero_window_after = \"2s\"\n[[rule]]\nname = \"svc\"\nlocal_ports = [8080]\n\
+        action = \"reset\"\nclasses = [\"zero_window\", \"no_ack\"]\n";
+
+    struct Rig {
+        agent: Agent<Src, Kern>,
+        map: Src,
+        kern: Kern,
+        out: Buf,
+    }
+
+    fn rig(policy_extra: &str) -> Rig {
+        let policy = Policy::parse(&format!("{POLICY}{policy_extra}"), "test.toml").unwrap();
+        let cfg = Config {
+            policy,
+            tick: Duration::from_millis(100),
+            stats_interval: Duration::from_secs(3600),
+            output: None,
+            dry_run: false,
+            max_sockets: 100_000,
+            bpf_stats: false,
+            duration: None,
+        };
+        let (map, kern, out) = (Src::default(), Kern::default(), Buf::default());
+        map.0.lock().unwrap().max = 100_000;
+        let agent = Agent::with_parts(
+            cfg,
+            map.clone(),
+            kern.clone(),
+            EventWriter::new(Box::new(out.clone()), "test"),
+            true,
+            true,
+        );
+        Rig {
+            agent,
+            map,
+            kern,
+            out,
+        }
+    }
+
+    impl Rig {
+        fn add(&self, s: SockState, live: bool) {
+            if live {
+                let q = s.write_seq.wrapping_sub(s.snd_una);
+                let mut d = diag(s.cookie, q);
+                if s.flags & flags::ZERO_WINDOW != 0 {
+                    d.last_ack_recv_ms = 100;
+                }
+                self.kern.0.lock().unwrap().live.insert(s.cookie, d);
+            }
+            self.map.0.lock().unwrap().states.push(s);
+        }
+        fn drop_entry(&self, cookie: u64) {
+            self.map.0.lock().unwrap().states.retain(|s| s.cookie != cookie);
+        }
+        fn destroyed(&self) -> Vec<u64> {
+            self.kern.0.lock().unwrap().destroyed.clone()
+        }
+    }
+
+    fn note(cookie: u64) -> CloseNote {
+        CloseNote {
+            cookie,
+            key: cookie,
+            ts_ns: monotonic_ns(),
+            reason: 1,
+            new_state: 7,
+        }
+    }
+
+    #[test]
+    fn a_close_noted_after_the_map_read_is_no_recovery() {
+        let mut r = rig("[guards]\nmax_resets_per_minute = 0\n");
+        r.add(stalled(7, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+        r.agent.tick().unwrap();
+        assert_eq!(r.out.named("stall_started").len(), 1);
+        // The socket closes between two ticks: its entry is gone at the next read, and its
+        // note is on the ring only once that read is done.
+        r.drop_entry(7);
+        r.map.0.lock().unwrap().late_notes.push(note(7));
+        r.agent.tick().unwrap();
+        assert_eq!(r.out.named("stall_cleared").len(), 0, "{:?}", r.out.events());
+        assert_eq!(r.out.named("stall_closed").len(), 1);
+        assert!(r.agent.calibration.rows().iter().all(|c| c.count == 0));
+    }
+
+    #[test]
+    fn a_lost_close_note_is_settled_by_the_kernel() {
+        let mut r = rig("[guards]\nmax_resets_per_minute = 0\n");
+        r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+        r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+        r.agent.tick().unwrap();
+        assert_eq!(r.out.named("stall_started").len(), 2);
+        // Both leave the map with no note: 1 is gone from the kernel (closed), 2 is still
+        // established with nothing queued (drained).
+        r.drop_entry(1);
+        r.drop_entry(2);
+        {
+            let mut k = r.kern.0.lock().unwrap();
+            k.live.remove(&1);
+            k.live.get_mut(&2).unwrap().send_q = 0;
+        }
+        r.agent.tick().unwrap();
+        let closed = r.out.named("stall_closed");
+        let cleared = r.out.named("stall_cleared");
+        assert_eq!((closed.len(), cleared.len()), (1, 1));
+        assert_eq!(closed[0]["cookie"], 1);
+        assert_eq!(cleared[0]["cookie"], 2);
+    }
+
+    #[test]
+    fn protected_ports_are_directional_and_checked_before_the_kernel() {
+        let mut r = rig("");
+        // Our outgoing connection to a peer's port 22 (no listener on our port).
+        let mut out = stalled(1, "10.9.0.2:22", StallClass::ZeroWindow);
+        out.lport = 40000;
+        r.add(out, true);
+        // A client that connected to our service on :8080 from source port 22.
+        r.add(stalled(2, "10.9.1.2:22", StallClass::ZeroWindow), true);
+        r.kern.0.lock().unwrap().listeners.insert(8080);
+        // The rule selects local port 8080 only; widen it to port 40000 for socket 1.
+        let p = Policy::parse(
+            &POLICY.replace("local_ports = [8080]", "local_ports = [8080, 40000]"),
+            "t",
+        )
+        .unwrap();
+        r.agent.policy = Arc::new(p);
+        r.agent.tick().unwrap();
+        assert_eq!(r.destroyed(), vec![2]);
+        let skipped = r.out.named("reset_skipped");
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0]["cookie"], 1);
+        assert_eq!(skipped[0]["guard"], "protected_port");
+        assert!(skipped[0]["detail"].as_str().unwrap().contains("outgoing"));
+    }
+
+    #[test]
+    fn a_socket_the_kernel_shows_recovered_is_not_reset() {
+        let mut r = rig("");
+        // The map says stalled; the kernel's send queue shrank (acks the map missed).
+        r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+        r.kern.0.lock().unwrap().live.get_mut(&1).unwrap().send_q = 100;
+        // And one the kernel shows drained completely: its stale entry is removed.
+        r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+        r.kern.0.lock().unwrap().live.get_mut(&2).unwrap().send_q = 0;
+        // And a no_ack stall whose peer the kernel heard from 50 ms ago.
+        r.add(stalled(3, "10.9.0.4:40000", StallClass::NoAck), true);
+        r.kern.0.lock().unwrap().live.get_mut(&3).unwrap().last_ack_recv_ms = 50;
+        r.agent.tick().unwrap();
+        assert!(r.destroyed().is_empty());
+        let skipped = r.out.named("reset_skipped");
+        assert_eq!(skipped.len(), 3);
+        assert!(skipped.iter().all(|e| e["guard"] == "not_stalled_anymore"));
+        assert_eq!(r.map.0.lock().unwrap().removed, vec![2]);
+        // One batched lookup for the three.
+        assert_eq!(r.kern.0.lock().unwrap().lookup_many_calls, 1);
+        // The drained one is recorded as recovered at the next tick.
+        r.agent.tick().unwrap();
+        let cleared = r.out.named("stall_cleared");
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(cleared[0]["cookie"], 2);
+    }
+
+    #[test]
+    fn a_mass_disconnect_is_reset_in_one_tick_under_default_guards() {
+        let mut r = rig("");
+        for i in 0..3000u64 {
+            let port = 10000 + i;
+            r.add(
+                stalled(100 + i, &format!("10.9.0.2:{port}"), StallClass::NoAck),
+                true,
+            );
+        }
+        // The rest of the node is fine.
+        for i in 0..5u64 {
+            r.add(healthy(10 + i, &format!("10.7.0.{}:5000", 2 + i)), true);
+        }
+        r.agent.tick().unwrap();
+        assert_eq!(r.destroyed().len(), 3000);
+        assert_eq!(r.kern.0.lock().unwrap().destroy_calls, 1);
+        let mass = r.out.named("mass_disconnect");
+        assert_eq!(mass.len(), 1);
+        assert_eq!(mass[0]["network"], "10.9.0.0/24");
+        assert_eq!(r.out.named("reset_skipped").len(), 0);
+    }
+
+    #[test]
+    fn without_a_disconnect_budgets_hold_per_rule_and_network() {
+        let mut r = rig("");
+        // 100 peers of one network alive but not reading (zero window): no mass disconnect.
+        for i in 0..100u64 {
+            r.add(
+                stalled(100 + i, &format!("198.51.100.7:{}", 10000 + i), StallClass::ZeroWindow),
+                true,
+            );
+        }
+        r.agent.tick().unwrap();
+        // Rule budget max(60, 10 % of 100) = 60; one network at most half of it.
+        assert_eq!(r.destroyed().len(), 30);
+        let skipped = r.out.named("reset_skipped");
+        assert_eq!(skipped.len(), 70);
+        assert!(skipped.iter().all(|e| e["guard"] == "network_limit"));
+        // Another network still gets the rest of the rule's budget.
+        for i in 0..40u64 {
+            r.add(
+                stalled(1000 + i, &format!("203.0.113.9:{}", 10000 + i), StallClass::ZeroWindow),
+                true,
+            );
+        }
+        r.agent.tick().unwrap();
+        assert_eq!(r.destroyed().len(), 60);
+        let skipped = r.out.named("reset_skipped");
+        assert!(skipped.iter().any(|e| e["guard"] == "rate_limit"));
+    }
+
+    #[test]
+    fn every_network_silent_at_once_holds_resets() {
+        let mut r = rig("");
+        for k in 1..=4u64 {
+            for i in 0..10u64 {
+                r.add(
+                    stalled(k * 100 + i, &format!("10.{k}.0.2:{}", 10000 + i), StallClass::NoAck),
+                    true,
+                );
+            }
+        }
+        r.agent.tick().unwrap();
+        assert!(r.destroyed().is_empty());
+        let hold = r.out.named("partition_hold");
+        assert_eq!(hold.len(), 1);
+        assert_eq!(hold[0]["state"], "started");
+        assert_eq!(hold[0]["silent_networks"], 4);
+        let skipped = r.out.named("reset_skipped");
+        assert_eq!(skipped.len(), 40);
+        assert!(skipped.iter().all(|e| e["guard"] == "partition_hold"));
+        // ACKs come back from three networks: the hold ends, and the one network still
+        // silent is reset (10 sockets: under the mass-disconnect size, within the budget).
+        {
+            let mut m = r.map.0.lock().unwrap();
+            let now = monotonic_ns();
+            m.states.retain(|s| s.raddr[1] == 1);
+            drop(m);
+            for k in 2..=4u64 {
+                r.add(healthy(k * 1000, &format!("10.{k}.0.2:9999")), true);
+            }
+            let _ = now;
+        }
+        r.agent.tick().unwrap();
+        let hold = r.out.named("partition_hold");
+        assert_eq!(hold.len(), 2);
+        assert_eq!(hold[1]["state"], "ended");
+        assert_eq!(hold[1]["resets_held"], 40);
+        assert_eq!(r.destroyed().len(), 10);
+    }
+
+    #[test]
+    fn transient_errors_are_retried_with_backoff_and_others_are_final() {
+        let mut r = rig("");
+        r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+        r.kern.0.lock().unwrap().destroy_errors = vec![libc::ENOBUFS];
+        r.agent.tick().unwrap();
+        let failed = r.out.named("reset_failed");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0]["error"], "ENOBUFS");
+        assert_eq!(failed[0]["retry_in_ms"], 100);
+        // Not before the backoff ...
+        r.agent.tick().unwrap();
+        assert!(r.destroyed().is_empty());
+        std::thread::sleep(Duration::from_millis(120));
+        // ... then again, and it works.
+        r.agent.tick().unwrap();
+        assert_eq!(r.destroyed(), vec![1]);
+        assert_eq!(r.out.named("socket_reset").len(), 1);
+        // EPERM is final: one event, no retry.
+        r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+        r.kern.0.lock().unwrap().destroy_errors = vec![libc::EPERM];
+        r.agent.tick().unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+        r.agent.tick().unwrap();
+        let failed = r.out.named("reset_failed");
+        assert_eq!(failed.len(), 2);
+        assert!(failed[1]["retry_in_ms"].is_null());
+        assert_eq!(r.destroyed(), vec![1]);
+    }
+
+    #[test]
+    fn a_full_map_makes_room_without_dropping_a_stall() {
+        let mut r = rig("[guards]\nmax_resets_per_minute = 0\n");
+        r.map.0.lock().unwrap().max = 20;
+        r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+        for i in 0..19u64 {
+            let mut s = healthy(100 + i, &format!("10.7.0.2:{}", 10000 + i));
+            // Older activity for higher cookies.
+            let t = s.last_ack_ns - i * S;
+            s.last_ack_ns = t;
+            s.last_progress_ns = t;
+            s.first_seen_ns = t - S;
+            r.add(s, true);
+        }
+        r.agent.tick().unwrap();
+        let removed = r.map.0.lock().unwrap().removed.clone();
+        // 20 of 20: down to 18, the least recently active first, never the stalled one.
+        assert_eq!(removed, vec![118, 117]);
+        assert_eq!(r.agent.map_evicted, 2);
+        assert!(r.out.named("stall_cleared").is_empty());
+    }
+
+    #[test]
+    fn verify_live_reads_state_queue_window_and_acks() {
+        let snap = Snapshot::from_state(&stalled(1, "10.9.0.2:1", StallClass::NoAck), monotonic_ns());
+        let ok = diag(1, 4000);
+        assert_eq!(verify_live(&snap, StallClass::NoAck, &ok), Ok(()));
+        let closed = TcpDiag {
+            state: 7,
+            ..ok.clone()
+        };
+        assert!(verify_live(&snap, StallClass::NoAck, &closed).is_err());
+        let mut zw = ok.clone();
+        zw.tcp_info_len = 400;
+        zw.snd_wnd = 1000;
+        assert!(verify_live(&snap, StallClass::ZeroWindow, &zw).is_err());
+        zw.snd_wnd = 0;
+        assert_eq!(verify_live(&snap, StallClass::ZeroWindow, &zw), Ok(()));
+        let _ = Ipv4Addr::LOCALHOST;
     }
 }

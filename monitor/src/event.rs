@@ -120,11 +120,16 @@ pub enum SkipGuard {
     /// The socket is an orphan (its application closed it) and the start-up self-test found
     /// that this kernel mishandles destroying orphans (see `agent_started.orphan_reset`).
     OrphanUnsafe,
+    /// The socket's remote network has used its share of the rule's reset budget.
+    NetworkLimit,
+    /// ACKs stopped from (almost) every remote network at once: the node's own path is
+    /// down, and resets wait (see the `partition_hold` event).
+    PartitionHold,
 }
 
 impl SkipGuard {
     /// Every variant, in schema order.
-    pub const ALL: [SkipGuard; 7] = [
+    pub const ALL: [SkipGuard; 9] = [
         SkipGuard::DryRun,
         SkipGuard::ProtectedPort,
         SkipGuard::RateLimit,
@@ -132,6 +137,8 @@ impl SkipGuard {
         SkipGuard::ResetUnavailable,
         SkipGuard::IdentityChanged,
         SkipGuard::OrphanUnsafe,
+        SkipGuard::NetworkLimit,
+        SkipGuard::PartitionHold,
     ];
 
     /// The JSON spelling.
@@ -144,6 +151,8 @@ impl SkipGuard {
             SkipGuard::ResetUnavailable => "reset_unavailable",
             SkipGuard::IdentityChanged => "identity_changed",
             SkipGuard::OrphanUnsafe => "orphan_unsafe",
+            SkipGuard::NetworkLimit => "network_limit",
+            SkipGuard::PartitionHold => "partition_hold",
         }
     }
 }
@@ -247,6 +256,8 @@ pub struct ResetCounts {
     pub failed: u64,
     /// Resets a guard prevented (`reset_skipped` events).
     pub skipped: u64,
+    /// Attempts that failed with a transient error and were scheduled again.
+    pub retried: u64,
 }
 
 /// Distribution of observed stall durations for one (rule, class) pair, used to calibrate
@@ -276,6 +287,15 @@ pub struct StatsFields {
     pub map_capacity: u32,
     /// Inserts refused because the map was full (cumulative).
     pub map_full: u64,
+    /// Entries the agent removed to make room in a (nearly) full map (cumulative).
+    pub map_evicted: u64,
+    /// Entries removed because their socket was gone or had nothing queued any more while
+    /// the map still held it (cumulative).
+    pub map_stale: u64,
+    /// Network namespaces the reset path holds a netlink socket in (released when idle).
+    pub netns_cached: u64,
+    /// Resets are held: ACKs stopped from (almost) every remote network at once.
+    pub partition_hold: bool,
     /// Socket-close notifications lost (cumulative).
     pub close_notes_lost: u64,
     /// Events the agent failed to write (cumulative).
@@ -358,6 +378,8 @@ pub enum Event {
         error: String,
         /// What this errno means here and what to do about it.
         meaning: String,
+        /// A transient error: the reset is tried again in this many ms. `None`: final.
+        retry_in_ms: Option<u64>,
     },
     /// A reset the policy asked for was not performed because a guard stopped it.
     ResetSkipped {
@@ -371,6 +393,30 @@ pub enum Event {
     },
     /// Periodic agent health and calibration counters.
     Stats(StatsFields),
+    /// ACKs stopped from (almost) every remote network at once (the node's own path is
+    /// down, not its peers): resets are held; or the hold ended.
+    PartitionHold {
+        /// `started`, `ended` (ACKs came back) or `expired` (held for
+        /// `partition_max_hold`; resets resume under the budgets).
+        state: String,
+        /// Remote networks with data in flight and no ACK for a second.
+        silent_networks: u64,
+        /// Remote networks that answered within the last 5 s.
+        alive_networks: u64,
+        /// Silent networks with their silent socket counts, largest first (at most 16).
+        networks: Vec<String>,
+        /// Resets held during this hold (on `ended` / `expired`).
+        resets_held: u64,
+    },
+    /// Many peers of one remote network went silent together while the rest of the node is
+    /// fine: their `no_ack` stalls are reset as they cross their thresholds, outside the
+    /// rule and network budgets. Once per episode.
+    MassDisconnect {
+        /// The remote network (IPv4 /24, IPv6 /64).
+        network: String,
+        /// Its silent sockets at detection.
+        silent_sockets: u64,
+    },
     /// A threshold looks mis-set for the observed traffic (calibration aid).
     ThresholdWarning {
         /// Policy rule name; `None` = policy defaults.
@@ -429,6 +475,8 @@ impl Event {
             Event::ResetFailed { .. } => "reset_failed",
             Event::ResetSkipped { .. } => "reset_skipped",
             Event::Stats(_) => "stats",
+            Event::PartitionHold { .. } => "partition_hold",
+            Event::MassDisconnect { .. } => "mass_disconnect",
             Event::ThresholdWarning { .. } => "threshold_warning",
             Event::AgentStopped { .. } => "agent_stopped",
         }
@@ -443,6 +491,8 @@ impl Event {
             | Event::ResetSkipped { socket, .. } => Some(socket),
             Event::AgentStarted { .. }
             | Event::Stats(_)
+            | Event::PartitionHold { .. }
+            | Event::MassDisconnect { .. }
             | Event::ThresholdWarning { .. }
             | Event::AgentStopped { .. } => None,
         }
@@ -692,6 +742,8 @@ const GUARDS: &[&str] = &[
     "reset_unavailable",
     "identity_changed",
     "orphan_unsafe",
+    "network_limit",
+    "partition_hold",
 ];
 
 /// Fields on every line.
@@ -852,6 +904,11 @@ const RESET_COUNT_FIELDS: &[Field] = &[
     f("done", FieldType::U64, "Sockets reset"),
     f("failed", FieldType::U64, "Resets the kernel refused"),
     f("skipped", FieldType::U64, "Resets a guard prevented"),
+    f(
+        "retried",
+        FieldType::U64,
+        "Attempts that failed with a transient error and were scheduled again",
+    ),
 ];
 
 const CALIBRATION_FIELDS: &[Field] = &[
@@ -971,6 +1028,11 @@ static SCHEMA: &[EventSchema] = &[
                 FieldType::Str,
                 "What the errno means here and what to do",
             ),
+            f(
+                "retry_in_ms",
+                FieldType::Nullable(&FieldType::U64),
+                "Transient error (ENOBUFS, EAGAIN, ETIMEDOUT, EMFILE, ...): tried again in this many ms; null = final",
+            ),
         ],
     },
     EventSchema {
@@ -1005,6 +1067,26 @@ static SCHEMA: &[EventSchema] = &[
                 "map_full",
                 FieldType::U64,
                 "Inserts refused because the map was full (cumulative)",
+            ),
+            f(
+                "map_evicted",
+                FieldType::U64,
+                "Entries removed to make room in a (nearly) full map (cumulative)",
+            ),
+            f(
+                "map_stale",
+                FieldType::U64,
+                "Entries removed because their socket was gone or had nothing queued any more (cumulative)",
+            ),
+            f(
+                "netns_cached",
+                FieldType::U64,
+                "Network namespaces the reset path holds a netlink socket in",
+            ),
+            f(
+                "partition_hold",
+                FieldType::Bool,
+                "Resets are held: ACKs stopped from (almost) every remote network at once",
             ),
             f(
                 "close_notes_lost",
@@ -1042,6 +1124,59 @@ static SCHEMA: &[EventSchema] = &[
                 "calibration",
                 FieldType::Array(&FieldType::Object(CALIBRATION_FIELDS)),
                 "Observed stall durations per (rule, class)",
+            ),
+        ],
+    },
+    EventSchema {
+        event: "partition_hold",
+        doc: "ACKs stopped from (almost) every remote network at once — the node's own path \
+              is down, not its peers: resets are held so a transient outage does not become \
+              a mass reset; or the hold ended.",
+        socket: false,
+        fields: &[
+            f(
+                "state",
+                FieldType::Enum(&["started", "ended", "expired"]),
+                "`started`; `ended` (ACKs came back); `expired` (held for `partition_max_hold`, resets resume under the budgets)",
+            ),
+            f(
+                "silent_networks",
+                FieldType::U64,
+                "Remote networks with data in flight and no ACK for a second",
+            ),
+            f(
+                "alive_networks",
+                FieldType::U64,
+                "Remote networks that answered within the last 5 s",
+            ),
+            f(
+                "networks",
+                FieldType::Array(&FieldType::Str),
+                "Silent networks with their silent socket counts, largest first (at most 16)",
+            ),
+            f(
+                "resets_held",
+                FieldType::U64,
+                "Resets held during this hold (on `ended` / `expired`)",
+            ),
+        ],
+    },
+    EventSchema {
+        event: "mass_disconnect",
+        doc: "Many peers of one remote network went silent together while the rest of the \
+              node is fine: their `no_ack` stalls are reset as they cross their thresholds, \
+              outside the rule and network budgets. Once per episode.",
+        socket: false,
+        fields: &[
+            f(
+                "network",
+                FieldType::Str,
+                "The remote network (IPv4 /24, IPv6 /64)",
+            ),
+            f(
+                "silent_sockets",
+                FieldType::U64,
+                "Its silent sockets at detection",
             ),
         ],
     },
@@ -1395,6 +1530,7 @@ mod tests {
                 errno: libc::ENOENT,
                 error: "ENOENT".into(),
                 meaning: "socket already gone".into(),
+                retry_in_ms: full.then_some(500),
             },
             Event::ResetSkipped {
                 socket: s,
@@ -1405,6 +1541,10 @@ mod tests {
                 sockets_tracked: 12,
                 map_capacity: 65_536,
                 map_full: 0,
+                map_evicted: 3,
+                map_stale: 1,
+                netns_cached: 2,
+                partition_hold: full,
                 close_notes_lost: 1,
                 events_lost: 0,
                 stalls_active: 1,
@@ -1415,6 +1555,7 @@ mod tests {
                     done: 1,
                     failed: 1,
                     skipped: 1,
+                    retried: 2,
                 },
                 calibration: if full {
                     vec![CalibrationEntry {
@@ -1436,6 +1577,21 @@ mod tests {
                     }]
                 },
             }),
+            Event::PartitionHold {
+                state: "started".into(),
+                silent_networks: 4,
+                alive_networks: 0,
+                networks: if full {
+                    vec!["10.1.0.0/24 (12 silent)".into()]
+                } else {
+                    vec![]
+                },
+                resets_held: 0,
+            },
+            Event::MassDisconnect {
+                network: "10.9.0.0/24".into(),
+                silent_sockets: 3000,
+            },
             Event::ThresholdWarning {
                 rule: full.then(|| "web".into()),
                 class: StallClass::SlowDrain,
@@ -1872,7 +2028,7 @@ mod tests {
         assert!(w.write_at(&events[2], ts()).is_err());
         assert_eq!(w.events_lost(), 2);
         *sink.budget.lock().unwrap() = usize::MAX;
-        w.write(&events[9]).unwrap();
+        w.write(events.last().unwrap()).unwrap();
         assert_eq!(w.events_lost(), 2);
 
         let got = String::from_utf8(sink.got.lock().unwrap().clone()).unwrap();

@@ -1389,12 +1389,15 @@ fn not_wedged(d: &TcpDiag) -> Option<String> {
 
 fn guard_and_reset(req: &ResetRequest, ns: &NetnsRef, target: Target, d: TcpDiag) -> ResetOutcome {
     let (lp, rp) = (d.local.port(), d.remote.port());
-    if req.policy.is_protected(lp, rp) {
-        let port = if req.policy.guards.protect_ports.contains(&lp) {
-            lp
-        } else {
-            rp
-        };
+    let mut destroyer = Destroyer::new();
+    let attached = destroyer.attach_netns(ns);
+    // Direction matters only for a protected remote port (see guards::protected).
+    let listener = if req.policy.guards.protect_ports.contains(&rp) && attached.is_ok() {
+        crate::agent::local_listener(&mut destroyer, &target)
+    } else {
+        None
+    };
+    if let Some(why) = req.policy.is_protected(lp, rp, listener) {
         let source = match &req.policy.source {
             Some(p) => format!("[guards] protect_ports of {}", p.display()),
             None => {
@@ -1405,7 +1408,7 @@ fn guard_and_reset(req: &ResetRequest, ns: &NetnsRef, target: Target, d: TcpDiag
             &target,
             &d,
             SkipGuard::ProtectedPort,
-            format!("port {port} is protected by {source}; tcpstall never resets it"),
+            format!("{why}, protected by {source}; tcpstall never resets it"),
             EXIT_FAILED,
         );
     }
@@ -1453,7 +1456,6 @@ fn guard_and_reset(req: &ResetRequest, ns: &NetnsRef, target: Target, d: TcpDiag
             EXIT_OK,
         );
     }
-    let mut destroyer = Destroyer::new();
     let failed = |d: &TcpDiag, e: ResetError| ResetOutcome {
         notes: vec![format!(
             "error: resetting {} -> {} (cookie {}, netns {}) failed: {e}",
@@ -1464,10 +1466,11 @@ fn guard_and_reset(req: &ResetRequest, ns: &NetnsRef, target: Target, d: TcpDiag
             errno: e.errno,
             error: reset::errno_name(e.errno).to_string(),
             meaning: e.meaning.clone(),
+            retry_in_ms: None,
         }],
         code: EXIT_FAILED,
     };
-    if let Err(e) = destroyer.attach_netns(ns) {
+    if let Err(e) = attached {
         return failed(&d, e);
     }
     // Re-verify right before acting: still there (same cookie and 4-tuple), still queued.
@@ -2215,6 +2218,7 @@ no_ack_after = "20s"
                 errno: libc::EPERM,
                 error: "EPERM".into(),
                 meaning: reset::errno_meaning(libc::EPERM),
+                retry_in_ms: None,
             },
             Event::ResetSkipped {
                 socket: f.clone(),

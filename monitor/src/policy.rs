@@ -452,13 +452,29 @@ impl Rule {
     ];
 }
 
-/// Limits no rule can override.
+/// Limits no rule can override (see `crate::guards` for how each is applied).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Guards {
-    /// Never reset a socket whose local or remote port is listed. Sorted, no duplicates.
+    /// Protected ports, by direction: a listed local port protects our service on it, a
+    /// listed remote port our outgoing connections to it. Sorted, no duplicates.
     pub protect_ports: Vec<u16>,
-    /// Agent-wide reset budget per minute; 0 = no resets at all.
+    /// Per rule and sliding minute, at least this many resets; 0 = no resets at all.
     pub max_resets_per_minute: u32,
+    /// A rule's per-minute budget grows to this share of the sockets it tracks (0..=1).
+    pub reset_share_per_minute: f64,
+    /// One remote network (IPv4 /24, IPv6 /64) may spend at most this share of a rule's
+    /// budget (0 < x <= 1).
+    pub network_share: f64,
+    /// At least this many silent sockets (90 % of those with data in flight) in one remote
+    /// network, while the node is not partitioned, are a mass disconnect: their `no_ack`
+    /// stalls are reset outside the budgets.
+    pub mass_disconnect_min: u32,
+    /// Hold every reset when at least this many remote networks ...
+    pub partition_min_networks: u32,
+    /// ... and at least this share of the networks heard from lately went silent at once.
+    pub partition_share: f64,
+    /// A hold lasts at most this long; then resets resume (budgets still apply).
+    pub partition_max_hold: Duration,
 }
 
 impl Default for Guards {
@@ -466,6 +482,30 @@ impl Default for Guards {
         Guards {
             protect_ports: vec![22],
             max_resets_per_minute: 60,
+            reset_share_per_minute: 0.1,
+            network_share: 0.5,
+            mass_disconnect_min: 20,
+            partition_min_networks: 2,
+            partition_share: 0.9,
+            partition_max_hold: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Guards {
+    pub fn budgets(&self) -> crate::guards::BudgetGuards {
+        crate::guards::BudgetGuards {
+            max_resets_per_minute: self.max_resets_per_minute,
+            reset_share_per_minute: self.reset_share_per_minute,
+            network_share: self.network_share,
+        }
+    }
+
+    pub fn networks(&self) -> crate::guards::NetGuards {
+        crate::guards::NetGuards {
+            partition_min_networks: self.partition_min_networks,
+            partition_share: self.partition_share,
+            mass_disconnect_min: self.mass_disconnect_min,
         }
     }
 }
@@ -659,10 +699,20 @@ impl Policy {
         }
     }
 
-    /// Whether `[guards] protect_ports` forbids resetting a socket with these ports.
-    pub fn is_protected(&self, local_port: u16, remote_port: u16) -> bool {
-        let p = &self.guards.protect_ports;
-        p.contains(&local_port) || p.contains(&remote_port)
+    /// Why `[guards] protect_ports` forbids resetting a socket with these ports, if it does;
+    /// `local_listener` as in [`crate::guards::protected`].
+    pub fn is_protected(
+        &self,
+        local_port: u16,
+        remote_port: u16,
+        local_listener: Option<bool>,
+    ) -> Option<String> {
+        crate::guards::protected(
+            &self.guards.protect_ports,
+            local_port,
+            remote_port,
+            local_listener,
+        )
     }
 
     /// Human-readable effective rules (every inherited value filled in), for
@@ -675,19 +725,32 @@ impl Policy {
         };
         out.push_str(&format!("policy: {source}\n"));
         out.push_str(&format!("tick: {}\n", format_duration(self.tick)));
-        let ports = if self.guards.protect_ports.is_empty() {
+        let g = &self.guards;
+        let ports = if g.protect_ports.is_empty() {
             "no protected ports".to_string()
         } else {
-            format!(
-                "never reset local or remote port {}",
-                join(&self.guards.protect_ports, ", ")
-            )
+            let p = join(&g.protect_ports, ", ");
+            format!("never reset our service on port {p} nor our outgoing connections to {p}")
         };
-        let budget = match self.guards.max_resets_per_minute {
+        let budget = match g.max_resets_per_minute {
             0 => "resets disabled (max_resets_per_minute = 0)".to_string(),
-            n => format!("at most {n} resets per minute"),
+            n => format!(
+                "per rule at most max({n}, {}% of the sockets it tracks) resets per minute, one \
+                 remote network at most {}% of that",
+                g.reset_share_per_minute * 100.0,
+                g.network_share * 100.0
+            ),
         };
         out.push_str(&format!("guards: {ports}; {budget}\n"));
+        out.push_str(&format!(
+            "        mass disconnect: {} or more silent peers of one remote network are reset \
+             together, outside the budget; partition hold: no resets while {} or more remote \
+             networks and {}% of those heard from are silent at once (at most {})\n",
+            g.mass_disconnect_min,
+            g.partition_min_networks,
+            g.partition_share * 100.0,
+            format_duration(g.partition_max_hold)
+        ));
         out.push_str("defaults (sockets no rule selects; observed, never reset):\n");
         out.push_str(&format!("  {}\n", describe_thresholds(&self.defaults)));
         if self.rules.is_empty() {
@@ -733,6 +796,12 @@ impl Policy {
             "guards": {
                 "protect_ports": self.guards.protect_ports,
                 "max_resets_per_minute": self.guards.max_resets_per_minute,
+                "reset_share_per_minute": self.guards.reset_share_per_minute,
+                "network_share": self.guards.network_share,
+                "mass_disconnect_min": self.guards.mass_disconnect_min,
+                "partition_min_networks": self.guards.partition_min_networks,
+                "partition_share": self.guards.partition_share,
+                "partition_max_hold": format_duration(self.guards.partition_max_hold),
             },
             "rules": self.rules.iter().map(|r| json!({
                 "name": r.name,
@@ -1163,7 +1232,16 @@ const THRESHOLD_KEYS: &[&str] = &[
     "cadence_factor",
     "ceiling",
 ];
-const GUARD_KEYS: &[&str] = &["protect_ports", "max_resets_per_minute"];
+const GUARD_KEYS: &[&str] = &[
+    "protect_ports",
+    "max_resets_per_minute",
+    "reset_share_per_minute",
+    "network_share",
+    "mass_disconnect_min",
+    "partition_min_networks",
+    "partition_share",
+    "partition_max_hold",
+];
 const SELECTOR_KEYS: &[&str] = &[
     "match_all",
     "local_ports",
@@ -1529,6 +1607,29 @@ impl<'s> Cx<'s> {
                 None
             }
         }
+    }
+
+    /// A share between 0 and 1 (`zero_ok`: 0 allowed, else it must be above 0).
+    fn share(&mut self, key: &Key, node: &Node, zero_ok: bool, example: &str) -> Option<f64> {
+        let x = match node.kind {
+            Kind::Float(x) => x,
+            Kind::Int(n) => n as f64,
+            _ => {
+                self.wrong_type(key, node, "a number between 0 and 1", example);
+                return None;
+            }
+        };
+        let low_ok = if zero_ok { x >= 0.0 } else { x > 0.0 };
+        if !x.is_finite() || !low_ok || x > 1.0 {
+            let range = if zero_ok { "0 and 1" } else { "above 0 and at most 1" };
+            self.report(
+                &node.span,
+                format!("`{} = {x}` is a share: it must be {range}", key.name),
+                Some(format!("{} = {example}", key.name)),
+            );
+            return None;
+        }
+        Some(x)
     }
 
     fn cadence_factor(&mut self, key: &Key, node: &Node) -> Option<f64> {
@@ -2221,6 +2322,50 @@ fn build(cx: &mut Cx<'_>, root: &Node) -> Policy {
                         },
                         _ => cx.wrong_type(k, v, "a whole number", "60"),
                     },
+                    "reset_share_per_minute" => {
+                        if let Some(x) = cx.share(k, v, true, "0.1") {
+                            policy.guards.reset_share_per_minute = x;
+                        }
+                    }
+                    "network_share" => {
+                        if let Some(x) = cx.share(k, v, false, "0.5") {
+                            policy.guards.network_share = x;
+                        }
+                    }
+                    "partition_share" => {
+                        if let Some(x) = cx.share(k, v, false, "0.9") {
+                            policy.guards.partition_share = x;
+                        }
+                    }
+                    "mass_disconnect_min" | "partition_min_networks" => match v.kind {
+                        Kind::Int(n) if (1..=1_000_000).contains(&n) => {
+                            if k.name == "mass_disconnect_min" {
+                                policy.guards.mass_disconnect_min = n as u32;
+                            } else {
+                                policy.guards.partition_min_networks = n as u32;
+                            }
+                        }
+                        Kind::Int(n) => cx.report(
+                            &v.span,
+                            format!("`{} = {n}` must be between 1 and 1000000", k.name),
+                            Some(format!(
+                                "{} = {}",
+                                k.name,
+                                if k.name == "mass_disconnect_min" { 20 } else { 2 }
+                            )),
+                        ),
+                        _ => cx.wrong_type(k, v, "a whole number", "20"),
+                    },
+                    "partition_max_hold" => {
+                        if let Some(d) = cx.duration(
+                            k,
+                            v,
+                            Duration::from_secs(1),
+                            Duration::from_secs(24 * 3600),
+                        ) {
+                            policy.guards.partition_max_hold = d;
+                        }
+                    }
                     _ => cx.unknown_key(k, Section::Guards),
                 }
             }
@@ -2667,9 +2812,12 @@ mod tests {
         for c in StallClass::ALL {
             assert!(!s.resets(c));
         }
-        assert!(p.is_protected(22, 40000));
-        assert!(p.is_protected(40000, 22));
-        assert!(!p.is_protected(8000, 40000));
+        assert!(p.is_protected(22, 40000, Some(true)).is_some());
+        assert!(p.is_protected(40000, 22, Some(false)).is_some());
+        assert!(p.is_protected(40000, 22, None).is_some());
+        // A client connecting to our service from source port 22 is not protected.
+        assert!(p.is_protected(8000, 22, Some(true)).is_none());
+        assert!(p.is_protected(8000, 40000, None).is_none());
     }
 
     #[test]
@@ -3667,7 +3815,8 @@ remote_cidrs = ["10.20.0.0/16"]
         let expected = "\
 policy: built-in defaults (no policy file)
 tick: 500ms
-guards: never reset local or remote port 22, 2222; at most 10 resets per minute
+guards: never reset our service on port 22, 2222 nor our outgoing connections to 22, 2222; per rule at most max(10, 10% of the sockets it tracks) resets per minute, one remote network at most 50% of that
+        mass disconnect: 20 or more silent peers of one remote network are reset together, outside the budget; partition hold: no resets while 2 or more remote networks and 90% of those heard from are silent at once (at most 5m)
 defaults (sockets no rule selects; observed, never reset):
   zero_window_after 30s, no_ack_after 45s, slow_drain below 1KiB/s over 30s, recv_backlog_after 30s, cadence_factor 2.0, ceiling 5m
 rules (first match wins):
@@ -3686,7 +3835,7 @@ rules (first match wins):
             d.contains("rules: none; every socket is observed with the defaults"),
             "{d}"
         );
-        assert!(d.contains("never reset local or remote port 22;"), "{d}");
+        assert!(d.contains("never reset our service on port 22 nor our outgoing connections to 22;"), "{d}");
     }
 
     #[test]
