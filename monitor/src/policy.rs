@@ -4,7 +4,7 @@
 //! attached: every problem in the file is reported at once, each as
 //! `FILE:LINE:COL: what is wrong; write instead: what to write`. Without a file the agent
 //! runs [`Policy::default()`]: 30 s thresholds, 1 s tick, observe only, port 22 protected,
-//! at most 60 resets a minute.
+//! at most 60 resets a minute per rule (see `[guards]`).
 //!
 //! # The policy file
 //!
@@ -22,8 +22,14 @@
 //! action = "observe"           # optional; [defaults] can only observe
 //!
 //! [guards]
-//! protect_ports = [22]         # never reset a socket whose local OR remote port is listed
-//! max_resets_per_minute = 60   # agent-wide rate limit; 0 disables resets entirely
+//! protect_ports = [22]         # never reset our service on 22, nor our outgoing connections to 22
+//! max_resets_per_minute = 60   # per rule and minute, at least; 0 disables resets entirely
+//! reset_share_per_minute = 0.1 # ... or this share of the sockets the rule tracks, if more
+//! network_share = 0.5          # one remote network (/24, /64) gets at most this share of it
+//! mass_disconnect_min = 20     # this many silent peers of one network: reset together
+//! partition_min_networks = 2   # hold every reset while this many remote networks ...
+//! partition_share = 0.9        # ... and this share of those heard from went silent at once
+//! partition_max_hold = "5m"    # for at most this long
 //!
 //! [[rule]]                     # any number of rules; the first that matches a socket wins
 //! name = "websocket-server"    # required, unique; letters, digits, '.', '_', '-'
@@ -68,8 +74,14 @@
 //!
 //! | key | default | meaning |
 //! | --- | --- | --- |
-//! | `protect_ports` | `[22]` | a socket whose local or remote port is listed is never reset, whatever a rule says. The list replaces the default: keep 22 in it to keep SSH protected. `[]` protects nothing |
-//! | `max_resets_per_minute` | `60` | at most this many resets per minute across the agent; `0` means no resets at all |
+//! | `protect_ports` | `[22]` | by direction, whatever a rule says: a listed **local** port protects our service on it (and anything else using that local port); a listed **remote** port protects our **outgoing** connections to it — not a client that connects to one of our services from that source port (it is told apart by a listening socket on the local port; when that cannot be looked up, the socket stays protected). The list replaces the default: keep 22 in it to keep SSH protected. `[]` protects nothing |
+//! | `max_resets_per_minute` | `60` | each reset rule's budget per sliding minute is at least this; `0` means no resets at all, ever |
+//! | `reset_share_per_minute` | `0.1` | a rule's budget grows to this share of the sockets it tracks (those with data queued), when that is more: max(60, 10 % of 3,000) = 300 |
+//! | `network_share` | `0.5` | one remote network (IPv4 /24, IPv6 /64) may use at most this share of a rule's budget, so clients of one network cannot spend it for everyone |
+//! | `mass_disconnect_min` | `20` | when at least this many sockets of one remote network (and 90 % of those with data in flight) hear nothing for a second while the node is not partitioned, their peers vanished together: their `no_ack` stalls are reset as they cross their thresholds, outside both budgets (a `mass_disconnect` event says so once) |
+//! | `partition_min_networks` | `2` | **partition hold**: while at least this many remote networks ... |
+//! | `partition_share` | `0.9` | ... and at least this share of the networks heard from in the last 5 s went silent at once, the node's own path is down, not its peers: no socket is reset (guard `partition_hold`, and a `partition_hold` event when it starts and ends) |
+//! | `partition_max_hold` | `"5m"` | a hold lasts at most this long; then resets resume, under the budgets |
 //!
 //! ## `[[rule]]`
 //!
@@ -131,8 +143,8 @@ cadence_factor = 2.0         # a socket that stalled and recovered before gets u
 ceiling = "5m"               # 2x its longest recovered stall, but never past 5m
 
 [guards]
-protect_ports = [22]         # never reset SSH, whatever a rule says
-max_resets_per_minute = 60   # agent-wide brake
+protect_ports = [22]         # never reset our SSH service, nor our SSH sessions out
+max_resets_per_minute = 60   # per rule and minute (more for rules selecting many sockets)
 
 # Granian serving WebSockets on :8000. A client that stops reading (killed tab,
 # sleeping phone, half-open tunnel) fills the send buffer; the send parked on it
@@ -2685,13 +2697,16 @@ fn parse_rule(
             );
         }
         let protected: HashSet<u16> = guards.protect_ports.iter().copied().collect();
+        // A protected local port always protects; a protected remote port only protects our
+        // outgoing connections (a client may connect to us from that port), so only
+        // local_ports can make a reset rule powerless.
         for (which, span) in &port_spans {
-            let ranges = if *which == "local_ports" {
-                &sel.local_ports
-            } else {
-                &sel.remote_ports
+            if *which != "local_ports" {
+                continue;
+            }
+            let Some(ranges) = &sel.local_ports else {
+                continue;
             };
-            let Some(ranges) = ranges else { continue };
             let all_protected = ranges
                 .iter()
                 .all(|r| (r.first..=r.last).all(|p| protected.contains(&p)));
@@ -3243,12 +3258,9 @@ mod tests {
             "every port in its local_ports is in [guards] protect_ports",
             "action = \"observe\"",
         );
-        only(
-            "[[rule]]\nname = \"ssh-out\"\nremote_ports = [\"22-22\"]\naction = \"reset\"\n",
-            3,
-            "remote_ports",
-            "remove those ports from [guards] protect_ports",
-        );
+        // A protected remote port protects only outgoing connections: a rule on it can still
+        // reset clients that connect to us from that port.
+        ok("[[rule]]\nname = \"from-22\"\nremote_ports = [\"22-22\"]\naction = \"reset\"\n");
         ok("[[rule]]\nname = \"ssh\"\nlocal_ports = [22]\naction = \"observe\"\n");
         ok("[[rule]]\nname = \"ssh-and-web\"\nlocal_ports = [22, 8000]\naction = \"reset\"\n");
         ok("[guards]\nprotect_ports = []\n[[rule]]\nname = \"ssh\"\nlocal_ports = [22]\naction = \"reset\"\n");
