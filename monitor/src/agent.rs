@@ -943,9 +943,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             let mass = budgets.max_resets_per_minute > 0
                 && c.class == StallClass::NoAck
                 && match self.nets.mass_disconnect(&net, mass_min) {
-                    Some(first) => {
+                    Some((first, n)) => {
                         if first {
-                            let n = self.nets.silent_sockets(&net, c.snap.now_ns);
                             log::warn!("mass disconnect: {n} silent sockets in {net}");
                             self.out.write(&Event::MassDisconnect {
                                 network: net.to_string(),

@@ -184,14 +184,6 @@ impl Networks {
         }
     }
 
-    /// Silent sockets of `net` this tick, when the network is silent.
-    pub fn silent_sockets(&self, net: &IpNet, now_ns: u64) -> u32 {
-        match self.nets.get(net) {
-            Some(n) if Self::state_of(n, now_ns) == NetState::Silent => n.quiet,
-            _ => 0,
-        }
-    }
-
     /// End a tick: decide the partition, forget networks long unheard.
     pub fn finish(&mut self, g: &NetGuards, now_ns: u64) -> NetReport {
         let (mut silent, mut alive) = (0usize, 0usize);
@@ -237,19 +229,17 @@ impl Networks {
     /// Whether `net` is a mass disconnect now: at least `min` of its sockets silent, and at
     /// least 90 % of those with data in flight (a few peers of the same network that still
     /// answer do not hide the many that vanished).
-    /// The first call that finds it so in an episode returns `Some(true)` (say so once);
-    /// later ones `Some(false)`; `None` when it is not one.
-    pub fn mass_disconnect(&mut self, net: &IpNet, min: u32) -> Option<bool> {
+    /// The first call that finds it so in an episode returns `Some((true, silent sockets))`
+    /// (say so once); later ones `Some((false, _))`; `None` when it is not one.
+    pub fn mass_disconnect(&mut self, net: &IpNet, min: u32) -> Option<(bool, u32)> {
         let n = self.nets.get_mut(net)?;
         if n.quiet < min.max(1) || u64::from(n.quiet) * 10 < u64::from(n.inflight) * 9 {
             n.in_mass = false;
             return None;
         }
-        if !n.in_mass {
-            n.in_mass = true;
-            return Some(true);
-        }
-        Some(false)
+        let first = !n.in_mass;
+        n.in_mass = true;
+        Some((first, n.quiet))
     }
 
     pub fn len(&self) -> usize {
@@ -494,9 +484,8 @@ mod tests {
         let r = n.finish(&G, now);
         assert_eq!((r.silent, r.alive, r.partition), (1, 1, false));
         let dead = network_of(ip("10.9.0.2"));
-        assert_eq!(n.silent_sockets(&dead, now), 3000);
-        assert_eq!(n.mass_disconnect(&dead, 20), Some(true));
-        assert_eq!(n.mass_disconnect(&dead, 20), Some(false));
+        assert_eq!(n.mass_disconnect(&dead, 20), Some((true, 3000)));
+        assert_eq!(n.mass_disconnect(&dead, 20), Some((false, 3000)));
         let live = network_of(ip("10.7.0.2"));
         assert_eq!(n.mass_disconnect(&live, 20), None);
         // A few peers of the dead network that still answer do not hide the rest.
@@ -507,7 +496,7 @@ mod tests {
         for _ in 0..3 {
             n.observe(&peer("10.9.0.3", 1000, 100, 80), now);
         }
-        assert_eq!(n.mass_disconnect(&dead, 20), Some(false));
+        assert_eq!(n.mass_disconnect(&dead, 20), Some((false, 300)));
         // Half of them answering: not a disconnect.
         n.begin();
         for _ in 0..30 {

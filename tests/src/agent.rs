@@ -74,6 +74,8 @@ pub struct AgentOpts {
     pub dry_run: bool,
     /// Further arguments after `run`.
     pub extra_args: Vec<String>,
+    /// Extra environment variables (testing knobs such as `TCPSTALL_NETNS_IDLE_MS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOpts {
@@ -85,6 +87,7 @@ impl AgentOpts {
             stats_interval: Duration::from_secs(1),
             dry_run: false,
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -147,6 +150,7 @@ impl Agent {
             cmd.arg("--dry-run");
         }
         cmd.args(&opts.extra_args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
