@@ -191,6 +191,10 @@ pub struct Offsets {
     pub sk_socket: u32,
     // struct sock_common (via struct sock)
     pub skc_family: u32,
+    /// `skc_state` (u8): the TCP state; only sockets that can wedge are tracked.
+    pub skc_state: u32,
+    /// `skc_bound_dev_if` (int): the bound interface index, 0 if none.
+    pub skc_bound_dev_if: u32,
     pub skc_num: u32,
     pub skc_dport: u32,
     pub skc_rcv_saddr: u32,
@@ -231,6 +235,8 @@ impl Offsets {
             skc_cookie: 0,
             sk_socket: 0,
             skc_family: 0,
+            skc_state: 0,
+            skc_bound_dev_if: 0,
             skc_num: 0,
             skc_dport: 0,
             skc_rcv_saddr: 0,
