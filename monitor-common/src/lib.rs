@@ -90,7 +90,9 @@ pub struct SockState {
     pub raddr: [u8; 16],
     /// Last writer's thread-group id (the pid users know).
     pub pid: u32,
-    pub _pad1: u32,
+    /// The interface the socket is bound to (`sk_bound_dev_if`: `SO_BINDTODEVICE`, or set
+    /// by the kernel for an IPv6 link-local peer), read when tracking starts; 0 = not bound.
+    pub bound_dev_if: u32,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
 

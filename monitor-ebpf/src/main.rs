@@ -90,8 +90,11 @@ static LAST_ACK: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
 static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
 
 const TCP_ESTABLISHED: i32 = 1;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_CLOSING: i32 = 11;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 
@@ -335,9 +338,32 @@ fn set_writer(s: &mut SockState) {
     s.flags |= flags::HAVE_WRITER;
 }
 
-/// Start tracking `sk`. Returns the new entry, or None when the map is full (counted).
+/// The TCP states in which a socket can wedge, the only ones an entry is created in:
+/// ESTABLISHED and CLOSE_WAIT (the application can still write), and FIN_WAIT1, CLOSING and
+/// LAST_ACK (our FIN not acked yet: an orphan with data in flight to a dead or non-reading
+/// peer, which the agent may reset). Never SYN_SENT/SYN_RECV (a failed connect retransmits
+/// its SYN), FIN_WAIT2, TIME_WAIT or CLOSE.
+#[inline(always)]
+fn can_wedge(state: i32) -> bool {
+    state == TCP_ESTABLISHED
+        || state == TCP_CLOSE_WAIT
+        || state == TCP_FIN_WAIT1
+        || state == TCP_CLOSING
+        || state == TCP_LAST_ACK
+}
+
+/// Start tracking `sk`. Returns the new entry, or None when the socket is in a state that
+/// cannot wedge ([`can_wedge`]) or the map is full (counted). Every hook that creates
+/// entries creates them here, so an entry never starts outside those states; the state hook
+/// removes it when the socket leaves ESTABLISHED/CLOSE_WAIT or reaches CLOSE (the hooks and
+/// the state change run under the socket's lock, so no entry is created after its socket's
+/// CLOSE).
 #[inline(always)]
 fn track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
+    let state: u8 = M::ld(tp, off!(skc_state));
+    if !can_wedge(state as i32) {
+        return None;
+    }
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch slot owned by this program invocation.
     let s = unsafe { &mut *scratch };
@@ -358,6 +384,8 @@ fn track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
     }
     let net: u64 = M::ld(tp, off!(skc_net));
     s.netns = M::ld(net as *const u8, off!(net_ns_inum));
+    let dev: i32 = M::ld(tp, off!(skc_bound_dev_if));
+    s.bound_dev_if = dev as u32;
     // Start from the socket's real state, whichever hook saw it first.
     s.snd_una = M::ld(tp, off!(snd_una));
     s.write_seq = M::ld(tp, off!(write_seq));
