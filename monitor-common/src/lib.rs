@@ -164,8 +164,10 @@ impl SockState {
 }
 
 /// Sent on the `CLOSED` ring buffer when a tracked socket leaves ESTABLISHED/CLOSE_WAIT
-/// or reaches TCP_CLOSE (the app closed it, the peer reset it, or it was destroyed). Its map
-/// entry is gone by then.
+/// or reaches TCP_CLOSE (the app closed it, the peer reset it, or it was destroyed). The
+/// note is on the ring *before* the map entry is removed: a map read that misses an entry
+/// removed by a close finds that close's note on the ring afterwards (unless it was counted
+/// in `counter::CLOSE_NOTES_LOST`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CloseNote {

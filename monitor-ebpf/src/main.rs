@@ -20,8 +20,11 @@
 //! - state (`inet_sock_set_state`): a tracked socket leaving ESTABLISHED/CLOSE_WAIT, or
 //!   reaching CLOSE from any state, is dropped and a close note goes to the agent.
 //!
-//! A socket leaves the map when everything is acked and nothing is unread (drained), or when
-//! it closes. Kernel struct offsets come from the running kernel's BTF via `OFFSETS`.
+//! An entry is created (by `track`, from the send, ack and retransmit hooks) only for a socket
+//! in a state that can wedge: ESTABLISHED, CLOSE_WAIT, FIN_WAIT1, CLOSING, LAST_ACK. A socket
+//! leaves the map when everything is acked and nothing is unread (drained), when it closes
+//! (its close note is on the ring before the entry goes), or when the agent removes it.
+//! Kernel struct offsets come from the running kernel's BTF via `OFFSETS`.
 //! Sockets are keyed by cookie, or by address where the programs cannot get the cookie
 //! (tracing programs before 5.12, kprobes always: [`mode::KEY_BY_ADDR`]).
 #![no_std]
@@ -768,6 +771,11 @@ pub fn tcpstall_read_kprobe(ctx: ProbeContext) -> u32 {
 /// state: a socket leaving ESTABLISHED/CLOSE_WAIT, or reaching CLOSE from any state (an
 /// orphan tracked in FIN_WAIT1 by the retransmit hook, say), is dropped. Its entry can never
 /// outlive the socket, so an address key is never inherited by a later socket.
+///
+/// Ordering invariant: the close note goes on the `CLOSED` ring *before* the entry is
+/// removed. So if the agent reads the map and then drains the ring, an entry that its read
+/// missed because a close removed it has its note in that drain (unless the ring was full:
+/// counted in `close_notes_lost`).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     let oldstate: i32 = ctx.arg(1);
@@ -784,10 +792,8 @@ pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     };
     // SAFETY: map value pointer valid for this invocation.
     let cookie = unsafe { (*p).cookie };
-    if SOCKS.remove(&key).is_err() {
-        return 0; // removed by another CPU meanwhile
-    }
-    bump(counter::CLOSED);
+    // The note first, then the removal (see above). An entry removed meanwhile by someone
+    // else (the agent) still gets its note: the socket is closing all the same.
     let note = CloseNote {
         cookie,
         key,
@@ -797,6 +803,9 @@ pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     };
     if CLOSED.output::<CloseNote>(&note, 0).is_err() {
         bump(counter::CLOSE_NOTES_LOST);
+    }
+    if SOCKS.remove(&key).is_ok() {
+        bump(counter::CLOSED);
     }
     0
 }
