@@ -90,7 +90,9 @@ pub struct SockState {
     pub raddr: [u8; 16],
     /// Last writer's thread-group id (the pid users know).
     pub pid: u32,
-    pub _pad1: u32,
+    /// The interface the socket is bound to (`sk_bound_dev_if`: `SO_BINDTODEVICE`, or set
+    /// by the kernel for an IPv6 link-local peer), read when tracking starts; 0 = not bound.
+    pub bound_dev_if: u32,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
 
@@ -162,8 +164,10 @@ impl SockState {
 }
 
 /// Sent on the `CLOSED` ring buffer when a tracked socket leaves ESTABLISHED/CLOSE_WAIT
-/// or reaches TCP_CLOSE (the app closed it, the peer reset it, or it was destroyed). Its map
-/// entry is gone by then.
+/// or reaches TCP_CLOSE (the app closed it, the peer reset it, or it was destroyed). The
+/// note is on the ring *before* the map entry is removed: a map read that misses an entry
+/// removed by a close finds that close's note on the ring afterwards (unless it was counted
+/// in `counter::CLOSE_NOTES_LOST`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CloseNote {
@@ -191,6 +195,10 @@ pub struct Offsets {
     pub sk_socket: u32,
     // struct sock_common (via struct sock)
     pub skc_family: u32,
+    /// `skc_state` (u8): the TCP state; only sockets that can wedge are tracked.
+    pub skc_state: u32,
+    /// `skc_bound_dev_if` (int): the bound interface index, 0 if none.
+    pub skc_bound_dev_if: u32,
     pub skc_num: u32,
     pub skc_dport: u32,
     pub skc_rcv_saddr: u32,
@@ -231,6 +239,8 @@ impl Offsets {
             skc_cookie: 0,
             sk_socket: 0,
             skc_family: 0,
+            skc_state: 0,
+            skc_bound_dev_if: 0,
             skc_num: 0,
             skc_dport: 0,
             skc_rcv_saddr: 0,

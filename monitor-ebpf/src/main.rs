@@ -20,8 +20,11 @@
 //! - state (`inet_sock_set_state`): a tracked socket leaving ESTABLISHED/CLOSE_WAIT, or
 //!   reaching CLOSE from any state, is dropped and a close note goes to the agent.
 //!
-//! A socket leaves the map when everything is acked and nothing is unread (drained), or when
-//! it closes. Kernel struct offsets come from the running kernel's BTF via `OFFSETS`.
+//! An entry is created (by `track`, from the send, ack and retransmit hooks) only for a socket
+//! in a state that can wedge: ESTABLISHED, CLOSE_WAIT, FIN_WAIT1, CLOSING, LAST_ACK. A socket
+//! leaves the map when everything is acked and nothing is unread (drained), when it closes
+//! (its close note is on the ring before the entry goes), or when the agent removes it.
+//! Kernel struct offsets come from the running kernel's BTF via `OFFSETS`.
 //! Sockets are keyed by cookie, or by address where the programs cannot get the cookie
 //! (tracing programs before 5.12, kprobes always: [`mode::KEY_BY_ADDR`]).
 #![no_std]
@@ -90,8 +93,11 @@ static LAST_ACK: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
 static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
 
 const TCP_ESTABLISHED: i32 = 1;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_CLOSING: i32 = 11;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 
@@ -335,9 +341,32 @@ fn set_writer(s: &mut SockState) {
     s.flags |= flags::HAVE_WRITER;
 }
 
-/// Start tracking `sk`. Returns the new entry, or None when the map is full (counted).
+/// The TCP states in which a socket can wedge, the only ones an entry is created in:
+/// ESTABLISHED and CLOSE_WAIT (the application can still write), and FIN_WAIT1, CLOSING and
+/// LAST_ACK (our FIN not acked yet: an orphan with data in flight to a dead or non-reading
+/// peer, which the agent may reset). Never SYN_SENT/SYN_RECV (a failed connect retransmits
+/// its SYN), FIN_WAIT2, TIME_WAIT or CLOSE.
+#[inline(always)]
+fn can_wedge(state: i32) -> bool {
+    state == TCP_ESTABLISHED
+        || state == TCP_CLOSE_WAIT
+        || state == TCP_FIN_WAIT1
+        || state == TCP_CLOSING
+        || state == TCP_LAST_ACK
+}
+
+/// Start tracking `sk`. Returns the new entry, or None when the socket is in a state that
+/// cannot wedge ([`can_wedge`]) or the map is full (counted). Every hook that creates
+/// entries creates them here, so an entry never starts outside those states; the state hook
+/// removes it when the socket leaves ESTABLISHED/CLOSE_WAIT or reaches CLOSE (the hooks and
+/// the state change run under the socket's lock, so no entry is created after its socket's
+/// CLOSE).
 #[inline(always)]
 fn track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
+    let state: u8 = M::ld(tp, off!(skc_state));
+    if !can_wedge(state as i32) {
+        return None;
+    }
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch slot owned by this program invocation.
     let s = unsafe { &mut *scratch };
@@ -358,6 +387,8 @@ fn track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
     }
     let net: u64 = M::ld(tp, off!(skc_net));
     s.netns = M::ld(net as *const u8, off!(net_ns_inum));
+    let dev: i32 = M::ld(tp, off!(skc_bound_dev_if));
+    s.bound_dev_if = dev as u32;
     // Start from the socket's real state, whichever hook saw it first.
     s.snd_una = M::ld(tp, off!(snd_una));
     s.write_seq = M::ld(tp, off!(write_seq));
@@ -740,6 +771,11 @@ pub fn tcpstall_read_kprobe(ctx: ProbeContext) -> u32 {
 /// state: a socket leaving ESTABLISHED/CLOSE_WAIT, or reaching CLOSE from any state (an
 /// orphan tracked in FIN_WAIT1 by the retransmit hook, say), is dropped. Its entry can never
 /// outlive the socket, so an address key is never inherited by a later socket.
+///
+/// Ordering invariant: the close note goes on the `CLOSED` ring *before* the entry is
+/// removed. So if the agent reads the map and then drains the ring, an entry that its read
+/// missed because a close removed it has its note in that drain (unless the ring was full:
+/// counted in `close_notes_lost`).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     let oldstate: i32 = ctx.arg(1);
@@ -756,10 +792,8 @@ pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     };
     // SAFETY: map value pointer valid for this invocation.
     let cookie = unsafe { (*p).cookie };
-    if SOCKS.remove(&key).is_err() {
-        return 0; // removed by another CPU meanwhile
-    }
-    bump(counter::CLOSED);
+    // The note first, then the removal (see above). An entry removed meanwhile by someone
+    // else (the agent) still gets its note: the socket is closing all the same.
     let note = CloseNote {
         cookie,
         key,
@@ -769,6 +803,9 @@ pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     };
     if CLOSED.output::<CloseNote>(&note, 0).is_err() {
         bump(counter::CLOSE_NOTES_LOST);
+    }
+    if SOCKS.remove(&key).is_ok() {
+        bump(counter::CLOSED);
     }
     0
 }

@@ -1120,6 +1120,21 @@ const OFFSET_SPECS: &[OffsetSpec] = &[
         slot: |o| &mut o.skc_family,
     },
     OffsetSpec {
+        name: "skc_state",
+        struct_name: "sock_common",
+        // `volatile unsigned char`: entries are created only in states that can wedge.
+        paths: &["skc_state"],
+        size: 1,
+        slot: |o| &mut o.skc_state,
+    },
+    OffsetSpec {
+        name: "skc_bound_dev_if",
+        struct_name: "sock_common",
+        paths: &["skc_bound_dev_if"],
+        size: 4,
+        slot: |o| &mut o.skc_bound_dev_if,
+    },
+    OffsetSpec {
         name: "skc_num",
         struct_name: "sock_common",
         paths: &["skc_num"],
@@ -1615,6 +1630,7 @@ mod tests {
         sndbuf_u16: bool,
         old_net_proc_inum: bool,
         sk_not_first: bool,
+        no_bound_dev_if: bool,
     }
 
     /// A miniature of the kernel's socket structures, laid out like 6.18's where it matters:
@@ -1698,23 +1714,23 @@ mod tests {
         let s64 = b.int("long long int", 8);
         let atomic64 = b.strukt("", 8, &[("counter", s64, 0, 0)]);
         let atomic64_t = b.modifier(KIND_TYPEDEF, "atomic64_t", atomic64);
-        let sock_common = b.strukt(
-            "sock_common",
-            136,
-            &[
-                ("", addr_u, 0, 0),
-                ("", hash_u, 64, 0),
-                ("", port_u, 96, 0),
-                ("skc_family", ushort, 128, 0),
-                ("skc_state", vol_uchar, 144, 0),
-                ("skc_reuse", uchar, 152, 4),
-                ("skc_reuseport", uchar, 156, 1),
-                ("skc_net", possible_net, 192, 0),
-                ("skc_v6_daddr", in6, 256, 0),
-                ("skc_v6_rcv_saddr", in6, 384, 0),
-                ("skc_cookie", atomic64_t, 832, 0),
-            ],
-        );
+        let mut common_members: Vec<M> = vec![
+            ("", addr_u, 0, 0),
+            ("", hash_u, 64, 0),
+            ("", port_u, 96, 0),
+            ("skc_family", ushort, 128, 0),
+            ("skc_state", vol_uchar, 144, 0),
+            ("skc_reuse", uchar, 152, 4),
+            ("skc_reuseport", uchar, 156, 1),
+            ("skc_net", possible_net, 192, 0),
+            ("skc_v6_daddr", in6, 256, 0),
+            ("skc_v6_rcv_saddr", in6, 384, 0),
+            ("skc_cookie", atomic64_t, 832, 0),
+        ];
+        if !v.no_bound_dev_if {
+            common_members.push(("skc_bound_dev_if", int, 160, 0));
+        }
+        let sock_common = b.strukt("sock_common", 136, &common_members);
         let sndbuf_ty = if v.sndbuf_u16 { ushort } else { int };
         let socket = b.strukt("socket", 8, &[("state", int, 0, 0)]);
         let socket_ptr = b.ptr(socket);
@@ -1887,6 +1903,8 @@ mod tests {
             skc_cookie: 104,
             sk_socket: 272,
             skc_family: 16,
+            skc_state: 18,
+            skc_bound_dev_if: 20,
             skc_num: 14,
             skc_dport: 12,
             skc_rcv_saddr: 4,
@@ -1926,13 +1944,20 @@ mod tests {
             no_write_seq: true,
             sndbuf_u16: true,
             sk_not_first: true,
+            no_bound_dev_if: true,
             ..Variant::default()
         };
         let e = format!(
             "{:#}",
             offsets_from_btf(&Btf::parse(&mini_kernel(&v)).unwrap()).unwrap_err()
         );
-        assert!(e.starts_with("3 kernel field(s) not usable"), "{e}");
+        assert!(e.starts_with("4 kernel field(s) not usable"), "{e}");
+        assert!(
+            e.contains(
+                "skc_bound_dev_if: `sock_common` (struct sock_common) has no field `skc_bound_dev_if`"
+            ),
+            "{e}"
+        );
         assert!(
             e.contains("write_seq: `tcp_sock` (struct tcp_sock) has no field `write_seq`"),
             "{e}"
@@ -2564,6 +2589,8 @@ mod tests {
         assert_eq!(o.skc_rcv_saddr, 4);
         let all = [
             ("skc_family", o.skc_family),
+            ("skc_state", o.skc_state),
+            ("skc_bound_dev_if", o.skc_bound_dev_if),
             ("skc_num", o.skc_num),
             ("skc_dport", o.skc_dport),
             ("skc_rcv_saddr", o.skc_rcv_saddr),
@@ -2594,6 +2621,8 @@ mod tests {
         assert_eq!(sock_common.offset, 0);
         for off in [
             o.skc_family,
+            o.skc_state,
+            o.skc_bound_dev_if,
             o.skc_num,
             o.skc_dport,
             o.skc_net,
@@ -2604,6 +2633,21 @@ mod tests {
         assert_eq!(
             btf.field("sock", "__sk_common.skc_family").unwrap().offset,
             o.skc_family
+        );
+        // The kernel's `sk_state` and `sk_bound_dev_if`: a u8 and an int.
+        assert_eq!(
+            btf.field("sock", "__sk_common.skc_state").unwrap(),
+            Field {
+                offset: o.skc_state,
+                size: 1
+            }
+        );
+        assert_eq!(
+            btf.field("sock", "__sk_common.skc_bound_dev_if").unwrap(),
+            Field {
+                offset: o.skc_bound_dev_if,
+                size: 4
+            }
         );
         let e = btf.field("tcp_sock", "write_sq").unwrap_err().to_string();
         eprintln!("example error: {e}");

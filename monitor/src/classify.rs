@@ -1240,6 +1240,7 @@ mod tests {
                     family: crate::snapshot::AF_INET,
                     local,
                     remote,
+                    bound_dev_if: 0,
                     pid: Some(4242),
                     comm: Some("python3".into()),
                     cgroup_id: Some(1),

@@ -437,6 +437,39 @@ impl Probes {
         (s.cookie == cookie).then_some(s)
     }
 
+    /// Delete one socket's entry from the kernel map, by cookie (the agent's eviction and
+    /// stale-entry sweep). Returns whether an entry was removed.
+    ///
+    /// Under address keys the entry is found through the cookie → key map of the last
+    /// [`Probes::read_all`], and removed only while it still belongs to that socket (a later
+    /// socket at the same address keeps its entry); the cookie's bookkeeping is dropped
+    /// either way. Between that check and the removal a close and a new socket at the same
+    /// address could swap the entry: that socket is then tracked again by its next hook
+    /// event.
+    pub fn remove(&mut self, cookie: u64) -> bool {
+        if !self.key_by_addr {
+            return self.socks.remove(&cookie).is_ok();
+        }
+        let Some(key) = self.keys.remove(&cookie) else {
+            return false;
+        };
+        let cached = self.cookies.get(&key).copied();
+        if cached.is_some_and(|(_, c)| c == cookie) {
+            self.cookies.remove(&key);
+        }
+        let Ok(s) = self.socks.get(&key, 0) else {
+            return false;
+        };
+        let owner = if s.cookie != 0 {
+            Some(s.cookie)
+        } else {
+            cached
+                .filter(|&(first, _)| first == s.first_seen_ns)
+                .map(|(_, c)| c)
+        };
+        owner == Some(cookie) && self.socks.remove(&key).is_ok()
+    }
+
     /// Close notes produced since the last call.
     pub fn drain_closed(&mut self) -> Vec<CloseNote> {
         let mut out = Vec::new();

@@ -17,6 +17,10 @@ pub struct Snapshot {
     pub family: u16,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// Index of the interface the socket is bound to (`sk_bound_dev_if`: `SO_BINDTODEVICE`,
+    /// or set by the kernel for an IPv6 link-local peer); 0 = not bound. Read when tracking
+    /// started.
+    pub bound_dev_if: u32,
     /// Writer identity; None until the socket was written from process context while tracked.
     pub pid: Option<u32>,
     pub comm: Option<String>,
@@ -95,6 +99,7 @@ impl Snapshot {
             family: s.family,
             local: addr(s.family, &s.laddr, s.lport),
             remote: addr(s.family, &s.raddr, s.rport),
+            bound_dev_if: s.bound_dev_if,
             pid: have_writer.then_some(s.pid),
             comm: have_writer.then(|| comm(&s.comm)),
             cgroup_id: have_writer.then_some(s.cgroup_id),
@@ -147,4 +152,25 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_interface_is_carried_over() {
+        let mut s = SockState::zeroed();
+        s.family = AF_INET6;
+        s.laddr = "fe80::1".parse::<Ipv6Addr>().unwrap().octets();
+        s.raddr = "fe80::2".parse::<Ipv6Addr>().unwrap().octets();
+        s.lport = 8000;
+        s.rport = 40000;
+        s.bound_dev_if = 7;
+        let snap = Snapshot::from_state(&s, 1);
+        assert_eq!(snap.bound_dev_if, 7);
+        assert_eq!(snap.local, "[fe80::1]:8000".parse().unwrap());
+        s.bound_dev_if = 0;
+        assert_eq!(Snapshot::from_state(&s, 1).bound_dev_if, 0, "0 = not bound");
+    }
 }

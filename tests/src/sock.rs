@@ -208,6 +208,47 @@ pub fn connect(
     Ok(stream)
 }
 
+/// Start a non-blocking connect to `addr` and return at once (the handshake goes on in the
+/// kernel), with `TCP_SYNCNT` set to `syncnt` when given: the kernel sends the SYN, then
+/// that many retransmits, and fails the connect with ETIMEDOUT (SYNCNT 1: after ~3 s).
+/// The socket lives in the network namespace of the calling thread.
+pub fn start_connect(addr: SocketAddr, syncnt: Option<i32>) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the fd is owned right away.
+    let fd = cvt(unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })?;
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if let Some(n) = syncnt {
+        setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_SYNCNT, &n)?;
+    }
+    let (ss, len) = sockaddr(&addr);
+    // SAFETY: ss/len describe a valid socket address.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &ss as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(fd)
+}
+
 /// Name the calling thread (`prctl(PR_SET_NAME)`), which is the `comm` the kernel reports
 /// for it. At most 15 bytes are kept.
 pub fn set_thread_name(name: &str) -> io::Result<()> {
