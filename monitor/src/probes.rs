@@ -524,18 +524,3 @@ impl Probes {
         Some(total)
     }
 }
-
-// TEMP-LEAD-SHIM (replaced by the kmap branch on merge).
-impl Probes {
-    pub fn remove(&mut self, cookie: u64) -> bool {
-        let key = if self.key_by_addr {
-            match self.keys.remove(&cookie) {
-                Some(k) => k,
-                None => return false,
-            }
-        } else {
-            cookie
-        };
-        self.socks.remove(&key).is_ok()
-    }
-}

@@ -3368,31 +3368,3 @@ mod find_tests {
         assert_eq!((e.errno, e.stage), (libc::ENOENT, "netns"));
     }
 }
-
-// TEMP-LEAD-SHIM (replaced by the reset branch on merge).
-impl ResetError {
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self.errno,
-            libc::ENOBUFS
-                | libc::EAGAIN
-                | libc::ETIMEDOUT
-                | libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOMEM
-                | libc::EINTR
-                | libc::EBUSY
-        )
-    }
-}
-impl Destroyer {
-    pub fn with_idle_limit(_d: Duration) -> Destroyer {
-        Destroyer::new()
-    }
-    pub fn release_idle(&mut self) -> usize {
-        self.prune_idle(CACHE_IDLE_LIMIT)
-    }
-    pub fn lookup_many(&mut self, t: &[Target]) -> Vec<Result<Option<TcpDiag>, ResetError>> {
-        t.iter().map(|t| self.lookup(t)).collect()
-    }
-}
