@@ -141,6 +141,8 @@ fn target_of(snap: &Snapshot) -> Target {
         local: snap.local,
         remote: snap.remote,
         pid_hint: snap.pid,
+        // 0: the eBPF side does not report sk_bound_dev_if yet.
+        ifindex: 0,
     }
 }
 

@@ -20,8 +20,11 @@
 //! `::ffff:a.b.c.d` is turned into that IPv4 lookup by the kernel; requests are sent in that
 //! form first and, on `ENOENT`, once more as plain `AF_INET` (older kernels).
 //!
-//! Limitation: the lookup is sent with interface index 0, which does not match sockets bound
-//! to a device (`SO_BINDTODEVICE`, VRF); those are reported as not found.
+//! Device-bound sockets (`SO_BINDTODEVICE`, a VRF, IPv6 link-local connections, which the
+//! kernel binds to the scope's interface): the kernel's exact lookup matches a bound socket
+//! only when the request's `idiag_if` names that interface (an unbound socket matches any
+//! value). Every request carries [`Target::ifindex`]; with 0 a bound socket is not found
+//! (`ENOENT`), checked on Linux 6.18 by `kernel_tests::bound_sockets_need_their_ifindex`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,6 +36,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
+pub(crate) mod kernel_tests;
 mod modules;
 mod orphan;
 
@@ -102,6 +107,9 @@ pub struct Target {
     pub remote: SocketAddr,
     /// A process believed to be in the namespace (speeds up namespace resolution).
     pub pid_hint: Option<u32>,
+    /// Interface the socket is bound to (`sk_bound_dev_if`, [`TcpDiag::ifindex`] of a dump),
+    /// in the socket's namespace; 0 = not bound. Sent as `inet_diag_sockid.idiag_if`.
+    pub ifindex: u32,
 }
 
 /// Why a reset or lookup failed: the errno, what it means for the operator, and where.
@@ -775,7 +783,7 @@ fn wire_ids(t: &Target) -> Result<Vec<WireId>, ResetError> {
         dport,
         src,
         dst,
-        ifindex: 0,
+        ifindex: t.ifindex,
         cookie,
     };
     let v4 = (v4_of(t.local.ip()), v4_of(t.remote.ip()));
@@ -1463,6 +1471,7 @@ fn probe_inner() -> Result<Duration, ProbeFailure> {
             .peer_addr()
             .map_err(|e| io_fail("read the test socket's peer", e))?,
         pid_hint: Some(std::process::id()),
+        ifindex: 0,
     };
     let refused = |e: ResetError| -> ProbeFailure {
         let detail = match e.errno {
@@ -1944,6 +1953,7 @@ pub fn find_sockets_in(
                         local: d.local,
                         remote: d.remote,
                         pid_hint: ns.pid(),
+                        ifindex: d.ifindex,
                     };
                     s.found.push((t, d));
                 }
@@ -2040,6 +2050,7 @@ mod tests {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             pid_hint: None,
+            ifindex: 0,
         }
     }
 
@@ -2077,6 +2088,27 @@ mod tests {
             u32::from_ne_bytes(r[52..56].try_into().unwrap()),
             0x1122_3344
         );
+    }
+
+    #[test]
+    fn requests_carry_the_bound_interface() {
+        let mut t = target(2, "10.1.2.3:443", "192.168.0.9:50000", 9);
+        t.ifindex = 7;
+        let ids = wire_ids(&t).unwrap();
+        let m = encode_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 1, &ids[0], 0);
+        assert_eq!(
+            u32::from_ne_bytes(m[16 + 44..16 + 48].try_into().unwrap()),
+            7
+        );
+        // Both encodings of an IPv4-mapped socket, and IPv6.
+        let mut t = target(10, "[::ffff:127.0.0.1]:80", "[::ffff:127.0.0.2]:9", 9);
+        t.ifindex = 0x0102_0304;
+        let ids = wire_ids(&t).unwrap();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.iter().all(|id| id.ifindex == 0x0102_0304));
+        let mut t = target(10, "[fe80::1]:80", "[fe80::2]:9", 9);
+        t.ifindex = 3;
+        assert_eq!(wire_ids(&t).unwrap()[0].ifindex, 3);
     }
 
     #[test]
@@ -2358,6 +2390,7 @@ mod tests {
             local: server.local_addr().unwrap(),
             remote: server.peer_addr().unwrap(),
             pid_hint: Some(std::process::id()),
+            ifindex: 0,
         }
     }
 

@@ -1,0 +1,243 @@
+//! Real-kernel tests of the reset path's decisions: device-bound sockets. Run as root
+//! (they create network namespaces and veth links, and use SOCK_DESTROY); otherwise they
+//! print SKIP.
+
+use super::test_support::*;
+use super::*;
+use std::ffi::CString;
+
+/// Two namespaces joined by a veth pair: `tsc` in the client namespace (192.0.2.1/30,
+/// fe80::1/64), `tss` in the server namespace (192.0.2.2/30, fe80::2/64).
+pub(crate) struct Linked {
+    pub(crate) client: TestNetns,
+    pub(crate) server: TestNetns,
+    /// Index of `tsc` in the client namespace.
+    pub(crate) client_if: u32,
+    /// Index of `tss` in the server namespace.
+    pub(crate) server_if: u32,
+}
+
+fn ifindex_in(ns: &TestNetns, name: &'static str) -> u32 {
+    ns.run_in(move || {
+        let c = CString::new(name).unwrap();
+        // SAFETY: valid C string; the lookup uses a socket of this thread's namespace.
+        let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        assert_ne!(
+            i,
+            0,
+            "if_nametoindex({name}): {}",
+            io::Error::last_os_error()
+        );
+        i
+    })
+}
+
+impl Linked {
+    pub(crate) fn create(tag: &str) -> Linked {
+        let pid = std::process::id();
+        let client = TestNetns::create(&format!("tcpstall-{tag}c-{pid}"));
+        let server = TestNetns::create(&format!("tcpstall-{tag}s-{pid}"));
+        let (c, s) = (client.name.as_str(), server.name.as_str());
+        run_ip(&[
+            "-n", c, "link", "add", "tsc", "type", "veth", "peer", "name", "tss", "netns", s,
+        ])
+        .unwrap();
+        for (ns, dev, v4, v6) in [
+            (c, "tsc", "192.0.2.1/30", "fe80::1/64"),
+            (s, "tss", "192.0.2.2/30", "fe80::2/64"),
+        ] {
+            // Only our fixed link-local address, usable at once (no DAD).
+            run_ip(&["-n", ns, "link", "set", dev, "addrgenmode", "none"]).unwrap();
+            run_ip(&["-n", ns, "addr", "add", v4, "dev", dev]).unwrap();
+            run_ip(&["-n", ns, "addr", "add", v6, "dev", dev, "nodad"]).unwrap();
+            run_ip(&["-n", ns, "link", "set", dev, "up"]).unwrap();
+        }
+        let client_if = ifindex_in(&client, "tsc");
+        let server_if = ifindex_in(&server, "tss");
+        Linked {
+            client,
+            server,
+            client_if,
+            server_if,
+        }
+    }
+
+    /// IPv4 over the veth; the client socket is bound to `tsc` with SO_BINDTODEVICE.
+    /// Returns (listener, accepted server side, bound client).
+    pub(crate) fn bound_v4(&self) -> (TcpListener, TcpStream, TcpStream) {
+        let listener = self
+            .server
+            .run_in(|| TcpListener::bind("192.0.2.2:0").expect("bind in the server netns"));
+        let port = listener.local_addr().unwrap().port();
+        let client = self.client.run_in(move || {
+            // SAFETY: plain socket calls on a fresh descriptor; results are checked.
+            unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+                let s = TcpStream::from_raw_fd(fd);
+                let dev = b"tsc\0";
+                assert_eq!(
+                    libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_BINDTODEVICE,
+                        dev.as_ptr().cast(),
+                        dev.len() as libc::socklen_t,
+                    ),
+                    0,
+                    "SO_BINDTODEVICE: {}",
+                    io::Error::last_os_error()
+                );
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: port.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(Ipv4Addr::new(192, 0, 2, 2)).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                assert_eq!(
+                    libc::connect(
+                        fd,
+                        (&sin as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    ),
+                    0,
+                    "connect: {}",
+                    io::Error::last_os_error()
+                );
+                s
+            }
+        });
+        let (accepted, _) = listener.accept().unwrap();
+        (listener, accepted, client)
+    }
+
+    /// IPv6 link-local over the veth: the client connects to fe80::2 with scope `tsc`
+    /// (the kernel binds both ends to their interface).
+    pub(crate) fn link_local_v6(&self) -> (TcpListener, TcpStream, TcpStream) {
+        let listener = self
+            .server
+            .run_in(|| TcpListener::bind("[::]:0").expect("bind in the server netns"));
+        let port = listener.local_addr().unwrap().port();
+        let scope = self.client_if;
+        let client = self.client.run_in(move || {
+            let to = std::net::SocketAddrV6::new("fe80::2".parse().unwrap(), port, 0, scope);
+            TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)).expect("connect fe80::2")
+        });
+        let (accepted, _) = listener.accept().unwrap();
+        (listener, accepted, client)
+    }
+}
+
+/// The target for socket `s` in namespace `netns`.
+fn target(s: &TcpStream, netns: u32, ifindex: u32) -> Target {
+    let local = s.local_addr().unwrap();
+    Target {
+        cookie: socket_cookie(s.as_raw_fd()).unwrap(),
+        netns,
+        family: if local.is_ipv4() { AF_INET } else { AF_INET6 },
+        local,
+        remote: s.peer_addr().unwrap(),
+        pid_hint: None,
+        ifindex,
+    }
+}
+
+#[test]
+fn bound_sockets_need_their_ifindex() {
+    if !require_root("bound_sockets_need_their_ifindex") {
+        return;
+    }
+    let l = Linked::create("bi");
+    let ino = l.client.ino();
+    for v6 in [false, true] {
+        for batched in [false, true] {
+            let what = format!(
+                "{} via {}",
+                if v6 {
+                    "IPv6 link-local"
+                } else {
+                    "IPv4 SO_BINDTODEVICE"
+                },
+                if batched { "destroy_many" } else { "destroy" }
+            );
+            // Wedged writes on its third part: the bound client is the blocked writer.
+            let w = Wedged::new(if v6 { l.link_local_v6() } else { l.bound_v4() });
+            let t = target(&w.server, ino, l.client_if);
+            let unbound = Target {
+                ifindex: 0,
+                ..t.clone()
+            };
+            // The dump reports the binding, so `tcpstall reset` targets carry it.
+            let s = find_sockets(Some(ino), |d| d.cookie == t.cookie).unwrap();
+            assert_eq!(s.found.len(), 1, "{what}");
+            let (ft, _) = &s.found[0];
+            assert_eq!(
+                (ft.cookie, ft.netns, ft.family, ft.ifindex),
+                (t.cookie, ino, t.family, l.client_if),
+                "{what}"
+            );
+            assert!(same_endpoint(ft.local, t.local) && same_endpoint(ft.remote, t.remote));
+            if v6 {
+                // The accepted side of a link-local connection is bound too.
+                let peer = socket_cookie(w.client.as_raw_fd()).unwrap();
+                let s = find_sockets(Some(l.server.ino()), |d| d.cookie == peer).unwrap();
+                assert_eq!(s.found[0].1.ifindex, l.server_if, "{what}");
+            }
+
+            let mut d = Destroyer::new();
+            // The old behaviour: interface 0 does not find a bound socket.
+            assert_eq!(d.lookup(&unbound).unwrap(), None, "{what}");
+            let e = if batched {
+                d.destroy_many(std::slice::from_ref(&unbound)).remove(0)
+            } else {
+                d.destroy(&unbound)
+            }
+            .unwrap_err();
+            assert_eq!((e.errno, e.stage), (libc::ENOENT, "reply"), "{what}: {e}");
+            assert!(
+                w.writer_error(Duration::from_millis(100)).is_none(),
+                "{what}"
+            );
+            assert!(w.server.take_error().unwrap().is_none(), "{what}");
+
+            // Another interface (lo) does not match either.
+            let lo = Target {
+                ifindex: 1,
+                ..t.clone()
+            };
+            assert_eq!(d.lookup(&lo).unwrap(), None, "{what}");
+            assert_eq!(d.destroy(&lo).unwrap_err().errno, libc::ENOENT, "{what}");
+
+            // With the interface: found and destroyed.
+            let info = d.lookup(&t).unwrap().expect("bound socket visible");
+            assert_eq!(
+                (info.cookie, info.ifindex),
+                (t.cookie, l.client_if),
+                "{what}"
+            );
+            let start = Instant::now();
+            if batched {
+                d.destroy_many(std::slice::from_ref(&t)).remove(0)
+            } else {
+                d.destroy(&t)
+            }
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let err = w
+                .writer_error(Duration::from_secs(1))
+                .unwrap_or_else(|| panic!("{what}: blocked writer not aborted"));
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc::ECONNABORTED),
+                "{what}: {err}"
+            );
+            eprintln!(
+                "{what}: ifindex 0 -> ENOENT; ifindex {} -> writer ECONNABORTED after {:?}",
+                l.client_if,
+                start.elapsed()
+            );
+            assert_eq!(d.lookup(&t).unwrap(), None, "{what}: still in the tables");
+        }
+    }
+}
