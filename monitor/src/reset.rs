@@ -126,6 +126,15 @@ pub struct ResetError {
 }
 
 impl ResetError {
+    /// Whether retrying the same socket later can succeed: the failure was about resources or
+    /// time, not about the socket or the permissions. True for `ENOBUFS`, `EAGAIN` /
+    /// `EWOULDBLOCK`, `ETIMEDOUT` (including no answer within the reply timeout), `EMFILE`,
+    /// `ENFILE`, `ENOMEM`, `EINTR` and `EBUSY`; false for everything else (`ENOENT`, `EPERM`,
+    /// `EOPNOTSUPP`, `EINVAL`, ...).
+    pub fn is_transient(&self) -> bool {
+        is_transient_errno(self.errno)
+    }
+
     fn new(stage: &'static str, errno: i32, meaning: impl Into<String>) -> ResetError {
         ResetError {
             errno,
@@ -133,6 +142,21 @@ impl ResetError {
             stage,
         }
     }
+}
+
+/// The errno classification behind [`ResetError::is_transient`].
+pub fn is_transient_errno(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOBUFS
+            | libc::EAGAIN
+            | libc::ETIMEDOUT
+            | libc::EMFILE
+            | libc::ENFILE
+            | libc::ENOMEM
+            | libc::EINTR
+            | libc::EBUSY
+    ) || errno == libc::EWOULDBLOCK
 }
 
 impl fmt::Display for ResetError {
@@ -671,8 +695,13 @@ pub fn errno_meaning(errno: i32) -> String {
             buffer overflowed; transient, retry on the next tick"
             .to_string(),
         libc::EMFILE | libc::ENFILE => "out of file descriptors (per-process or system \
-            limit); close unused descriptors or raise the limit"
+            limit); transient, retried later. If it persists close unused descriptors or \
+            raise the limit"
             .to_string(),
+        libc::EINTR => "interrupted by a signal; transient, retry".to_string(),
+        libc::EBUSY => {
+            "the kernel resource was busy; transient, retry on the next tick".to_string()
+        }
         libc::EMSGSIZE => "the kernel's reply did not fit the receive buffer; this is a \
             tcpstall bug, please report it"
             .to_string(),
@@ -1266,7 +1295,18 @@ pub fn open_netns(ino: u32, pid_hint: Option<u32>) -> Result<(OwnedFd, PathBuf),
             return Ok((fd, p.clone()));
         }
     }
-    if let Ok(dir) = fs::read_dir("/run/netns") {
+    // A directory that cannot be listed (other than a missing /run/netns) is reported:
+    // EMFILE while listing must not turn into "namespace not found".
+    let list = |dir: &str, last_err: &mut Option<(PathBuf, io::Error)>| match fs::read_dir(dir) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                *last_err = Some((PathBuf::from(dir), e));
+            }
+            None
+        }
+    };
+    if let Some(dir) = list("/run/netns", &mut last_err) {
         for entry in dir.flatten() {
             let p = entry.path();
             if let Some(fd) = try_path(&p, &mut last_err) {
@@ -1274,7 +1314,7 @@ pub fn open_netns(ino: u32, pid_hint: Option<u32>) -> Result<(OwnedFd, PathBuf),
             }
         }
     }
-    if let Ok(dir) = fs::read_dir("/proc") {
+    if let Some(dir) = list("/proc", &mut last_err) {
         for entry in dir.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -1292,8 +1332,13 @@ pub fn open_netns(ino: u32, pid_hint: Option<u32>) -> Result<(OwnedFd, PathBuf),
             "netns",
             e.raw_os_error().unwrap_or(libc::EIO),
             format!(
-                "network namespace {ino} was found at {} but cannot be opened: {e}",
-                p.display()
+                "searching for network namespace {ino}: cannot open {}: {e}{}",
+                p.display(),
+                if is_transient_errno(e.raw_os_error().unwrap_or(0)) {
+                    " (transient, retried later)"
+                } else {
+                    ""
+                }
             ),
         ),
         None => ResetError::new(
@@ -2109,6 +2154,52 @@ mod tests {
         let mut t = target(10, "[fe80::1]:80", "[fe80::2]:9", 9);
         t.ifindex = 3;
         assert_eq!(wire_ids(&t).unwrap()[0].ifindex, 3);
+    }
+
+    #[test]
+    fn transient_errors_are_classified() {
+        let transient = [
+            libc::ENOBUFS,
+            libc::EAGAIN,
+            libc::EWOULDBLOCK,
+            libc::ETIMEDOUT,
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EINTR,
+            libc::EBUSY,
+        ];
+        for errno in transient {
+            let e = ResetError::new("reply", errno, errno_meaning(errno));
+            assert!(e.is_transient(), "{}", errno_name(errno));
+            assert!(
+                e.meaning.contains("transient") || e.meaning.contains("retry"),
+                "{}: {}",
+                errno_name(errno),
+                e.meaning
+            );
+        }
+        for errno in [
+            0,
+            libc::ENOENT,
+            libc::ESTALE,
+            libc::EPERM,
+            libc::EACCES,
+            libc::EOPNOTSUPP,
+            libc::EINVAL,
+            libc::EAFNOSUPPORT,
+            libc::EPROTONOSUPPORT,
+            libc::ECONNREFUSED,
+            libc::EMSGSIZE,
+            libc::EPROTO,
+            libc::ESRCH,
+            libc::EIO,
+        ] {
+            for stage in ["netns", "socket", "send", "reply"] {
+                let e = ResetError::new(stage, errno, "");
+                assert!(!e.is_transient(), "{stage} {}", errno_name(errno));
+            }
+        }
     }
 
     #[test]

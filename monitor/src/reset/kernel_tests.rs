@@ -1,10 +1,11 @@
-//! Real-kernel tests of the reset path's decisions: device-bound sockets. Run as root
-//! (they create network namespaces and veth links, and use SOCK_DESTROY); otherwise they
-//! print SKIP.
+//! Real-kernel tests of the reset path's decisions: device-bound sockets, transient
+//! errors. Run as root (they create network namespaces and veth links, and use
+//! SOCK_DESTROY); otherwise they print SKIP.
 
 use super::test_support::*;
 use super::*;
 use std::ffi::CString;
+use std::process::Command;
 
 /// Two namespaces joined by a veth pair: `tsc` in the client namespace (192.0.2.1/30,
 /// fe80::1/64), `tss` in the server namespace (192.0.2.2/30, fe80::2/64).
@@ -240,4 +241,108 @@ fn bound_sockets_need_their_ifindex() {
             assert_eq!(d.lookup(&t).unwrap(), None, "{what}: still in the tables");
         }
     }
+}
+
+// ---- transient errors ----
+
+/// Run in a child process by `emfile_errors_are_transient`: out of descriptors, both the
+/// netlink socket (own namespace) and the namespace search (another one) fail with
+/// EMFILE, classified transient; with descriptors back, the same requests work.
+#[test]
+#[ignore = "run in a child process by emfile_errors_are_transient"]
+fn emfile_child() {
+    let Ok(ino) = std::env::var("TCPSTALL_EMFILE_NETNS") else {
+        return;
+    };
+    let ino: u32 = ino.parse().unwrap();
+    let own = Target {
+        cookie: 5,
+        netns: 0,
+        family: AF_INET,
+        local: "127.0.0.1:1".parse().unwrap(),
+        remote: "127.0.0.1:2".parse().unwrap(),
+        pid_hint: None,
+        ifindex: 0,
+    };
+    let other = Target {
+        netns: ino,
+        ..own.clone()
+    };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: r is a valid rlimit; this lowers the soft limit of this child process only.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        r.rlim_cur = 64;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
+    }
+    let mut fill = Vec::new();
+    loop {
+        match fs::File::open("/dev/null") {
+            Ok(f) => fill.push(f),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+                break;
+            }
+        }
+    }
+    let e = Destroyer::new().lookup(&own).unwrap_err();
+    assert_eq!((e.errno, e.stage), (libc::EMFILE, "socket"), "{e}");
+    assert!(e.is_transient());
+    let e = Destroyer::new()
+        .destroy_many(std::slice::from_ref(&other))
+        .remove(0)
+        .unwrap_err();
+    assert_eq!((e.errno, e.stage), (libc::EMFILE, "netns"), "{e}");
+    assert!(e.is_transient() && e.meaning.contains("transient"), "{e}");
+    println!("{e}");
+    drop(fill);
+    assert_eq!(Destroyer::new().lookup(&own).unwrap(), None);
+    assert_eq!(Destroyer::new().lookup(&other).unwrap(), None);
+    println!("EMFILE-CHILD-OK");
+}
+
+#[test]
+fn emfile_errors_are_transient() {
+    if !require_root("emfile_errors_are_transient") {
+        return;
+    }
+    let ns = TestNetns::create(&format!("tcpstall-em-{}", std::process::id()));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "reset::kernel_tests::emfile_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TCPSTALL_EMFILE_NETNS", ns.ino().to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("EMFILE-CHILD-OK"),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// No answer within the reply timeout is ETIMEDOUT, transient (own namespace: no root).
+#[test]
+fn reply_timeout_is_transient() {
+    let fd = open_diag_socket_here().unwrap();
+    let mut buf = vec![0u8; 1024];
+    let start = Instant::now();
+    let e = recv_datagram(
+        fd.as_raw_fd(),
+        &mut buf,
+        Instant::now() + Duration::from_millis(50),
+    )
+    .unwrap_err();
+    assert_eq!((e.errno, e.stage), (libc::ETIMEDOUT, "reply"), "{e}");
+    assert!(e.is_transient());
+    assert!(start.elapsed() <= REPLY_TIMEOUT + Duration::from_millis(200));
 }
