@@ -397,6 +397,8 @@ impl Agent {
         }
         self.tracker
             .prune(now_ns, Duration::from_secs(600), 100_000);
+        // Netlink sockets cached per namespace keep dead containers' namespaces alive.
+        self.destroyer.release_idle();
         self.last_sweep_us = t0.elapsed().as_micros() as u64;
         log::debug!(
             "tick: {} sockets, map read {read_us} us, whole tick {} us",

@@ -86,10 +86,9 @@ pub const DESTROY_BATCH: usize = 64;
 const RECV_BUF_LEN: usize = 16 * 1024;
 /// At most this many namespaces keep a cached netlink socket (least recently used evicted).
 const MAX_CACHED_NETNS: usize = 256;
-/// Cached sockets idle longer than this are closed (a netlink socket pins its namespace).
-const CACHE_IDLE_LIMIT: Duration = Duration::from_secs(300);
-/// How often the cache is swept for idle entries.
-const CACHE_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// A namespace's cached netlink socket unused this long is closed by
+/// [`Destroyer::release_idle`] (the socket keeps its namespace alive).
+pub const NETNS_IDLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// One socket to reset or inspect.
 #[derive(Clone, Debug, PartialEq)]
@@ -329,13 +328,21 @@ struct CachedSock {
 
 /// Sends SOCK_DESTROY / exact lookups, holding one netlink socket per network namespace.
 ///
-/// Cached sockets keep their namespace alive, so entries idle for more than 5 minutes are
-/// closed, at most 256 namespaces are cached, and [`Destroyer::forget_netns`] /
-/// [`Destroyer::prune_idle`] let the caller drop namespaces it no longer sees.
+/// A cached socket keeps its namespace alive (the kernel frees a namespace only when nothing
+/// refers to it any more), so a socket unused for the idle limit ([`NETNS_IDLE_LIMIT`], 60 s;
+/// see [`Destroyer::with_idle_limit`]) is closed by the next [`Destroyer::release_idle`] —
+/// every request calls it, and the agent calls it every tick. At most 256 namespaces are
+/// cached; [`Destroyer::forget_netns`] / [`Destroyer::prune_idle`] let the caller drop
+/// namespaces it no longer sees.
 pub struct Destroyer {
     socks: HashMap<u64, CachedSock>,
     seq: u32,
-    last_sweep: Instant,
+    idle_limit: Duration,
+    /// No cached socket reaches the idle limit before this instant (`None`: none ever will,
+    /// e.g. the cache is empty).
+    next_release: Option<Instant>,
+    /// Cache scans done by `release_idle` (calls with nothing due do not scan).
+    sweeps: u64,
     buf: Vec<u8>,
 }
 
@@ -351,9 +358,29 @@ impl Destroyer {
         Destroyer {
             socks: HashMap::new(),
             seq: 0,
-            last_sweep: Instant::now(),
+            idle_limit: NETNS_IDLE_LIMIT,
+            next_release: None,
+            sweeps: 0,
             buf: vec![0; RECV_BUF_LEN],
         }
+    }
+
+    /// The same destroyer, closing a namespace's cached socket after `limit` without use
+    /// instead of [`NETNS_IDLE_LIMIT`] (a knob for tests; shorter limits mean more
+    /// `setns` round trips, longer ones keep dead namespaces allocated longer).
+    pub fn with_idle_limit(mut self, limit: Duration) -> Destroyer {
+        self.idle_limit = limit;
+        self.next_release = self
+            .socks
+            .values()
+            .filter_map(|c| c.last_used.checked_add(limit))
+            .min();
+        self
+    }
+
+    /// How long a namespace's cached socket may stay unused before it is closed.
+    pub fn idle_limit(&self) -> Duration {
+        self.idle_limit
     }
 
     /// Abort the socket named by `t` (the kernel sends a RST to the peer and fails pending
@@ -553,6 +580,29 @@ impl Destroyer {
         before - self.socks.len()
     }
 
+    /// Close the cached sockets unused for the idle limit, so the namespaces only they kept
+    /// alive (containers that are gone) are freed; returns how many were closed. Cheap enough
+    /// for every tick: it compares the clock with the earliest instant an entry can reach the
+    /// limit and scans the cache only from then on.
+    pub fn release_idle(&mut self) -> usize {
+        let now = Instant::now();
+        match self.next_release {
+            Some(due) if now >= due => {}
+            _ => return 0,
+        }
+        self.sweeps += 1;
+        let limit = self.idle_limit;
+        let before = self.socks.len();
+        self.socks
+            .retain(|_, c| now.saturating_duration_since(c.last_used) < limit);
+        self.next_release = self
+            .socks
+            .values()
+            .filter_map(|c| c.last_used.checked_add(limit))
+            .min();
+        before - self.socks.len()
+    }
+
     /// Number of namespaces with a cached netlink socket.
     pub fn cached_netns(&self) -> usize {
         self.socks.len()
@@ -601,14 +651,16 @@ impl Destroyer {
     }
 
     fn socket_for(&mut self, key: u64, pid_hint: Option<u32>) -> Result<RawFd, ResetError> {
-        if self.last_sweep.elapsed() >= CACHE_SWEEP_EVERY {
-            self.last_sweep = Instant::now();
-            self.prune_idle(CACHE_IDLE_LIMIT);
-        }
+        self.release_idle();
         if let Some(c) = self.socks.get(&key) {
             return Ok(c.fd.as_raw_fd());
         }
         let fd = open_diag_socket_in(key, pid_hint)?;
+        Ok(self.cache_insert(key, fd))
+    }
+
+    /// Cache `fd` as namespace `key`'s socket, evicting the least recently used one when full.
+    fn cache_insert(&mut self, key: u64, fd: OwnedFd) -> RawFd {
         if self.socks.len() >= MAX_CACHED_NETNS {
             if let Some(oldest) = self
                 .socks
@@ -619,15 +671,13 @@ impl Destroyer {
                 self.socks.remove(&oldest);
             }
         }
+        let now = Instant::now();
         let raw = fd.as_raw_fd();
-        self.socks.insert(
-            key,
-            CachedSock {
-                fd,
-                last_used: Instant::now(),
-            },
-        );
-        Ok(raw)
+        self.socks.insert(key, CachedSock { fd, last_used: now });
+        if let Some(due) = now.checked_add(self.idle_limit) {
+            self.next_release = Some(self.next_release.map_or(due, |d| d.min(due)));
+        }
+        raw
     }
 }
 
@@ -1824,23 +1874,7 @@ impl Destroyer {
             return Ok(());
         }
         let fd = diag_socket_at(ns)?;
-        if self.socks.len() >= MAX_CACHED_NETNS {
-            if let Some(oldest) = self
-                .socks
-                .iter()
-                .min_by_key(|(_, c)| c.last_used)
-                .map(|(k, _)| *k)
-            {
-                self.socks.remove(&oldest);
-            }
-        }
-        self.socks.insert(
-            key,
-            CachedSock {
-                fd,
-                last_used: Instant::now(),
-            },
-        );
+        self.cache_insert(key, fd);
         Ok(())
     }
 }

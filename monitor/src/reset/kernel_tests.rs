@@ -1,6 +1,6 @@
 //! Real-kernel tests of the reset path's decisions: device-bound sockets, transient
-//! errors. Run as root (they create network namespaces and veth links, and use
-//! SOCK_DESTROY); otherwise they print SKIP.
+//! errors, and releasing cached namespace sockets. Run as root (they create network
+//! namespaces and veth links, and use SOCK_DESTROY); otherwise they print SKIP.
 
 use super::test_support::*;
 use super::*;
@@ -345,4 +345,159 @@ fn reply_timeout_is_transient() {
     assert_eq!((e.errno, e.stage), (libc::ETIMEDOUT, "reply"), "{e}");
     assert!(e.is_transient());
     assert!(start.elapsed() <= REPLY_TIMEOUT + Duration::from_millis(200));
+}
+
+// ---- the namespace cache ----
+
+/// Cheap every tick: nothing is scanned before an entry can have reached the limit.
+#[test]
+fn release_idle_scans_only_when_due() {
+    let (_l, _c, s) = pair();
+    let t = target(&s, 0, 0);
+    let limit = Duration::from_millis(300);
+    let mut d = Destroyer::new().with_idle_limit(limit);
+    assert_eq!(NETNS_IDLE_LIMIT, Duration::from_secs(60));
+    assert_eq!(Destroyer::new().idle_limit(), NETNS_IDLE_LIMIT);
+    assert_eq!((d.release_idle(), d.sweeps), (0, 0), "empty cache scanned");
+    assert!(d.lookup(&t).unwrap().is_some());
+    let t0 = Instant::now();
+    for _ in 0..10_000 {
+        assert_eq!(d.release_idle(), 0);
+    }
+    assert!(t0.elapsed() < limit, "10k calls took {:?}", t0.elapsed());
+    assert_eq!((d.sweeps, d.cached_netns()), (0, 1));
+    // Used again half-way: still cached when the first deadline comes, one scan.
+    std::thread::sleep(limit / 2);
+    assert!(d.lookup(&t).unwrap().is_some());
+    std::thread::sleep(limit / 2 + Duration::from_millis(50));
+    assert_eq!(d.release_idle(), 0);
+    assert_eq!((d.sweeps, d.cached_netns()), (1, 1));
+    assert_eq!(d.release_idle(), 0);
+    assert_eq!(d.sweeps, 1, "scanned again before anything was due");
+    // Idle for the whole limit: closed.
+    std::thread::sleep(limit);
+    assert_eq!(d.release_idle(), 1);
+    assert_eq!((d.sweeps, d.cached_netns()), (2, 0));
+    assert_eq!(d.release_idle(), 0);
+    assert_eq!(d.sweeps, 2);
+}
+
+/// Everything in /proc that refers to network namespace `ino`: a process's or thread's
+/// namespace, or an open namespace file.
+fn netns_refs(ino: u32) -> Vec<String> {
+    let want = format!("net:[{ino}]");
+    let mut refs = Vec::new();
+    let link_is = |p: &Path| fs::read_link(p).is_ok_and(|l| l.as_os_str() == want.as_str());
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.path();
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(tasks) = fs::read_dir(pid.join("task")) {
+            for t in tasks.flatten() {
+                if link_is(&t.path().join("ns/net")) {
+                    refs.push(t.path().join("ns/net").display().to_string());
+                }
+            }
+        }
+        if let Ok(fds) = fs::read_dir(pid.join("fd")) {
+            for f in fds.flatten() {
+                if link_is(&f.path()) {
+                    refs.push(f.path().display().to_string());
+                }
+            }
+        }
+    }
+    refs
+}
+
+fn link_exists(ns: &TestNetns, dev: &str) -> bool {
+    run_ip(&["-n", &ns.name, "link", "show", "dev", dev]).is_ok()
+}
+
+/// Wait up to `limit` for `dev` in `ns` to disappear; how long it took.
+fn vanishes(ns: &TestNetns, dev: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if !link_exists(ns, dev) {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A deleted namespace whose only reference is our cached netlink socket stays allocated
+/// until `release_idle` closes that socket, and is freed then. A namespace is freed when the
+/// kernel drops its last reference; its veth end is deleted with it, and so is that
+/// veth's peer in the (surviving) holder namespace — the observable proof.
+#[test]
+fn release_idle_frees_a_deleted_namespace() {
+    if !require_root("release_idle_frees_a_deleted_namespace") {
+        return;
+    }
+    let pid = std::process::id();
+    let holder = TestNetns::create(&format!("tcpstall-rh-{pid}"));
+    let pinned = TestNetns::create(&format!("tcpstall-rp-{pid}"));
+    let control = TestNetns::create(&format!("tcpstall-rc-{pid}"));
+    for (ns, dev) in [(&pinned, "tsp"), (&control, "tsq")] {
+        run_ip(&[
+            "-n",
+            &holder.name,
+            "link",
+            "add",
+            dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ])
+        .unwrap();
+    }
+    let ino = pinned.ino();
+    let limit = Duration::from_millis(300);
+    let mut d = Destroyer::new().with_idle_limit(limit);
+    {
+        let w = Wedged::new(pinned.run_in(pair));
+        d.destroy(&target(&w.server, ino, 0)).unwrap();
+        let err = w.writer_error(Duration::from_secs(1)).expect("not aborted");
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED));
+    } // every test socket in the namespace is closed here
+    assert_eq!((d.release_idle(), d.cached_netns()), (0, 1));
+
+    // The container goes away (both namespaces lose their name, the only other reference).
+    run_ip(&["netns", "del", &control.name]).unwrap();
+    run_ip(&["netns", "del", &pinned.name]).unwrap();
+    let freed_in = vanishes(&holder, "tsq", Duration::from_secs(10))
+        .expect("control namespace not freed within 10 s");
+    // Without release: past the idle limit and well past the control's cleanup time, the
+    // pinned namespace is still allocated — only our netlink socket refers to it.
+    std::thread::sleep((freed_in * 3).max(limit) + Duration::from_millis(500));
+    assert!(
+        link_exists(&holder, "tsp"),
+        "namespace freed without release"
+    );
+    assert_eq!(netns_refs(ino), Vec::<String>::new());
+    assert_eq!(d.cached_netns(), 1);
+
+    // Released: nothing refers to it any more, and the kernel frees it. (The inode number
+    // is free for reuse after that, so /proc is checked right away.)
+    assert_eq!(d.release_idle(), 1);
+    assert_eq!(d.cached_netns(), 0);
+    assert_eq!(netns_refs(ino), Vec::<String>::new());
+    let released_in = vanishes(&holder, "tsp", Duration::from_secs(10))
+        .expect("released namespace not freed within 10 s");
+    eprintln!(
+        "control namespace freed {freed_in:?} after deletion; pinned one still there \
+         {:?} later; freed {released_in:?} after release_idle",
+        (freed_in * 3).max(limit) + Duration::from_millis(500)
+    );
 }
