@@ -26,7 +26,7 @@
 //! value). Every request carries [`Target::ifindex`]; with 0 a bound socket is not found
 //! (`ENOENT`), checked on Linux 6.18 by `kernel_tests::bound_sockets_need_their_ifindex`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
@@ -112,7 +112,7 @@ pub struct Target {
 }
 
 /// Why a reset or lookup failed: the errno, what it means for the operator, and where.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ResetError {
     /// Positive errno value.
     pub errno: i32,
@@ -343,12 +343,88 @@ pub struct Destroyer {
     next_release: Option<Instant>,
     /// Cache scans done by `release_idle` (calls with nothing due do not scan).
     sweeps: u64,
+    /// Lookups `lookup_many` redid one by one because their batch lost its replies.
+    batch_fallbacks: u64,
     buf: Vec<u8>,
 }
 
 impl Default for Destroyer {
     fn default() -> Self {
         Destroyer::new()
+    }
+}
+
+/// How one batched request turned out, before the operation interprets it.
+enum Sent {
+    /// The kernel's answer.
+    Reply(Reply),
+    /// Never sent (no socket for the namespace, sending failed twice, or the kernel stopped
+    /// answering earlier requests of the same call): the kernel did not act on it.
+    Unsent(ResetError),
+    /// Sent, but no answer arrived (timeout, receive error): it may have acted.
+    Lost(ResetError),
+}
+
+/// What one reply means for the target.
+enum Step<R> {
+    /// The final result.
+    Done(R),
+    /// Not found with this encoding: try the target's next one (IPv4-mapped sockets).
+    Next,
+}
+
+/// `INET_DIAG_INFO` requested: the reply carries `struct tcp_info`.
+const INFO_EXT: u8 = 1 << (INET_DIAG_INFO - 1);
+
+fn has_cookie(t: &Target) -> bool {
+    t.cookie != 0 && t.cookie != u64::MAX
+}
+
+/// The meaning of the kernel's answer to SOCK_DESTROY; `more`: another encoding is left.
+fn destroy_step(t: &Target, reply: Reply, more: bool) -> Step<Result<(), ResetError>> {
+    match reply {
+        Reply::Ack(0) => Step::Done(Ok(())),
+        Reply::Ack(errno) if errno == libc::ENOENT && more => Step::Next,
+        Reply::Ack(errno) => Step::Done(Err(kernel_error(errno, t))),
+        Reply::Diag(_) => Step::Done(Err(ResetError::new(
+            "reply",
+            libc::EPROTO,
+            "the kernel answered SOCK_DESTROY with socket data instead of an \
+             acknowledgement; the socket may or may not have been reset (unexpected kernel \
+             behaviour, please report)",
+        ))),
+    }
+}
+
+/// The meaning of the kernel's answer to an exact lookup; `more`: another encoding is left.
+fn lookup_step(t: &Target, reply: Reply, more: bool) -> Step<Result<Option<TcpDiag>, ResetError>> {
+    match reply {
+        Reply::Diag(d) if has_cookie(t) && d.cookie != t.cookie => {
+            Step::Done(Err(ResetError::new(
+                "reply",
+                libc::EPROTO,
+                format!(
+                    "the kernel returned socket cookie {:#x} for a lookup of cookie {:#x}; \
+                     ignoring the answer (unexpected kernel behaviour, please report)",
+                    d.cookie, t.cookie
+                ),
+            )))
+        }
+        Reply::Diag(d) => Step::Done(Ok(Some(*d))),
+        Reply::Ack(errno) if errno == libc::ENOENT => {
+            if more {
+                Step::Next
+            } else {
+                Step::Done(Ok(None))
+            }
+        }
+        Reply::Ack(0) => Step::Done(Err(ResetError::new(
+            "reply",
+            libc::EPROTO,
+            "the kernel acknowledged the lookup without sending the socket (unexpected \
+             kernel behaviour, please report)",
+        ))),
+        Reply::Ack(errno) => Step::Done(Err(kernel_error(errno, t))),
     }
 }
 
@@ -361,6 +437,7 @@ impl Destroyer {
             idle_limit: NETNS_IDLE_LIMIT,
             next_release: None,
             sweeps: 0,
+            batch_fallbacks: 0,
             buf: vec![0; RECV_BUF_LEN],
         }
     }
@@ -388,7 +465,7 @@ impl Destroyer {
     /// `Err` with errno `ENOENT` means the socket is gone or the 4-tuple now belongs to
     /// another connection; nothing was reset.
     pub fn destroy(&mut self, t: &Target) -> Result<(), ResetError> {
-        if t.cookie == 0 || t.cookie == u64::MAX {
+        if !has_cookie(t) {
             return Err(ResetError::new(
                 "send",
                 libc::EINVAL,
@@ -401,129 +478,124 @@ impl Destroyer {
             ));
         }
         let ids = wire_ids(t)?;
-        let mut last = None;
-        for id in &ids {
-            match self.transact(t, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, id, 0)? {
-                Reply::Ack(0) => return Ok(()),
-                Reply::Ack(errno) if errno == libc::ENOENT => last = Some(errno),
-                Reply::Ack(errno) => return Err(kernel_error(errno, t)),
-                Reply::Diag(_) => {
-                    return Err(ResetError::new(
-                        "reply",
-                        libc::EPROTO,
-                        "the kernel answered SOCK_DESTROY with socket data instead of an \
-                         acknowledgement; the socket may or may not have been reset \
-                         (unexpected kernel behaviour, please report)",
-                    ))
-                }
+        for (k, id) in ids.iter().enumerate() {
+            let reply = self.transact(t, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, id, 0)?;
+            if let Step::Done(r) = destroy_step(t, reply, k + 1 < ids.len()) {
+                return r;
             }
         }
-        Err(kernel_error(last.unwrap_or(libc::ENOENT), t))
+        Err(kernel_error(libc::ENOENT, t))
     }
 
     /// Destroy many sockets with few system calls — the mass-disconnect case (thousands of
     /// wedges at once). Requests for the same network namespace are packed into netlink
     /// datagrams of [`DESTROY_BATCH`] messages; the kernel handles every message of a datagram
     /// in one `sendto`, then the acknowledgements are read back. Each target gets the same
-    /// checks and the same result as [`Destroyer::destroy`]; results come back in order.
+    /// checks and the same result as [`Destroyer::destroy`]; results come back in order. A
+    /// request whose acknowledgement was lost is reported, never resent (it may have acted).
     pub fn destroy_many(&mut self, targets: &[Target]) -> Vec<Result<(), ResetError>> {
-        let mut results: Vec<Option<Result<(), ResetError>>> =
+        self.run_batched(
+            targets,
+            (SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 0),
+            false,
+            has_cookie,
+            destroy_step,
+            |d, t| d.destroy(t),
+        )
+    }
+
+    /// Look the socket named by `t` up exactly and return its diag and `tcp_info`.
+    /// `Ok(None)`: no socket with this 4-tuple and cookie (cookie 0 matches any cookie).
+    pub fn lookup(&mut self, t: &Target) -> Result<Option<TcpDiag>, ResetError> {
+        let ids = wire_ids(t)?;
+        for (k, id) in ids.iter().enumerate() {
+            let reply = self.transact(t, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, id, INFO_EXT)?;
+            if let Step::Done(r) = lookup_step(t, reply, k + 1 < ids.len()) {
+                return r;
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Destroyer::lookup`] for many sockets with few system calls (re-verifying a whole
+    /// tick's worth of reset candidates): exact requests for the same namespace are packed
+    /// into datagrams of [`DESTROY_BATCH`] messages like [`Destroyer::destroy_many`]. Each
+    /// target gets the same result as `lookup` (the cookie must match; IPv4-mapped sockets get
+    /// their second encoding); results come back in order. Lookups only read, so a batch
+    /// whose replies were lost (e.g. `ENOBUFS`) is redone one by one; a kernel that does not
+    /// answer at all fails the namespace's remaining targets with `ETIMEDOUT` after
+    /// 500 ms instead of waiting that long per target.
+    pub fn lookup_many(&mut self, targets: &[Target]) -> Vec<Result<Option<TcpDiag>, ResetError>> {
+        self.run_batched(
+            targets,
+            (SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, INFO_EXT),
+            true,
+            |_| true,
+            lookup_step,
+            |d, t| d.lookup(t),
+        )
+    }
+
+    /// The batched form of a per-target operation. Targets `batchable` rejects, and those
+    /// without a valid encoding, take `single` (which fails them without I/O); the rest are
+    /// grouped by namespace and sent with [`Destroyer::exchange`], first encoding first;
+    /// `step` reads each reply. With `redo_lost`, requests whose reply was lost (other than
+    /// by a timeout) are redone with `single`.
+    fn run_batched<X>(
+        &mut self,
+        targets: &[Target],
+        op: (u16, u16, u8),
+        redo_lost: bool,
+        batchable: impl Fn(&Target) -> bool,
+        step: impl Fn(&Target, Reply, bool) -> Step<Result<X, ResetError>>,
+        single: impl Fn(&mut Destroyer, &Target) -> Result<X, ResetError>,
+    ) -> Vec<Result<X, ResetError>> {
+        let mut results: Vec<Option<Result<X, ResetError>>> =
             targets.iter().map(|_| None).collect();
-        // Group by namespace; anything unusual (no cookie, bad target) goes the single path.
-        let mut groups: HashMap<u64, Vec<(usize, WireId)>> = HashMap::new();
-        let mut single = Vec::new();
+        let mut ids: Vec<Vec<WireId>> = Vec::with_capacity(targets.len());
+        let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        let mut one_by_one = Vec::new();
         for (i, t) in targets.iter().enumerate() {
-            let key = match netns_key(t.netns) {
-                Ok(k) => k,
-                Err(e) => {
-                    results[i] = Some(Err(e));
-                    continue;
-                }
-            };
             match wire_ids(t) {
-                Ok(ids) if t.cookie != 0 && t.cookie != u64::MAX && !ids.is_empty() => {
-                    groups.entry(key).or_default().push((i, ids[0]));
-                }
-                _ => single.push(i),
-            }
-        }
-        for (key, members) in groups {
-            for chunk in members.chunks(DESTROY_BATCH) {
-                let pid_hint = targets[chunk[0].0].pid_hint;
-                let fd = match self.socket_for(key, pid_hint) {
-                    Ok(fd) => fd,
-                    Err(_) => {
-                        single.extend(chunk.iter().map(|(i, _)| *i));
+                Ok(enc) if batchable(t) && !enc.is_empty() => match netns_key(t.netns) {
+                    Ok(key) => {
+                        groups.entry(key).or_default().push(i);
+                        ids.push(enc);
                         continue;
                     }
-                };
-                let mut msg = Vec::with_capacity(chunk.len() * 96);
-                let mut pending: HashMap<u32, usize> = HashMap::with_capacity(chunk.len());
-                for (i, id) in chunk {
-                    self.seq = self.seq.wrapping_add(1).max(1);
-                    msg.extend_from_slice(&encode_request(
-                        SOCK_DESTROY,
-                        NLM_F_REQUEST | NLM_F_ACK,
-                        self.seq,
-                        id,
-                        0,
-                    ));
-                    pending.insert(self.seq, *i);
-                }
-                if send_request(fd, &msg).is_err() {
-                    // Nothing was processed: the kernel takes a datagram whole or not at all.
-                    self.socks.remove(&key);
-                    single.extend(chunk.iter().map(|(i, _)| *i));
-                    continue;
-                }
-                let deadline = Instant::now() + REPLY_TIMEOUT;
-                while !pending.is_empty() {
-                    let n = match recv_datagram(fd, &mut self.buf, deadline) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            // Some requests may have acted already: report, never resend.
-                            self.socks.remove(&key);
-                            for (_, i) in pending.drain() {
-                                results[i] =
-                                    Some(Err(ResetError::new(e.stage, e.errno, e.meaning.clone())));
-                            }
-                            break;
+                    Err(e) => results[i] = Some(Err(e)),
+                },
+                _ => one_by_one.push(i),
+            }
+            ids.push(Vec::new());
+        }
+        let mut level = 0;
+        while !groups.is_empty() {
+            let mut next: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            for (key, members) in std::mem::take(&mut groups) {
+                let reqs: Vec<WireId> = members.iter().map(|&i| ids[i][level]).collect();
+                let pid_hint = members.iter().find_map(|&i| targets[i].pid_hint);
+                let sent = self.exchange(key, pid_hint, op, &reqs);
+                for (&i, outcome) in members.iter().zip(sent) {
+                    let t = &targets[i];
+                    match outcome {
+                        Sent::Reply(reply) => match step(t, reply, level + 1 < ids[i].len()) {
+                            Step::Done(r) => results[i] = Some(r),
+                            Step::Next => next.entry(key).or_default().push(i),
+                        },
+                        Sent::Lost(e) if redo_lost && e.errno != libc::ETIMEDOUT => {
+                            self.batch_fallbacks += 1;
+                            one_by_one.push(i);
                         }
-                    };
-                    let mut replies = Vec::new();
-                    if let Err(e) = for_each_reply(&self.buf[..n], |seq, r| replies.push((seq, r)))
-                    {
-                        log::warn!("SOCK_DESTROY batch: {e}");
-                        continue;
+                        Sent::Unsent(e) | Sent::Lost(e) => results[i] = Some(Err(e)),
                     }
-                    for (seq, reply) in replies {
-                        let Some(i) = pending.remove(&seq) else {
-                            continue;
-                        };
-                        results[i] = Some(match reply {
-                            Reply::Ack(0) => Ok(()),
-                            // A v4-mapped socket may need the second encoding: single path.
-                            Reply::Ack(errno) if errno == libc::ENOENT => {
-                                single.push(i);
-                                continue;
-                            }
-                            Reply::Ack(errno) => Err(kernel_error(errno, &targets[i])),
-                            Reply::Diag(_) => Err(ResetError::new(
-                                "reply",
-                                libc::EPROTO,
-                                "the kernel answered SOCK_DESTROY with socket data instead of \
-                                 an acknowledgement (unexpected kernel behaviour, please report)",
-                            )),
-                        });
-                    }
-                }
-                if let Some(c) = self.socks.get_mut(&key) {
-                    c.last_used = Instant::now();
                 }
             }
+            groups = next;
+            level += 1;
         }
-        for i in single {
-            results[i] = Some(self.destroy(&targets[i]));
+        for i in one_by_one {
+            results[i] = Some(single(self, &targets[i]));
         }
         results
             .into_iter()
@@ -531,41 +603,91 @@ impl Destroyer {
             .collect()
     }
 
-    /// Look the socket named by `t` up exactly and return its diag and `tcp_info`.
-    /// `Ok(None)`: no socket with this 4-tuple and cookie (cookie 0 matches any cookie).
-    pub fn lookup(&mut self, t: &Target) -> Result<Option<TcpDiag>, ResetError> {
-        let ids = wire_ids(t)?;
-        let ext = 1u8 << (INET_DIAG_INFO - 1);
-        for id in &ids {
-            match self.transact(t, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, id, ext)? {
-                Reply::Diag(d) => {
-                    if t.cookie != 0 && t.cookie != u64::MAX && d.cookie != t.cookie {
-                        return Err(ResetError::new(
-                            "reply",
-                            libc::EPROTO,
-                            format!(
-                                "the kernel returned socket cookie {:#x} for a lookup of \
-                                 cookie {:#x}; ignoring the answer (unexpected kernel \
-                                 behaviour, please report)",
-                                d.cookie, t.cookie
-                            ),
-                        ));
-                    }
-                    return Ok(Some(*d));
-                }
-                Reply::Ack(errno) if errno == libc::ENOENT => continue,
-                Reply::Ack(0) => {
-                    return Err(ResetError::new(
-                        "reply",
-                        libc::EPROTO,
-                        "the kernel acknowledged the lookup without sending the socket \
-                         (unexpected kernel behaviour, please report)",
-                    ))
-                }
-                Reply::Ack(errno) => return Err(kernel_error(errno, t)),
+    /// Send one request per entry of `reqs`, all for namespace `key`, in datagrams of
+    /// [`DESTROY_BATCH`] messages (the kernel handles every message of a datagram within one
+    /// `sendto`; a datagram is taken whole or not at all) and match the answers by sequence
+    /// number. A failed send is retried once on a fresh socket. After a chunk's replies are
+    /// lost, the socket is replaced; after a timeout the rest is not sent.
+    fn exchange(
+        &mut self,
+        key: u64,
+        pid_hint: Option<u32>,
+        (msg_type, flags, ext): (u16, u16, u8),
+        reqs: &[WireId],
+    ) -> Vec<Sent> {
+        let mut out: Vec<Option<Sent>> = reqs.iter().map(|_| None).collect();
+        for (c, chunk) in reqs.chunks(DESTROY_BATCH).enumerate() {
+            let base = c * DESTROY_BATCH;
+            let mut msg = Vec::with_capacity(chunk.len() * (NLMSG_HDRLEN + REQ_V2_LEN));
+            let mut pending: HashMap<u32, usize> = HashMap::with_capacity(chunk.len());
+            for (j, id) in chunk.iter().enumerate() {
+                self.seq = self.seq.wrapping_add(1).max(1);
+                msg.extend_from_slice(&encode_request(msg_type, flags, self.seq, id, ext));
+                pending.insert(self.seq, base + j);
             }
+            let mut sent_on = None;
+            for attempt in 1..=2 {
+                let fd = match self.socket_for(key, pid_hint) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        for slot in &mut out[base..] {
+                            *slot = Some(Sent::Unsent(e.clone()));
+                        }
+                        return finish(out);
+                    }
+                };
+                match send_request(fd, &msg) {
+                    Ok(()) => {
+                        sent_on = Some(fd);
+                        break;
+                    }
+                    Err(e) => {
+                        self.socks.remove(&key);
+                        if attempt == 2 {
+                            for slot in &mut out[base..base + chunk.len()] {
+                                *slot = Some(Sent::Unsent(e.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            let Some(fd) = sent_on else { continue };
+            let deadline = Instant::now() + REPLY_TIMEOUT;
+            while !pending.is_empty() {
+                match recv_datagram(fd, &mut self.buf, deadline) {
+                    Ok(n) => {
+                        let parsed = for_each_reply(&self.buf[..n], |seq, reply| {
+                            if let Some(i) = pending.remove(&seq) {
+                                out[i] = Some(Sent::Reply(reply));
+                            }
+                        });
+                        if let Err(e) = parsed {
+                            log::warn!("sock_diag batch: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        self.socks.remove(&key);
+                        for (_, i) in pending.drain() {
+                            out[i] = Some(Sent::Lost(e.clone()));
+                        }
+                        if e.errno == libc::ETIMEDOUT {
+                            for slot in &mut out[base + chunk.len()..] {
+                                *slot = Some(Sent::Unsent(e.clone()));
+                            }
+                            return finish(out);
+                        }
+                    }
+                }
+            }
+            self.touch(key);
         }
-        Ok(None)
+        return finish(out);
+
+        fn finish(out: Vec<Option<Sent>>) -> Vec<Sent> {
+            out.into_iter()
+                .map(|s| s.expect("every request gets an outcome"))
+                .collect()
+        }
     }
 
     /// Close the cached socket of one namespace (e.g. the container is gone).
@@ -637,9 +759,7 @@ impl Destroyer {
             }
             return match recv_reply(fd, seq, &mut self.buf) {
                 Ok(reply) => {
-                    if let Some(c) = self.socks.get_mut(&key) {
-                        c.last_used = Instant::now();
-                    }
+                    self.touch(key);
                     Ok(reply)
                 }
                 Err(e) => {
@@ -647,6 +767,12 @@ impl Destroyer {
                     Err(e)
                 }
             };
+        }
+    }
+
+    fn touch(&mut self, key: u64) {
+        if let Some(c) = self.socks.get_mut(&key) {
+            c.last_used = Instant::now();
         }
     }
 

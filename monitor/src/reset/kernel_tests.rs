@@ -1,6 +1,6 @@
-//! Real-kernel tests of the reset path's decisions: device-bound sockets, transient
-//! errors, and releasing cached namespace sockets. Run as root (they create network
-//! namespaces and veth links, and use SOCK_DESTROY); otherwise they print SKIP.
+//! Real-kernel tests of the reset path's decisions: device-bound sockets, batched lookups,
+//! transient errors, and releasing cached namespace sockets. Run as root (they create
+//! network namespaces and veth links, and use SOCK_DESTROY); otherwise they print SKIP.
 
 use super::test_support::*;
 use super::*;
@@ -190,6 +190,12 @@ fn bound_sockets_need_their_ifindex() {
             let mut d = Destroyer::new();
             // The old behaviour: interface 0 does not find a bound socket.
             assert_eq!(d.lookup(&unbound).unwrap(), None, "{what}");
+            assert_eq!(
+                d.lookup_many(std::slice::from_ref(&unbound))[0]
+                    .as_ref()
+                    .unwrap(),
+                &None
+            );
             let e = if batched {
                 d.destroy_many(std::slice::from_ref(&unbound)).remove(0)
             } else {
@@ -218,6 +224,12 @@ fn bound_sockets_need_their_ifindex() {
                 (t.cookie, l.client_if),
                 "{what}"
             );
+            let r = d.lookup_many(&[t.clone(), unbound.clone()]);
+            assert_eq!(
+                r[0].as_ref().unwrap().as_ref().map(|i| i.cookie),
+                Some(t.cookie)
+            );
+            assert_eq!(r[1].as_ref().unwrap(), &None);
             let start = Instant::now();
             if batched {
                 d.destroy_many(std::slice::from_ref(&t)).remove(0)
@@ -241,6 +253,194 @@ fn bound_sockets_need_their_ifindex() {
             assert_eq!(d.lookup(&t).unwrap(), None, "{what}: still in the tables");
         }
     }
+}
+
+/// Time-dependent fields zeroed, so two reads of an idle socket compare equal.
+fn stable(d: &TcpDiag) -> TcpDiag {
+    TcpDiag {
+        timer_expires_ms: 0,
+        last_data_sent_ms: 0,
+        last_ack_recv_ms: 0,
+        ..d.clone()
+    }
+}
+
+fn same_result(
+    a: &Result<Option<TcpDiag>, ResetError>,
+    b: &Result<Option<TcpDiag>, ResetError>,
+) -> bool {
+    match (a, b) {
+        (Ok(x), Ok(y)) => x.as_ref().map(stable) == y.as_ref().map(stable),
+        (Err(x), Err(y)) => (x.errno, x.stage, &x.meaning) == (y.errno, y.stage, &y.meaning),
+        _ => false,
+    }
+}
+
+#[test]
+fn lookup_many_equals_lookup() {
+    if !require_root("lookup_many_equals_lookup") {
+        return;
+    }
+    let pid = std::process::id();
+    let spaces = [
+        TestNetns::create(&format!("tcpstall-lma-{pid}")),
+        TestNetns::create(&format!("tcpstall-lmb-{pid}")),
+    ];
+    let mut keep = Vec::new();
+    let mut targets = Vec::new();
+    for ns in &spaces {
+        let ino = ns.ino();
+        let pairs: Vec<_> = ns.run_in(|| (0..4).map(|_| pair()).collect());
+        // An IPv4-mapped AF_INET6 socket (dual-stack listener, IPv4 client).
+        let mapped = ns.run_in(|| {
+            let l = TcpListener::bind("[::]:0").unwrap();
+            let c = TcpStream::connect(("127.0.0.1", l.local_addr().unwrap().port())).unwrap();
+            let (s, _) = l.accept().unwrap();
+            (l, c, s)
+        });
+        for (_, c, s) in &pairs {
+            targets.push(target(s, ino, 0));
+            targets.push(target(c, ino, 0));
+        }
+        // Gone: destroyed before the lookups (the peer got a RST and is gone too).
+        Destroyer::new()
+            .destroy(&target(&pairs[0].2, ino, 0))
+            .unwrap();
+        // Wrong cookies on live 4-tuples.
+        for (_, _, s) in &pairs[1..3] {
+            let mut t = target(s, ino, 0);
+            t.cookie ^= 0x4000_0000;
+            targets.push(t);
+        }
+        // Any cookie.
+        targets.push(Target {
+            cookie: 0,
+            ..target(&pairs[3].2, ino, 0)
+        });
+        // Mapped: as the kernel names it, and as plain IPv4 (second encoding).
+        let mt = target(&mapped.2, ino, 0);
+        assert_eq!(mt.family, AF_INET6);
+        let plain = |a: SocketAddr| SocketAddr::new(v4_of(a.ip()).unwrap().into(), a.port());
+        targets.push(Target {
+            local: plain(mt.local),
+            remote: plain(mt.remote),
+            ..mt.clone()
+        });
+        targets.push(mt);
+        keep.push((pairs, mapped));
+    }
+    // Failing before any I/O, or in a namespace that does not exist.
+    let t0 = targets[0].clone();
+    targets.push(Target {
+        family: 1,
+        ..t0.clone()
+    });
+    targets.push(Target {
+        netns: 1,
+        ..t0.clone()
+    });
+    // Interleave the namespaces.
+    let n = targets.len();
+    assert_ne!(n % 5, 0);
+    let order: Vec<usize> = (0..n).map(|i| (i * 5) % n).collect();
+    let targets: Vec<Target> = order.iter().map(|&i| targets[i].clone()).collect();
+
+    let mut d = Destroyer::new();
+    let many = d.lookup_many(&targets);
+    assert_eq!(d.batch_fallbacks, 0);
+    let mut single = Destroyer::new();
+    let (mut live, mut none, mut errs) = (0, 0, 0);
+    for (t, m) in targets.iter().zip(&many) {
+        let s = single.lookup(t);
+        assert!(same_result(m, &s), "{t:?}:\n many {m:?}\n one  {s:?}");
+        match m {
+            Ok(Some(_)) => live += 1,
+            Ok(None) => none += 1,
+            Err(_) => errs += 1,
+        }
+    }
+    eprintln!("lookup_many = lookup for {n} targets: {live} live, {none} gone, {errs} errors");
+    // Per namespace: 6 live ends + 1 any-cookie + 2 mapped; 2 destroyed ends + 2 wrong cookies.
+    assert_eq!((live, none, errs), (18, 8, 2));
+}
+
+/// Raise the soft descriptor limit to at least `want` (never lowers it).
+fn raise_nofile(want: u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: r is a valid rlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+    if r.rlim_cur < want {
+        r.rlim_cur = want.min(r.rlim_max);
+        // SAFETY: r is a valid rlimit.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) }, 0);
+    }
+}
+
+#[test]
+fn lookup_many_3000_sockets() {
+    if !require_root("lookup_many_3000_sockets") {
+        return;
+    }
+    raise_nofile(8192);
+    let ns = TestNetns::create(&format!("tcpstall-lm3-{}", std::process::id()));
+    let ino = ns.ino();
+    let (listener, socks) = ns.run_in(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        let mut v = Vec::with_capacity(3000);
+        for _ in 0..1500 {
+            v.push(TcpStream::connect(a).unwrap());
+            v.push(l.accept().unwrap().0);
+        }
+        (l, v)
+    });
+    let targets: Vec<Target> = socks.iter().map(|s| target(s, ino, 0)).collect();
+    let mut d = Destroyer::new();
+    // The first call also opens the namespace's netlink socket (setns on a helper thread).
+    let start = Instant::now();
+    let many = d.lookup_many(&targets);
+    let first = start.elapsed();
+    assert_eq!(d.batch_fallbacks, 0, "replies were lost");
+    for (t, r) in targets.iter().zip(&many) {
+        let got = r.as_ref().unwrap().as_ref().expect("live socket");
+        assert_eq!((got.cookie, got.local, got.state), (t.cookie, t.local, 1));
+    }
+    let (mut batched, mut one_by_one) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        let start = Instant::now();
+        assert!(d
+            .lookup_many(&targets)
+            .iter()
+            .all(|r| matches!(r, Ok(Some(_)))));
+        batched = batched.min(start.elapsed());
+        let start = Instant::now();
+        for t in &targets {
+            assert!(d.lookup(t).unwrap().is_some());
+        }
+        one_by_one = one_by_one.min(start.elapsed());
+    }
+    assert_eq!(d.batch_fallbacks, 0, "replies were lost");
+    eprintln!(
+        "lookup_many of {} sockets: first call {first:?}, then {batched:?} (best of 3; one \
+         by one with lookup: {one_by_one:?})",
+        targets.len()
+    );
+    assert!(first < Duration::from_secs(2), "{first:?}");
+    // The cleanup is the mass-disconnect case: the accepted ends (the clients then get RSTs).
+    let servers: Vec<Target> = targets.iter().skip(1).step_by(2).cloned().collect();
+    let start = Instant::now();
+    let r = d.destroy_many(&servers);
+    let took = start.elapsed();
+    assert!(r.iter().all(|r| r.is_ok()));
+    eprintln!("destroy_many of {} sockets: {took:?}", servers.len());
+    assert!(d
+        .lookup_many(&targets)
+        .iter()
+        .all(|r| matches!(r, Ok(None))));
+    drop((listener, socks));
 }
 
 // ---- transient errors ----
