@@ -311,6 +311,9 @@ fn target_of(snap: &Snapshot) -> Target {
         local: snap.local,
         remote: snap.remote,
         pid_hint: snap.pid,
+        // Device-bound (SO_BINDTODEVICE, VRF) and IPv6 link-local sockets are found only
+        // with their interface.
+        ifindex: snap.bound_dev_if,
     }
 }
 
@@ -390,7 +393,7 @@ impl Agent {
             max_sockets: probes.max_sockets(),
         })?;
         let destroyer = match netns_idle_override()? {
-            Some(d) => Destroyer::with_idle_limit(d),
+            Some(d) => Destroyer::new().with_idle_limit(d),
             None => Destroyer::new(),
         };
         Ok(Agent::with_parts(

@@ -2186,6 +2186,7 @@ no_ack_after = "20s"
             local: diag().local,
             remote: diag().remote,
             pid_hint: None,
+            ifindex: 0,
         };
         let f = manual_socket_fields(
             &t,
@@ -2384,6 +2385,28 @@ no_ack_after = "20s"
         );
         assert!(w.server.take_error().unwrap().is_none());
         assert!(outq(&w.server) > 0);
+    }
+
+    /// A socket bound to a device is reset: the dump's interface goes into the requests.
+    #[test]
+    fn reset_of_device_bound_sockets() {
+        if !require_root("reset_of_device_bound_sockets") {
+            return;
+        }
+        let l = crate::reset::kernel_tests::Linked::create("mb");
+        for v6 in [false, true] {
+            let w = Wedged::new(if v6 { l.link_local_v6() } else { l.bound_v4() });
+            let cookie = reset::socket_cookie(w.server.as_raw_fd()).unwrap();
+            let out = execute(&request(Some(cookie)));
+            assert_eq!(out.code, 0, "{out:?}");
+            let v = only_event(&out);
+            assert_eq!(v["event"], "socket_reset");
+            assert_eq!(v["netns"], l.client.ino());
+            let err = w
+                .writer_error(Duration::from_secs(1))
+                .expect("blocked write() did not return within 1 s of the reset");
+            assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
+        }
     }
 
     #[test]

@@ -20,10 +20,13 @@
 //! `::ffff:a.b.c.d` is turned into that IPv4 lookup by the kernel; requests are sent in that
 //! form first and, on `ENOENT`, once more as plain `AF_INET` (older kernels).
 //!
-//! Limitation: the lookup is sent with interface index 0, which does not match sockets bound
-//! to a device (`SO_BINDTODEVICE`, VRF); those are reported as not found.
+//! Device-bound sockets (`SO_BINDTODEVICE`, a VRF, IPv6 link-local connections, which the
+//! kernel binds to the scope's interface): the kernel's exact lookup matches a bound socket
+//! only when the request's `idiag_if` names that interface (an unbound socket matches any
+//! value). Every request carries [`Target::ifindex`]; with 0 a bound socket is not found
+//! (`ENOENT`), checked on Linux 6.18 by `kernel_tests::bound_sockets_need_their_ifindex`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
@@ -33,6 +36,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
+pub(crate) mod kernel_tests;
 mod modules;
 mod orphan;
 
@@ -81,10 +86,9 @@ pub const DESTROY_BATCH: usize = 64;
 const RECV_BUF_LEN: usize = 16 * 1024;
 /// At most this many namespaces keep a cached netlink socket (least recently used evicted).
 const MAX_CACHED_NETNS: usize = 256;
-/// Cached sockets idle longer than this are closed (a netlink socket pins its namespace).
-const CACHE_IDLE_LIMIT: Duration = Duration::from_secs(300);
-/// How often the cache is swept for idle entries.
-const CACHE_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// A namespace's cached netlink socket unused this long is closed by
+/// [`Destroyer::release_idle`] (the socket keeps its namespace alive).
+pub const NETNS_IDLE_LIMIT: Duration = Duration::from_secs(60);
 
 /// One socket to reset or inspect.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,10 +106,13 @@ pub struct Target {
     pub remote: SocketAddr,
     /// A process believed to be in the namespace (speeds up namespace resolution).
     pub pid_hint: Option<u32>,
+    /// Interface the socket is bound to (`sk_bound_dev_if`, [`TcpDiag::ifindex`] of a dump),
+    /// in the socket's namespace; 0 = not bound. Sent as `inet_diag_sockid.idiag_if`.
+    pub ifindex: u32,
 }
 
 /// Why a reset or lookup failed: the errno, what it means for the operator, and where.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ResetError {
     /// Positive errno value.
     pub errno: i32,
@@ -118,6 +125,15 @@ pub struct ResetError {
 }
 
 impl ResetError {
+    /// Whether retrying the same socket later can succeed: the failure was about resources or
+    /// time, not about the socket or the permissions. True for `ENOBUFS`, `EAGAIN` /
+    /// `EWOULDBLOCK`, `ETIMEDOUT` (including no answer within the reply timeout), `EMFILE`,
+    /// `ENFILE`, `ENOMEM`, `EINTR` and `EBUSY`; false for everything else (`ENOENT`, `EPERM`,
+    /// `EOPNOTSUPP`, `EINVAL`, ...).
+    pub fn is_transient(&self) -> bool {
+        is_transient_errno(self.errno)
+    }
+
     fn new(stage: &'static str, errno: i32, meaning: impl Into<String>) -> ResetError {
         ResetError {
             errno,
@@ -125,6 +141,21 @@ impl ResetError {
             stage,
         }
     }
+}
+
+/// The errno classification behind [`ResetError::is_transient`].
+pub fn is_transient_errno(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::ENOBUFS
+            | libc::EAGAIN
+            | libc::ETIMEDOUT
+            | libc::EMFILE
+            | libc::ENFILE
+            | libc::ENOMEM
+            | libc::EINTR
+            | libc::EBUSY
+    ) || errno == libc::EWOULDBLOCK
 }
 
 impl fmt::Display for ResetError {
@@ -297,13 +328,23 @@ struct CachedSock {
 
 /// Sends SOCK_DESTROY / exact lookups, holding one netlink socket per network namespace.
 ///
-/// Cached sockets keep their namespace alive, so entries idle for more than 5 minutes are
-/// closed, at most 256 namespaces are cached, and [`Destroyer::forget_netns`] /
-/// [`Destroyer::prune_idle`] let the caller drop namespaces it no longer sees.
+/// A cached socket keeps its namespace alive (the kernel frees a namespace only when nothing
+/// refers to it any more), so a socket unused for the idle limit ([`NETNS_IDLE_LIMIT`], 60 s;
+/// see [`Destroyer::with_idle_limit`]) is closed by the next [`Destroyer::release_idle`] —
+/// every request calls it, and the agent calls it every tick. At most 256 namespaces are
+/// cached; [`Destroyer::forget_netns`] / [`Destroyer::prune_idle`] let the caller drop
+/// namespaces it no longer sees.
 pub struct Destroyer {
     socks: HashMap<u64, CachedSock>,
     seq: u32,
-    last_sweep: Instant,
+    idle_limit: Duration,
+    /// No cached socket reaches the idle limit before this instant (`None`: none ever will,
+    /// e.g. the cache is empty).
+    next_release: Option<Instant>,
+    /// Cache scans done by `release_idle` (calls with nothing due do not scan).
+    sweeps: u64,
+    /// Lookups `lookup_many` redid one by one because their batch lost its replies.
+    batch_fallbacks: u64,
     buf: Vec<u8>,
 }
 
@@ -313,15 +354,110 @@ impl Default for Destroyer {
     }
 }
 
+/// How one batched request turned out, before the operation interprets it.
+enum Sent {
+    /// The kernel's answer.
+    Reply(Reply),
+    /// Never sent (no socket for the namespace, sending failed twice, or the kernel stopped
+    /// answering earlier requests of the same call): the kernel did not act on it.
+    Unsent(ResetError),
+    /// Sent, but no answer arrived (timeout, receive error): it may have acted.
+    Lost(ResetError),
+}
+
+/// What one reply means for the target.
+enum Step<R> {
+    /// The final result.
+    Done(R),
+    /// Not found with this encoding: try the target's next one (IPv4-mapped sockets).
+    Next,
+}
+
+/// `INET_DIAG_INFO` requested: the reply carries `struct tcp_info`.
+const INFO_EXT: u8 = 1 << (INET_DIAG_INFO - 1);
+
+fn has_cookie(t: &Target) -> bool {
+    t.cookie != 0 && t.cookie != u64::MAX
+}
+
+/// The meaning of the kernel's answer to SOCK_DESTROY; `more`: another encoding is left.
+fn destroy_step(t: &Target, reply: Reply, more: bool) -> Step<Result<(), ResetError>> {
+    match reply {
+        Reply::Ack(0) => Step::Done(Ok(())),
+        Reply::Ack(errno) if errno == libc::ENOENT && more => Step::Next,
+        Reply::Ack(errno) => Step::Done(Err(kernel_error(errno, t))),
+        Reply::Diag(_) => Step::Done(Err(ResetError::new(
+            "reply",
+            libc::EPROTO,
+            "the kernel answered SOCK_DESTROY with socket data instead of an \
+             acknowledgement; the socket may or may not have been reset (unexpected kernel \
+             behaviour, please report)",
+        ))),
+    }
+}
+
+/// The meaning of the kernel's answer to an exact lookup; `more`: another encoding is left.
+fn lookup_step(t: &Target, reply: Reply, more: bool) -> Step<Result<Option<TcpDiag>, ResetError>> {
+    match reply {
+        Reply::Diag(d) if has_cookie(t) && d.cookie != t.cookie => {
+            Step::Done(Err(ResetError::new(
+                "reply",
+                libc::EPROTO,
+                format!(
+                    "the kernel returned socket cookie {:#x} for a lookup of cookie {:#x}; \
+                     ignoring the answer (unexpected kernel behaviour, please report)",
+                    d.cookie, t.cookie
+                ),
+            )))
+        }
+        Reply::Diag(d) => Step::Done(Ok(Some(*d))),
+        Reply::Ack(errno) if errno == libc::ENOENT => {
+            if more {
+                Step::Next
+            } else {
+                Step::Done(Ok(None))
+            }
+        }
+        Reply::Ack(0) => Step::Done(Err(ResetError::new(
+            "reply",
+            libc::EPROTO,
+            "the kernel acknowledged the lookup without sending the socket (unexpected \
+             kernel behaviour, please report)",
+        ))),
+        Reply::Ack(errno) => Step::Done(Err(kernel_error(errno, t))),
+    }
+}
+
 impl Destroyer {
     /// An empty destroyer; sockets are opened on first use per namespace.
     pub fn new() -> Destroyer {
         Destroyer {
             socks: HashMap::new(),
             seq: 0,
-            last_sweep: Instant::now(),
+            idle_limit: NETNS_IDLE_LIMIT,
+            next_release: None,
+            sweeps: 0,
+            batch_fallbacks: 0,
             buf: vec![0; RECV_BUF_LEN],
         }
+    }
+
+    /// The same destroyer, closing a namespace's cached socket after `limit` without use
+    /// instead of [`NETNS_IDLE_LIMIT`] (a knob for tests; shorter limits mean more
+    /// `setns` round trips, longer ones keep dead namespaces allocated longer).
+    pub fn with_idle_limit(mut self, limit: Duration) -> Destroyer {
+        self.idle_limit = limit;
+        self.next_release = self
+            .socks
+            .values()
+            .filter_map(|c| c.last_used.checked_add(limit))
+            .min();
+        self
+    }
+
+    /// How long a namespace's cached socket may stay unused before it is closed.
+    pub fn idle_limit(&self) -> Duration {
+        self.idle_limit
     }
 
     /// Abort the socket named by `t` (the kernel sends a RST to the peer and fails pending
@@ -329,7 +465,7 @@ impl Destroyer {
     /// `Err` with errno `ENOENT` means the socket is gone or the 4-tuple now belongs to
     /// another connection; nothing was reset.
     pub fn destroy(&mut self, t: &Target) -> Result<(), ResetError> {
-        if t.cookie == 0 || t.cookie == u64::MAX {
+        if !has_cookie(t) {
             return Err(ResetError::new(
                 "send",
                 libc::EINVAL,
@@ -342,129 +478,124 @@ impl Destroyer {
             ));
         }
         let ids = wire_ids(t)?;
-        let mut last = None;
-        for id in &ids {
-            match self.transact(t, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, id, 0)? {
-                Reply::Ack(0) => return Ok(()),
-                Reply::Ack(errno) if errno == libc::ENOENT => last = Some(errno),
-                Reply::Ack(errno) => return Err(kernel_error(errno, t)),
-                Reply::Diag(_) => {
-                    return Err(ResetError::new(
-                        "reply",
-                        libc::EPROTO,
-                        "the kernel answered SOCK_DESTROY with socket data instead of an \
-                         acknowledgement; the socket may or may not have been reset \
-                         (unexpected kernel behaviour, please report)",
-                    ))
-                }
+        for (k, id) in ids.iter().enumerate() {
+            let reply = self.transact(t, SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, id, 0)?;
+            if let Step::Done(r) = destroy_step(t, reply, k + 1 < ids.len()) {
+                return r;
             }
         }
-        Err(kernel_error(last.unwrap_or(libc::ENOENT), t))
+        Err(kernel_error(libc::ENOENT, t))
     }
 
     /// Destroy many sockets with few system calls — the mass-disconnect case (thousands of
     /// wedges at once). Requests for the same network namespace are packed into netlink
     /// datagrams of [`DESTROY_BATCH`] messages; the kernel handles every message of a datagram
     /// in one `sendto`, then the acknowledgements are read back. Each target gets the same
-    /// checks and the same result as [`Destroyer::destroy`]; results come back in order.
+    /// checks and the same result as [`Destroyer::destroy`]; results come back in order. A
+    /// request whose acknowledgement was lost is reported, never resent (it may have acted).
     pub fn destroy_many(&mut self, targets: &[Target]) -> Vec<Result<(), ResetError>> {
-        let mut results: Vec<Option<Result<(), ResetError>>> =
+        self.run_batched(
+            targets,
+            (SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 0),
+            false,
+            has_cookie,
+            destroy_step,
+            |d, t| d.destroy(t),
+        )
+    }
+
+    /// Look the socket named by `t` up exactly and return its diag and `tcp_info`.
+    /// `Ok(None)`: no socket with this 4-tuple and cookie (cookie 0 matches any cookie).
+    pub fn lookup(&mut self, t: &Target) -> Result<Option<TcpDiag>, ResetError> {
+        let ids = wire_ids(t)?;
+        for (k, id) in ids.iter().enumerate() {
+            let reply = self.transact(t, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, id, INFO_EXT)?;
+            if let Step::Done(r) = lookup_step(t, reply, k + 1 < ids.len()) {
+                return r;
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Destroyer::lookup`] for many sockets with few system calls (re-verifying a whole
+    /// tick's worth of reset candidates): exact requests for the same namespace are packed
+    /// into datagrams of [`DESTROY_BATCH`] messages like [`Destroyer::destroy_many`]. Each
+    /// target gets the same result as `lookup` (the cookie must match; IPv4-mapped sockets get
+    /// their second encoding); results come back in order. Lookups only read, so a batch
+    /// whose replies were lost (e.g. `ENOBUFS`) is redone one by one; a kernel that does not
+    /// answer at all fails the namespace's remaining targets with `ETIMEDOUT` after
+    /// 500 ms instead of waiting that long per target.
+    pub fn lookup_many(&mut self, targets: &[Target]) -> Vec<Result<Option<TcpDiag>, ResetError>> {
+        self.run_batched(
+            targets,
+            (SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, INFO_EXT),
+            true,
+            |_| true,
+            lookup_step,
+            |d, t| d.lookup(t),
+        )
+    }
+
+    /// The batched form of a per-target operation. Targets `batchable` rejects, and those
+    /// without a valid encoding, take `single` (which fails them without I/O); the rest are
+    /// grouped by namespace and sent with [`Destroyer::exchange`], first encoding first;
+    /// `step` reads each reply. With `redo_lost`, requests whose reply was lost (other than
+    /// by a timeout) are redone with `single`.
+    fn run_batched<X>(
+        &mut self,
+        targets: &[Target],
+        op: (u16, u16, u8),
+        redo_lost: bool,
+        batchable: impl Fn(&Target) -> bool,
+        step: impl Fn(&Target, Reply, bool) -> Step<Result<X, ResetError>>,
+        single: impl Fn(&mut Destroyer, &Target) -> Result<X, ResetError>,
+    ) -> Vec<Result<X, ResetError>> {
+        let mut results: Vec<Option<Result<X, ResetError>>> =
             targets.iter().map(|_| None).collect();
-        // Group by namespace; anything unusual (no cookie, bad target) goes the single path.
-        let mut groups: HashMap<u64, Vec<(usize, WireId)>> = HashMap::new();
-        let mut single = Vec::new();
+        let mut ids: Vec<Vec<WireId>> = Vec::with_capacity(targets.len());
+        let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        let mut one_by_one = Vec::new();
         for (i, t) in targets.iter().enumerate() {
-            let key = match netns_key(t.netns) {
-                Ok(k) => k,
-                Err(e) => {
-                    results[i] = Some(Err(e));
-                    continue;
-                }
-            };
             match wire_ids(t) {
-                Ok(ids) if t.cookie != 0 && t.cookie != u64::MAX && !ids.is_empty() => {
-                    groups.entry(key).or_default().push((i, ids[0]));
-                }
-                _ => single.push(i),
-            }
-        }
-        for (key, members) in groups {
-            for chunk in members.chunks(DESTROY_BATCH) {
-                let pid_hint = targets[chunk[0].0].pid_hint;
-                let fd = match self.socket_for(key, pid_hint) {
-                    Ok(fd) => fd,
-                    Err(_) => {
-                        single.extend(chunk.iter().map(|(i, _)| *i));
+                Ok(enc) if batchable(t) && !enc.is_empty() => match netns_key(t.netns) {
+                    Ok(key) => {
+                        groups.entry(key).or_default().push(i);
+                        ids.push(enc);
                         continue;
                     }
-                };
-                let mut msg = Vec::with_capacity(chunk.len() * 96);
-                let mut pending: HashMap<u32, usize> = HashMap::with_capacity(chunk.len());
-                for (i, id) in chunk {
-                    self.seq = self.seq.wrapping_add(1).max(1);
-                    msg.extend_from_slice(&encode_request(
-                        SOCK_DESTROY,
-                        NLM_F_REQUEST | NLM_F_ACK,
-                        self.seq,
-                        id,
-                        0,
-                    ));
-                    pending.insert(self.seq, *i);
-                }
-                if send_request(fd, &msg).is_err() {
-                    // Nothing was processed: the kernel takes a datagram whole or not at all.
-                    self.socks.remove(&key);
-                    single.extend(chunk.iter().map(|(i, _)| *i));
-                    continue;
-                }
-                let deadline = Instant::now() + REPLY_TIMEOUT;
-                while !pending.is_empty() {
-                    let n = match recv_datagram(fd, &mut self.buf, deadline) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            // Some requests may have acted already: report, never resend.
-                            self.socks.remove(&key);
-                            for (_, i) in pending.drain() {
-                                results[i] =
-                                    Some(Err(ResetError::new(e.stage, e.errno, e.meaning.clone())));
-                            }
-                            break;
+                    Err(e) => results[i] = Some(Err(e)),
+                },
+                _ => one_by_one.push(i),
+            }
+            ids.push(Vec::new());
+        }
+        let mut level = 0;
+        while !groups.is_empty() {
+            let mut next: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            for (key, members) in std::mem::take(&mut groups) {
+                let reqs: Vec<WireId> = members.iter().map(|&i| ids[i][level]).collect();
+                let pid_hint = members.iter().find_map(|&i| targets[i].pid_hint);
+                let sent = self.exchange(key, pid_hint, op, &reqs);
+                for (&i, outcome) in members.iter().zip(sent) {
+                    let t = &targets[i];
+                    match outcome {
+                        Sent::Reply(reply) => match step(t, reply, level + 1 < ids[i].len()) {
+                            Step::Done(r) => results[i] = Some(r),
+                            Step::Next => next.entry(key).or_default().push(i),
+                        },
+                        Sent::Lost(e) if redo_lost && e.errno != libc::ETIMEDOUT => {
+                            self.batch_fallbacks += 1;
+                            one_by_one.push(i);
                         }
-                    };
-                    let mut replies = Vec::new();
-                    if let Err(e) = for_each_reply(&self.buf[..n], |seq, r| replies.push((seq, r)))
-                    {
-                        log::warn!("SOCK_DESTROY batch: {e}");
-                        continue;
+                        Sent::Unsent(e) | Sent::Lost(e) => results[i] = Some(Err(e)),
                     }
-                    for (seq, reply) in replies {
-                        let Some(i) = pending.remove(&seq) else {
-                            continue;
-                        };
-                        results[i] = Some(match reply {
-                            Reply::Ack(0) => Ok(()),
-                            // A v4-mapped socket may need the second encoding: single path.
-                            Reply::Ack(errno) if errno == libc::ENOENT => {
-                                single.push(i);
-                                continue;
-                            }
-                            Reply::Ack(errno) => Err(kernel_error(errno, &targets[i])),
-                            Reply::Diag(_) => Err(ResetError::new(
-                                "reply",
-                                libc::EPROTO,
-                                "the kernel answered SOCK_DESTROY with socket data instead of \
-                                 an acknowledgement (unexpected kernel behaviour, please report)",
-                            )),
-                        });
-                    }
-                }
-                if let Some(c) = self.socks.get_mut(&key) {
-                    c.last_used = Instant::now();
                 }
             }
+            groups = next;
+            level += 1;
         }
-        for i in single {
-            results[i] = Some(self.destroy(&targets[i]));
+        for i in one_by_one {
+            results[i] = Some(single(self, &targets[i]));
         }
         results
             .into_iter()
@@ -472,41 +603,91 @@ impl Destroyer {
             .collect()
     }
 
-    /// Look the socket named by `t` up exactly and return its diag and `tcp_info`.
-    /// `Ok(None)`: no socket with this 4-tuple and cookie (cookie 0 matches any cookie).
-    pub fn lookup(&mut self, t: &Target) -> Result<Option<TcpDiag>, ResetError> {
-        let ids = wire_ids(t)?;
-        let ext = 1u8 << (INET_DIAG_INFO - 1);
-        for id in &ids {
-            match self.transact(t, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, id, ext)? {
-                Reply::Diag(d) => {
-                    if t.cookie != 0 && t.cookie != u64::MAX && d.cookie != t.cookie {
-                        return Err(ResetError::new(
-                            "reply",
-                            libc::EPROTO,
-                            format!(
-                                "the kernel returned socket cookie {:#x} for a lookup of \
-                                 cookie {:#x}; ignoring the answer (unexpected kernel \
-                                 behaviour, please report)",
-                                d.cookie, t.cookie
-                            ),
-                        ));
-                    }
-                    return Ok(Some(*d));
-                }
-                Reply::Ack(errno) if errno == libc::ENOENT => continue,
-                Reply::Ack(0) => {
-                    return Err(ResetError::new(
-                        "reply",
-                        libc::EPROTO,
-                        "the kernel acknowledged the lookup without sending the socket \
-                         (unexpected kernel behaviour, please report)",
-                    ))
-                }
-                Reply::Ack(errno) => return Err(kernel_error(errno, t)),
+    /// Send one request per entry of `reqs`, all for namespace `key`, in datagrams of
+    /// [`DESTROY_BATCH`] messages (the kernel handles every message of a datagram within one
+    /// `sendto`; a datagram is taken whole or not at all) and match the answers by sequence
+    /// number. A failed send is retried once on a fresh socket. After a chunk's replies are
+    /// lost, the socket is replaced; after a timeout the rest is not sent.
+    fn exchange(
+        &mut self,
+        key: u64,
+        pid_hint: Option<u32>,
+        (msg_type, flags, ext): (u16, u16, u8),
+        reqs: &[WireId],
+    ) -> Vec<Sent> {
+        let mut out: Vec<Option<Sent>> = reqs.iter().map(|_| None).collect();
+        for (c, chunk) in reqs.chunks(DESTROY_BATCH).enumerate() {
+            let base = c * DESTROY_BATCH;
+            let mut msg = Vec::with_capacity(chunk.len() * (NLMSG_HDRLEN + REQ_V2_LEN));
+            let mut pending: HashMap<u32, usize> = HashMap::with_capacity(chunk.len());
+            for (j, id) in chunk.iter().enumerate() {
+                self.seq = self.seq.wrapping_add(1).max(1);
+                msg.extend_from_slice(&encode_request(msg_type, flags, self.seq, id, ext));
+                pending.insert(self.seq, base + j);
             }
+            let mut sent_on = None;
+            for attempt in 1..=2 {
+                let fd = match self.socket_for(key, pid_hint) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        for slot in &mut out[base..] {
+                            *slot = Some(Sent::Unsent(e.clone()));
+                        }
+                        return finish(out);
+                    }
+                };
+                match send_request(fd, &msg) {
+                    Ok(()) => {
+                        sent_on = Some(fd);
+                        break;
+                    }
+                    Err(e) => {
+                        self.socks.remove(&key);
+                        if attempt == 2 {
+                            for slot in &mut out[base..base + chunk.len()] {
+                                *slot = Some(Sent::Unsent(e.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            let Some(fd) = sent_on else { continue };
+            let deadline = Instant::now() + REPLY_TIMEOUT;
+            while !pending.is_empty() {
+                match recv_datagram(fd, &mut self.buf, deadline) {
+                    Ok(n) => {
+                        let parsed = for_each_reply(&self.buf[..n], |seq, reply| {
+                            if let Some(i) = pending.remove(&seq) {
+                                out[i] = Some(Sent::Reply(reply));
+                            }
+                        });
+                        if let Err(e) = parsed {
+                            log::warn!("sock_diag batch: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        self.socks.remove(&key);
+                        for (_, i) in pending.drain() {
+                            out[i] = Some(Sent::Lost(e.clone()));
+                        }
+                        if e.errno == libc::ETIMEDOUT {
+                            for slot in &mut out[base + chunk.len()..] {
+                                *slot = Some(Sent::Unsent(e.clone()));
+                            }
+                            return finish(out);
+                        }
+                    }
+                }
+            }
+            self.touch(key);
         }
-        Ok(None)
+        return finish(out);
+
+        fn finish(out: Vec<Option<Sent>>) -> Vec<Sent> {
+            out.into_iter()
+                .map(|s| s.expect("every request gets an outcome"))
+                .collect()
+        }
     }
 
     /// Close the cached socket of one namespace (e.g. the container is gone).
@@ -518,6 +699,29 @@ impl Destroyer {
     pub fn prune_idle(&mut self, max_idle: Duration) -> usize {
         let before = self.socks.len();
         self.socks.retain(|_, c| c.last_used.elapsed() <= max_idle);
+        before - self.socks.len()
+    }
+
+    /// Close the cached sockets unused for the idle limit, so the namespaces only they kept
+    /// alive (containers that are gone) are freed; returns how many were closed. Cheap enough
+    /// for every tick: it compares the clock with the earliest instant an entry can reach the
+    /// limit and scans the cache only from then on.
+    pub fn release_idle(&mut self) -> usize {
+        let now = Instant::now();
+        match self.next_release {
+            Some(due) if now >= due => {}
+            _ => return 0,
+        }
+        self.sweeps += 1;
+        let limit = self.idle_limit;
+        let before = self.socks.len();
+        self.socks
+            .retain(|_, c| now.saturating_duration_since(c.last_used) < limit);
+        self.next_release = self
+            .socks
+            .values()
+            .filter_map(|c| c.last_used.checked_add(limit))
+            .min();
         before - self.socks.len()
     }
 
@@ -555,9 +759,7 @@ impl Destroyer {
             }
             return match recv_reply(fd, seq, &mut self.buf) {
                 Ok(reply) => {
-                    if let Some(c) = self.socks.get_mut(&key) {
-                        c.last_used = Instant::now();
-                    }
+                    self.touch(key);
                     Ok(reply)
                 }
                 Err(e) => {
@@ -568,15 +770,23 @@ impl Destroyer {
         }
     }
 
-    fn socket_for(&mut self, key: u64, pid_hint: Option<u32>) -> Result<RawFd, ResetError> {
-        if self.last_sweep.elapsed() >= CACHE_SWEEP_EVERY {
-            self.last_sweep = Instant::now();
-            self.prune_idle(CACHE_IDLE_LIMIT);
+    fn touch(&mut self, key: u64) {
+        if let Some(c) = self.socks.get_mut(&key) {
+            c.last_used = Instant::now();
         }
+    }
+
+    fn socket_for(&mut self, key: u64, pid_hint: Option<u32>) -> Result<RawFd, ResetError> {
+        self.release_idle();
         if let Some(c) = self.socks.get(&key) {
             return Ok(c.fd.as_raw_fd());
         }
         let fd = open_diag_socket_in(key, pid_hint)?;
+        Ok(self.cache_insert(key, fd))
+    }
+
+    /// Cache `fd` as namespace `key`'s socket, evicting the least recently used one when full.
+    fn cache_insert(&mut self, key: u64, fd: OwnedFd) -> RawFd {
         if self.socks.len() >= MAX_CACHED_NETNS {
             if let Some(oldest) = self
                 .socks
@@ -587,15 +797,13 @@ impl Destroyer {
                 self.socks.remove(&oldest);
             }
         }
+        let now = Instant::now();
         let raw = fd.as_raw_fd();
-        self.socks.insert(
-            key,
-            CachedSock {
-                fd,
-                last_used: Instant::now(),
-            },
-        );
-        Ok(raw)
+        self.socks.insert(key, CachedSock { fd, last_used: now });
+        if let Some(due) = now.checked_add(self.idle_limit) {
+            self.next_release = Some(self.next_release.map_or(due, |d| d.min(due)));
+        }
+        raw
     }
 }
 
@@ -663,8 +871,13 @@ pub fn errno_meaning(errno: i32) -> String {
             buffer overflowed; transient, retry on the next tick"
             .to_string(),
         libc::EMFILE | libc::ENFILE => "out of file descriptors (per-process or system \
-            limit); close unused descriptors or raise the limit"
+            limit); transient, retried later. If it persists close unused descriptors or \
+            raise the limit"
             .to_string(),
+        libc::EINTR => "interrupted by a signal; transient, retry".to_string(),
+        libc::EBUSY => {
+            "the kernel resource was busy; transient, retry on the next tick".to_string()
+        }
         libc::EMSGSIZE => "the kernel's reply did not fit the receive buffer; this is a \
             tcpstall bug, please report it"
             .to_string(),
@@ -775,7 +988,7 @@ fn wire_ids(t: &Target) -> Result<Vec<WireId>, ResetError> {
         dport,
         src,
         dst,
-        ifindex: 0,
+        ifindex: t.ifindex,
         cookie,
     };
     let v4 = (v4_of(t.local.ip()), v4_of(t.remote.ip()));
@@ -1258,7 +1471,18 @@ pub fn open_netns(ino: u32, pid_hint: Option<u32>) -> Result<(OwnedFd, PathBuf),
             return Ok((fd, p.clone()));
         }
     }
-    if let Ok(dir) = fs::read_dir("/run/netns") {
+    // A directory that cannot be listed (other than a missing /run/netns) is reported:
+    // EMFILE while listing must not turn into "namespace not found".
+    let list = |dir: &str, last_err: &mut Option<(PathBuf, io::Error)>| match fs::read_dir(dir) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                *last_err = Some((PathBuf::from(dir), e));
+            }
+            None
+        }
+    };
+    if let Some(dir) = list("/run/netns", &mut last_err) {
         for entry in dir.flatten() {
             let p = entry.path();
             if let Some(fd) = try_path(&p, &mut last_err) {
@@ -1266,7 +1490,7 @@ pub fn open_netns(ino: u32, pid_hint: Option<u32>) -> Result<(OwnedFd, PathBuf),
             }
         }
     }
-    if let Ok(dir) = fs::read_dir("/proc") {
+    if let Some(dir) = list("/proc", &mut last_err) {
         for entry in dir.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -1284,8 +1508,13 @@ pub fn open_netns(ino: u32, pid_hint: Option<u32>) -> Result<(OwnedFd, PathBuf),
             "netns",
             e.raw_os_error().unwrap_or(libc::EIO),
             format!(
-                "network namespace {ino} was found at {} but cannot be opened: {e}",
-                p.display()
+                "searching for network namespace {ino}: cannot open {}: {e}{}",
+                p.display(),
+                if is_transient_errno(e.raw_os_error().unwrap_or(0)) {
+                    " (transient, retried later)"
+                } else {
+                    ""
+                }
             ),
         ),
         None => ResetError::new(
@@ -1463,6 +1692,7 @@ fn probe_inner() -> Result<Duration, ProbeFailure> {
             .peer_addr()
             .map_err(|e| io_fail("read the test socket's peer", e))?,
         pid_hint: Some(std::process::id()),
+        ifindex: 0,
     };
     let refused = |e: ResetError| -> ProbeFailure {
         let detail = match e.errno {
@@ -1770,23 +2000,7 @@ impl Destroyer {
             return Ok(());
         }
         let fd = diag_socket_at(ns)?;
-        if self.socks.len() >= MAX_CACHED_NETNS {
-            if let Some(oldest) = self
-                .socks
-                .iter()
-                .min_by_key(|(_, c)| c.last_used)
-                .map(|(k, _)| *k)
-            {
-                self.socks.remove(&oldest);
-            }
-        }
-        self.socks.insert(
-            key,
-            CachedSock {
-                fd,
-                last_used: Instant::now(),
-            },
-        );
+        self.cache_insert(key, fd);
         Ok(())
     }
 }
@@ -1944,6 +2158,7 @@ pub fn find_sockets_in(
                         local: d.local,
                         remote: d.remote,
                         pid_hint: ns.pid(),
+                        ifindex: d.ifindex,
                     };
                     s.found.push((t, d));
                 }
@@ -2040,6 +2255,7 @@ mod tests {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),
             pid_hint: None,
+            ifindex: 0,
         }
     }
 
@@ -2077,6 +2293,73 @@ mod tests {
             u32::from_ne_bytes(r[52..56].try_into().unwrap()),
             0x1122_3344
         );
+    }
+
+    #[test]
+    fn requests_carry_the_bound_interface() {
+        let mut t = target(2, "10.1.2.3:443", "192.168.0.9:50000", 9);
+        t.ifindex = 7;
+        let ids = wire_ids(&t).unwrap();
+        let m = encode_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 1, &ids[0], 0);
+        assert_eq!(
+            u32::from_ne_bytes(m[16 + 44..16 + 48].try_into().unwrap()),
+            7
+        );
+        // Both encodings of an IPv4-mapped socket, and IPv6.
+        let mut t = target(10, "[::ffff:127.0.0.1]:80", "[::ffff:127.0.0.2]:9", 9);
+        t.ifindex = 0x0102_0304;
+        let ids = wire_ids(&t).unwrap();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.iter().all(|id| id.ifindex == 0x0102_0304));
+        let mut t = target(10, "[fe80::1]:80", "[fe80::2]:9", 9);
+        t.ifindex = 3;
+        assert_eq!(wire_ids(&t).unwrap()[0].ifindex, 3);
+    }
+
+    #[test]
+    fn transient_errors_are_classified() {
+        let transient = [
+            libc::ENOBUFS,
+            libc::EAGAIN,
+            libc::EWOULDBLOCK,
+            libc::ETIMEDOUT,
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOMEM,
+            libc::EINTR,
+            libc::EBUSY,
+        ];
+        for errno in transient {
+            let e = ResetError::new("reply", errno, errno_meaning(errno));
+            assert!(e.is_transient(), "{}", errno_name(errno));
+            assert!(
+                e.meaning.contains("transient") || e.meaning.contains("retry"),
+                "{}: {}",
+                errno_name(errno),
+                e.meaning
+            );
+        }
+        for errno in [
+            0,
+            libc::ENOENT,
+            libc::ESTALE,
+            libc::EPERM,
+            libc::EACCES,
+            libc::EOPNOTSUPP,
+            libc::EINVAL,
+            libc::EAFNOSUPPORT,
+            libc::EPROTONOSUPPORT,
+            libc::ECONNREFUSED,
+            libc::EMSGSIZE,
+            libc::EPROTO,
+            libc::ESRCH,
+            libc::EIO,
+        ] {
+            for stage in ["netns", "socket", "send", "reply"] {
+                let e = ResetError::new(stage, errno, "");
+                assert!(!e.is_transient(), "{stage} {}", errno_name(errno));
+            }
+        }
     }
 
     #[test]
@@ -2358,6 +2641,7 @@ mod tests {
             local: server.local_addr().unwrap(),
             remote: server.peer_addr().unwrap(),
             pid_hint: Some(std::process::id()),
+            ifindex: 0,
         }
     }
 

@@ -372,6 +372,7 @@ fn kernel_orphan_destroy_is_safe() -> (bool, String) {
                     local: d.local,
                     remote: d.remote,
                     pid_hint: None,
+                    ifindex: d.ifindex,
                 },
                 d,
             )

@@ -576,10 +576,9 @@ fn a_full_map_still_finds_a_new_wedge() {
         fillers.push(c);
     }
     assert!(
-        wait_until(Duration::from_secs(15), || agent
+        wait_until(Duration::from_secs(15), || !agent
             .matching(|e| is_event(e, "stats") && e["map_full"].as_u64() > Some(0))
-            .len()
-            > 0),
+            .is_empty()),
         "the map never filled{}",
         agent.diagnostics()
     );

@@ -442,6 +442,7 @@ fn try_observe(cookie_out: &mut u64) -> Result<Observation, Observation> {
             .peer_addr()
             .map_err(setup_err("read the test socket's peer"))?,
         pid_hint: Some(std::process::id()),
+        ifindex: 0,
     };
     *cookie_out = target.cookie;
     let mut d = Destroyer::new();
