@@ -107,7 +107,8 @@ impl Mode {
 pub enum SkipGuard {
     /// The agent runs with `--dry-run`.
     DryRun,
-    /// The socket's local or remote port is on the protected list.
+    /// A protected port: our service on a listed local port, or our outgoing connection to
+    /// a listed remote port.
     ProtectedPort,
     /// The reset rate limit is exhausted.
     RateLimit,

@@ -48,7 +48,8 @@
 //! by default every namespace: tcpstall's own, `/run/netns/*` and each distinct
 //! `/proc/*/ns/net`). Then, in this order:
 //!
-//! 1. a local or remote port in `[guards] protect_ports` of `--policy` (default: 22) →
+//! 1. a port `[guards] protect_ports` of `--policy` protects (default: 22; by direction: our
+//!    service on a listed local port, our outgoing connections to a listed remote port) →
 //!    `reset_skipped`, guard `protected_port`;
 //! 2. a socket with nothing queued to send (or not a connection, e.g. `LISTEN`) is not
 //!    wedged → `reset_skipped`, guard `not_stalled_anymore`: tcpstall only resets sockets
