@@ -6,7 +6,7 @@
 use crate::classify::{Calibration, Evidence, StallClass, Tracker, Transition};
 use crate::event::{self, Event, EventWriter, EvidenceFields, SocketFields};
 use crate::guards::{self, Budgets, Hold, HoldChange, Networks, Peer, Refusal};
-use crate::identity::CgroupPaths;
+use crate::identity::Owners;
 use crate::policy::{Action, Policy, Selection, SocketIdentity};
 use crate::probes::{Counters, Probes};
 use crate::reset::{self, Destroyer, ResetError, Target, TcpDiag};
@@ -44,6 +44,8 @@ pub struct Config {
     pub bpf_stats: bool,
     /// Stop after this long (tests, benchmarks); None = until SIGINT/SIGTERM.
     pub duration: Option<Duration>,
+    /// The unix socket `tcpstall top` reads the live view from; None = off.
+    pub status_socket: Option<PathBuf>,
 }
 
 /// The kernel map as the tick needs it (`Probes` in production, a fake in unit tests).
@@ -255,7 +257,7 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     out: EventWriter,
     tracker: Tracker,
     calibration: Calibration,
-    cgroups: CgroupPaths,
+    owners: Owners,
     reset_works: bool,
     /// The start-up self-test found destroying orphans safe on this kernel.
     orphans_safe: bool,
@@ -277,6 +279,9 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     started: Instant,
     last_stats: Instant,
     last_sweep_us: u64,
+    /// For the live view (`tcpstall top`).
+    mode: event::Mode,
+    recent: crate::status::Recent,
 }
 
 /// utime + stime of this process, ms.
@@ -396,14 +401,9 @@ impl Agent {
             Some(d) => Destroyer::new().with_idle_limit(d),
             None => Destroyer::new(),
         };
-        Ok(Agent::with_parts(
-            cfg,
-            probes,
-            destroyer,
-            out,
-            probe.works,
-            orphan.safe,
-        ))
+        let mut agent = Agent::with_parts(cfg, probes, destroyer, out, probe.works, orphan.safe);
+        agent.mode = mode;
+        Ok(agent)
     }
 }
 
@@ -439,7 +439,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             out,
             tracker: Tracker::new(),
             calibration: Calibration::new(),
-            cgroups: CgroupPaths::default(),
+            owners: Owners::default(),
             reset_works,
             orphans_safe,
             budgets: Budgets::default(),
@@ -457,6 +457,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             started: Instant::now(),
             last_stats: Instant::now(),
             last_sweep_us: 0,
+            mode: event::Mode::Observe,
+            recent: crate::status::Recent::default(),
             cfg,
         }
     }
@@ -466,6 +468,10 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// `agent_started` is already a clean stop.
     pub async fn run(mut self, signals: Signals) -> Result<()> {
         let Signals { mut term, mut int } = signals;
+        let status = match &self.cfg.status_socket {
+            Some(p) => Some(bind_status(p)?),
+            None => None,
+        };
         let mut ticker = tokio::time::interval(self.cfg.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
@@ -476,13 +482,23 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     None => std::future::pending().await,
                 }
             };
+            let asked = async {
+                match &status {
+                    Some(l) => l.accept().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = ticker.tick() => self.tick()?,
+                Some((conn, _)) = asked => self.answer_status(conn),
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
                 _ = sleep_until => break "duration elapsed",
             }
         };
+        if let Some(p) = &self.cfg.status_socket {
+            let _ = std::fs::remove_file(p);
+        }
         self.emit_stats()?;
         self.out.write(&Event::AgentStopped {
             reason: reason.to_string(),
@@ -502,7 +518,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         action: Action,
         evidence: Option<&Evidence>,
     ) -> SocketFields {
-        let cgroup = s.cgroup_id.and_then(|id| self.cgroups.path(id));
+        let (cgroup, w) = self.owners.of(s.cgroup_id);
         SocketFields {
             cookie: s.cookie,
             netns: s.netns,
@@ -517,6 +533,11 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             comm: s.comm.clone(),
             cgroup_id: s.cgroup_id,
             cgroup,
+            container_id: w.container_id,
+            container_runtime: w.runtime,
+            pod_uid: w.pod_uid,
+            pod_namespace: w.pod_namespace,
+            pod_name: w.pod_name,
             class,
             queued_bytes: s.queued_bytes,
             unacked_bytes: s.unacked_bytes,
@@ -558,7 +579,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         for st in &states {
             let snap = Snapshot::from_state(st, now_ns);
             present.insert(snap.cookie);
-            let sel = select(&policy, &mut self.cgroups, &snap);
+            let sel = select(&policy, &mut self.owners, &snap);
             if let Some(r) = sel.rule {
                 *selected.entry(r.name.as_str()).or_default() += 1;
             }
@@ -647,7 +668,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             let last_evidence = self.tracker.evidence(cookie);
             let dep = self.tracker.forget_detailed(cookie, was_closed, t);
             let policy = std::sync::Arc::clone(&self.policy);
-            let sel = select(&policy, &mut self.cgroups, &snap);
+            let sel = select(&policy, &mut self.owners, &snap);
             let rule_name = sel.rule.map(|r| r.name.as_str());
             if let Some(ep) = &dep.recovered {
                 self.record_episode(&sel, rule_name, cookie, ep)?;
@@ -1025,6 +1046,17 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             match res {
                 Ok(()) => {
                     self.counts.done += 1;
+                    self.recent.push(crate::status::ResetRow {
+                        ts: humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                            .to_string(),
+                        cookie: p.fields.cookie,
+                        local: p.fields.local.to_string(),
+                        remote: p.fields.remote.to_string(),
+                        class: p.fields.class.as_str().to_string(),
+                        rule: p.fields.rule.clone(),
+                        stalled_for_ms: p.fields.stalled_for_ms,
+                        owner: owner_of(&p.fields),
+                    });
                     self.out.write(&Event::SocketReset {
                         socket: p.fields,
                         bytes_still_queued: p.bytes_still_queued,
@@ -1162,6 +1194,76 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         Ok(())
     }
 
+    /// The live view of this agent's state right now.
+    pub fn status_report(&mut self) -> crate::status::Report {
+        let policy = std::sync::Arc::clone(&self.policy);
+        let snaps: Vec<Snapshot> = self.last.values().cloned().collect();
+        let mut rows = Vec::with_capacity(snaps.len());
+        for s in &snaps {
+            let sel = select(&policy, &mut self.owners, s);
+            let active = self
+                .tracker
+                .active(s.cookie)
+                .or_else(|| self.tracker.active_recv(s.cookie))
+                .map(|a| a.class);
+            let f = self.socket_fields(
+                s,
+                active.unwrap_or(StallClass::NoAck),
+                s.since_progress_ms(),
+                sel.rule.map(|r| r.name.as_str()),
+                sel.action,
+                None,
+            );
+            rows.push(crate::status::Row {
+                cookie: s.cookie,
+                local: s.local.to_string(),
+                remote: s.remote.to_string(),
+                class: active.map(|c| c.as_str().to_string()),
+                stalled_for_ms: s.since_progress_ms(),
+                queued_bytes: s.queued_bytes,
+                rule: f.rule.clone(),
+                action: sel.action.as_str().to_string(),
+                pid: s.pid,
+                comm: s.comm.clone(),
+                owner: owner_of(&f),
+            });
+        }
+        crate::status::Report {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            mode: serde_json::to_value(self.mode)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            tick_ms: self.cfg.tick.as_millis() as u64,
+            policy: policy.source.as_ref().map(|p| p.display().to_string()),
+            sockets_tracked: self.last.len() as u64,
+            map_capacity: self.src.max_sockets(),
+            stalls_active: self.tracker.stalled_count() as u64,
+            partition_hold: self.hold.active(),
+            resets_done: self.counts.done,
+            resets_failed: self.counts.failed,
+            resets_skipped: self.counts.skipped,
+            sockets: crate::status::order(rows),
+            recent_resets: self.recent.rows(),
+        }
+    }
+
+    /// Answer one `tcpstall top` connection: the report is built now, between ticks; the
+    /// write happens on its own task, so a stuck reader never delays a tick.
+    fn answer_status(&mut self, mut conn: tokio::net::UnixStream) {
+        let body = serde_json::to_vec(&self.status_report()).unwrap_or_default();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let _ = conn.write_all(&body).await;
+                let _ = conn.shutdown().await;
+            })
+            .await;
+        });
+    }
+
     fn emit_stats(&mut self) -> Result<()> {
         self.last_stats = Instant::now();
         let c = self.src.counters();
@@ -1203,6 +1305,51 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     }
 }
 
+/// How the live view names a socket's owner: pod, else container, else cgroup path.
+fn owner_of(f: &SocketFields) -> Option<String> {
+    match (&f.pod_namespace, &f.pod_name, &f.container_id, &f.cgroup) {
+        (Some(ns), Some(name), _, _) => Some(format!("{ns}/{name}")),
+        (_, _, Some(id), _) => Some(format!("container {}", &id[..id.len().min(12)])),
+        (_, _, _, Some(cg)) => Some(cg.clone()),
+        _ => None,
+    }
+}
+
+/// Listen for `tcpstall top` at `path` (directory 0700, socket 0600: root only). A socket
+/// file another agent still answers on is an error; a stale one is replaced.
+fn bind_status(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "creating {} for the status socket: {e}; pass --status-socket PATH (or none)",
+                    dir.display()
+                )
+            })?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another tcpstall agent answers on {}: one agent per node (or pass a different \
+                 --status-socket)",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(|e| {
+        anyhow::anyhow!(
+            "listening on {} for tcpstall top: {e}; pass --status-socket PATH (or none)",
+            path.display()
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
 /// Address-keyed kernels only: the cookie of a socket nobody asked about yet (the lookup
 /// is what makes the kernel assign it).
 fn resolve_cookie<K: DiagPath + ?Sized>(kern: &mut K, st: &SockState) -> Option<u64> {
@@ -1223,14 +1370,16 @@ fn resolve_cookie<K: DiagPath + ?Sized>(kern: &mut K, st: &SockState) -> Option<
 
 /// The policy's selection for a socket, identified as rules select: addresses, writer
 /// comm, writer cgroup path, network namespace.
-fn select<'p>(policy: &'p Policy, cgroups: &mut CgroupPaths, snap: &Snapshot) -> Selection<'p> {
-    let cgroup = snap.cgroup_id.and_then(|id| cgroups.path(id));
+fn select<'p>(policy: &'p Policy, owners: &mut Owners, snap: &Snapshot) -> Selection<'p> {
+    let (cgroup, w) = owners.of(snap.cgroup_id);
     policy.select(&SocketIdentity {
         local: snap.local,
         remote: snap.remote,
         comm: snap.comm.as_deref(),
         cgroup_path: cgroup.as_deref(),
         netns: snap.netns,
+        pod_namespace: w.pod_namespace.as_deref(),
+        pod_name: w.pod_name.as_deref(),
     })
 }
 
@@ -1499,6 +1648,7 @@ mod tests {
             max_sockets: 100_000,
             bpf_stats: false,
             duration: None,
+            status_socket: None,
         };
         let (map, kern, out) = (Src::default(), Kern::default(), Buf::default());
         map.0.lock().unwrap().max = 100_000;

@@ -226,6 +226,16 @@ pub struct SocketFields {
     pub cgroup_id: Option<u64>,
     /// cgroup v2 path of that process, when it could be resolved.
     pub cgroup: Option<String>,
+    /// Container of that process, when its cgroup path shows one (Kubernetes, Docker,
+    /// Podman layouts).
+    pub container_id: Option<String>,
+    /// `containerd`, `cri-o`, `docker`, `podman` or `kubernetes` (cgroupfs-driver pods).
+    pub container_runtime: Option<String>,
+    /// Kubernetes pod UID, when the cgroup path shows a pod.
+    pub pod_uid: Option<String>,
+    /// The pod's namespace and name, from the kubelet's `/var/log/pods` directories.
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
     /// Kind of stall.
     pub class: StallClass,
     /// Bytes written by the app and not yet acked by the peer.
@@ -820,6 +830,31 @@ pub const SOCKET_FIELDS: &[Field] = &[
         "cgroup",
         FieldType::Nullable(&FieldType::Str),
         "cgroup v2 path of that process, when resolvable",
+    ),
+    f(
+        "container_id",
+        FieldType::Nullable(&FieldType::Str),
+        "Container of that process, when its cgroup path shows one (Kubernetes systemd/cgroupfs drivers, Docker, Podman)",
+    ),
+    f(
+        "container_runtime",
+        FieldType::Nullable(&FieldType::Str),
+        "`containerd`, `cri-o`, `docker`, `podman`, or `kubernetes` (a cgroupfs-driver pod, runtime not named)",
+    ),
+    f(
+        "pod_uid",
+        FieldType::Nullable(&FieldType::Str),
+        "Kubernetes pod UID, when the cgroup path shows a pod",
+    ),
+    f(
+        "pod_namespace",
+        FieldType::Nullable(&FieldType::Str),
+        "The pod's namespace, from the kubelet's `/var/log/pods/<ns>_<name>_<uid>` (no API call)",
+    ),
+    f(
+        "pod_name",
+        FieldType::Nullable(&FieldType::Str),
+        "The pod's name, from the same directory",
     ),
     f("class", FieldType::Enum(CLASSES), "Kind of stall"),
     f(
@@ -1470,6 +1505,11 @@ mod tests {
             comm: full.then(|| "nginx".to_string()),
             cgroup_id: full.then_some(7788),
             cgroup: full.then(|| "/system.slice/nginx.service".to_string()),
+            container_id: full.then(|| "0123456789ab".to_string()),
+            container_runtime: full.then(|| "containerd".to_string()),
+            pod_uid: full.then(|| "6f2a3b1c-1d2e-4f50-8a9b-0c1d2e3f4a5b".to_string()),
+            pod_namespace: full.then(|| "payments".to_string()),
+            pod_name: full.then(|| "api-7d9f8".to_string()),
             class: StallClass::ZeroWindow,
             queued_bytes: 1 << 20,
             unacked_bytes: 65_536,
@@ -1675,7 +1715,15 @@ mod tests {
 
         let v = line_value(&Event::StallStarted(socket(false)));
         assert_eq!(v["local"], "10.0.0.1:443");
-        for k in ["pid", "comm", "cgroup_id", "cgroup", "rule"] {
+        for k in [
+            "pid",
+            "comm",
+            "cgroup_id",
+            "cgroup",
+            "container_id",
+            "pod_name",
+            "rule",
+        ] {
             assert_eq!(v[k], Value::Null, "{k}");
         }
     }

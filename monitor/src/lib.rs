@@ -17,6 +17,8 @@ pub mod policy;
 pub mod probes;
 pub mod reset;
 pub mod snapshot;
+pub mod status;
+pub mod top;
 
 #[cfg(test)]
 mod repo_files {

@@ -29,6 +29,9 @@ enum Cmd {
     },
     /// Reset one socket by hand, behind the same guards as the agent.
     Reset(monitor::manual::ResetArgs),
+    /// A live view of what the running agent sees: stalled and tracked sockets, recent
+    /// resets. Reads the agent's status socket; never attaches anything itself.
+    Top(monitor::top::TopArgs),
 }
 
 #[derive(Subcommand)]
@@ -73,6 +76,9 @@ struct RunArgs {
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// Unix socket `tcpstall top` reads the live view from (root only), or `none`.
+    #[arg(long, default_value = monitor::status::DEFAULT_SOCKET)]
+    status_socket: String,
 }
 
 fn load_policy(path: Option<&PathBuf>) -> Result<Policy, ExitCode> {
@@ -106,6 +112,7 @@ fn run(args: RunArgs) -> ExitCode {
         max_sockets: args.max_sockets,
         bpf_stats: args.bpf_stats,
         duration: args.duration,
+        status_socket: monitor::status::socket_path(&args.status_socket),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -142,5 +149,6 @@ fn main() -> ExitCode {
             cmd: PolicyCmd::Check { file, events, json },
         } => monitor::manual::policy_check(&file, events.as_deref(), json),
         Cmd::Reset(args) => monitor::manual::reset(args),
+        Cmd::Top(args) => monitor::top::run(args),
     }
 }

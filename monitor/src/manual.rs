@@ -1200,6 +1200,11 @@ pub fn manual_socket_fields(t: &Target, d: &TcpDiag) -> SocketFields {
         comm: None,
         cgroup_id: None,
         cgroup: None,
+        container_id: None,
+        container_runtime: None,
+        pod_uid: None,
+        pod_namespace: None,
+        pod_name: None,
         class: signature_class(d),
         queued_bytes: queued,
         unacked_bytes: if d.tcp_info_len > 0 {

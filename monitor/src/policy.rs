@@ -40,6 +40,8 @@
 //! comm = ["granian"]
 //! cgroup_prefix = ["/system.slice/app.service"]
 //! netns = [4026531840]
+//! k8s_namespace = ["payments"]
+//! pod_prefix = ["api-"]
 //! # match_all = true           # instead of selectors: this rule selects every socket
 //! classes = ["zero_window", "no_ack"]
 //! action = "reset"
@@ -97,13 +99,19 @@
 //! | `comm` | process names, exact, at most 15 bytes (the kernel's `comm`, as in `ps -o comm`) of the process that last wrote to the socket |
 //! | `cgroup_prefix` | cgroup v2 paths (as after `0::` in `/proc/PID/cgroup`); `"/a/b"` matches `/a/b` and `/a/b/c`, not `/a/bc` |
 //! | `netns` | network namespace inode numbers (`4026531840`, or `"net:[4026531840]"` as `readlink /proc/PID/ns/net` prints) |
+//! | `k8s_namespace` | Kubernetes namespaces, exact (`"payments"`), of the pod the writer runs in |
+//! | `pod_prefix` | Kubernetes pod name prefixes (`"api-"`) |
 //! | `match_all` | `true`: select every socket (no other selectors allowed) |
 //! | `classes` | stall classes the action applies to: `zero_window`, `no_ack`, `slow_drain`, `recv_backlog`; default `["zero_window", "no_ack", "slow_drain"]`; `recv_backlog` cannot be combined with `reset` |
 //! | `action` | `"observe"` (default) or `"reset"` |
 //! | threshold keys | any key of the `[defaults]` threshold table overrides it for this rule |
 //!
-//! A socket whose process name or cgroup is not known yet does not match a rule that has a
-//! `comm` or `cgroup_prefix` selector: tcpstall never resets what it cannot identify.
+//! A socket whose process name, cgroup or pod is not known yet does not match a rule that has
+//! a `comm`, `cgroup_prefix`, `k8s_namespace` or `pod_prefix` selector: tcpstall never resets
+//! what it cannot identify. The pod of a socket is its last writer's: the container and pod
+//! come from the writer's cgroup path (Kubernetes with the systemd or cgroupfs driver, Docker,
+//! Podman), the pod's namespace and name from the kubelet's `/var/log/pods/<ns>_<name>_<uid>`
+//! directories (no API call; rescanned at most every 5 s when a pod is new).
 //!
 //! The loader rejects, among others: unknown keys (with the closest known key), malformed
 //! durations, rates, ports and CIDRs, networks with host bits set, reversed port ranges,
@@ -270,6 +278,10 @@ pub struct Selectors {
     pub cgroup_prefix: Option<Vec<String>>,
     /// Network namespace inode numbers.
     pub netns: Option<Vec<u32>>,
+    /// Kubernetes namespaces, exact. A socket whose pod is unknown never matches.
+    pub k8s_namespace: Option<Vec<String>>,
+    /// Kubernetes pod name prefixes. A socket whose pod is unknown never matches.
+    pub pod_prefix: Option<Vec<String>>,
 }
 
 impl Selectors {
@@ -305,6 +317,14 @@ impl Selectors {
                     .is_some_and(|p| prefixes.iter().any(|pre| cgroup_under(p, pre)))
             })
             && self.netns.as_ref().is_none_or(|ns| ns.contains(&id.netns))
+            && self.k8s_namespace.as_ref().is_none_or(|names| {
+                id.pod_namespace
+                    .is_some_and(|n| names.iter().any(|x| x.as_str() == n))
+            })
+            && self.pod_prefix.as_ref().is_none_or(|prefixes| {
+                id.pod_name
+                    .is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
+            })
     }
 
     /// Whether every socket `later` selects is also selected by `self` (so a rule with
@@ -341,6 +361,10 @@ impl Selectors {
                 e.iter().any(|pre| cgroup_under(l, pre))
             })
             && dim(&self.netns, &later.netns, |e, l| e.contains(l))
+            && dim(&self.k8s_namespace, &later.k8s_namespace, |e, l| e.contains(l))
+            && dim(&self.pod_prefix, &later.pod_prefix, |e, l| {
+                e.iter().any(|p| l.starts_with(p.as_str()))
+            })
     }
 
     /// Names of the selector keys that are set.
@@ -366,6 +390,12 @@ impl Selectors {
         }
         if self.netns.is_some() {
             names.push("netns");
+        }
+        if self.k8s_namespace.is_some() {
+            names.push("k8s_namespace");
+        }
+        if self.pod_prefix.is_some() {
+            names.push("pod_prefix");
         }
         names
     }
@@ -403,6 +433,12 @@ impl Selectors {
         if let Some(v) = &self.netns {
             parts.push(format!("netns {}", list(v)));
         }
+        if let Some(v) = &self.k8s_namespace {
+            parts.push(format!("k8s_namespace {}", list(v)));
+        }
+        if let Some(v) = &self.pod_prefix {
+            parts.push(format!("pod_prefix {}", list(v)));
+        }
         if parts.is_empty() {
             return "every socket (no selectors)".to_string();
         }
@@ -436,6 +472,12 @@ impl Selectors {
         }
         if let Some(v) = &self.netns {
             m.insert("netns".into(), json!(v));
+        }
+        if let Some(v) = &self.k8s_namespace {
+            m.insert("k8s_namespace".into(), json!(v));
+        }
+        if let Some(v) = &self.pod_prefix {
+            m.insert("pod_prefix".into(), json!(v));
         }
         serde_json::Value::Object(m)
     }
@@ -562,6 +604,9 @@ pub struct SocketIdentity<'a> {
     pub cgroup_path: Option<&'a str>,
     /// Network namespace inode number.
     pub netns: u32,
+    /// Kubernetes namespace and pod name of the writer, when known.
+    pub pod_namespace: Option<&'a str>,
+    pub pod_name: Option<&'a str>,
 }
 
 /// The outcome of [`Policy::select`] for one socket.
@@ -1263,6 +1308,8 @@ const SELECTOR_KEYS: &[&str] = &[
     "comm",
     "cgroup_prefix",
     "netns",
+    "k8s_namespace",
+    "pod_prefix",
 ];
 
 #[derive(Clone, Copy, PartialEq)]
@@ -2109,6 +2156,40 @@ fn parse_comm(node: &Node) -> Result<String, (String, Option<String>)> {
     Ok(s.clone())
 }
 
+/// A Kubernetes namespace (a DNS label: lowercase letters, digits, '-', at most 63) or a pod
+/// name prefix (a DNS subdomain's characters: also '.', at most 253).
+fn parse_k8s_name(
+    node: &Node,
+    what: &str,
+    max: usize,
+) -> Result<String, (String, Option<String>)> {
+    let Kind::Str(s) = &node.kind else {
+        return Err((
+            format!("a {what} is a string, not {}", node.kind.type_name()),
+            Some("\"payments\"".to_string()),
+        ));
+    };
+    let dots = max > 63;
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    if s.is_empty() || s.len() > max || !s.chars().all(ok_char) {
+        let fixed: String = s
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| ok_char(*c))
+            .take(max)
+            .collect();
+        return Err((
+            format!(
+                "`{s}` is not a Kubernetes {what}: lowercase letters, digits and '-'{}, at most \
+                 {max} characters",
+                if dots { " or '.'" } else { "" }
+            ),
+            (!fixed.is_empty()).then(|| format!("\"{fixed}\"")),
+        ));
+    }
+    Ok(s.clone())
+}
+
 fn parse_cgroup(node: &Node) -> Result<String, (String, Option<String>)> {
     let Kind::Str(s) = &node.kind else {
         return Err((
@@ -2561,6 +2642,20 @@ fn parse_rule(
                 Some(c) => sel.cgroup_prefix = Some(c),
                 None => broken = true,
             },
+            "k8s_namespace" => match cx
+                .list(k, v, "[\"payments\"]", "matches no socket")
+                .and_then(|items| cx.each(items, |n| parse_k8s_name(n, "namespace", 63)))
+            {
+                Some(c) => sel.k8s_namespace = Some(c),
+                None => broken = true,
+            },
+            "pod_prefix" => match cx
+                .list(k, v, "[\"api-\"]", "matches no socket")
+                .and_then(|items| cx.each(items, |n| parse_k8s_name(n, "pod name prefix", 253)))
+            {
+                Some(c) => sel.pod_prefix = Some(c),
+                None => broken = true,
+            },
             "netns" => match cx
                 .list(k, v, "[4026531840]", "matches no socket")
                 .and_then(|items| cx.each(items, parse_netns))
@@ -2802,7 +2897,47 @@ mod tests {
             comm: None,
             cgroup_path: None,
             netns: 4026531840,
+            pod_namespace: None,
+            pod_name: None,
         }
+    }
+
+    #[test]
+    fn kubernetes_namespace_and_pod_prefix_select_and_validate() {
+        let p = ok("[[rule]]\nname = \"pay\"\nk8s_namespace = [\"payments\"]\npod_prefix = [\"api-\"]\n\
+                    [[rule]]\nname = \"ns\"\nk8s_namespace = [\"payments\", \"shop\"]\n");
+        let base = sock("10.0.0.1:8000", "10.0.0.2:40000");
+        let id = |ns, pod| SocketIdentity {
+            pod_namespace: ns,
+            pod_name: pod,
+            ..base
+        };
+        let name = |id: &SocketIdentity<'_>| p.select(id).rule.map(|r| r.name.clone());
+        assert_eq!(name(&id(Some("payments"), Some("api-7d9f8"))).as_deref(), Some("pay"));
+        assert_eq!(name(&id(Some("payments"), Some("worker-1"))).as_deref(), Some("ns"));
+        assert_eq!(name(&id(Some("shop"), None)).as_deref(), Some("ns"));
+        assert_eq!(name(&id(None, Some("api-1"))), None, "unknown pod never matches");
+        assert_eq!(name(&id(Some("other"), Some("api-1"))), None);
+        assert!(p.describe().contains("k8s_namespace payments and pod_prefix api-"));
+        only(
+            "[[rule]]\nname = \"a\"\nk8s_namespace = [\"Payments_1\"]\n",
+            3,
+            "`Payments_1` is not a Kubernetes namespace",
+            "\"payments1\"",
+        );
+        only(
+            "[[rule]]\nname = \"a\"\npod_prefix = [\"\"]\n",
+            3,
+            "is not a Kubernetes pod name prefix",
+            "",
+        );
+        // A broader namespace rule first shadows a narrower one.
+        only(
+            "[[rule]]\nname = \"a\"\nk8s_namespace = [\"x\"]\n[[rule]]\nname = \"b\"\nk8s_namespace = [\"x\"]\npod_prefix = [\"api\"]\n",
+            4,
+            "can never match",
+            "",
+        );
     }
 
     // ----- defaults ------------------------------------------------------------------
