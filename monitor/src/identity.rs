@@ -16,8 +16,27 @@ pub struct CgroupPaths {
 
 impl Default for CgroupPaths {
     fn default() -> Self {
-        CgroupPaths::new("/sys/fs/cgroup")
+        CgroupPaths::new(cgroup2_root())
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on unified systems,
+/// `/sys/fs/cgroup/unified` on hybrid ones (v1 controllers at `/sys/fs/cgroup/<controller>`,
+/// whose directory inodes are not cgroup v2 ids). From `/proc/self/mountinfo`.
+pub fn cgroup2_root() -> PathBuf {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| cgroup2_in_mountinfo(&m))
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+}
+
+fn cgroup2_in_mountinfo(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })
 }
 
 impl CgroupPaths {
@@ -53,9 +72,18 @@ impl CgroupPaths {
 }
 
 fn walk(root: &Path, dir: &Path, f: &mut dyn FnMut(u64, &str)) {
+    let dev = std::fs::metadata(root).map(|m| m.dev()).unwrap_or(0);
+    walk_dev(root, dir, dev, f)
+}
+
+/// Only directories of the cgroup2 file system itself (never into another mount below it).
+fn walk_dev(root: &Path, dir: &Path, dev: u64, f: &mut dyn FnMut(u64, &str)) {
     let Ok(meta) = std::fs::metadata(dir) else {
         return;
     };
+    if meta.dev() != dev {
+        return;
+    }
     let rel = match dir.strip_prefix(root) {
         Ok(r) if r.as_os_str().is_empty() => "/".to_string(),
         Ok(r) => format!("/{}", r.display()),
@@ -67,7 +95,7 @@ fn walk(root: &Path, dir: &Path, f: &mut dyn FnMut(u64, &str)) {
     };
     for e in rd.flatten() {
         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            walk(root, &e.path(), f);
+            walk_dev(root, &e.path(), dev, f);
         }
     }
 }
@@ -269,6 +297,24 @@ mod tests {
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const UID: &str = "6f2a3b1c-1d2e-4f50-8a9b-0c1d2e3f4a5b";
+
+    #[test]
+    fn the_cgroup2_mount_is_found_on_unified_and_hybrid_systems() {
+        let hybrid = "31 1 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755\n\
+                      33 31 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_in_mountinfo(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_in_mountinfo(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_in_mountinfo("1 2 3:4 / / rw - ext4 /dev/vda rw\n"), None);
+        // The running system's answer is a cgroup2 mount whose root inode is the root
+        // cgroup's id (1 on cgroup v2).
+        let root = cgroup2_root();
+        assert!(root.join("cgroup.procs").exists(), "{}", root.display());
+    }
 
     #[test]
     fn container_and_pod_from_the_common_cgroup_layouts() {

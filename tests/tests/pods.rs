@@ -12,8 +12,20 @@ use std::time::Duration;
 use tests::agent::{is_event, AgentOpts};
 use tests::{detection_bound, require_root, THRESHOLD, TICK};
 
-const CGROOT: &str = "/sys/fs/cgroup";
 const PODS: &str = "/var/log/pods";
+
+/// The cgroup v2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid systems).
+fn cgroot() -> String {
+    let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    m.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(str::to_string))
+                .flatten()
+        })
+        .expect("no cgroup2 mount")
+}
 
 /// Directories created for the test, removed (deepest first) when dropped.
 struct Dirs(Vec<PathBuf>);
@@ -138,24 +150,25 @@ fn events_name_container_and_pod_and_rules_select_by_namespace() {
         return;
     }
     let seed = u64::from(std::process::id());
+    let root = cgroot();
     let mut dirs = Dirs(Vec::new());
     let ns = "tcpstall-test";
     // Kubernetes, systemd driver, containerd.
     let (u1, c1) = (uid(seed), hex(seed + 1, 64));
     let cg1 = PathBuf::from(format!(
-        "{CGROOT}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{c1}.scope",
+        "{root}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{c1}.scope",
         u1.replace('-', "_")
     ));
     let pod1 = format!("api-{}", &hex(seed + 2, 5));
     // Kubernetes, cgroupfs driver.
     let (u2, c2) = (uid(seed + 3), hex(seed + 4, 64));
-    let cg2 = PathBuf::from(format!("{CGROOT}/kubepods/burstable/pod{u2}/{c2}"));
+    let cg2 = PathBuf::from(format!("{root}/kubepods/burstable/pod{u2}/{c2}"));
     let pod2 = format!("worker-{}", &hex(seed + 5, 5));
     // Docker and Podman, no pod.
     let c3 = hex(seed + 6, 64);
-    let cg3 = PathBuf::from(format!("{CGROOT}/system.slice/docker-{c3}.scope"));
+    let cg3 = PathBuf::from(format!("{root}/system.slice/docker-{c3}.scope"));
     let c4 = hex(seed + 7, 64);
-    let cg4 = PathBuf::from(format!("{CGROOT}/machine.slice/libpod-{c4}.scope"));
+    let cg4 = PathBuf::from(format!("{root}/machine.slice/libpod-{c4}.scope"));
     for cg in [&cg1, &cg2, &cg3, &cg4] {
         dirs.create(cg);
     }
