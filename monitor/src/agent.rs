@@ -817,25 +817,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// A reset attempt failed. Transient errors are tried again with backoff (at most
     /// [`MAX_ATTEMPTS`] in all); anything else is final for this stall.
     fn failed(&mut self, c: &Candidate<'_>, e: &ResetError) -> Result<()> {
-        let tick = self.cfg.tick.max(Duration::from_millis(100));
-        let act = self.acts.entry(c.snap.cookie).or_default();
-        act.attempts += 1;
-        let retry = transient(e) && act.attempts < MAX_ATTEMPTS;
-        let retry_in = if retry {
-            let backoff = tick
-                .saturating_mul(1u32 << (act.attempts - 1).min(16))
-                .min(MAX_BACKOFF);
-            act.retry_at = Some(Instant::now() + backoff);
-            Some(backoff)
-        } else {
-            act.done = true;
-            None
-        };
-        if retry {
-            self.counts.retried += 1;
-        } else {
-            self.counts.failed += 1;
-        }
+        let retry_in = self.note_failure(c.snap.cookie, e);
         let ev = self.tracker.evidence(c.snap.cookie);
         let f = self.socket_fields(
             &c.snap,
@@ -853,6 +835,29 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
         })?;
         Ok(())
+    }
+
+    /// Count a failed attempt for `cookie`: a transient error is scheduled again after a
+    /// backoff (returned), anything else — or the last attempt — is final for the stall.
+    fn note_failure(&mut self, cookie: u64, e: &ResetError) -> Option<Duration> {
+        let tick = self.cfg.tick.max(Duration::from_millis(100));
+        let act = self.acts.entry(cookie).or_default();
+        act.attempts += 1;
+        if transient(e) && act.attempts < MAX_ATTEMPTS {
+            // Tried again while it stays stalled (and passes the guards again).
+            let backoff = tick
+                .saturating_mul(1u32 << (act.attempts - 1).min(16))
+                .min(MAX_BACKOFF);
+            act.done = false;
+            act.retry_at = Some(Instant::now() + backoff);
+            self.counts.retried += 1;
+            Some(backoff)
+        } else {
+            // One final failure per stall: a socket that cannot be reset is not hammered.
+            act.done = true;
+            self.counts.failed += 1;
+            None
+        }
     }
 
     /// The guards that need no kernel lookup of the socket itself, in order.
@@ -1064,31 +1069,13 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     })?;
                 }
                 Err(e) => {
-                    let tick = self.cfg.tick.max(Duration::from_millis(100));
-                    let act = self.acts.entry(p.cookie).or_default();
-                    act.attempts += 1;
-                    let retry = transient(&e) && act.attempts < MAX_ATTEMPTS;
-                    let retry_in = if retry {
-                        // Tried again while it stays stalled (and passes the guards again).
-                        act.done = false;
-                        let backoff = tick
-                            .saturating_mul(1u32 << (act.attempts - 1).min(16))
-                            .min(MAX_BACKOFF);
-                        act.retry_at = Some(Instant::now() + backoff);
-                        self.counts.retried += 1;
-                        Some(backoff.as_millis() as u64)
-                    } else {
-                        // One final failure per stall: a socket that cannot be reset is not
-                        // hammered.
-                        self.counts.failed += 1;
-                        None
-                    };
+                    let retry_in = self.note_failure(p.cookie, &e);
                     self.out.write(&Event::ResetFailed {
                         socket: p.fields,
                         errno: e.errno,
                         error: reset::errno_name(e.errno).to_string(),
                         meaning: e.meaning.clone(),
-                        retry_in_ms: retry_in,
+                        retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
                     })?;
                 }
             }
@@ -1119,12 +1106,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             })
             .map(|s| {
                 let drained = s.queued_bytes == 0 && s.recv_unread == 0;
-                let active = s
-                    .last_send_ns
-                    .max(s.last_ack_ns)
-                    .max(s.last_retrans_ns)
-                    .max(s.first_seen_ns);
-                (!drained, active, s.cookie)
+                (!drained, s.last_activity_ns(), s.cookie)
             })
             .collect();
         order.sort_unstable();
@@ -1162,14 +1144,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let mut old: Vec<(u64, Target)> = self
             .last
             .values()
-            .filter(|s| {
-                let active = s
-                    .last_send_ns
-                    .max(s.last_ack_ns)
-                    .max(s.last_retrans_ns)
-                    .max(s.first_seen_ns);
-                now_ns.saturating_sub(active) >= quiet
-            })
+            .filter(|s| now_ns.saturating_sub(s.last_activity_ns()) >= quiet)
             .map(|s| (s.cookie, target_of(s)))
             .collect();
         old.truncate(STALE_BATCH);

@@ -130,6 +130,15 @@ impl Snapshot {
     }
 
     /// Milliseconds since the peer last acked new data.
+    /// The last time a hook touched the entry: a write, an ACK, a retransmit, or tracking
+    /// began.
+    pub fn last_activity_ns(&self) -> u64 {
+        self.last_send_ns
+            .max(self.last_ack_ns)
+            .max(self.last_retrans_ns)
+            .max(self.first_seen_ns)
+    }
+
     pub fn since_progress_ms(&self) -> u64 {
         self.now_ns.saturating_sub(self.last_progress_ns) / 1_000_000
     }
