@@ -73,6 +73,10 @@ struct RunArgs {
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) over HTTP on
+    /// IP:PORT, e.g. 127.0.0.1:9972 (off by default; 0.0.0.0 exposes them to the network).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn load_policy(path: Option<&PathBuf>) -> Result<Policy, ExitCode> {
@@ -97,6 +101,7 @@ fn run(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let metrics_addr = args.metrics_addr;
     let cfg = monitor::agent::Config {
         policy,
         tick,
@@ -119,7 +124,12 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let res = rt.block_on(async {
         let signals = monitor::agent::Signals::install()?;
-        let agent = monitor::agent::Agent::start(cfg)?;
+        // Listen before anything is attached: a taken port fails the start cleanly.
+        let metrics = metrics_addr.map(monitor::metrics::bind).transpose()?;
+        let mut agent = monitor::agent::Agent::start(cfg)?;
+        if let Some(listener) = metrics {
+            agent.serve_metrics(listener)?;
+        }
         agent.run(signals).await
     });
     match res {
