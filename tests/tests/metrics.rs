@@ -91,6 +91,7 @@ fn prometheus_scrapes_a_reset() {
         metrics.to_string(),
         "--max-sockets".into(),
         MAX_SOCKETS.to_string(),
+        "--bpf-stats".into(),
     ];
     let agent = opts.start();
     let started = agent
@@ -214,6 +215,11 @@ fn prometheus_scrapes_a_reset() {
             "tcpstall_hook_info{hook=\"ack\",attach!=\"none\"}",
             |v| v == 1.0,
             "the ack hook is attached",
+        ),
+        expect(
+            "tcpstall_bpf_run_seconds_total",
+            |v| v > 0.0,
+            "BPF run time (--bpf-stats)",
         ),
         expect("tcpstall_kernel_info", |v| v == 1.0, "kernel info"),
         expect(
