@@ -282,6 +282,8 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     /// For the live view (`tcpstall top`).
     mode: event::Mode,
     recent: crate::status::Recent,
+    /// `--metrics-addr`: Prometheus metrics and health (off unless [`Agent::serve_metrics`]).
+    metrics: crate::metrics::Exporter,
 }
 
 /// utime + stime of this process, ms.
@@ -405,6 +407,27 @@ impl Agent {
         agent.mode = mode;
         Ok(agent)
     }
+
+    /// Serve `/metrics`, `/healthz` and `/readyz` on `listener` (from
+    /// [`crate::metrics::bind`]) from the running runtime, between ticks.
+    pub fn serve_metrics(&mut self, listener: std::net::TcpListener) -> Result<()> {
+        self.metrics = crate::metrics::Exporter::start(
+            listener,
+            crate::metrics::Setup {
+                hooks: self.src.hook_reports(),
+                degraded: self.src.degraded(),
+                socket_key_by_address: self.src.key_by_addr(),
+                policy: &self.policy,
+                dry_run: self.cfg.dry_run,
+                reset_works: self.reset_works,
+                orphans_safe: self.orphans_safe,
+                map_capacity: self.src.max_sockets(),
+                bpf_stats: self.cfg.bpf_stats,
+                started: self.started,
+            },
+        )?;
+        Ok(())
+    }
 }
 
 /// `TCPSTALL_NETNS_IDLE_MS`: testing knob for how long an idle per-namespace netlink socket
@@ -459,6 +482,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             last_sweep_us: 0,
             mode: event::Mode::Observe,
             recent: crate::status::Recent::default(),
+            metrics: Default::default(),
             cfg,
         }
     }
@@ -600,6 +624,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             for tr in [obs.transition, obs.recv_transition].into_iter().flatten() {
                 self.emit_transition(&snap, tr, rule_name, sel.action, None)?;
             }
+            self.metrics
+                .count_active(&self.tracker, snap.cookie, rule_name);
             if let Some(active) = self.tracker.active(snap.cookie) {
                 let class = active.class;
                 if sel.resets(class) {
@@ -630,10 +656,33 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             states.len(),
             self.last_sweep_us
         );
+        self.metrics_tick(t0.elapsed());
         if self.last_stats.elapsed() >= self.cfg.stats_interval {
             self.emit_stats()?;
         }
         Ok(())
+    }
+
+    /// The tick's numbers to the metrics (the same as `stats`).
+    fn metrics_tick(&mut self, took: Duration) {
+        if !self.metrics.enabled() {
+            return;
+        }
+        let c = self.src.counters();
+        self.metrics.tick_done(&crate::metrics::TickValues {
+            duration_s: took.as_secs_f64(),
+            sockets_tracked: self.last.len() as u64,
+            map_capacity: self.src.max_sockets(),
+            map_full: c.map_full,
+            map_evicted: self.map_evicted,
+            map_stale: c.stale + self.map_stale,
+            close_notes_lost: c.close_notes_lost,
+            events_lost: self.out.events_lost(),
+            netns_cached: self.kern.cached_netns() as u64,
+            partition_hold: self.hold.active(),
+            cpu_seconds: cpu_ms() as f64 / 1000.0,
+            bpf_run_ns: self.src.bpf_run_ns(),
+        });
     }
 
     /// Sockets gone from the kernel map since the last tick: closed, or drained.
@@ -691,6 +740,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             HoldChange::Ended => "ended",
             HoldChange::Expired => "expired",
         };
+        if change == HoldChange::Started {
+            self.metrics.partition_hold_started();
+        }
         log::warn!(
             "partition hold {state}: {} remote networks silent, {} alive",
             report.silent,
@@ -718,6 +770,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         ep: &crate::classify::Episode,
     ) -> Result<()> {
         let threshold_ms = sel.thresholds.threshold_for(ep.class).as_millis() as u64;
+        self.metrics.episode(rule_name, ep);
         if let Some(w) = self.calibration.record(
             rule_name.unwrap_or(NO_RULE),
             threshold_ms,
@@ -725,6 +778,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             cookie,
             ep,
         ) {
+            self.metrics.threshold_warning(rule_name, w.class);
             self.out.write(&Event::ThresholdWarning {
                 rule: (w.rule != NO_RULE).then_some(w.rule),
                 class: w.class,
@@ -748,6 +802,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         evidence: Option<Evidence>,
     ) -> Result<()> {
         let acted = self.acts.get(&snap.cookie).map(|a| a.done).unwrap_or(false);
+        self.metrics.transition(&tr, rule);
         let ev = match &tr {
             Transition::Started { evidence, .. } => Some(evidence.clone()),
             _ => evidence.or_else(|| self.tracker.evidence(snap.cookie)),
@@ -797,6 +852,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         }
         act.skipped_guard = Some(guard);
         self.counts.skipped += 1;
+        let rule = sel.rule.map(|r| r.name.as_str());
+        self.metrics
+            .reset(rule, crate::metrics::ResetResult::Skipped(guard));
         let ev = self.tracker.evidence(snap.cookie);
         let f = self.socket_fields(
             snap,
@@ -818,6 +876,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// [`MAX_ATTEMPTS`] in all); anything else is final for this stall.
     fn failed(&mut self, c: &Candidate<'_>, e: &ResetError) -> Result<()> {
         let retry_in = self.note_failure(c.snap.cookie, e);
+        let rule = c.sel.rule.map(|r| r.name.as_str());
+        self.metrics
+            .reset(rule, crate::metrics::ResetResult::failure(retry_in.is_some()));
         let ev = self.tracker.evidence(c.snap.cookie);
         let f = self.socket_fields(
             &c.snap,
@@ -974,6 +1035,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 && match self.nets.mass_disconnect(&net, mass_min) {
                     Some((first, n)) => {
                         if first {
+                            self.metrics.mass_disconnect();
                             log::warn!("mass disconnect: {n} silent sockets in {net}");
                             self.out.write(&Event::MassDisconnect {
                                 network: net.to_string(),
@@ -1062,6 +1124,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                         stalled_for_ms: p.fields.stalled_for_ms,
                         owner: owner_of(&p.fields),
                     });
+                    let rule = p.fields.rule.as_deref();
+                    self.metrics.reset(rule, crate::metrics::ResetResult::Done);
                     self.out.write(&Event::SocketReset {
                         socket: p.fields,
                         bytes_still_queued: p.bytes_still_queued,
@@ -1070,6 +1134,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 }
                 Err(e) => {
                     let retry_in = self.note_failure(p.cookie, &e);
+                    let rule = p.fields.rule.as_deref();
+                    let result = crate::metrics::ResetResult::failure(retry_in.is_some());
+                    self.metrics.reset(rule, result);
                     self.out.write(&Event::ResetFailed {
                         socket: p.fields,
                         errno: e.errno,
@@ -1886,6 +1953,57 @@ mod tests {
         assert_eq!(failed.len(), 2);
         assert!(failed[1]["retry_in_ms"].is_null());
         assert_eq!(r.destroyed(), vec![1]);
+    }
+
+    #[test]
+    fn metrics_count_what_the_events_say() {
+        let mut r = rig("");
+        r.agent.metrics = crate::metrics::Exporter::detached(crate::metrics::Setup {
+            hooks: &[],
+            degraded: &[],
+            socket_key_by_address: false,
+            policy: &r.agent.policy.clone(),
+            dry_run: false,
+            reset_works: true,
+            orphans_safe: true,
+            map_capacity: 100_000,
+            bpf_stats: false,
+            started: Instant::now(),
+        });
+        let has = |text: &str, series: &str| {
+            assert!(text.contains(&format!("\n{series}\n")), "{series}\n{text}");
+        };
+        r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+        let mut other = stalled(2, "10.9.0.3:40000", StallClass::NoAck);
+        other.lport = 9999; // no rule
+        r.add(other, true);
+        r.agent.tick().unwrap();
+        assert_eq!(r.destroyed(), vec![1]);
+        let text = r.agent.metrics.encode(false).unwrap();
+        for series in [
+            r#"tcpstall_resets_total{rule="svc",result="done"} 1"#,
+            r#"tcpstall_stalls_started_total{rule="svc",class="zero_window"} 1"#,
+            r#"tcpstall_stalls_started_total{rule="(defaults)",class="no_ack"} 1"#,
+            r#"tcpstall_stalls_active{rule="svc",class="zero_window"} 1"#,
+            r#"tcpstall_stalls_active{rule="(defaults)",class="no_ack"} 1"#,
+            "tcpstall_sockets_tracked 2",
+            "tcpstall_map_capacity 100000",
+            "tcpstall_tick_duration_seconds_count 1",
+        ] {
+            has(&text, series);
+        }
+        // The reset socket closes: closed, and no longer active.
+        r.drop_entry(1);
+        r.map.0.lock().unwrap().notes.push(note(1));
+        r.agent.tick().unwrap();
+        let text = r.agent.metrics.encode(false).unwrap();
+        for series in [
+            r#"tcpstall_stalls_closed_total{rule="svc",class="zero_window"} 1"#,
+            r#"tcpstall_stalls_active{rule="svc",class="zero_window"} 0"#,
+            "tcpstall_sockets_tracked 1",
+        ] {
+            has(&text, series);
+        }
     }
 
     #[test]

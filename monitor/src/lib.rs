@@ -13,6 +13,7 @@ pub mod event;
 pub mod guards;
 pub mod identity;
 pub mod manual;
+pub mod metrics;
 pub mod policy;
 pub mod probes;
 pub mod reset;

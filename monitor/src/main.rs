@@ -79,6 +79,10 @@ struct RunArgs {
     /// Unix socket `tcpstall top` reads the live view from (root only), or `none`.
     #[arg(long, default_value = monitor::status::DEFAULT_SOCKET)]
     status_socket: String,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) over HTTP on
+    /// IP:PORT, e.g. 127.0.0.1:9972 (off by default; 0.0.0.0 exposes them to the network).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn load_policy(path: Option<&PathBuf>) -> Result<Policy, ExitCode> {
@@ -103,6 +107,7 @@ fn run(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    let metrics_addr = args.metrics_addr;
     let cfg = monitor::agent::Config {
         policy,
         tick,
@@ -126,7 +131,12 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let res = rt.block_on(async {
         let signals = monitor::agent::Signals::install()?;
-        let agent = monitor::agent::Agent::start(cfg)?;
+        // Listen before anything is attached: a taken port fails the start cleanly.
+        let metrics = metrics_addr.map(monitor::metrics::bind).transpose()?;
+        let mut agent = monitor::agent::Agent::start(cfg)?;
+        if let Some(listener) = metrics {
+            agent.serve_metrics(listener)?;
+        }
         agent.run(signals).await
     });
     match res {

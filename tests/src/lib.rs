@@ -8,11 +8,14 @@
 //! * [`traffic`]: servers writing a verifiable stream from a thread named "tswriter", and
 //!   clients that never read, read slowly, fast, pause, or idle;
 //! * [`stream`]: the deterministic byte stream; [`ws`]: the WebSocket bits; [`sock`]: socket
-//!   calls `std` lacks.
+//!   calls `std` lacks;
+//! * [`prometheus`]: a real Prometheus server scraping the agent; [`http`]: a tiny GET.
 
 pub mod agent;
 pub mod check;
+pub mod http;
 pub mod netns;
+pub mod prometheus;
 pub mod shapes;
 pub mod sock;
 pub mod stream;
