@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,11 +104,11 @@ pub fn order(mut rows: Vec<Row>) -> Vec<Row> {
 pub fn fetch(socket: &Path, timeout: Duration) -> Result<Report, String> {
     let hint = "is `tcpstall run` running on this node (as root)? It listens there unless \
                 started with --status-socket none";
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
+    let s = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("cannot reach the agent at {}: {e}; {hint}", socket.display()))?;
     s.set_read_timeout(Some(timeout)).ok();
-    s.set_write_timeout(Some(timeout)).ok();
-    let _ = s.write_all(b"status\n");
+    // Nothing is sent: connecting is the request (unread bytes at the agent's close would
+    // reset the connection before the answer is read).
     let mut buf = Vec::new();
     s.take(64 << 20)
         .read_to_end(&mut buf)

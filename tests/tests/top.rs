@@ -133,7 +133,13 @@ fn top_shows_the_running_agents_stalls_and_resets() {
         .arg(&sock)
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| {
+        panic!(
+            "top --json printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&json.stdout),
+            String::from_utf8_lossy(&json.stderr)
+        )
+    });
     assert!(v["stalls_active"].as_u64() >= Some(1), "{v}");
     assert!(v["recent_resets"].as_array().is_some_and(|a| !a.is_empty()), "{v}");
 
