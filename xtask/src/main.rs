@@ -21,7 +21,13 @@ const EBPF_TARGET: &str = "bpfel-unknown-none";
 /// rustc flags for the eBPF build: BTF for the loader and the verifier's messages.
 const EBPF_RUSTFLAGS: &str = "-C debuginfo=2 -C link-arg=--btf";
 /// Debian packages the real-kernel tests use.
-const TEST_PACKAGES: &[&str] = &["nftables", "iproute2", "python3", "python3-venv"];
+const TEST_PACKAGES: &[&str] = &[
+    "nftables",
+    "iproute2",
+    "python3",
+    "python3-venv",
+    "logrotate",
+];
 /// Where the tests need tracefs.
 const TRACEFS: &str = "/sys/kernel/tracing";
 
