@@ -109,7 +109,10 @@
 //! durations, rates, ports and CIDRs, networks with host bits set, reversed port ranges,
 //! rules without selectors, duplicate rule names, rules that can never match because an
 //! earlier rule selects everything they select, reset rules whose ports are all protected,
-//! thresholds above the ceiling and a `cadence_factor` below 1.
+//! thresholds above the ceiling and a `cadence_factor` below 1. A policy file must be a
+//! regular file (a symbolic link to one is followed) of at most [`MAX_POLICY_BYTES`]; a FIFO,
+//! device or directory is refused before it is read. Valid but dangerous settings are
+//! listed in [`Policy::warnings`] (see [`Policy::warning_lines`]).
 
 use crate::classify::{StallClass, Thresholds};
 use ipnet::IpNet;
