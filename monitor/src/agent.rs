@@ -17,10 +17,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// SIGTERM and SIGINT, taken over from their default (killing) action.
+/// SIGTERM and SIGINT (stop), and SIGHUP (reopen `--output`, reload the policy), taken over
+/// from their default (killing) action.
 pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -30,6 +32,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 }
@@ -373,7 +376,7 @@ impl Agent {
         } else {
             event::Mode::Observe
         };
-        out.write(&Event::AgentStarted {
+        out.emit(&Event::AgentStarted {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             kernel: crate::btf::kernel_release(),
@@ -398,7 +401,7 @@ impl Agent {
             policy: cfg.policy.source.as_ref().map(|p| p.display().to_string()),
             tick_ms: cfg.tick.as_millis() as u64,
             max_sockets: probes.max_sockets(),
-        })?;
+        });
         let destroyer = match netns_idle_override()? {
             Some(d) => Destroyer::new().with_idle_limit(d),
             None => Destroyer::new(),
@@ -491,7 +494,11 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// `signals` must be created before [`Agent::start`], so a SIGTERM right after
     /// `agent_started` is already a clean stop.
     pub async fn run(mut self, signals: Signals) -> Result<()> {
-        let Signals { mut term, mut int } = signals;
+        let Signals {
+            mut term,
+            mut int,
+            mut hup,
+        } = signals;
         let status = match &self.cfg.status_socket {
             Some(p) => Some(bind_status(p)?),
             None => None,
@@ -513,7 +520,14 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 }
             };
             tokio::select! {
-                _ = ticker.tick() => self.tick()?,
+                _ = ticker.tick() => {
+                    // Nothing in a tick stops the agent (a failed event write is counted, not
+                    // fatal); only a signal or --duration does.
+                    if let Err(e) = self.tick() {
+                        log::error!("tick: {e:#}");
+                    }
+                }
+                _ = hup.recv() => self.hangup(),
                 Some((conn, _)) = asked => self.answer_status(conn),
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
@@ -523,13 +537,125 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         if let Some(p) = &self.cfg.status_socket {
             let _ = std::fs::remove_file(p);
         }
-        self.emit_stats()?;
-        self.out.write(&Event::AgentStopped {
+        let _ = self.emit_stats();
+        self.out.emit(&Event::AgentStopped {
             reason: reason.to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-        })?;
+        });
         // Dropping the probes detaches every hook.
         Ok(())
+    }
+
+    /// The run mode the policy in force gives (as in `agent_started.mode`).
+    fn mode(&self) -> event::Mode {
+        let wants_reset = self.policy.rules.iter().any(|r| r.action == Action::Reset);
+        if !wants_reset {
+            event::Mode::Observe
+        } else if self.cfg.dry_run {
+            event::Mode::DryRun
+        } else if self.reset_works {
+            event::Mode::Enforce
+        } else {
+            event::Mode::Observe
+        }
+    }
+
+    /// SIGHUP: reopen `--output` (after log rotation moved it away), then read the policy
+    /// file again. Each says how it went in an event (`output_reopened`, `policy_reload`).
+    pub fn hangup(&mut self) {
+        if let Some(res) = self.out.reopen() {
+            let output = self
+                .out
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let (ok, error) = match res {
+                Ok(()) => {
+                    log::info!("SIGHUP: reopened the event output {output}");
+                    (true, None)
+                }
+                Err(e) => {
+                    let why = format!(
+                        "{e}; events still go to the file that was open before (possibly \
+                         renamed by log rotation)"
+                    );
+                    log::error!("SIGHUP: {why}");
+                    (false, Some(why))
+                }
+            };
+            self.out.emit(&Event::OutputReopened { output, ok, error });
+        }
+        self.reload_policy();
+    }
+
+    /// Read and validate the policy file again. A valid file replaces the policy in force:
+    /// rule selection, thresholds and guards change from the next tick on, while every
+    /// socket's state (stalls, history, reset decisions, budgets, calibration) is kept. An
+    /// invalid one is refused and the old policy stays. The tick is not changed (it takes
+    /// a restart).
+    pub fn reload_policy(&mut self) {
+        let Some(path) = self.policy.source.clone() else {
+            self.out.emit(&Event::PolicyReload {
+                policy: None,
+                ok: true,
+                problems: Vec::new(),
+                warnings: Vec::new(),
+                mode: self.mode(),
+                detail: "the agent runs without --policy: the built-in defaults stay in force"
+                    .into(),
+            });
+            return;
+        };
+        let label = path.display().to_string();
+        match Policy::load(&path) {
+            Err(e) => {
+                log::error!(
+                    "SIGHUP: the policy file {label} is invalid; the policy loaded before stays \
+                     in force:\n{e}"
+                );
+                self.out.emit(&Event::PolicyReload {
+                    policy: Some(label),
+                    ok: false,
+                    problems: e.to_string().lines().map(str::to_string).collect(),
+                    warnings: Vec::new(),
+                    mode: self.mode(),
+                    detail: "refused: the policy loaded before stays in force; fix the file \
+                             (`tcpstall policy check FILE`) and send SIGHUP again"
+                        .into(),
+                });
+            }
+            Ok(new) => {
+                let warnings = new.warning_lines();
+                for w in &warnings {
+                    log::warn!("{w}");
+                }
+                let mut detail = format!(
+                    "in force from the next tick: {} rule(s), was {}; every socket's state is \
+                     kept",
+                    new.rules.len(),
+                    self.policy.rules.len()
+                );
+                if new.tick != self.policy.tick {
+                    detail.push_str(&format!(
+                        "; tick = \"{}\" in the file is not applied: the agent keeps ticking every \
+                         {} until it is restarted",
+                        crate::policy::format_duration(new.tick),
+                        crate::policy::format_duration(self.cfg.tick)
+                    ));
+                }
+                log::info!("SIGHUP: reloaded the policy {label}: {detail}");
+                self.cfg.policy = new.clone();
+                self.policy = std::sync::Arc::new(new);
+                self.out.emit(&Event::PolicyReload {
+                    policy: Some(label),
+                    ok: true,
+                    problems: Vec::new(),
+                    warnings,
+                    mode: self.mode(),
+                    detail,
+                });
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -748,7 +874,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             report.silent,
             report.alive
         );
-        self.out.write(&Event::PartitionHold {
+        self.out.emit(&Event::PartitionHold {
             state: state.into(),
             silent_networks: report.silent as u64,
             alive_networks: report.alive as u64,
@@ -758,7 +884,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 .map(|(n, c)| format!("{n} ({c} silent)"))
                 .collect(),
             resets_held: self.hold.held,
-        })?;
+        });
         Ok(())
     }
 
@@ -779,7 +905,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             ep,
         ) {
             self.metrics.threshold_warning(rule_name, w.class);
-            self.out.write(&Event::ThresholdWarning {
+            self.out.emit(&Event::ThresholdWarning {
                 rule: (w.rule != NO_RULE).then_some(w.rule),
                 class: w.class,
                 threshold_ms: w.threshold_ms,
@@ -787,7 +913,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 cookie: w.cookie,
                 would_reset: w.would_reset,
                 advice: w.advice,
-            })?;
+            });
         }
         Ok(())
     }
@@ -820,17 +946,17 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 if tr.class().is_send_side() {
                     self.acts.insert(snap.cookie, ActState::default());
                 }
-                self.out.write(&Event::StallStarted(f))?;
+                self.out.emit(&Event::StallStarted(f));
             }
             Transition::Cleared { .. } => {
                 if tr.class().is_send_side() {
                     self.acts.remove(&snap.cookie);
                 }
-                self.out.write(&Event::StallCleared(f))?;
+                self.out.emit(&Event::StallCleared(f));
             }
             // Our own reset closed it: the socket_reset event already said so.
             Transition::Closed { .. } if acted && tr.class().is_send_side() => {}
-            Transition::Closed { .. } => self.out.write(&Event::StallClosed(f))?,
+            Transition::Closed { .. } => self.out.emit(&Event::StallClosed(f)),
         }
         Ok(())
     }
@@ -864,11 +990,11 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             sel.action,
             ev.as_ref(),
         );
-        self.out.write(&Event::ResetSkipped {
+        self.out.emit(&Event::ResetSkipped {
             socket: f,
             guard,
             detail,
-        })?;
+        });
         Ok(())
     }
 
@@ -888,13 +1014,13 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             c.sel.action,
             ev.as_ref(),
         );
-        self.out.write(&Event::ResetFailed {
+        self.out.emit(&Event::ResetFailed {
             socket: f,
             errno: e.errno,
             error: reset::errno_name(e.errno).to_string(),
             meaning: e.meaning.clone(),
             retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
-        })?;
+        });
         Ok(())
     }
 
@@ -1037,10 +1163,10 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                         if first {
                             self.metrics.mass_disconnect();
                             log::warn!("mass disconnect: {n} silent sockets in {net}");
-                            self.out.write(&Event::MassDisconnect {
+                            self.out.emit(&Event::MassDisconnect {
                                 network: net.to_string(),
                                 silent_sockets: u64::from(n),
-                            })?;
+                            });
                         }
                         true
                     }
@@ -1097,13 +1223,35 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         Ok(())
     }
 
-    /// Reset every socket this tick decided on, in netlink batches (thousands of wedges
-    /// at once is the mass-disconnect case), and report each.
+    /// Reset every socket this tick decided on, in netlink batches of
+    /// [`reset::DESTROY_BATCH`] (thousands of wedges at once is the mass-disconnect case),
+    /// and report each. Intent first: before each batch goes to the kernel, one
+    /// `reset_intent` line names its sockets, so an agent that dies between the destroy and
+    /// the `socket_reset` lines has still left a record of what it did.
     fn flush_resets(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+        let mut pending = std::mem::take(&mut self.pending);
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(reset::DESTROY_BATCH));
+            self.flush_batch(pending);
+            pending = rest;
         }
-        let pending = std::mem::take(&mut self.pending);
+        Ok(())
+    }
+
+    fn flush_batch(&mut self, pending: Vec<PendingReset>) {
+        self.out.emit(&Event::ResetIntent {
+            sockets: pending
+                .iter()
+                .map(|p| event::IntentSocket {
+                    cookie: p.cookie,
+                    netns: p.fields.netns,
+                    local: p.fields.local,
+                    remote: p.fields.remote,
+                    class: p.fields.class,
+                    rule: p.fields.rule.clone(),
+                })
+                .collect(),
+        });
         let targets: Vec<Target> = pending.iter().map(|p| p.target.clone()).collect();
         let t0 = Instant::now();
         let results = self.kern.destroy_many(&targets);
@@ -1126,28 +1274,27 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     });
                     let rule = p.fields.rule.as_deref();
                     self.metrics.reset(rule, crate::metrics::ResetResult::Done);
-                    self.out.write(&Event::SocketReset {
+                    self.out.emit(&Event::SocketReset {
                         socket: p.fields,
                         bytes_still_queued: p.bytes_still_queued,
                         reset_latency_us: latency_us,
-                    })?;
+                    });
                 }
                 Err(e) => {
                     let retry_in = self.note_failure(p.cookie, &e);
                     let rule = p.fields.rule.as_deref();
                     let result = crate::metrics::ResetResult::failure(retry_in.is_some());
                     self.metrics.reset(rule, result);
-                    self.out.write(&Event::ResetFailed {
+                    self.out.emit(&Event::ResetFailed {
                         socket: p.fields,
                         errno: e.errno,
                         error: reset::errno_name(e.errno).to_string(),
                         meaning: e.meaning.clone(),
                         retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
-                    })?;
+                    });
                 }
             }
         }
-        Ok(())
     }
 
     /// A (nearly) full map cannot take a new wedge: remove the entries least likely to
@@ -1309,7 +1456,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     fn emit_stats(&mut self) -> Result<()> {
         self.last_stats = Instant::now();
         let c = self.src.counters();
-        self.out.write(&Event::Stats(event::StatsFields {
+        self.out.emit(&Event::Stats(event::StatsFields {
             sockets_tracked: self.last.len() as u64,
             map_capacity: self.src.max_sockets(),
             map_full: c.map_full,
@@ -1319,6 +1466,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             partition_hold: self.hold.active(),
             close_notes_lost: c.close_notes_lost,
             events_lost: self.out.events_lost(),
+            events_written: self.out.events_written(),
             stalls_active: self.tracker.stalled_count() as u64,
             sweep_us: self.last_sweep_us,
             cpu_ms: cpu_ms(),
@@ -1342,7 +1490,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     p99_ms: r.p99_ms,
                 })
                 .collect(),
-        }))?;
+        }));
         Ok(())
     }
 }
@@ -1505,6 +1653,9 @@ mod tests {
         destroyed: Vec<u64>,
         lookup_many_calls: usize,
         destroy_calls: usize,
+        /// The agent's output as it was when each destroy batch was sent.
+        witness: Option<Buf>,
+        out_at_destroy: Vec<Vec<serde_json::Value>>,
     }
 
     #[derive(Clone, Default)]
@@ -1528,6 +1679,9 @@ mod tests {
         fn destroy_many(&mut self, t: &[Target]) -> Vec<Result<(), ResetError>> {
             let mut k = self.0.lock().unwrap();
             k.destroy_calls += 1;
+            if let Some(w) = k.witness.clone() {
+                k.out_at_destroy.push(w.events());
+            }
             t.iter()
                 .map(|t| {
                     if !k.destroy_errors.is_empty() {
@@ -1552,11 +1706,15 @@ mod tests {
         }
     }
 
+    /// The agent's output; `fail` makes every write fail as on a full disk.
     #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
+    struct Buf(Arc<Mutex<Vec<u8>>>, Arc<std::sync::atomic::AtomicBool>);
 
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.1.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
             self.0.lock().unwrap().extend_from_slice(b);
             Ok(b.len())
         }
@@ -1680,7 +1838,10 @@ mod tests {
     }
 
     fn rig(policy_extra: &str) -> Rig {
-        let policy = Policy::parse(&format!("{POLICY}{policy_extra}"), "test.toml").unwrap();
+        rig_with(Policy::parse(&format!("{POLICY}{policy_extra}"), "test.toml").unwrap())
+    }
+
+    fn rig_with(policy: Policy) -> Rig {
         let cfg = Config {
             policy,
             tick: Duration::from_millis(100),
@@ -1738,6 +1899,128 @@ mod tests {
             reason: 1,
             new_state: 7,
         }
+    }
+
+    #[test]
+    fn a_failed_event_write_never_stops_enforcement() {
+        let mut r = rig("");
+        r.out.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+        // stall_started, reset_intent and socket_reset all fail to be written ...
+        r.agent.tick().unwrap();
+        // ... and the socket is reset all the same.
+        assert_eq!(r.destroyed(), vec![1]);
+        assert_eq!(r.agent.out.events_lost(), 3);
+        assert!(r.out.events().is_empty());
+        // The output works again: the next line is followed by an events_lost line.
+        r.out.1.store(false, std::sync::atomic::Ordering::Relaxed);
+        r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+        r.agent.tick().unwrap();
+        assert_eq!(r.destroyed(), vec![1, 2]);
+        let ev = r.out.events();
+        assert_eq!(ev[0]["event"], "stall_started");
+        assert_eq!(ev[1]["event"], "events_lost");
+        assert_eq!(
+            (ev[1]["count"].as_u64(), ev[1]["total"].as_u64()),
+            (Some(3), Some(3))
+        );
+        assert_eq!(r.out.named("socket_reset").len(), 1);
+        r.agent.emit_stats().unwrap();
+        let stats = r.out.named("stats");
+        assert_eq!(stats[0]["events_lost"], 3);
+        // agent_started is not written by the rig: lines 0.. are this stream's.
+        assert_eq!(stats[0]["events_written"].as_u64(), Some(ev.len() as u64));
+    }
+
+    #[test]
+    fn the_intent_is_on_record_before_each_destroy_batch() {
+        let mut r = rig("[guards]\nmax_resets_per_minute = 1000\n");
+        r.kern.0.lock().unwrap().witness = Some(r.out.clone());
+        for i in 0..70u64 {
+            r.add(
+                stalled(
+                    100 + i,
+                    &format!("10.9.{}.2:40000", i),
+                    StallClass::ZeroWindow,
+                ),
+                true,
+            );
+        }
+        r.agent.tick().unwrap();
+        let seen = r.kern.0.lock().unwrap().out_at_destroy.clone();
+        assert_eq!(seen.len(), 2, "70 resets: two batches");
+        let destroyed = r.destroyed();
+        let mut from = 0;
+        for out in &seen {
+            // The last line before the batch names exactly the sockets of the batch, and no
+            // socket_reset of them is out yet.
+            let last = out.last().unwrap();
+            assert_eq!(last["event"], "reset_intent", "{last}");
+            let cookies: Vec<u64> = last["sockets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["cookie"].as_u64().unwrap())
+                .collect();
+            assert_eq!(cookies, destroyed[from..from + cookies.len()].to_vec());
+            assert!(cookies.len() <= reset::DESTROY_BATCH);
+            from += cookies.len();
+            assert!(!out.iter().any(|e| e["event"] == "socket_reset"
+                && cookies.contains(&e["cookie"].as_u64().unwrap())));
+        }
+        assert_eq!(from, 70);
+        assert_eq!(destroyed.len(), 70);
+        assert_eq!(r.out.named("socket_reset").len(), 70);
+    }
+
+    #[test]
+    fn a_reload_keeps_socket_state_and_a_bad_file_changes_nothing() {
+        let dir =
+            std::env::temp_dir().join(format!("tcpstall-agent-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        let observe = POLICY.replace("action = \"reset\"", "action = \"observe\"");
+        std::fs::write(&path, &observe).unwrap();
+        let mut r = rig_with(Policy::load(&path).unwrap());
+        r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+        r.agent.tick().unwrap();
+        assert_eq!(r.out.named("stall_started").len(), 1);
+        assert!(r.destroyed().is_empty());
+        // The same rule, now resetting: the stall already known is reset, not started again.
+        std::fs::write(&path, POLICY).unwrap();
+        r.agent.reload_policy();
+        let reload = r.out.named("policy_reload");
+        assert_eq!(reload[0]["ok"], true, "{}", reload[0]);
+        assert_eq!(reload[0]["mode"], "enforce");
+        r.agent.tick().unwrap();
+        assert_eq!(r.destroyed(), vec![1]);
+        assert_eq!(r.out.named("stall_started").len(), 1);
+        // A bad file is refused with its problems; the reset rule stays in force.
+        std::fs::write(&path, format!("{POLICY}bogus = 1\n")).unwrap();
+        r.agent.reload_policy();
+        let reload = r.out.named("policy_reload");
+        assert_eq!(reload[1]["ok"], false);
+        let problem = reload[1]["problems"][0].as_str().unwrap();
+        assert!(
+            problem.starts_with(&format!(
+                "{}:{}:1: unknown key `bogus`",
+                path.display(),
+                POLICY.lines().count() + 1
+            )),
+            "{problem}"
+        );
+        r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+        r.agent.tick().unwrap();
+        assert_eq!(r.destroyed(), vec![1, 2]);
+        // Without --policy there is nothing to reload.
+        let mut bare = rig_with(Policy::default());
+        bare.agent.reload_policy();
+        let reload = bare.out.named("policy_reload");
+        assert_eq!(
+            (reload[0]["ok"].as_bool(), reload[0]["policy"].is_null()),
+            (Some(true), true)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -1849,7 +2132,17 @@ mod tests {
         }
         r.agent.tick().unwrap();
         assert_eq!(r.destroyed().len(), 3000);
-        assert_eq!(r.kern.0.lock().unwrap().destroy_calls, 1);
+        // In batches of DESTROY_BATCH, each announced by its reset_intent line first.
+        let batches = 3000usize.div_ceil(reset::DESTROY_BATCH);
+        assert_eq!(r.kern.0.lock().unwrap().destroy_calls, batches);
+        let intents = r.out.named("reset_intent");
+        assert_eq!(intents.len(), batches);
+        let announced: Vec<u64> = intents
+            .iter()
+            .flat_map(|e| e["sockets"].as_array().unwrap().clone())
+            .map(|s| s["cookie"].as_u64().unwrap())
+            .collect();
+        assert_eq!(announced, r.destroyed());
         let mass = r.out.named("mass_disconnect");
         assert_eq!(mass.len(), 1);
         assert_eq!(mass[0]["network"], "10.9.0.0/24");

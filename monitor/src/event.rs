@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Version of the event format, emitted as `"schema"` on every line.
@@ -311,6 +311,9 @@ pub struct StatsFields {
     pub close_notes_lost: u64,
     /// Events the agent failed to write (cumulative).
     pub events_lost: u64,
+    /// Lines written before this one since `agent_started` (which is line 0): in a complete
+    /// stream this is the line's own 0-based position, so a gap or repeat shows up here.
+    pub events_written: u64,
     /// Sockets currently stalled.
     pub stalls_active: u64,
     /// Wall-clock cost of the last tick, in microseconds.
@@ -324,6 +327,24 @@ pub struct StatsFields {
     pub resets: ResetCounts,
     /// Observed stall durations per (rule, class).
     pub calibration: Vec<CalibrationEntry>,
+}
+
+/// One socket of a `reset_intent` line: enough to find it in the `socket_reset` /
+/// `reset_failed` lines that follow, or in the kernel (`ss -e`) if they never came.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IntentSocket {
+    /// Kernel socket cookie.
+    pub cookie: u64,
+    /// Network namespace inode number.
+    pub netns: u32,
+    /// Local address.
+    pub local: SocketAddr,
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// Stall class that led to the reset.
+    pub class: StallClass,
+    /// Policy rule that asked for it; `None` = policy defaults.
+    pub rule: Option<String>,
 }
 
 /// One line of agent output. Serializes (internally tagged by `"event"`) to the body of the
@@ -402,6 +423,13 @@ pub enum Event {
         /// Specifics (which port, the limit, what changed).
         detail: String,
     },
+    /// Written (one `write(2)`) right before a batch of SOCK_DESTROY requests goes to the
+    /// kernel: the sockets about to be reset. Their `socket_reset` / `reset_failed` lines
+    /// follow the batch.
+    ResetIntent {
+        /// The sockets of the batch, in request order.
+        sockets: Vec<IntentSocket>,
+    },
     /// Periodic agent health and calibration counters.
     Stats(StatsFields),
     /// ACKs stopped from (almost) every remote network at once (the node's own path is
@@ -445,6 +473,41 @@ pub enum Event {
         /// What to change, in words.
         advice: String,
     },
+    /// Writing to the event output failed and works again: how many events were lost.
+    /// Written right after the first line that could be written again.
+    EventsLost {
+        /// Events lost since the last `events_lost` line (or since the start).
+        count: u64,
+        /// Events lost since the start (as `stats.events_lost`).
+        total: u64,
+    },
+    /// SIGHUP: the `--output` file was reopened (log rotation). On success this is the
+    /// first line of the new file; on failure the agent keeps writing to the old one.
+    OutputReopened {
+        /// The output path.
+        output: String,
+        /// Whether the path could be opened.
+        ok: bool,
+        /// Why not (what failed, why, what to do); `None` on success.
+        error: Option<String>,
+    },
+    /// SIGHUP: the policy file was read again. A valid file replaces the policy in force
+    /// (per-socket state is kept); an invalid one is refused and the old policy stays.
+    PolicyReload {
+        /// The policy file; `None` when the agent runs without `--policy` (nothing to reload).
+        policy: Option<String>,
+        /// Whether the new policy is in force.
+        ok: bool,
+        /// Why it was refused: one `FILE:LINE:COL: …` line per problem, as `policy check`
+        /// prints them. Empty when `ok`.
+        problems: Vec<String>,
+        /// Valid but dangerous settings in the new file (`policy check` warnings).
+        warnings: Vec<String>,
+        /// Run mode in force after the reload.
+        mode: Mode,
+        /// What changed, or what did not take effect.
+        detail: String,
+    },
     /// The agent is exiting.
     AgentStopped {
         /// Why (signal, error message).
@@ -485,10 +548,14 @@ impl Event {
             Event::SocketReset { .. } => "socket_reset",
             Event::ResetFailed { .. } => "reset_failed",
             Event::ResetSkipped { .. } => "reset_skipped",
+            Event::ResetIntent { .. } => "reset_intent",
             Event::Stats(_) => "stats",
             Event::PartitionHold { .. } => "partition_hold",
             Event::MassDisconnect { .. } => "mass_disconnect",
             Event::ThresholdWarning { .. } => "threshold_warning",
+            Event::EventsLost { .. } => "events_lost",
+            Event::OutputReopened { .. } => "output_reopened",
+            Event::PolicyReload { .. } => "policy_reload",
             Event::AgentStopped { .. } => "agent_stopped",
         }
     }
@@ -501,10 +568,14 @@ impl Event {
             | Event::ResetFailed { socket, .. }
             | Event::ResetSkipped { socket, .. } => Some(socket),
             Event::AgentStarted { .. }
+            | Event::ResetIntent { .. }
             | Event::Stats(_)
             | Event::PartitionHold { .. }
             | Event::MassDisconnect { .. }
             | Event::ThresholdWarning { .. }
+            | Event::EventsLost { .. }
+            | Event::OutputReopened { .. }
+            | Event::PolicyReload { .. }
             | Event::AgentStopped { .. } => None,
         }
     }
@@ -527,15 +598,115 @@ impl Event {
 // Writer
 // ---------------------------------------------------------------------------------------------
 
-/// Writes events as NDJSON, one `write` + flush per line, and counts the lines it could not
-/// write so `stats.events_lost` can report them.
+/// Writes events as NDJSON: each line (with its newline) in one `write(2)` on an unbuffered
+/// descriptor, so a line is never split across files by log rotation and never interleaved
+/// with a half of another. Counts the lines it could not write (`stats.events_lost`) and, once
+/// writing works again, says so in an `events_lost` line. A write error is returned to the
+/// caller, who decides (the agent logs it and keeps running: [`EventWriter::emit`]).
 pub struct EventWriter {
     out: Box<dyn Write + Send>,
+    /// For `--output`: the same open file, to cut a partly written line off again.
+    file: Option<std::fs::File>,
+    /// For `--output`: the path, to reopen on SIGHUP.
+    path: Option<PathBuf>,
     dest: String,
     lost: u64,
-    /// A previous write failed after emitting part of a line; the next line must start on a
-    /// fresh line so only the broken one is unparsable.
+    /// Lost since the last `events_lost` line.
+    unreported: u64,
+    written: u64,
+    /// The last write failed (for logging the transitions once, not every line).
+    failing: bool,
+    /// A previous write failed after emitting part of a line that could not be cut off; the
+    /// next line must start on a fresh line so only the broken one is unparsable.
     broken_line: bool,
+}
+
+/// What a refused `--output` is, for the error message; `None` for a regular file.
+fn not_regular(ft: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() {
+        None
+    } else if ft.is_symlink() {
+        Some("a symbolic link")
+    } else if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_block_device() {
+        Some("a block device")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+const OUTPUT_FIX: &str = "pass the path of a regular file (created with mode 0600 if missing; \
+                          events are appended), or omit --output to write events to stdout";
+
+fn refuse_output(path: &Path, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "cannot use {} as the event output: it is {what}, and tcpstall writes events only \
+             to a regular file (a symbolic link could point anywhere; a FIFO, device or \
+             directory could block the agent or swallow events); {OUTPUT_FIX}",
+            path.display()
+        ),
+    )
+}
+
+/// Open `--output` safely: a regular file only (checked before opening, so a device is
+/// never opened, and again on the open descriptor), never through a symbolic link
+/// (`O_NOFOLLOW`), appending, created with mode 0600.
+pub fn open_output(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if let Some(what) = not_regular(&m.file_type()) {
+            return Err(refuse_output(path, what));
+        }
+    }
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        // O_NONBLOCK: a FIFO swapped in after the check must not block the open.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return refuse_output(path, "a symbolic link");
+            }
+            let why = match e.kind() {
+                io::ErrorKind::NotFound => "its directory does not exist".to_string(),
+                io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                _ => e.to_string(),
+            };
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot open event output {} for appending: {why}; check that the \
+                     directory exists and is writable, or omit --output to write to stdout",
+                    path.display()
+                ),
+            )
+        })?;
+    let m = file.metadata()?;
+    if let Some(what) = not_regular(&m.file_type()) {
+        return Err(refuse_output(path, what));
+    }
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fd = file.as_raw_fd();
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(file)
 }
 
 impl EventWriter {
@@ -544,37 +715,51 @@ impl EventWriter {
         Self::new(Box::new(io::stdout()), "stdout")
     }
 
-    /// Writer for `--output`: `None` is standard output, `Some(path)` is a file opened for
-    /// appending (created with mode 0644 if missing).
+    /// Writer for `--output`: `None` is standard output, `Some(path)` a regular file opened
+    /// with [`open_output`].
     pub fn open(path: Option<&Path>) -> io::Result<Self> {
         let Some(path) = path else {
             return Ok(Self::stdout());
         };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot open event output {} for appending: {e}; check that the \
-                         directory exists and is writable, or omit --output to write to stdout",
-                        path.display()
-                    ),
-                )
-            })?;
-        Ok(Self::new(Box::new(file), &path.display().to_string()))
+        let file = open_output(path)?;
+        let mut w = Self::new(Box::new(file.try_clone()?), &path.display().to_string());
+        w.file = Some(file);
+        w.path = Some(path.to_path_buf());
+        Ok(w)
     }
 
     /// Writer over any sink; `dest` names it in error messages.
     pub fn new(out: Box<dyn Write + Send>, dest: &str) -> Self {
         EventWriter {
             out,
+            file: None,
+            path: None,
             dest: dest.to_string(),
             lost: 0,
+            unreported: 0,
+            written: 0,
+            failing: false,
             broken_line: false,
         }
+    }
+
+    /// The `--output` path; `None` for stdout and other sinks.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Open the `--output` path again (after log rotation moved the file away) and write
+    /// to the new file from now on; counters carry over. On failure the old file stays in
+    /// use. `None` for stdout (nothing to reopen).
+    pub fn reopen(&mut self) -> Option<io::Result<()>> {
+        let path = self.path.clone()?;
+        Some(open_output(&path).and_then(|file| {
+            self.out = Box::new(file.try_clone()?);
+            self.file = Some(file);
+            // A fresh file: nothing half-written in it.
+            self.broken_line = false;
+            Ok(())
+        }))
     }
 
     /// Write `event` stamped with the current time.
@@ -582,9 +767,74 @@ impl EventWriter {
         self.write_at(event, SystemTime::now())
     }
 
+    /// Write `event`; on failure log it (once per outage, and once when writing works
+    /// again) and carry on: the loss is counted in [`events_lost`](Self::events_lost) and
+    /// reported by an `events_lost` line once the output works again. What the agent uses:
+    /// a failed write never stops it.
+    pub fn emit(&mut self, event: &Event) {
+        match self.write(event) {
+            Ok(()) => {
+                if self.failing {
+                    self.failing = false;
+                    log::warn!(
+                        "event output {} works again ({} events lost in all)",
+                        self.dest,
+                        self.lost
+                    );
+                }
+            }
+            Err(e) => {
+                if !self.failing {
+                    self.failing = true;
+                    log::error!(
+                        "{e}; the agent keeps running and enforcing, counts the events it \
+                         cannot write (stats.events_lost) and writes an events_lost line once \
+                         the output works again; free space on the output's filesystem, or \
+                         read the agent's stdout"
+                    );
+                }
+            }
+        }
+    }
+
     /// Write `event` stamped with `ts`. On failure the event is counted in
-    /// [`events_lost`](Self::events_lost) and the error says where writing failed.
+    /// [`events_lost`](Self::events_lost) and the error says where writing failed. After a
+    /// failure, the first line written successfully is followed by an `events_lost` line.
     pub fn write_at(&mut self, event: &Event, ts: SystemTime) -> io::Result<()> {
+        match self.put(event, ts) {
+            Ok(()) => {
+                self.written += 1;
+                if self.unreported > 0 {
+                    let note = Event::EventsLost {
+                        count: self.unreported,
+                        total: self.lost,
+                    };
+                    // Not counted if it fails: the next success reports the losses again.
+                    if self.put(&note, ts).is_ok() {
+                        self.written += 1;
+                        self.unreported = 0;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.lost += 1;
+                self.unreported += 1;
+                Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot write {} event to {}: {e} ({} events lost so far)",
+                        event.name(),
+                        self.dest,
+                        self.lost
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// One line, in one `write(2)` unless the kernel takes only part of it.
+    fn put(&mut self, event: &Event, ts: SystemTime) -> io::Result<()> {
         let mut buf = String::with_capacity(512);
         if self.broken_line {
             buf.push('\n');
@@ -597,25 +847,30 @@ impl EventWriter {
                 Ok(())
             }
             Err((e, written)) => {
-                self.lost += 1;
-                // Bytes of this line made it out: terminate it before the next one. A leading
-                // newline that alone made it out already finished the old broken line.
                 let lead = usize::from(self.broken_line);
-                if written > lead {
+                if written > lead && !self.cut_partial(written - lead) {
+                    // Bytes of this line made it out: terminate it before the next one.
                     self.broken_line = true;
-                } else if written == lead {
+                } else if written >= lead {
+                    // Nothing of the line is left (or the leading newline alone made it out,
+                    // which finished the old broken line).
                     self.broken_line = false;
                 }
-                Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot write {} event to {}: {e} ({} events lost so far)",
-                        event.name(),
-                        self.dest,
-                        self.lost
-                    ),
-                ))
+                Err(e)
             }
+        }
+    }
+
+    /// A regular file took `written` bytes of a line and then refused the rest (disk full):
+    /// cut them off again so the file holds whole lines only. Assumes tcpstall is the only
+    /// writer of the file. False when that is not possible.
+    fn cut_partial(&mut self, written: usize) -> bool {
+        let Some(file) = &self.file else {
+            return false;
+        };
+        match file.metadata() {
+            Ok(m) => file.set_len(m.len().saturating_sub(written as u64)).is_ok(),
+            Err(_) => false,
         }
     }
 
@@ -644,6 +899,11 @@ impl EventWriter {
     /// Events that could not be written since the writer was created.
     pub fn events_lost(&self) -> u64 {
         self.lost
+    }
+
+    /// Lines written since the writer was created (including `events_lost` lines).
+    pub fn events_written(&self) -> u64 {
+        self.written
     }
 }
 
@@ -900,6 +1160,23 @@ pub const SOCKET_FIELDS: &[Field] = &[
     ),
 ];
 
+const INTENT_FIELDS: &[Field] = &[
+    f("cookie", FieldType::U64, "Kernel socket cookie"),
+    f("netns", FieldType::U32, "Network namespace inode"),
+    f("local", FieldType::Addr, "Local address"),
+    f("remote", FieldType::Addr, "Remote address"),
+    f(
+        "class",
+        FieldType::Enum(CLASSES),
+        "Stall class that led to the reset",
+    ),
+    f(
+        "rule",
+        FieldType::Nullable(&FieldType::Str),
+        "Policy rule that asked for the reset",
+    ),
+];
+
 const HOOK_FIELDS: &[Field] = &[
     f(
         "hook",
@@ -1032,6 +1309,19 @@ static SCHEMA: &[EventSchema] = &[
         fields: &[],
     },
     EventSchema {
+        event: "reset_intent",
+        doc: "Enforcement: written (one `write(2)`) right before a batch of SOCK_DESTROY \
+              requests (at most 64 sockets) goes to the kernel. Each socket's `socket_reset` or \
+              `reset_failed` follows the batch; if the agent dies in between, this line is the \
+              record of what it was resetting.",
+        socket: false,
+        fields: &[f(
+            "sockets",
+            FieldType::Array(&FieldType::Object(INTENT_FIELDS)),
+            "The sockets about to be reset, in request order",
+        )],
+    },
+    EventSchema {
         event: "socket_reset",
         doc: "Enforcement: the agent destroyed a stalled socket.",
         socket: true,
@@ -1133,6 +1423,12 @@ static SCHEMA: &[EventSchema] = &[
                 "events_lost",
                 FieldType::U64,
                 "Events the agent failed to write (cumulative)",
+            ),
+            f(
+                "events_written",
+                FieldType::U64,
+                "Lines written before this one since `agent_started` (line 0): in a complete \
+                 stream, this line's own 0-based position",
             ),
             f("stalls_active", FieldType::U64, "Sockets currently stalled"),
             f(
@@ -1241,6 +1537,72 @@ static SCHEMA: &[EventSchema] = &[
                 "Whether enforcement would have reset this socket",
             ),
             f("advice", FieldType::Str, "What to change"),
+        ],
+    },
+    EventSchema {
+        event: "events_lost",
+        doc: "Writing to the event output failed (disk full, closed pipe) and works again: \
+              written right after the first line that could be written again. The agent \
+              never stops over a failed write; it keeps enforcing and counts what it lost.",
+        socket: false,
+        fields: &[
+            f(
+                "count",
+                FieldType::U64,
+                "Events lost since the previous `events_lost` line (or since the start)",
+            ),
+            f(
+                "total",
+                FieldType::U64,
+                "Events lost since the start (as `stats.events_lost`)",
+            ),
+        ],
+    },
+    EventSchema {
+        event: "output_reopened",
+        doc: "SIGHUP: the `--output` file was reopened (log rotation). On success this is the \
+              first line of the new file; on failure the agent keeps writing to the old file \
+              and says why here.",
+        socket: false,
+        fields: &[
+            f("output", FieldType::Str, "The output path"),
+            f("ok", FieldType::Bool, "Whether the path could be opened"),
+            f(
+                "error",
+                FieldType::Nullable(&FieldType::Str),
+                "What failed, why, what to do; null on success",
+            ),
+        ],
+    },
+    EventSchema {
+        event: "policy_reload",
+        doc: "SIGHUP: the policy file was read and validated again. A valid file replaces \
+              the policy in force, keeping every socket's state (stalls, history, budgets); an \
+              invalid one is refused and the old policy stays in force.",
+        socket: false,
+        fields: &[
+            f(
+                "policy",
+                FieldType::Nullable(&FieldType::Str),
+                "Policy file; null = the agent runs without `--policy` (nothing to reload)",
+            ),
+            f("ok", FieldType::Bool, "Whether the new policy is in force"),
+            f(
+                "problems",
+                FieldType::Array(&FieldType::Str),
+                "Why it was refused: one `FILE:LINE:COL: …` line per problem, as `policy check` prints them; empty when `ok`",
+            ),
+            f(
+                "warnings",
+                FieldType::Array(&FieldType::Str),
+                "Valid but dangerous settings in the file, as `policy check` prints them",
+            ),
+            f("mode", FieldType::Enum(MODES), "Run mode in force after the reload"),
+            f(
+                "detail",
+                FieldType::Str,
+                "What changed, or what does not take effect until a restart",
+            ),
         ],
     },
     EventSchema {
@@ -1561,6 +1923,16 @@ mod tests {
             Event::StallStarted(s.clone()),
             Event::StallCleared(s.clone()),
             Event::StallClosed(s.clone()),
+            Event::ResetIntent {
+                sockets: vec![IntentSocket {
+                    cookie: 7,
+                    netns: 4_026_531_840,
+                    local: s.local,
+                    remote: s.remote,
+                    class: StallClass::ZeroWindow,
+                    rule: full.then(|| "web".into()),
+                }],
+            },
             Event::SocketReset {
                 socket: s.clone(),
                 bytes_still_queued: 4096,
@@ -1588,6 +1960,7 @@ mod tests {
                 partition_hold: full,
                 close_notes_lost: 1,
                 events_lost: 0,
+                events_written: 41,
                 stalls_active: 1,
                 sweep_us: 250,
                 cpu_ms: 40,
@@ -1641,6 +2014,24 @@ mod tests {
                 cookie: 99,
                 would_reset: full,
                 advice: "raise slow_drain_after".into(),
+            },
+            Event::EventsLost { count: 3, total: 5 },
+            Event::OutputReopened {
+                output: "/var/log/tcpstall/events.ndjson".into(),
+                ok: full,
+                error: (!full).then(|| "cannot open ...".into()),
+            },
+            Event::PolicyReload {
+                policy: full.then(|| "/etc/tcpstall/policy.toml".into()),
+                ok: full,
+                problems: if full {
+                    vec![]
+                } else {
+                    vec!["p.toml:3:1: unknown key".into()]
+                },
+                warnings: vec![],
+                mode: Mode::Enforce,
+                detail: "in force from the next tick".into(),
             },
             Event::AgentStopped {
                 reason: "SIGTERM".into(),
@@ -1870,7 +2261,7 @@ mod tests {
             assert!(err.contains(expect), "{field}={bad}: {err}");
         }
 
-        let mut v = line_value(&samples(true)[5]);
+        let mut v = line_value(&samples(true)[6]);
         v["errno"] = json!(i64::from(i32::MAX) + 1);
         assert!(validate(&v).unwrap_err().contains("errno"));
         v["errno"] = json!(-2);
@@ -1881,7 +2272,7 @@ mod tests {
         let err = validate(&v).unwrap_err();
         assert!(err.contains("hooks: [1]: expected object"), "{err}");
 
-        let mut v = line_value(&samples(true)[7]);
+        let mut v = line_value(&samples(true)[8]);
         v["calibration"][0]["p99_ms"] = json!("slow");
         let err = validate(&v).unwrap_err();
         assert!(err.contains("calibration: [0]: p99_ms"), "{err}");
@@ -1918,7 +2309,7 @@ mod tests {
         let err = validate(&v).unwrap_err();
         assert!(err.contains("undocumented field `debug`"), "{err}");
 
-        let mut v = line_value(&samples(true)[7]);
+        let mut v = line_value(&samples(true)[8]);
         v["resets"]["pending"] = json!(0);
         let err = validate(&v).unwrap_err();
         assert!(
@@ -2063,7 +2454,10 @@ mod tests {
         for ev in &events {
             w.write_at(ev, ts()).unwrap();
         }
-        assert_eq!(w.events_lost(), 0);
+        assert_eq!(
+            (w.events_lost(), w.events_written()),
+            (0, events.len() as u64)
+        );
 
         // Fail mid-line, then fail entirely, then recover.
         *sink.budget.lock().unwrap() = 20;
@@ -2079,38 +2473,117 @@ mod tests {
         *sink.budget.lock().unwrap() = usize::MAX;
         w.write(events.last().unwrap()).unwrap();
         assert_eq!(w.events_lost(), 2);
+        // The recovered line, then the events_lost line.
+        assert_eq!(w.events_written(), events.len() as u64 + 2);
+        // Reported once.
+        w.write(events.last().unwrap()).unwrap();
 
         let got = String::from_utf8(sink.got.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = got.split_terminator('\n').collect();
-        assert_eq!(lines.len(), events.len() + 2);
+        assert_eq!(lines.len(), events.len() + 4);
         for line in &lines[..events.len()] {
             validate_line(line).unwrap();
         }
         // The broken fragment is confined to its own line; the next line is intact.
         assert!(validate_line(lines[events.len()]).is_err());
-        let last = lines[events.len() + 1];
-        validate_line(last).unwrap();
-        assert!(last.contains("\"event\":\"agent_stopped\""));
+        let recovered = lines[events.len() + 1];
+        validate_line(recovered).unwrap();
+        assert!(recovered.contains("\"event\":\"agent_stopped\""));
+        let note: Value = serde_json::from_str(lines[events.len() + 2]).unwrap();
+        validate(&note).unwrap();
+        assert_eq!(note["event"], "events_lost");
+        assert_eq!(
+            (note["count"].as_u64(), note["total"].as_u64()),
+            (Some(2), Some(2))
+        );
+        assert!(lines[events.len() + 3].contains("\"event\":\"agent_stopped\""));
         assert!(got.ends_with('\n'));
+    }
+
+    /// Counts `write` calls.
+    #[derive(Clone, Default)]
+    struct Calls(Arc<Mutex<Vec<usize>>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().push(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_line_is_one_write() {
+        let calls = Calls::default();
+        let mut w = EventWriter::new(Box::new(calls.clone()), "calls");
+        for ev in samples(true) {
+            w.write_at(&ev, ts()).unwrap();
+            let c = calls.0.lock().unwrap();
+            assert_eq!(c.len(), w.events_written() as usize, "{}", ev.name());
+            assert_eq!(*c.last().unwrap(), ev.to_json_line(ts()).len() + 1);
+        }
+    }
+
+    #[test]
+    fn emit_never_fails_and_counts() {
+        let sink = Sink {
+            got: Arc::default(),
+            budget: Arc::new(Mutex::new(0)),
+        };
+        let mut w = EventWriter::new(Box::new(sink.clone()), "closed pipe");
+        for ev in samples(false) {
+            w.emit(&ev);
+        }
+        assert_eq!(w.events_lost(), samples(false).len() as u64);
+        assert_eq!(w.events_written(), 0);
+        *sink.budget.lock().unwrap() = usize::MAX;
+        w.emit(&samples(false)[0]);
+        let got = String::from_utf8(sink.got.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len(), 2, "{got}");
+        assert!(lines[1].contains("\"event\":\"events_lost\""), "{got}");
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tcpstall-event-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]
     fn writer_appends_to_file() {
-        let dir = std::env::temp_dir().join(format!("tcpstall-event-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp("append");
         let path = dir.join("events.ndjson");
-        std::fs::write(&path, "").unwrap();
         for _ in 0..2 {
             let mut w = EventWriter::open(Some(&path)).unwrap();
             w.write(&samples(false)[9]).unwrap();
         }
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "created {mode:o}: readable by others");
         let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         for line in lines {
             validate_line(line).unwrap();
         }
+
+        // Reopen after a rotation: the old file keeps what was written, the new one gets
+        // what follows.
+        let mut w = EventWriter::open(Some(&path)).unwrap();
+        let moved = dir.join("events.ndjson.1");
+        std::fs::rename(&path, &moved).unwrap();
+        w.write(&samples(false)[0]).unwrap();
+        w.reopen().unwrap().unwrap();
+        w.write(&samples(false)[1]).unwrap();
+        assert_eq!(std::fs::read_to_string(&moved).unwrap().lines().count(), 3);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        assert!(EventWriter::stdout().reopen().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
 
         let err = match EventWriter::open(Some(Path::new("/nonexistent-dir/x/events.ndjson"))) {
             Err(e) => e,
@@ -2120,6 +2593,39 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("/nonexistent-dir/x/events.ndjson"), "{msg}");
         assert!(msg.contains("--output"), "{msg}");
+    }
+
+    #[test]
+    fn output_must_be_a_regular_file() {
+        let dir = tmp("refuse");
+        let target = dir.join("real.ndjson");
+        std::fs::write(&target, "").unwrap();
+        let link = dir.join("link.ndjson");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let dangling = dir.join("dangling.ndjson");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (path, what) in [
+            (link.as_path(), "a symbolic link"),
+            (dangling.as_path(), "a symbolic link"),
+            (fifo.as_path(), "a FIFO"),
+            (dir.as_path(), "a directory"),
+            (Path::new("/dev/null"), "a character device"),
+        ] {
+            let err = match EventWriter::open(Some(path)) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{} accepted as output", path.display()),
+            };
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(what), "{what}: {err}");
+            assert!(err.contains("omit --output"), "{err}");
+        }
+        // Nothing was created through the dangling link.
+        assert!(!dir.join("nowhere").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

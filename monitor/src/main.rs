@@ -21,6 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach the kernel hooks and stream NDJSON events on stdout (logs go to stderr).
+    /// SIGTERM/SIGINT stop it; SIGHUP reopens --output and reloads --policy.
     Run(RunArgs),
     /// Policy tools.
     Policy {
@@ -36,7 +37,8 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum PolicyCmd {
-    /// Validate a policy file and print the effective rules (exit 2 if invalid).
+    /// Validate a policy file and print the effective rules (exit 2 if invalid), with
+    /// warnings about dangerous settings.
     #[command(after_help = monitor::manual::POLICY_CHECK_HELP)]
     Check {
         file: PathBuf,
@@ -47,6 +49,9 @@ enum PolicyCmd {
         /// Print JSON instead of text (the effective rules, plus the advice with --events).
         #[arg(long)]
         json: bool,
+        /// Exit 4 when the policy is valid but has warnings (dangerous settings).
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -58,7 +63,8 @@ struct RunArgs {
     /// Tick (overrides the policy's `tick`), e.g. 1s, 500ms.
     #[arg(long, value_parser = humantime::parse_duration)]
     tick: Option<Duration>,
-    /// Write events to this file (appended) instead of stdout.
+    /// Write events to this file instead of stdout: appended, created with mode 0600; a
+    /// regular file only, never through a symbolic link. SIGHUP reopens it (log rotation).
     #[arg(long)]
     output: Option<PathBuf>,
     /// Never reset: every reset becomes a `reset_skipped` event with guard "dry_run".
@@ -100,6 +106,16 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
+    for w in policy.warning_lines() {
+        log::warn!("{w}");
+    }
+    // Refuse an unusable --output before anything is attached (the agent opens it again).
+    if let Some(path) = &args.output {
+        if let Err(e) = monitor::event::open_output(path) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let tick = args.tick.unwrap_or(policy.tick);
     if tick < Duration::from_millis(10) || tick > Duration::from_secs(3600) {
         eprintln!(
@@ -156,8 +172,14 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run(args) => run(args),
         Cmd::Policy {
-            cmd: PolicyCmd::Check { file, events, json },
-        } => monitor::manual::policy_check(&file, events.as_deref(), json),
+            cmd:
+                PolicyCmd::Check {
+                    file,
+                    events,
+                    json,
+                    strict,
+                },
+        } => monitor::manual::policy_check(&file, events.as_deref(), json, strict),
         Cmd::Reset(args) => monitor::manual::reset(args),
         Cmd::Top(args) => monitor::top::run(args),
     }

@@ -27,9 +27,19 @@
 //!
 //! `--json` adds `recording`, `advice` and `unobserved` keys to the JSON policy.
 //!
+//! **Warnings.** A valid policy can still be dangerous. Each such setting is printed on
+//! stderr as `FILE:LINE:COL: warning: what and why; consider: what to write instead` (and
+//! under `warnings` with `--json`): `protect_ports = []`; with a reset rule and resets not
+//! disabled, `max_resets_per_minute` of 1000 or more, `reset_share_per_minute` of 0.5 or more,
+//! `partition_min_networks` above 16, `partition_share = 1.0`, `partition_max_hold` under
+//! 30 s, `mass_disconnect_min` under 5, a reset rule with `match_all = true`, and a reset
+//! rule whose threshold for a class it resets is under 5 s. Warnings do not change the exit
+//! code unless `--strict` is given.
+//!
 //! Exit codes: `0` the policy is valid (and, with `--events`, every threshold is above every
 //! recovery observed); `1` the events file cannot be read or holds no tcpstall events;
-//! `2` the policy is invalid; `3` at least one threshold is UNSAFE for the recording.
+//! `2` the policy is invalid; `3` at least one threshold is UNSAFE for the recording;
+//! `4` with `--strict`: the policy has warnings (and nothing above applies).
 //!
 //! # `tcpstall reset`
 //!
@@ -98,6 +108,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code of `policy check --events`: at least one threshold is UNSAFE.
 pub const EXIT_UNSAFE: u8 = 3;
+/// Exit code of `policy check --strict`: the policy is valid but has warnings.
+pub const EXIT_WARNINGS: u8 = 4;
 
 /// `--help` epilogue of `tcpstall policy check` (exit codes).
 pub const POLICY_CHECK_HELP: &str = "\
@@ -105,11 +117,16 @@ With --events, every threshold is checked against the pauses sockets recovered f
 themselves in the recording: SAFE (threshold above the longest recovery) or UNSAFE (the \
 agent would have acted on a connection that was only slow), with the value to write.
 
+Valid but dangerous settings (no protected ports, budgets that do not limit, a short reset \
+threshold, a match_all reset rule, a partition hold that is effectively off, ...) are printed \
+on stderr as `FILE:LINE:COL: warning: ...`, and under \"warnings\" with --json.
+
 Exit codes:
   0  the policy is valid (and, with --events, every threshold is SAFE)
   1  the events file cannot be read or holds no tcpstall events
   2  the policy is invalid (one line per problem on stderr, nothing on stdout)
-  3  at least one threshold is UNSAFE for the recorded events";
+  3  at least one threshold is UNSAFE for the recorded events
+  4  with --strict: the policy has warnings (and none of the above applies)";
 
 /// Name under which the agent and calibration rows report sockets no rule selected.
 const DEFAULTS_LABEL: &str = "(defaults)";
@@ -123,10 +140,10 @@ const MAX_THRESHOLD_MS: u64 = 24 * 3600 * 1000;
 const RECOMMEND_FACTOR_NUM: u64 = 3;
 const RECOMMEND_FACTOR_DEN: u64 = 2;
 
-/// `tcpstall policy check FILE [--events FILE] [--json]`; see the module documentation for
-/// the output and exit codes.
-pub fn policy_check(file: &Path, events: Option<&Path>, json: bool) -> ExitCode {
-    let out = check_output(file, events, json);
+/// `tcpstall policy check FILE [--events FILE] [--json] [--strict]`; see the module
+/// documentation for the output and exit codes.
+pub fn policy_check(file: &Path, events: Option<&Path>, json: bool, strict: bool) -> ExitCode {
+    let out = check_output(file, events, json, strict);
     print!("{}", out.stdout);
     eprint!("{}", out.stderr);
     ExitCode::from(out.code)
@@ -141,10 +158,12 @@ pub struct CheckOutput {
     pub stderr: String,
     /// Process exit code.
     pub code: u8,
+    /// Warnings about the policy (printed on stderr, and in the JSON).
+    pub warnings: usize,
 }
 
 /// The whole `policy check` command as a function of its arguments.
-pub fn check_output(file: &Path, events: Option<&Path>, json: bool) -> CheckOutput {
+pub fn check_output(file: &Path, events: Option<&Path>, json: bool, strict: bool) -> CheckOutput {
     let mut out = CheckOutput::default();
     let policy = match Policy::load(file) {
         Ok(p) => p,
@@ -189,6 +208,12 @@ pub fn check_output(file: &Path, events: Option<&Path>, json: bool) -> CheckOutp
             }
         },
     };
+    let warnings = policy.warning_lines();
+    out.warnings = warnings.len();
+    for w in &warnings {
+        out.stderr.push_str(w);
+        out.stderr.push('\n');
+    }
     let unsafe_count = report.as_ref().map_or(0, |(_, _, advice, _)| {
         advice
             .iter()
@@ -197,6 +222,25 @@ pub fn check_output(file: &Path, events: Option<&Path>, json: bool) -> CheckOutp
     });
     if json {
         let mut v = policy.to_json();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "warnings".into(),
+                serde_json::Value::Array(
+                    policy
+                        .warnings
+                        .iter()
+                        .map(|w| {
+                            serde_json::json!({
+                                "line": w.line,
+                                "col": w.col,
+                                "message": w.message,
+                                "hint": w.hint,
+                            })
+                        })
+                        .collect(),
+                ),
+            );
+        }
         if let (Some((path, rec, advice, unobserved)), Some(obj)) = (&report, v.as_object_mut()) {
             obj.insert("recording".into(), rec.summary_json(path));
             obj.insert(
@@ -214,7 +258,7 @@ pub fn check_output(file: &Path, events: Option<&Path>, json: bool) -> CheckOutp
         );
         if let Some((path, rec, _, _)) = &report {
             if rec.skipped > 0 {
-                out.stderr = format!(
+                out.stderr += &format!(
                     "warning: {}: {} lines skipped (not valid tcpstall events)\n",
                     path.display(),
                     rec.skipped
@@ -231,6 +275,8 @@ pub fn check_output(file: &Path, events: Option<&Path>, json: bool) -> CheckOutp
     }
     out.code = if unsafe_count > 0 {
         EXIT_UNSAFE
+    } else if strict && out.warnings > 0 {
+        EXIT_WARNINGS
     } else {
         EXIT_OK
     };
@@ -1849,20 +1895,20 @@ no_ack_after = "20s"
         let pol = dir.join("p.toml");
         std::fs::write(&pol, POLICY).unwrap();
         // Valid, no events.
-        let out = check_output(&pol, None, false);
+        let out = check_output(&pol, None, false, false);
         assert_eq!(out.code, 0);
         assert!(out.stdout.contains("ws") && out.stderr.is_empty());
         // Invalid: errors on stderr only, exit 2.
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "tick = \"1s\"\nbogus_key = 1\n").unwrap();
-        let out = check_output(&bad, None, false);
+        let out = check_output(&bad, None, false, false);
         assert_eq!(out.code, 2);
         assert!(out.stdout.is_empty());
         assert!(out.stderr.contains("bad.toml:2:"), "{}", out.stderr);
-        let out = check_output(&bad, Some(&dir.join("missing.ndjson")), true);
+        let out = check_output(&bad, Some(&dir.join("missing.ndjson")), true, false);
         assert_eq!((out.code, out.stdout.as_str()), (2, ""));
         // Unreadable / empty events file: exit 1.
-        let out = check_output(&pol, Some(&dir.join("missing.ndjson")), false);
+        let out = check_output(&pol, Some(&dir.join("missing.ndjson")), false, false);
         assert_eq!(out.code, 1);
         assert!(
             out.stderr.contains("cannot read the events file"),
@@ -1871,7 +1917,7 @@ no_ack_after = "20s"
         );
         let junk = dir.join("junk.ndjson");
         std::fs::write(&junk, "hello\nworld\n").unwrap();
-        let out = check_output(&pol, Some(&junk), false);
+        let out = check_output(&pol, Some(&junk), false, false);
         assert_eq!(out.code, 1);
         assert!(
             out.stderr
@@ -1890,7 +1936,7 @@ no_ack_after = "20s"
             "garbage".to_string(),
         ];
         std::fs::write(&ev, lines.join("\n")).unwrap();
-        let out = check_output(&pol, Some(&ev), false);
+        let out = check_output(&pol, Some(&ev), false, false);
         assert_eq!(out.code, 3, "{}", out.stdout);
         assert!(
             out.stdout.contains("rule \"ws\", zero_window: UNSAFE"),
@@ -1915,7 +1961,7 @@ no_ack_after = "20s"
             out.stdout
         );
         // JSON: the policy plus recording/advice keys, still exit 3.
-        let out = check_output(&pol, Some(&ev), true);
+        let out = check_output(&pol, Some(&ev), true, false);
         assert_eq!(out.code, 3);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         assert!(v["rules"].is_array());
@@ -1931,14 +1977,52 @@ no_ack_after = "20s"
             line(&stats(&[(Some("ws"), ZeroWindow, 4, 2000, 1000, 2000)])),
         )
         .unwrap();
-        let out = check_output(&pol, Some(&ev), false);
+        let out = check_output(&pol, Some(&ev), false, false);
         assert_eq!(out.code, 0, "{}", out.stdout);
         assert!(out.stdout.contains("SAFE"));
         // No calibration data at all: exit 0 with a note.
         std::fs::write(&ev, line(&started())).unwrap();
-        let out = check_output(&pol, Some(&ev), false);
+        let out = check_output(&pol, Some(&ev), false, false);
         assert_eq!(out.code, 0);
         assert!(out.stdout.contains("no stats events"), "{}", out.stdout);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn policy_check_warns_and_strict_fails_on_warnings() {
+        let dir = tmp_dir("warn");
+        let pol = dir.join("w.toml");
+        std::fs::write(
+            &pol,
+            "[guards]\nprotect_ports = []\n[[rule]]\nname = \"ws\"\nlocal_ports = [8000]\n\
+             action = \"reset\"\nzero_window_after = \"2s\"\n",
+        )
+        .unwrap();
+        let out = check_output(&pol, None, false, false);
+        assert_eq!((out.code, out.warnings), (0, 2), "{}", out.stderr);
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{}", out.stderr);
+        assert!(lines[0].starts_with(&format!(
+            "{}:2:1: warning: protect_ports = []",
+            pol.display()
+        )));
+        assert!(lines[1].starts_with(&format!("{}:3:1: warning: rule `ws` resets", pol.display())));
+        assert!(out.stdout.contains("ws"), "the rules are still printed");
+        let out = check_output(&pol, None, true, false);
+        assert_eq!(out.code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["warnings"].as_array().unwrap().len(), 2);
+        assert_eq!(v["warnings"][0]["line"], 2);
+        assert!(v["warnings"][1]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("zero_window_after = \"30s\""));
+        // --strict: exit 4; a clean policy stays 0.
+        assert_eq!(check_output(&pol, None, false, true).code, EXIT_WARNINGS);
+        let clean = dir.join("clean.toml");
+        std::fs::write(&clean, POLICY).unwrap();
+        let out = check_output(&clean, None, false, true);
+        assert_eq!((out.code, out.stderr.as_str()), (0, ""));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -76,6 +78,9 @@ pub struct AgentOpts {
     pub extra_args: Vec<String>,
     /// Extra environment variables (testing knobs such as `TCPSTALL_NETNS_IDLE_MS`).
     pub env: Vec<(String, String)>,
+    /// `--output FILE`: the events are read from FILE instead of stdout, following it
+    /// across log rotation like `tail -F`.
+    pub output: Option<PathBuf>,
 }
 
 impl AgentOpts {
@@ -88,7 +93,14 @@ impl AgentOpts {
             dry_run: false,
             extra_args: Vec::new(),
             env: Vec::new(),
+            output: None,
         }
+    }
+
+    /// Set `--output FILE` (see [`AgentOpts::output`]).
+    pub fn output(mut self, path: impl Into<PathBuf>) -> AgentOpts {
+        self.output = Some(path.into());
+        self
     }
 
     /// Set `--dry-run`.
@@ -112,6 +124,9 @@ pub struct Agent {
     shared: Arc<Shared>,
     readers: Vec<JoinHandle<()>>,
     policy_path: PathBuf,
+    pid: u32,
+    /// Set once the agent has exited: the output follower reads to the end and stops.
+    exited: Arc<AtomicBool>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -149,10 +164,17 @@ impl Agent {
         if opts.dry_run {
             cmd.arg("--dry-run");
         }
+        if let Some(out) = &opts.output {
+            cmd.arg("--output").arg(out);
+        }
         cmd.args(&opts.extra_args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(if opts.output.is_some() {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
             .stderr(Stdio::piped());
         // The agent must not outlive this test process, even if it is killed.
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
@@ -179,23 +201,44 @@ impl Agent {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
-        let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let s1 = Arc::clone(&shared);
-        let out_reader = std::thread::Builder::new()
-            .name("agent-stdout".into())
-            .spawn(move || read_events(stdout, &s1))
-            .expect("spawn stdout reader");
+        let exited = Arc::new(AtomicBool::new(false));
+        let out_reader = match &opts.output {
+            None => {
+                let stdout = child.stdout.take().expect("piped stdout");
+                std::thread::Builder::new()
+                    .name("agent-stdout".into())
+                    .spawn(move || read_events(stdout, &s1))
+                    .expect("spawn stdout reader")
+            }
+            Some(path) => {
+                let follow = Follow {
+                    path: path.clone(),
+                    file: None,
+                    ino: 0,
+                    pid: child.id(),
+                    exited: Arc::clone(&exited),
+                };
+                std::thread::Builder::new()
+                    .name("agent-output".into())
+                    .spawn(move || read_events(follow, &s1))
+                    .expect("spawn output follower")
+            }
+        };
         let s2 = Arc::clone(&shared);
         let err_reader = std::thread::Builder::new()
             .name("agent-stderr".into())
             .spawn(move || read_stderr(stderr, &s2))
             .expect("spawn stderr reader");
+        let pid = child.id();
         let agent = Agent {
             child: Some(child),
             shared,
             readers: vec![out_reader, err_reader],
             policy_path,
+            pid,
+            exited,
             _serial: serial,
         };
         match agent.wait_for(|e| is_event(e, "agent_started"), START_TIMEOUT) {
@@ -261,6 +304,41 @@ impl Agent {
         }
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The policy file the agent was started with (rewrite it and [`Agent::signal`]
+    /// SIGHUP to reload).
+    pub fn policy_path(&self) -> &Path {
+        &self.policy_path
+    }
+
+    /// Send `sig` to the agent.
+    pub fn signal(&self, sig: libc::c_int) {
+        if self.child.is_some() {
+            // SAFETY: signalling our own child, which has not been reaped.
+            unsafe {
+                libc::kill(self.pid as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for the agent's stderr to contain `needle`.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.shared.lock().stderr_tail.contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Number of events received so far: a mark for [`Agent::wait_for_received`].
     pub fn mark(&self) -> usize {
         let st = self.shared.lock();
@@ -322,6 +400,12 @@ impl Agent {
 
     /// SIGTERM, bounded wait, SIGKILL. Returns the exit status if the agent exited by itself.
     fn terminate(&mut self) -> Option<ExitStatus> {
+        let status = self.terminate_child();
+        self.exited.store(true, Ordering::Relaxed);
+        status
+    }
+
+    fn terminate_child(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         // SAFETY: signalling our own child.
         unsafe {
@@ -441,6 +525,65 @@ fn read_events(stdout: impl Read, shared: &Shared) {
     }
     shared.lock().stdout_closed = true;
     shared.changed.notify_all();
+}
+
+/// The agent's `--output` file, read as it grows and followed across log rotation (like
+/// `tail -F`): once the path names a new file the agent has written to, the rest of the old
+/// file is read first (the agent never writes to the old one again after its first line in
+/// the new). Ends when the agent has exited and everything is read.
+struct Follow {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    ino: u64,
+    pid: u32,
+    exited: Arc<AtomicBool>,
+}
+
+impl Follow {
+    fn agent_gone(&self) -> bool {
+        if self.exited.load(Ordering::Relaxed) {
+            return true;
+        }
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(s) => s.contains(") Z "),
+            Err(_) => true,
+        }
+    }
+
+    /// A newer file the agent writes to now.
+    fn rotated(&self) -> bool {
+        std::fs::metadata(&self.path).is_ok_and(|m| m.ino() != self.ino && m.len() > 0)
+    }
+}
+
+impl Read for Follow {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.file.is_none() {
+                if let Ok(f) = std::fs::File::open(&self.path) {
+                    self.ino = f.metadata()?.ino();
+                    self.file = Some(f);
+                }
+            }
+            // Decided before reading, so a line written just before the switch is read.
+            let gone = self.agent_gone();
+            let rotated = self.rotated();
+            if let Some(f) = &mut self.file {
+                let n = f.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+            }
+            if rotated {
+                self.file = None;
+                continue;
+            }
+            if gone {
+                return Ok(0);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 fn read_stderr(stderr: impl Read, shared: &Shared) {

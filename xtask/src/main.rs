@@ -30,6 +30,8 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     // tests/tests/top.rs: the live view in a real terminal.
     "tmux",
+    // tests/tests/ops.rs: a real logrotate rotates the event output.
+    "logrotate",
 ];
 /// Where the tests need tracefs.
 const TRACEFS: &str = "/sys/kernel/tracing";
