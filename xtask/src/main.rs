@@ -20,8 +20,20 @@ use bootstrap::{bootstrap, clean_cargo_run_env, rustup_run_nightly, Tools};
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 /// rustc flags for the eBPF build: BTF for the loader and the verifier's messages.
 const EBPF_RUSTFLAGS: &str = "-C debuginfo=2 -C link-arg=--btf";
-/// Debian packages the real-kernel tests use.
-const TEST_PACKAGES: &[&str] = &["nftables", "iproute2", "python3", "python3-venv"];
+/// Debian packages the real-kernel tests use (the packaging tests: systemd-analyze from
+/// systemd, systemd-nspawn from systemd-container, podman with runc, setpriv/nsenter/unshare
+/// from util-linux).
+const TEST_PACKAGES: &[&str] = &[
+    "nftables",
+    "iproute2",
+    "python3",
+    "python3-venv",
+    "systemd",
+    "systemd-container",
+    "podman",
+    "runc",
+    "util-linux",
+];
 /// Where the tests need tracefs.
 const TRACEFS: &str = "/sys/kernel/tracing";
 
