@@ -7,7 +7,8 @@
 //!   run by a real systemd as PID 1 in a `systemd-nspawn` container that shares the host's
 //!   network namespace, with every sandbox setting of the unit: the agent starts enforcing
 //!   with its hooks attached, resets a wedge in its own namespace and one in an `ip netns`
-//!   namespace, writes events to the file and logs to the journal, stops cleanly.
+//!   namespace, is restarted when killed, writes events to the file and logs to the journal,
+//!   stops cleanly.
 //! * `capabilities_are_each_needed`: the agent run with the unit's capability set, then with
 //!   each capability removed (`setpriv --bounding-set`): what breaks without each one.
 //! * `kubernetes_manifests_validate`: the manifests against the API schemas
@@ -232,6 +233,73 @@ fn note_missing_flag(flag: &str, where_: &str) {
         "NOTE: the agent under test has no {flag} yet: dropped from {where_} for this run \
          (the flag comes with another part of issue 12)"
     );
+}
+
+/// Whether bpffs is mounted at /sys/fs/bpf.
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split_whitespace();
+            f.nth(1) == Some("/sys/fs/bpf") && f.next() == Some("bpf")
+        })
+}
+
+/// A folder on bpffs for the agent's pins (`--pin-dir`), so a test never touches the
+/// production /sys/fs/bpf/tcpstall; its pins and the folder are removed on drop. None when
+/// the agent has no `--pin-dir` (the state part of issue 12 is not merged) or bpffs is not
+/// mounted.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn new(name: &str) -> Option<PinDir> {
+        if !agent_has_flag("--pin-dir") || !bpffs_mounted() {
+            return None;
+        }
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/tcpstall-pkgtest-{name}-{}",
+            std::process::id()
+        ));
+        let p = PinDir(dir);
+        p.clear();
+        Some(p)
+    }
+
+    /// The arguments that point the agent at it.
+    fn args(&self) -> [String; 2] {
+        ["--pin-dir".into(), self.0.to_string_lossy().into_owned()]
+    }
+
+    /// Wait until the agent pinned something there (the sandbox let it write to bpffs).
+    fn wait_pinned(&self) {
+        let pinned = poll(Duration::from_secs(10), || {
+            std::fs::read_dir(&self.0)
+                .ok()
+                .and_then(|mut d| d.next())
+                .map(|_| ())
+        });
+        assert!(
+            pinned.is_some(),
+            "nothing pinned under {}",
+            self.0.display()
+        );
+    }
+
+    fn clear(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// HTTP/1.0 GET on 127.0.0.1:port; (status, body).
@@ -770,6 +838,21 @@ fn run_with_caps(caps: &[&str], dir: &Scratch) -> CapRun {
         )
         .collect();
     let err_path = dir.path("agent.stderr");
+    // State and pins of this run only (when the agent keeps any).
+    let mut state_args: Vec<String> = Vec::new();
+    let pins = PinDir::new("caps");
+    if let Some(p) = &pins {
+        state_args.extend(p.args());
+    }
+    if agent_has_flag("--state-dir") {
+        let state = dir.path("state");
+        let _ = std::fs::remove_dir_all(&state);
+        std::fs::create_dir_all(&state).expect("state dir");
+        state_args.extend([
+            "--state-dir".to_string(),
+            state.to_string_lossy().into_owned(),
+        ]);
+    }
     let mut cmd = Command::new("setpriv");
     cmd.arg("--bounding-set")
         .arg(bset.join(","))
@@ -778,6 +861,7 @@ fn run_with_caps(caps: &[&str], dir: &Scratch) -> CapRun {
         .args(["run", "--policy"])
         .arg(&pol)
         .args(["--stats-interval", "1s"])
+        .args(&state_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&err_path).expect("stderr file"));
@@ -1453,6 +1537,10 @@ fn container_image_builds_and_runs() {
     );
     set_arg(&mut args, "--state-dir", Some("/var/lib/tcpstall"));
     args.extend(["--stats-interval".to_string(), "1s".to_string()]);
+    let pins = PinDir::new("image");
+    if let Some(p) = &pins {
+        args.extend(p.args());
+    }
     let name = format!("tcpstall-test-{}", std::process::id());
     p.containers.push(name.clone());
     let mut run = p.cmd();
@@ -1508,6 +1596,9 @@ fn container_image_builds_and_runs() {
         "in the container: {} hooks attached",
         hooks_attached(&started)
     );
+    if let Some(p) = &pins {
+        p.wait_pinned();
+    }
 
     let wedges = Wedges::start(&[Place::Host, Place::IpNetns, Place::OtherUser], &ports);
     let outcomes = wedges.outcomes(&events);
@@ -1790,11 +1881,16 @@ fn systemd_unit_runs_under_systemd() {
         &reset_policy(&ports[..2]),
     );
     let metrics_port = free_port();
+    let pins = PinDir::new("systemd");
+    let pin_args = pins
+        .as_ref()
+        .map(|p| p.args().join(" "))
+        .unwrap_or_default();
     write(
         &etc.join("default/tcpstall"),
         &format!(
             "TCPSTALL_METRICS_ADDR=127.0.0.1:{metrics_port}\n\
-             TCPSTALL_ARGS=--stats-interval 1s\nRUST_LOG=debug\n"
+             TCPSTALL_ARGS=--stats-interval 1s {pin_args}\nRUST_LOG=debug\n"
         ),
     );
     run_ok(
@@ -1830,11 +1926,7 @@ fn systemd_unit_runs_under_systemd() {
         // CAP_SYS_ADMIN by default), and bpf/perf_event_open past nspawn's own filter.
         .arg("--capability=CAP_BPF,CAP_PERFMON,CAP_NET_ADMIN,CAP_SYS_PTRACE")
         .arg("--system-call-filter=bpf perf_event_open");
-    let bpffs = std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "));
-    if bpffs {
+    if bpffs_mounted() {
         cmd.arg("--bind=/sys/fs/bpf");
     }
     let log = std::fs::File::create(dir.path("nspawn.log")).expect("log");
@@ -1869,6 +1961,10 @@ fn systemd_unit_runs_under_systemd() {
     assert_eq!(started["degraded"], serde_json::json!([]), "{started}");
     assert_eq!(started["policy"], "/etc/tcpstall/policy.toml");
     eprintln!("under systemd: {} hooks attached", hooks_attached(&started));
+    // ReadWritePaths=-/sys/fs/bpf lets the agent pin its map despite ProtectSystem=strict.
+    if let Some(p) = &pins {
+        p.wait_pinned();
+    }
 
     // The sandbox is really in force on the agent process.
     let inner = started["pid"].as_u64().expect("pid");
@@ -1941,6 +2037,34 @@ fn systemd_unit_runs_under_systemd() {
     drop(wedge_ns);
     if agent_has_flag("--metrics-addr") {
         check_metrics_endpoints(metrics_port);
+    }
+
+    // Restart=on-failure: an agent killed outright is started again after RestartSec, and
+    // (when it keeps state) adopts the map it pinned.
+    // SAFETY: signalling the agent process found above.
+    unsafe { libc::kill(host_pid as libc::pid_t, libc::SIGKILL) };
+    let second = poll(START_WITHIN, || {
+        events
+            .all()
+            .into_iter()
+            .filter(|e| is_event(e, "agent_started"))
+            .nth(1)
+    });
+    let Some(second) = second else {
+        panic!(
+            "the killed agent was not restarted\n{}",
+            container.diagnostics()
+        );
+    };
+    let restarts = container.exec_ok(&["systemctl", "show", "-p", "NRestarts", "tcpstall.service"]);
+    assert_eq!(restarts.trim(), "NRestarts=1");
+    assert_eq!(second["mode"], "enforce", "{second}");
+    if !started["state"].is_null() {
+        assert_eq!(
+            second["state"]["adopted"], true,
+            "the restarted agent did not adopt its pinned map: {}",
+            second["state"]
+        );
     }
 
     container.exec_ok(&["systemctl", "stop", "tcpstall.service"]);
