@@ -2039,6 +2039,22 @@ fn systemd_unit_runs_under_systemd() {
         check_metrics_endpoints(metrics_port);
     }
 
+    // ExecReload: SIGHUP reopens the events file and reloads the policy (when the agent
+    // under test handles SIGHUP: the operations part of issue 12).
+    if run_help().contains("SIGHUP") {
+        container.exec_ok(&["systemctl", "reload", "tcpstall.service"]);
+        let reloaded = events.wait_for(Duration::from_secs(10), |e| {
+            is_event(e, "policy_reload") && e["ok"] == true
+        });
+        assert!(
+            reloaded.is_some(),
+            "no policy_reload (ok) after systemctl reload\n{}",
+            container.diagnostics()
+        );
+    } else {
+        eprintln!("NOTE: the agent under test does not handle SIGHUP yet: reload not tried");
+    }
+
     // Restart=on-failure: an agent killed outright is started again after RestartSec, and
     // (when it keeps state) adopts the map it pinned.
     // SAFETY: signalling the agent process found above.
