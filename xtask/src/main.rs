@@ -20,7 +20,9 @@ use bootstrap::{bootstrap, clean_cargo_run_env, rustup_run_nightly, Tools};
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 /// rustc flags for the eBPF build: BTF for the loader and the verifier's messages.
 const EBPF_RUSTFLAGS: &str = "-C debuginfo=2 -C link-arg=--btf";
-/// Debian packages the real-kernel tests use.
+/// Debian packages the real-kernel tests use (the packaging tests: systemd-analyze from
+/// systemd, systemd-nspawn from systemd-container, podman with runc, setpriv/nsenter/unshare
+/// from util-linux).
 const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
@@ -32,6 +34,12 @@ const TEST_PACKAGES: &[&str] = &[
     "tmux",
     // tests/tests/ops.rs: a real logrotate rotates the event output.
     "logrotate",
+    // tests/tests/packaging.rs: systemd-analyze, systemd-nspawn, podman, setpriv.
+    "systemd",
+    "systemd-container",
+    "podman",
+    "runc",
+    "util-linux",
 ];
 /// Where the tests need tracefs.
 const TRACEFS: &str = "/sys/kernel/tracing";
