@@ -82,6 +82,19 @@ fn tcpstall_programs() -> usize {
         .count()
 }
 
+/// The tcpstall programs loaded once those of an agent that just stopped are gone (the
+/// kernel frees a detached program after a grace period): wait up to 10 s for none.
+fn settled_programs() -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tcpstall_programs();
+        if n == 0 || Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Run `tcpstall ARGS`, killing it after `limit`. Returns its output and how long it took.
 fn run_bounded(args: &[&str], limit: Duration) -> (Output, Duration) {
     let t0 = Instant::now();
@@ -389,7 +402,7 @@ fn the_output_must_be_a_regular_file() {
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let before = tcpstall_programs();
+    let before = settled_programs();
     for (path, what) in [
         (link.as_path(), "a symbolic link"),
         (fifo.as_path(), "a FIFO"),
@@ -816,7 +829,7 @@ fn hostile_policy_files_are_refused_or_checked_quickly() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let big = dir.path().join("big.toml");
     std::fs::write(&big, "# padding\n".repeat(120_000)).unwrap();
-    let before = tcpstall_programs();
+    let before = settled_programs();
     // Generous: a loaded CI machine; these take milliseconds.
     let bound = Duration::from_secs(5);
     for (path, want) in [
