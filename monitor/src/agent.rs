@@ -499,8 +499,17 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             mut int,
             mut hup,
         } = signals;
+        // The live view is auxiliary: a status socket that cannot be created (a read-only
+        // /run, say) is a warning, never a stop. Another agent answering there is an error.
         let status = match &self.cfg.status_socket {
-            Some(p) => Some(bind_status(p)?),
+            Some(p) => match bind_status(p) {
+                Ok(l) => Some(l),
+                Err(e) if e.to_string().contains("another tcpstall agent") => return Err(e),
+                Err(e) => {
+                    log::warn!("no live view for tcpstall top: {e:#}");
+                    None
+                }
+            },
             None => None,
         };
         let mut ticker = tokio::time::interval(self.cfg.tick);

@@ -1378,6 +1378,15 @@ fn daemonset_run_flags(ds: &Value, config: &Path, state: &Path) -> (Vec<String>,
         .collect();
     for m in c["volumeMounts"].as_array().into_iter().flatten() {
         let v = &volumes[m["name"].as_str().unwrap_or("")];
+        if v["emptyDir"].is_object() {
+            f.push(format!("--tmpfs={}:mode=0700", m["mountPath"].as_str().unwrap_or("")));
+            continue;
+        }
+        if v["hostPath"]["type"] == "DirectoryOrCreate" {
+            if let Some(p) = v["hostPath"]["path"].as_str() {
+                let _ = std::fs::create_dir_all(p);
+            }
+        }
         let source = if v["configMap"].is_object() {
             config.to_path_buf()
         } else {
