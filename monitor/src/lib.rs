@@ -17,6 +17,7 @@ pub mod policy;
 pub mod probes;
 pub mod reset;
 pub mod snapshot;
+pub mod state;
 
 #[cfg(test)]
 mod repo_files {

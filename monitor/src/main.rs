@@ -29,6 +29,28 @@ enum Cmd {
     },
     /// Reset one socket by hand, behind the same guards as the agent.
     Reset(monitor::manual::ResetArgs),
+    /// What the agent keeps across restarts (the pinned kernel map and the state file).
+    State {
+        #[command(subcommand)]
+        cmd: StateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// Remove the pinned kernel map and the state file (deliberate uninstall; refused while
+    /// an agent uses them). The next agent starts fresh.
+    Clear(StateDirs),
+}
+
+#[derive(Args)]
+struct StateDirs {
+    /// Directory of the state file (cadence histories, rate-limit windows, reset decisions).
+    #[arg(long, default_value = monitor::state::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Directory on bpffs where the kernel per-socket map is pinned.
+    #[arg(long, default_value = monitor::state::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +95,11 @@ struct RunArgs {
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    #[command(flatten)]
+    state: StateDirs,
+    /// Keep nothing across restarts: no pinned kernel map, no state file.
+    #[arg(long)]
+    no_state: bool,
 }
 
 fn load_policy(path: Option<&PathBuf>) -> Result<Policy, ExitCode> {
@@ -106,6 +133,10 @@ fn run(args: RunArgs) -> ExitCode {
         max_sockets: args.max_sockets,
         bpf_stats: args.bpf_stats,
         duration: args.duration,
+        state: (!args.no_state).then_some(monitor::state::StatePaths {
+            state_dir: args.state.state_dir,
+            pin_dir: args.state.pin_dir,
+        }),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -131,6 +162,34 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// `tcpstall state clear`: exit 0 when removed (or nothing was there), 1 when refused.
+fn state_clear(dirs: StateDirs) -> ExitCode {
+    let paths = monitor::state::StatePaths {
+        state_dir: dirs.state_dir,
+        pin_dir: dirs.pin_dir,
+    };
+    match monitor::state::clear(&paths) {
+        Ok(removed) if removed.is_empty() => {
+            println!(
+                "nothing to remove in {} and {}",
+                paths.state_dir.display(),
+                paths.pin_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(removed) => {
+            for r in removed {
+                println!("removed {r}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
@@ -142,5 +201,8 @@ fn main() -> ExitCode {
             cmd: PolicyCmd::Check { file, events, json },
         } => monitor::manual::policy_check(&file, events.as_deref(), json),
         Cmd::Reset(args) => monitor::manual::reset(args),
+        Cmd::State {
+            cmd: StateCmd::Clear(dirs),
+        } => state_clear(dirs),
     }
 }
