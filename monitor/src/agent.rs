@@ -1488,6 +1488,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let acts: HashMap<u64, state::SavedAct> = self
             .acts
             .iter()
+            // A stall with nothing decided yet is the same as no entry.
+            .filter(|(_, a)| a.skipped_guard.is_some() || a.done || a.attempts > 0)
             .map(|(&cookie, a)| {
                 (
                     cookie,

@@ -76,6 +76,66 @@ pub struct AgentOpts {
     pub extra_args: Vec<String>,
     /// Extra environment variables (testing knobs such as `TCPSTALL_NETNS_IDLE_MS`).
     pub env: Vec<(String, String)>,
+    /// `--state-dir` and `--pin-dir`. None: a fresh pair for this agent alone, removed when
+    /// it is dropped (no test sees another's pinned map, histories or budgets). Share one
+    /// [`StateDirs`] between agents to test restarts.
+    pub state: Option<Arc<StateDirs>>,
+}
+
+/// A state directory and a pin directory (under `/sys/fs/bpf`, which the agent mounts when
+/// needed) for one test's agents; both removed when the last holder drops it.
+#[derive(Debug)]
+pub struct StateDirs {
+    /// `--state-dir`.
+    pub state_dir: PathBuf,
+    /// `--pin-dir`.
+    pub pin_dir: PathBuf,
+}
+
+impl StateDirs {
+    /// Fresh, not yet existing directories, unique to this process.
+    pub fn new() -> Arc<StateDirs> {
+        let id = format!("{}-{}", std::process::id(), next_id());
+        Arc::new(StateDirs {
+            state_dir: std::env::temp_dir().join(format!("tcpstall-test-state-{id}")),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/tcpstall-test-{id}")),
+        })
+    }
+
+    /// The agent's state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.json")
+    }
+
+    /// Names of the files in the pin directory.
+    pub fn pins(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.pin_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The command-line arguments that select these directories.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--state-dir".into(),
+            self.state_dir.display().to_string(),
+            "--pin-dir".into(),
+            self.pin_dir.display().to_string(),
+        ]
+    }
+}
+
+impl Drop for StateDirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        // bpffs: unlink every pin, then the directory.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
 }
 
 impl AgentOpts {
@@ -88,7 +148,14 @@ impl AgentOpts {
             dry_run: false,
             extra_args: Vec::new(),
             env: Vec::new(),
+            state: None,
         }
+    }
+
+    /// Use these state and pin directories (shared across the agents of a restart test).
+    pub fn state(mut self, dirs: &Arc<StateDirs>) -> AgentOpts {
+        self.state = Some(Arc::clone(dirs));
+        self
     }
 
     /// Set `--dry-run`.
@@ -112,6 +179,7 @@ pub struct Agent {
     shared: Arc<Shared>,
     readers: Vec<JoinHandle<()>>,
     policy_path: PathBuf,
+    _state: Arc<StateDirs>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -149,7 +217,9 @@ impl Agent {
         if opts.dry_run {
             cmd.arg("--dry-run");
         }
-        cmd.args(&opts.extra_args)
+        let state = opts.state.clone().unwrap_or_else(StateDirs::new);
+        cmd.args(state.args())
+            .args(&opts.extra_args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -196,6 +266,7 @@ impl Agent {
             shared,
             readers: vec![out_reader, err_reader],
             policy_path,
+            _state: state,
             _serial: serial,
         };
         match agent.wait_for(|e| is_event(e, "agent_started"), START_TIMEOUT) {
@@ -318,6 +389,21 @@ impl Agent {
             events[n - 1]
         );
         events
+    }
+
+    /// Kill the agent with SIGKILL (a crash, an OOM kill: no clean exit, nothing saved at
+    /// exit) and wait for it. Returns every event it printed.
+    pub fn kill(mut self) -> Vec<Value> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for h in self.readers.drain(..) {
+            let _ = h.join();
+        }
+        let st = self.shared.lock();
+        self.check(&st);
+        st.events.iter().map(|r| r.json.clone()).collect()
     }
 
     /// SIGTERM, bounded wait, SIGKILL. Returns the exit status if the agent exited by itself.
