@@ -1,7 +1,8 @@
 //! Kernel side, userspace half: load the eBPF object with the running kernel's offsets,
 //! attach the hooks, and read per-socket state, close notes and counters back.
 //!
-//! Dropping [`Probes`] detaches every program and frees the maps.
+//! Dropping [`Probes`] detaches every program and frees the maps, except the `SOCKS` map
+//! when it is pinned (`crate::state`): it stays for the next agent.
 
 use crate::attach::{self, Candidate, Kind, Selection};
 use crate::btf::{Btf as KernelBtf, Site};

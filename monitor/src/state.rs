@@ -759,4 +759,65 @@ mod tests {
         assert!(!dir.exists());
         assert!(load(&path, 2000).unwrap_err().contains("no state file"));
     }
+
+    #[test]
+    fn sockets_beyond_the_bound_are_left_out_and_counted() {
+        use crate::classify::{Thresholds, Tracker};
+        use crate::snapshot::Snapshot;
+        const S: u64 = 1_000_000_000;
+        let now = 1000 * S;
+        let mut tr = Tracker::new();
+        for cookie in 1..=200u64 {
+            let mut st = SockState::zeroed();
+            st.cookie = cookie;
+            st.family = 2;
+            st.write_seq = 10_000;
+            st.flags = monitor_common::flags::ZERO_WINDOW;
+            st.first_seen_ns = now - 100 * S;
+            st.last_progress_ns = now - 60 * S;
+            tr.observe(&Snapshot::from_state(&st, now), &Thresholds::default());
+        }
+        let sockets = tr.export();
+        assert_eq!(sockets.len(), 200, "every stall in force is saved");
+        let header = Header {
+            format: format_version(),
+            layout: layout_id(),
+            boot_id: boot_id(),
+            saved_mono_ns: 0,
+            saved_at: String::new(),
+            agent_version: String::new(),
+            pid: 1,
+            sockets_left_out: 0,
+        };
+        let acts: HashMap<u64, SavedAct> = sockets
+            .iter()
+            .map(|s| {
+                (
+                    s.cookie,
+                    SavedAct {
+                        cookie: s.cookie,
+                        skipped_guard: Some(SkipGuard::DryRun),
+                        done: false,
+                        attempts: 0,
+                        retry_at_ns: None,
+                    },
+                )
+            })
+            .collect();
+        let budgets = BudgetsState::default();
+        let (all, w) = encode(header.clone(), &budgets, &sockets, &acts, MAX_STATE_BYTES);
+        assert_eq!((w.sockets, w.left_out), (200, 0));
+        let max = all.len() / 4;
+        let (data, w) = encode(header, &budgets, &sockets, &acts, max);
+        assert!(data.len() <= max, "{} > {max}", data.len());
+        assert!(w.sockets > 0 && w.left_out > 0, "{w:?}");
+        let back: Saved = serde_json::from_slice(&data).unwrap();
+        assert_eq!(back.sockets.len(), w.sockets);
+        assert_eq!(
+            back.acts.len(),
+            w.sockets,
+            "acts only for the sockets saved"
+        );
+        assert_eq!(back.header.sockets_left_out, w.left_out as u64);
+    }
 }

@@ -140,7 +140,8 @@ fn a_required_hook_without_attach_point_is_a_clear_error() {
     let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
     let before = tcpstall_programs();
     let out = Command::new(binary())
-        .args(["run", "--no-state", "--duration", "1s", "--stats-interval", "1s"])
+        .args(["run", "--no-state", "--duration", "1s"])
+        .args(["--stats-interval", "1s"])
         .env("TCPSTALL_ATTACH", "kprobe")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
