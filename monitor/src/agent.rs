@@ -340,6 +340,8 @@ impl Agent {
     /// Validate, probe the reset path, load and attach. Emits `agent_started`.
     pub fn start(cfg: Config) -> Result<Agent> {
         let out = EventWriter::open(cfg.output.as_deref())?;
+        // First: another agent on the same state is an error before anything is done.
+        let (mut persist, pin_dir, why_not) = Persist::open(cfg.state.as_ref())?;
         // Probe the reset path before our hooks exist, so the probe's own wedge is not tracked.
         let wants_reset = cfg.policy.rules.iter().any(|r| r.action == Action::Reset);
         // On kernels where inet_diag/tcp_diag are modules, SOCK_DESTROY needs them loaded.
@@ -374,7 +376,6 @@ impl Agent {
             );
         }
         let (kbtf, offsets, offsets_source) = crate::btf::load_kernel()?;
-        let (mut persist, pin_dir, why_not) = Persist::open(cfg.state.as_ref())?;
         let probes = Probes::load(
             &kbtf,
             &offsets,
