@@ -62,6 +62,13 @@ pub mod gone {
     pub const CLOSED: u32 = 1;
 }
 
+/// Version of the *meaning* of [`SockState`] (and [`Gap`]): bump it whenever a field's
+/// semantics change without its type or position changing. The agent keeps the `SOCKS` map
+/// pinned across restarts and adopts a pinned map only when this version, the struct layout
+/// (size and every field offset) and the key mode all match its own; otherwise it starts
+/// with a fresh map.
+pub const SOCK_STATE_VERSION: u32 = 1;
+
 /// Per-socket state, keyed by socket cookie in the `SOCKS` hash map.
 ///
 /// Times are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC). Sequence numbers are raw TCP u32 values;

@@ -8,9 +8,10 @@ use crate::event::{self, Event, EventWriter, EvidenceFields, SocketFields};
 use crate::guards::{self, Budgets, Hold, HoldChange, Networks, Peer, Refusal};
 use crate::identity::Owners;
 use crate::policy::{Action, Policy, Selection, SocketIdentity};
-use crate::probes::{Counters, Probes};
+use crate::probes::{Counters, Pinning, Probes};
 use crate::reset::{self, Destroyer, ResetError, Target, TcpDiag};
 use crate::snapshot::{monotonic_ns, Snapshot};
+use crate::state::{self, Saved, StatePaths};
 use anyhow::Result;
 use monitor_common::{CloseNote, SockState};
 use std::collections::{HashMap, HashSet};
@@ -49,6 +50,8 @@ pub struct Config {
     pub duration: Option<Duration>,
     /// The unix socket `tcpstall top` reads the live view from; None = off.
     pub status_socket: Option<PathBuf>,
+    /// Where state is kept across restarts (`crate::state`); None = not kept (`--no-state`).
+    pub state: Option<StatePaths>,
 }
 
 /// The kernel map as the tick needs it (`Probes` in production, a fake in unit tests).
@@ -287,6 +290,22 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     recent: crate::status::Recent,
     /// `--metrics-addr`: Prometheus metrics and health (off unless [`Agent::serve_metrics`]).
     metrics: crate::metrics::Exporter,
+    persist: Persist,
+}
+
+/// Where and when the agent saves its state ([`crate::state`]); inert without a file.
+#[derive(Default)]
+struct Persist {
+    /// The state file; None: not kept.
+    file: Option<PathBuf>,
+    last_save: Option<Instant>,
+    /// The last save failed (said once until one works again).
+    failing: bool,
+    /// Sockets were left out of the file (said once).
+    warned_full: bool,
+    boot_id: String,
+    /// The state and pin directories, held for the agent's lifetime.
+    _locks: Vec<state::Lock>,
 }
 
 /// utime + stime of this process, ms.
@@ -330,7 +349,9 @@ fn target_of(snap: &Snapshot) -> Target {
 impl Agent {
     /// Validate, probe the reset path, load and attach. Emits `agent_started`.
     pub fn start(cfg: Config) -> Result<Agent> {
-        let mut out = EventWriter::open(cfg.output.as_deref())?;
+        let out = EventWriter::open(cfg.output.as_deref())?;
+        // First: another agent on the same state is an error before anything is done.
+        let (mut persist, pin_dir, why_not) = Persist::open(cfg.state.as_ref())?;
         // Probe the reset path before our hooks exist, so the probe's own wedge is not tracked.
         let wants_reset = cfg.policy.rules.iter().any(|r| r.action == Action::Reset);
         // On kernels where inet_diag/tcp_diag are modules, SOCK_DESTROY needs them loaded.
@@ -365,8 +386,21 @@ impl Agent {
             );
         }
         let (kbtf, offsets, offsets_source) = crate::btf::load_kernel()?;
-        let probes = Probes::load(&kbtf, &offsets, cfg.max_sockets, cfg.bpf_stats)?;
+        let probes = Probes::load(
+            &kbtf,
+            &offsets,
+            cfg.max_sockets,
+            cfg.bpf_stats,
+            pin_dir.as_deref(),
+        )?;
         drop(kbtf);
+        let saved = persist
+            .file
+            .clone()
+            .map(|f| (state::load(&f, monotonic_ns()), f));
+        if let Some((Err(why), _)) = &saved {
+            log::info!("state file not used: {why}");
+        }
         let mode = if !wants_reset {
             event::Mode::Observe
         } else if cfg.dry_run {
@@ -376,7 +410,15 @@ impl Agent {
         } else {
             event::Mode::Observe
         };
-        out.emit(&Event::AgentStarted {
+        let pinning = match &why_not.pins {
+            Some(why) => Pinning {
+                adopted: false,
+                path: None,
+                detail: why.clone(),
+            },
+            None => probes.pinning().clone(),
+        };
+        let mut agent_started = Event::AgentStarted {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             kernel: crate::btf::kernel_release(),
@@ -401,13 +443,30 @@ impl Agent {
             policy: cfg.policy.source.as_ref().map(|p| p.display().to_string()),
             tick_ms: cfg.tick.as_millis() as u64,
             max_sockets: probes.max_sockets(),
-        });
+            state: event::StateReport {
+                adopted: false,
+                restored: false,
+                detail: String::new(),
+            },
+        };
         let destroyer = match netns_idle_override()? {
             Some(d) => Destroyer::new().with_idle_limit(d),
             None => Destroyer::new(),
         };
         let mut agent = Agent::with_parts(cfg, probes, destroyer, out, probe.works, orphan.safe);
         agent.mode = mode;
+        // Take over what the previous agent left, before the first tick.
+        let mut report = agent.restore(&pinning, saved.as_ref().map(|(r, f)| (r, f.as_path())));
+        if let Some(why) = &why_not.file {
+            report.detail = format!("{}; {why}", report.detail);
+        }
+        persist.boot_id = state::boot_id();
+        agent.persist = persist;
+        log::info!("state: {}", report.detail);
+        if let Event::AgentStarted { state, .. } = &mut agent_started {
+            *state = report;
+        }
+        agent.out.emit(&agent_started);
         Ok(agent)
     }
 
@@ -486,6 +545,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             mode: event::Mode::Observe,
             recent: crate::status::Recent::default(),
             metrics: Default::default(),
+            persist: Persist::default(),
             cfg,
         }
     }
@@ -546,6 +606,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         if let Some(p) = &self.cfg.status_socket {
             let _ = std::fs::remove_file(p);
         }
+        self.save_state();
         let _ = self.emit_stats();
         self.out.emit(&Event::AgentStopped {
             reason: reason.to_string(),
@@ -794,6 +855,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         self.metrics_tick(t0.elapsed());
         if self.last_stats.elapsed() >= self.cfg.stats_interval {
             self.emit_stats()?;
+        }
+        if self.persist.due() {
+            self.save_state();
         }
         Ok(())
     }
@@ -1549,6 +1613,291 @@ fn bind_status(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
+/// Why part of the state is not kept (the directory could not be used), for
+/// `agent_started.state.detail`.
+#[derive(Default)]
+struct WhyNot {
+    pins: Option<String>,
+    file: Option<String>,
+}
+
+impl Persist {
+    /// Lock and prepare the state and pin directories. A directory another agent holds is
+    /// an error (two agents would act on the same sockets); one that cannot be used is
+    /// left out, and `WhyNot` says why. Returns the usable pin directory.
+    fn open(paths: Option<&StatePaths>) -> Result<(Persist, Option<PathBuf>, WhyNot)> {
+        let mut p = Persist::default();
+        let mut why = WhyNot::default();
+        let Some(paths) = paths else {
+            why.pins = Some("state is not kept across restarts (--no-state)".into());
+            return Ok((p, None, why));
+        };
+        match state::lock_state_dir(&paths.state_dir) {
+            Ok(l) => {
+                p._locks.push(l);
+                p.file = Some(paths.state_dir.join(state::STATE_FILE));
+            }
+            Err(state::LockError::Busy(e)) => anyhow::bail!(e),
+            Err(e) => {
+                log::warn!("the state file will not be kept: {e}");
+                why.file = Some(format!("state file not kept: {e}"));
+            }
+        }
+        let pin_dir = match state::prepare_pin_dir(&paths.pin_dir) {
+            Err(e) => {
+                log::warn!("the kernel map will not be pinned: {e}");
+                why.pins = Some(format!("kernel map not pinned: {e}"));
+                None
+            }
+            Ok(()) => match state::lock_pin_dir(&paths.pin_dir) {
+                Ok(l) => {
+                    p._locks.push(l);
+                    Some(paths.pin_dir.clone())
+                }
+                Err(state::LockError::Busy(e)) => anyhow::bail!(e),
+                Err(e) => {
+                    why.pins = Some(format!("kernel map not pinned: {e}"));
+                    None
+                }
+            },
+        };
+        Ok((p, pin_dir, why))
+    }
+
+    /// Time for the periodic save.
+    fn due(&self) -> bool {
+        self.file.is_some()
+            && self
+                .last_save
+                .is_none_or(|t| t.elapsed() >= state::SAVE_EVERY)
+    }
+}
+
+impl<S: SockSource, K: DiagPath> Agent<S, K> {
+    /// Take over what the previous agent left, before the first tick.
+    ///
+    /// An adopted kernel map is checked against the kernel first (one batched lookup): no
+    /// hook ran while no agent did, so the entries of sockets that closed meanwhile (gone,
+    /// or past ESTABLISHED/CLOSE_WAIT) or drained are still there. They are removed, and
+    /// seen leaving at the first tick like any other departure: a close is a close (its
+    /// stall, if one was in force, ends with `stall_closed`, and no episode is recorded),
+    /// a drain a recovery. The entries kept carry their stall clocks on.
+    ///
+    /// The saved state then comes back: every socket's history; its tracking session (stalls
+    /// in force, samples) only where the adopted map still holds that same session; the
+    /// budgets' windows; the reset decisions of the stalls in force.
+    pub fn restore(
+        &mut self,
+        kernel: &Pinning,
+        saved: Option<(&Result<Saved, String>, &std::path::Path)>,
+    ) -> event::StateReport {
+        let now_ns = monotonic_ns();
+        let now = Instant::now();
+        let mut detail = kernel.detail.clone();
+        // Tracking session (first_seen_ns) of every socket the adopted map holds.
+        let mut sessions: HashMap<u64, u64> = HashMap::new();
+        if kernel.adopted {
+            let kern = &mut self.kern;
+            let states = self.src.read_all(&mut |st| resolve_cookie(kern, st));
+            let snaps: Vec<Snapshot> = states
+                .iter()
+                .map(|st| Snapshot::from_state(st, now_ns))
+                .collect();
+            let targets: Vec<Target> = snaps.iter().map(target_of).collect();
+            let live = if targets.is_empty() {
+                Vec::new()
+            } else {
+                self.kern.lookup_many(&targets)
+            };
+            let (mut closed, mut drained, mut unknown) = (0, 0, 0);
+            for (snap, r) in snaps.into_iter().zip(live) {
+                let gone = match r {
+                    Ok(None) => Some(true),
+                    Ok(Some(d)) => {
+                        let open = d.state == TCP_ESTABLISHED || d.state == TCP_CLOSE_WAIT;
+                        let orphan = matches!(d.state, TCP_FIN_WAIT1 | TCP_CLOSING | TCP_LAST_ACK)
+                            && snap.orphan;
+                        if !(open || orphan) {
+                            // What the state hook would have done: the entry goes.
+                            Some(true)
+                        } else if d.send_q == 0 && d.recv_q == 0 {
+                            Some(false)
+                        } else {
+                            None
+                        }
+                    }
+                    Err(e) => {
+                        log::debug!("checking adopted entry {}: {e}", snap.cookie);
+                        unknown += 1;
+                        None
+                    }
+                };
+                if let Some(gone) = gone {
+                    if self.src.remove(snap.cookie) {
+                        self.map_stale += 1;
+                        if gone {
+                            self.closed.insert(snap.cookie, (now_ns, now));
+                            closed += 1;
+                        } else {
+                            drained += 1;
+                        }
+                    }
+                }
+                sessions.insert(snap.cookie, snap.first_seen_ns);
+                self.last.insert(snap.cookie, snap);
+            }
+            let n = sessions.len();
+            detail = format!(
+                "{detail} ({n} sockets; {closed} closed and {drained} drained while no agent \
+                 ran, removed{})",
+                if unknown > 0 {
+                    format!("; {unknown} could not be checked, kept")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        let restored = match saved {
+            None => false,
+            Some((Err(why), _)) => {
+                detail = format!("{detail}; state file not used: {why}");
+                false
+            }
+            Some((Ok(saved), path)) => {
+                let age_ms = now_ns.saturating_sub(saved.header.saved_mono_ns) / 1_000_000;
+                let n = self.tracker.import(saved.sockets.clone(), |c, session| {
+                    sessions.get(&c) == Some(&session)
+                });
+                let resets = self.budgets.import(saved.budgets.clone(), now, now_ns);
+                let mut acts = 0;
+                for a in &saved.acts {
+                    if self.tracker.active(a.cookie).is_none() {
+                        continue;
+                    }
+                    let retry_at = a
+                        .retry_at_ns
+                        .map(|t| now + Duration::from_nanos(t.saturating_sub(now_ns)));
+                    self.acts.insert(
+                        a.cookie,
+                        ActState {
+                            skipped_guard: a.skipped_guard,
+                            done: a.done,
+                            attempts: a.attempts,
+                            retry_at,
+                        },
+                    );
+                    acts += 1;
+                }
+                detail = format!(
+                    "{detail}; restored {} (saved {} ago by pid {}): the history of {} sockets \
+                     ({} in the same tracking session), {resets} resets in the rate-limit \
+                     windows, {acts} reset decisions{}",
+                    path.display(),
+                    crate::classify::fmt_ms(age_ms),
+                    saved.header.pid,
+                    n.live + n.dormant,
+                    n.live,
+                    if saved.header.sockets_left_out > 0 {
+                        format!(
+                            " ({} sockets had been left out to bound the file)",
+                            saved.header.sockets_left_out
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                true
+            }
+        };
+        if !kernel.adopted && !restored {
+            detail = format!("started fresh: {detail}");
+        }
+        event::StateReport {
+            adopted: kernel.adopted,
+            restored,
+            detail,
+        }
+    }
+
+    /// Write the state file now (periodically from the tick, and at a clean exit). A failure
+    /// is logged (once until a save works again) and never stops the agent.
+    fn save_state(&mut self) {
+        let Some(path) = self.persist.file.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        let now_ns = monotonic_ns();
+        self.persist.last_save = Some(now);
+        let header = state::Header {
+            format: state::format_version(),
+            layout: state::layout_id(),
+            boot_id: self.persist.boot_id.clone(),
+            saved_mono_ns: now_ns,
+            saved_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            sockets_left_out: 0,
+        };
+        let acts: HashMap<u64, state::SavedAct> = self
+            .acts
+            .iter()
+            // A stall with nothing decided yet is the same as no entry.
+            .filter(|(_, a)| a.skipped_guard.is_some() || a.done || a.attempts > 0)
+            .map(|(&cookie, a)| {
+                (
+                    cookie,
+                    state::SavedAct {
+                        cookie,
+                        skipped_guard: a.skipped_guard,
+                        done: a.done,
+                        attempts: a.attempts,
+                        retry_at_ns: a
+                            .retry_at
+                            .map(|t| now_ns + t.saturating_duration_since(now).as_nanos() as u64),
+                    },
+                )
+            })
+            .collect();
+        let (data, w) = state::encode(
+            header,
+            &self.budgets.export(now, now_ns),
+            &self.tracker.export(),
+            &acts,
+            state::MAX_STATE_BYTES,
+        );
+        match state::write_atomic(&path, &data) {
+            Ok(()) => {
+                if self.persist.failing {
+                    log::info!("state saved to {} again", path.display());
+                }
+                self.persist.failing = false;
+                if w.left_out > 0 && !self.persist.warned_full {
+                    self.persist.warned_full = true;
+                    log::warn!(
+                        "state file {} at its bound of {} bytes: {} sockets left out (those \
+                         with no stall and no history first)",
+                        path.display(),
+                        state::MAX_STATE_BYTES,
+                        w.left_out
+                    );
+                }
+                log::debug!(
+                    "state saved: {} bytes, {} sockets in {} us",
+                    w.bytes,
+                    w.sockets,
+                    now.elapsed().as_micros()
+                );
+            }
+            Err(e) => {
+                if !self.persist.failing {
+                    log::warn!("saving state to {}: {e}", path.display());
+                }
+                self.persist.failing = true;
+            }
+        }
+    }
+}
+
 /// Address-keyed kernels only: the cookie of a socket nobody asked about yet (the lookup
 /// is what makes the kernel assign it).
 fn resolve_cookie<K: DiagPath + ?Sized>(kern: &mut K, st: &SockState) -> Option<u64> {
@@ -1861,6 +2210,7 @@ mod tests {
             bpf_stats: false,
             duration: None,
             status_socket: None,
+            state: None,
         };
         let (map, kern, out) = (Src::default(), Kern::default(), Buf::default());
         map.0.lock().unwrap().max = 100_000;
@@ -2347,5 +2697,128 @@ mod tests {
         zw.snd_wnd = 0;
         assert_eq!(verify_live(&snap, StallClass::ZeroWindow, &zw), Ok(()));
         let _ = Ipv4Addr::LOCALHOST;
+    }
+
+    fn adopted() -> Pinning {
+        Pinning {
+            adopted: true,
+            path: None,
+            detail: "adopted the kernel map pinned at /test".into(),
+        }
+    }
+
+    fn state_file(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tcpstall-agent-unit-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(state::STATE_FILE)
+    }
+
+    #[test]
+    fn a_restart_keeps_stall_clocks_budgets_and_decisions_and_drops_what_went_away() {
+        let path = state_file("restart");
+        let extra = "[guards]\nmax_resets_per_minute = 1\nnetwork_share = 1.0\n";
+        let mut a = rig(extra);
+        a.agent.persist.file = Some(path.clone());
+        a.agent.persist.boot_id = state::boot_id();
+        let s1 = stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow);
+        let (s2, s4, s5) = (
+            stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow),
+            stalled(4, "10.9.0.4:40000", StallClass::ZeroWindow),
+            stalled(5, "10.9.0.5:40000", StallClass::ZeroWindow),
+        );
+        for s in [s1, s2, s4, s5] {
+            a.add(s, true);
+        }
+        a.agent.tick().unwrap();
+        assert_eq!(a.destroyed(), vec![1]);
+        let skipped = a.out.named("reset_skipped");
+        assert_eq!(skipped.len(), 3, "{skipped:?}");
+        assert!(skipped.iter().all(|e| e["guard"] == "rate_limit"));
+        a.agent.save_state();
+        drop(a);
+
+        // The next agent adopts the map: 2 is still stalled, 4 closed and 5 drained while no
+        // agent ran (their entries are still in the map: no hook removed them).
+        let mut b = rig(extra);
+        b.add(s2, true);
+        b.add(s4, false);
+        b.add(s5, true);
+        b.kern.0.lock().unwrap().live.get_mut(&5).unwrap().send_q = 0;
+        let saved = state::load(&path, monotonic_ns());
+        let report = b.agent.restore(&adopted(), Some((&saved, path.as_path())));
+        assert!(report.adopted && report.restored, "{report:?}");
+        assert!(
+            report.detail.contains("3 sockets; 1 closed and 1 drained"),
+            "{}",
+            report.detail
+        );
+        assert!(
+            report.detail.contains("1 resets in the rate-limit"),
+            "{}",
+            report.detail
+        );
+        assert_eq!(b.map.0.lock().unwrap().removed, vec![4, 5]);
+        b.agent.tick().unwrap();
+        let ev = b.out.events();
+        // 2: same stall, same decision: nothing said again.
+        assert!(ev.iter().all(|e| e["cookie"] != 2), "{ev:?}");
+        // 4 closed while stalled, 5 recovered: said once each, no recovery for 4.
+        let closed = b.out.named("stall_closed");
+        let cleared = b.out.named("stall_cleared");
+        assert_eq!((closed.len(), cleared.len()), (1, 1), "{ev:?}");
+        assert_eq!(closed[0]["cookie"], 4);
+        assert_eq!(cleared[0]["cookie"], 5);
+        // The rate-limit window carried over: a new wedge within the minute is skipped.
+        b.add(stalled(6, "10.9.0.6:40000", StallClass::ZeroWindow), true);
+        b.agent.tick().unwrap();
+        assert!(b.destroyed().is_empty());
+        let skipped = b.out.named("reset_skipped");
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0]["cookie"], 6);
+        assert_eq!(skipped[0]["guard"], "rate_limit");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn without_the_kernel_map_only_histories_and_budgets_come_back() {
+        let path = state_file("fresh");
+        let mut a = rig("");
+        a.agent.persist.file = Some(path.clone());
+        a.agent.persist.boot_id = state::boot_id();
+        a.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), false);
+        a.agent.tick().unwrap();
+        assert_eq!(a.out.named("stall_started").len(), 1);
+        a.agent.save_state();
+        let mut b = rig("");
+        let saved = state::load(&path, monotonic_ns());
+        let fresh = Pinning {
+            adopted: false,
+            path: None,
+            detail: "kernel map started fresh: no saved kernel map in /test".into(),
+        };
+        let report = b.agent.restore(&fresh, Some((&saved, path.as_path())));
+        assert!(!report.adopted && report.restored, "{report:?}");
+        assert!(
+            report.detail.contains("(0 in the same tracking session)"),
+            "{}",
+            report.detail
+        );
+        // Nothing to learn from a stall without history: it was not kept.
+        assert_eq!(b.agent.tracker.len() + b.agent.tracker.dormant_len(), 0);
+        // A file from an incompatible agent: started fresh, saying why.
+        let bad: Result<Saved, String> = Err("it has format 9".into());
+        let mut c = rig("");
+        let report = c.agent.restore(&fresh, Some((&bad, path.as_path())));
+        assert!(!report.adopted && !report.restored);
+        assert!(
+            report.detail.starts_with("started fresh: "),
+            "{}",
+            report.detail
+        );
+        assert!(report
+            .detail
+            .contains("state file not used: it has format 9"));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -60,7 +60,7 @@
 
 use crate::snapshot::Snapshot;
 use monitor_common::{Gap, MIN_GAP_NS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
@@ -78,7 +78,7 @@ const DRAIN_SAMPLE_DIVISOR: u64 = 64;
 pub const CALIBRATION_KEEP: usize = 1024;
 
 /// The kinds of wedge tcpstall recognises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum StallClass {
     /// Data queued, peer window 0, no bytes acked for the threshold (peer alive, not reading).
@@ -185,7 +185,7 @@ impl Thresholds {
 }
 
 /// Why a socket is (or would be) judged stalled when it is: the numbers behind the decision.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     /// Recovered episodes seen for this socket over its life (also across drains).
     pub recovered_episodes: u32,
@@ -200,7 +200,7 @@ pub struct Evidence {
 }
 
 /// One no-progress interval with data queued that ended in progress by itself.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Episode {
     /// `ZeroWindow` if the peer's window was zero when it ended, else `NoAck`.
     pub class: StallClass,
@@ -278,7 +278,7 @@ pub struct Departure {
 }
 
 /// A stall in force.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActiveStall {
     pub class: StallClass,
     /// Start of the stall: last progress (`zero_window`/`no_ack`), start of the measured
@@ -299,14 +299,14 @@ pub struct ActiveStall {
     pub floor_bps: u64,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Sample {
     at_ns: u64,
     acked: u64,
 }
 
 /// The values of a socket's previous tick that the next one needs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct LastTick {
     now_ns: u64,
     bytes_acked: u64,
@@ -326,7 +326,7 @@ struct Drain {
 }
 
 /// Recovered-episode history of one socket; survives drains.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct History {
     /// Oldest first, at most [`HISTORY_EPISODES`].
     episodes: VecDeque<Episode>,
@@ -354,7 +354,7 @@ impl History {
 }
 
 /// State of a socket while it is in the kernel map (one tracking session).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Live {
     /// The kernel's `first_seen_ns`: changes when the socket drained and was tracked again.
     session_ns: u64,
@@ -419,7 +419,7 @@ impl Live {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Entry {
     history: History,
     /// None: dormant (drained, history kept for its cadence).
@@ -672,6 +672,135 @@ impl Tracker {
             StallClass::RecvBacklog => false,
         }
     }
+
+    /// What the tracker learnt, for saving across an agent restart ([`crate::state`]): the
+    /// sockets with a stall in force, then those with recovered episodes (their cadence),
+    /// the most recently seen first within each. The rest learnt nothing a restart would
+    /// lose but a `slow_drain` measurement in progress, which starts over; leaving them out
+    /// keeps the saves cheap on a node with thousands of busy, healthy sockets. Drain-rate
+    /// samples are thinned to [`SAVED_SAMPLES_MAX`] per socket.
+    pub fn export(&self) -> Vec<SavedSocket> {
+        let mut order: Vec<(u8, u64, u64)> = self
+            .socks
+            .iter()
+            .filter_map(|(c, e)| {
+                let stalled = e
+                    .live
+                    .as_ref()
+                    .is_some_and(|l| l.send.is_some() || l.recv.is_some());
+                let rank = if stalled {
+                    0
+                } else if !e.history.episodes.is_empty() {
+                    1
+                } else {
+                    return None;
+                };
+                Some((rank, u64::MAX - e.last_seen_ns, *c))
+            })
+            .collect();
+        order.sort_unstable();
+        order
+            .into_iter()
+            .map(|(_, _, cookie)| {
+                let mut entry = self.socks[&cookie].clone();
+                if let Some(l) = &mut entry.live {
+                    thin(&mut l.samples, SAVED_SAMPLES_MAX);
+                }
+                SavedSocket { cookie, entry }
+            })
+            .collect()
+    }
+
+    /// Take saved sockets back (at agent start, into an empty tracker).
+    ///
+    /// `live_ok(cookie, session_ns)` says whether the socket's saved tracking session is
+    /// still the one in the kernel map (an adopted entry with the same `first_seen_ns`).
+    /// When it is not, only the socket's history is kept (dormant): its stalls, drain
+    /// samples and last tick belong to a session that ended while the agent was down,
+    /// unobserved — neither a recovery nor a close can be told from it. Sockets left with
+    /// nothing are skipped. Bounds are enforced again ([`HISTORY_EPISODES`],
+    /// [`DRAIN_SAMPLES_MAX`]) whatever the file says.
+    pub fn import(
+        &mut self,
+        saved: Vec<SavedSocket>,
+        live_ok: impl Fn(u64, u64) -> bool,
+    ) -> Imported {
+        let mut n = Imported::default();
+        for SavedSocket { cookie, mut entry } in saved {
+            if entry
+                .live
+                .as_ref()
+                .is_some_and(|l| !live_ok(cookie, l.session_ns))
+            {
+                entry.live = None;
+            }
+            while entry.history.episodes.len() > HISTORY_EPISODES {
+                entry.history.episodes.pop_front();
+            }
+            if let Some(l) = &mut entry.live {
+                while l.samples.len() > DRAIN_SAMPLES_MAX {
+                    l.samples.pop_front();
+                }
+            }
+            if entry.live.is_none() && entry.history.episodes.is_empty() {
+                n.dropped += 1;
+                continue;
+            }
+            if self.socks.contains_key(&cookie) {
+                n.dropped += 1;
+                continue;
+            }
+            if entry.live.is_some() {
+                n.live += 1;
+            } else {
+                n.dormant += 1;
+            }
+            self.socks.insert(cookie, entry);
+        }
+        n
+    }
+}
+
+/// Drain-rate samples saved per socket ([`Tracker::export`]): evenly spaced, the oldest (the
+/// rate's base) and the newest kept.
+pub const SAVED_SAMPLES_MAX: usize = 16;
+
+/// Keep at most `max` (>= 2) of `v`, evenly spaced, first and last included.
+fn thin<T: Copy>(v: &mut VecDeque<T>, max: usize) {
+    let len = v.len();
+    if len <= max || max < 2 {
+        return;
+    }
+    let kept: VecDeque<T> = (0..max)
+        .map(|i| v[(i * (len - 1) + (max - 1) / 2) / (max - 1)])
+        .collect();
+    *v = kept;
+}
+
+/// One socket's tracker state as saved across agent restarts ([`Tracker::export`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SavedSocket {
+    pub cookie: u64,
+    entry: Entry,
+}
+
+impl SavedSocket {
+    /// The kernel tracking session (`first_seen_ns`) the socket was in when saved; None for
+    /// a dormant history.
+    pub fn session_ns(&self) -> Option<u64> {
+        self.entry.live.as_ref().map(|l| l.session_ns)
+    }
+}
+
+/// What [`Tracker::import`] took back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    /// Sockets restored with their tracking session (stalls in force, samples, last tick).
+    pub live: usize,
+    /// Sockets restored with their history only.
+    pub dormant: usize,
+    /// Saved sockets with nothing left to restore.
+    pub dropped: usize,
 }
 
 /// Close a tracking session: end its stalls and, for a drain, record the episode the drain
@@ -2347,5 +2476,124 @@ mod tests {
             p99_ms: 1,
         };
         assert_eq!(serde_json::to_value(&row).unwrap()["class"], "no_ack");
+    }
+
+    /// A bursty socket with one recovered 2.5 s pause (threshold 3 s, factor 2), saved
+    /// after the tick at 3.0 s.
+    fn saved_bursty() -> (Sim, Thresholds, String) {
+        let t = Thresholds {
+            cadence_factor: 2.0,
+            ..thresholds(3)
+        };
+        let mut tr = Tracker::new();
+        let mut sim = Sim::blocked_writer(1, at(0.0));
+        tr.observe(&sim.snap(at(0.0)), &t);
+        let obs = run(&mut tr, &mut sim, &t, 0.0, 3.0, 0.5, |sim, now| {
+            if now == at(2.5) {
+                sim.ack(now, MIB);
+                sim.s.queued_bytes += MIB;
+            }
+        });
+        assert!(transitions(&obs).is_empty(), "{obs:?}");
+        assert_eq!(tr.episodes(1).len(), 1);
+        let json = serde_json::to_string(&tr.export()).unwrap();
+        (sim, t, json)
+    }
+
+    #[test]
+    fn a_restored_tracker_keeps_the_cadence_and_the_stall_clock() {
+        let (mut sim, t, json) = saved_bursty();
+        // A fresh kernel ring: the history can only come from the saved state.
+        sim.gaps.clear();
+        let mut back = Tracker::new();
+        let n = back.import(serde_json::from_str(&json).unwrap(), |c, s| {
+            c == 1 && s == at(0.0)
+        });
+        assert_eq!(
+            n,
+            Imported {
+                live: 1,
+                dormant: 0,
+                dropped: 0
+            }
+        );
+        // The next pause is judged against 2 x 2.5 s = 5 s from its last progress at 2.5 s,
+        // not against the 3 s rule threshold.
+        let obs = run(&mut back, &mut sim, &t, 3.0, 8.0, 0.5, |_, _| {});
+        let trs = transitions(&obs);
+        assert_eq!(trs.len(), 1, "{trs:?}");
+        assert_eq!(trs[0].0, at(7.5));
+        let ev = started(StallClass::ZeroWindow, 5000, &trs[0].1);
+        assert_eq!(ev.effective_threshold_ms, 5000);
+        assert_eq!(ev.recovered_episodes, 1);
+        assert!(obs.iter().all(|(_, o)| o.recovered.is_empty()), "{obs:?}");
+    }
+
+    #[test]
+    fn a_session_that_ended_while_saved_keeps_only_its_history() {
+        let (mut sim, t, json) = saved_bursty();
+        let mut back = Tracker::new();
+        let n = back.import(serde_json::from_str(&json).unwrap(), |_, _| false);
+        assert_eq!(
+            n,
+            Imported {
+                live: 0,
+                dormant: 1,
+                dropped: 0
+            }
+        );
+        assert_eq!(back.len(), 0);
+        assert_eq!(back.dormant_len(), 1);
+        assert!(back.active(1).is_none());
+        // A new tracking session of the same socket: judged with the cadence, and the saved
+        // session's end is no recovery.
+        sim.gaps.clear();
+        sim.s.first_seen_ns = at(10.0);
+        sim.s.last_progress_ns = at(10.0);
+        let obs = run(&mut back, &mut sim, &t, 10.0, 15.0, 0.5, |_, _| {});
+        let trs = transitions(&obs);
+        assert_eq!(trs.len(), 1, "{trs:?}");
+        assert_eq!(trs[0].0, at(15.0));
+        assert!(obs.iter().all(|(_, o)| o.recovered.is_empty()), "{obs:?}");
+        // A stall without history whose session ended: nothing to keep.
+        let mut plain = Tracker::new();
+        let mut sim = Sim::blocked_writer(2, at(0.0));
+        plain.observe(&sim.snap(at(0.0)), &t);
+        plain.observe(&sim.snap(at(4.0)), &t);
+        assert!(plain.active(2).is_some());
+        let n = Tracker::new().import(plain.export(), |_, _| false);
+        assert_eq!(n.dropped, 1);
+    }
+
+    #[test]
+    fn export_puts_stalls_and_histories_first_and_thins_samples() {
+        let t = thresholds(3);
+        let mut tr = Tracker::new();
+        // 3: nothing learnt (left out); 2: a stall in force; 1: history only.
+        let mut quiet = Sim::new(3, at(3.0));
+        quiet.s.queued_bytes = MIB;
+        let mut stalled = Sim::blocked_writer(2, at(0.0));
+        let (mut bursty, _, _) = saved_bursty();
+        bursty.s.cookie = 1;
+        for i in 0..400u64 {
+            let now = at(3.0) + i * NS_PER_SEC / 5;
+            quiet.ack(now, 1);
+            tr.observe(&quiet.snap(now), &t);
+            tr.observe(&stalled.snap(now), &t);
+            // Progress every tick from now on: no stall, the history stays.
+            bursty.ack(now, 64 * 1024);
+            bursty.s.queued_bytes += 64 * 1024;
+            tr.observe(&bursty.snap(now), &t);
+        }
+        let saved = tr.export();
+        let order: Vec<u64> = saved.iter().map(|s| s.cookie).collect();
+        assert_eq!(order, vec![2, 1]);
+        for s in &saved {
+            let n = s.entry.live.as_ref().map_or(0, |l| l.samples.len());
+            assert!(n <= SAVED_SAMPLES_MAX, "{} samples saved", n);
+        }
+        let mut v: VecDeque<u32> = (0..100).collect();
+        thin(&mut v, 4);
+        assert_eq!(v, VecDeque::from(vec![0, 33, 66, 99]));
     }
 }

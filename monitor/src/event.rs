@@ -102,7 +102,7 @@ impl Mode {
 }
 
 /// Why a reset the policy asked for was not performed, reported as `reset_skipped.guard`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipGuard {
     /// The agent runs with `--dry-run`.
@@ -178,6 +178,20 @@ pub struct OrphanReset {
     /// `true`: orphans may be reset; `false`: orphans are never reset (guard `orphan_unsafe`).
     pub safe: bool,
     /// What the self-test saw.
+    pub detail: String,
+}
+
+/// What the agent took over from the previous one (restart or upgrade), in
+/// `agent_started.state`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateReport {
+    /// The previous agent's pinned kernel map was adopted: stall clocks and the kernel's
+    /// gap rings carry on.
+    pub adopted: bool,
+    /// The previous agent's state file was read back: cadence histories, rate-limit
+    /// windows, reset decisions.
+    pub restored: bool,
+    /// What was kept and where it lives, or why the agent started fresh.
     pub detail: String,
 }
 
@@ -382,6 +396,8 @@ pub enum Event {
         tick_ms: u64,
         /// Capacity of the per-socket tracking map.
         max_sockets: u32,
+        /// What was kept from the previous agent.
+        state: StateReport,
     },
     /// A socket crossed its stall threshold.
     StallStarted(SocketFields),
@@ -1191,6 +1207,24 @@ const HOOK_FIELDS: &[Field] = &[
     f("why", FieldType::Str, "Why this attach point, or why none"),
 ];
 
+const STATE_FIELDS: &[Field] = &[
+    f(
+        "adopted",
+        FieldType::Bool,
+        "The previous agent's pinned kernel map was adopted: stall clocks carry on",
+    ),
+    f(
+        "restored",
+        FieldType::Bool,
+        "The previous agent's state file was read back: cadence histories, rate-limit windows, reset decisions",
+    ),
+    f(
+        "detail",
+        FieldType::Str,
+        "What was kept and where it lives, or why the agent started fresh",
+    ),
+];
+
 const ORPHAN_RESET_FIELDS: &[Field] = &[
     f(
         "safe",
@@ -1287,6 +1321,11 @@ static SCHEMA: &[EventSchema] = &[
                 "max_sockets",
                 FieldType::U32,
                 "Capacity of the per-socket tracking map",
+            ),
+            f(
+                "state",
+                FieldType::Object(STATE_FIELDS),
+                "What was kept from the previous agent (restart, upgrade); see Operations",
             ),
         ],
     },
@@ -1919,6 +1958,11 @@ mod tests {
                 policy: full.then(|| "/etc/tcpstall/policy.toml".into()),
                 tick_ms: 1000,
                 max_sockets: 65_536,
+                state: StateReport {
+                    adopted: full,
+                    restored: full,
+                    detail: "adopted the kernel map pinned at /sys/fs/bpf/tcpstall/socks_v1-0_cookie_65536".into(),
+                },
             },
             Event::StallStarted(s.clone()),
             Event::StallCleared(s.clone()),

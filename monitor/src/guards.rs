@@ -12,6 +12,7 @@
 //!   relative to the sockets the rule selects.
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -402,7 +403,7 @@ impl Budgets {
         let w = self.rules.entry(rule.to_string()).or_default();
         expire(w, now);
         // Bounded: a burst beyond 100k in one minute is not remembered past that.
-        if w.len() < 100_000 {
+        if w.len() < MAX_WINDOW {
             w.push_back(now);
         }
     }
@@ -418,6 +419,99 @@ impl Budgets {
             !w.is_empty()
         });
     }
+
+    /// The windows for saving across an agent restart: reset times as CLOCK_MONOTONIC ns
+    /// (`now` is `now_ns` on that clock), which an agent restarted on the same boot reads back
+    /// with [`Budgets::import`]. Expired resets are left out.
+    pub fn export(&self, now: Instant, now_ns: u64) -> BudgetsState {
+        let mono = |w: &VecDeque<Instant>| -> Vec<u64> {
+            w.iter()
+                .filter(|t| now.saturating_duration_since(**t) < MINUTE)
+                .map(|t| now_ns.saturating_sub(now.saturating_duration_since(*t).as_nanos() as u64))
+                .collect()
+        };
+        let mut rules: Vec<RuleWindow> = self
+            .rules
+            .iter()
+            .map(|(rule, w)| RuleWindow {
+                rule: rule.clone(),
+                resets_ns: mono(w),
+            })
+            .filter(|w| !w.resets_ns.is_empty())
+            .collect();
+        rules.sort_by(|a, b| a.rule.cmp(&b.rule));
+        let mut nets: Vec<NetWindow> = self
+            .nets
+            .iter()
+            .map(|((rule, net), w)| NetWindow {
+                rule: rule.clone(),
+                net: net.to_string(),
+                resets_ns: mono(w),
+            })
+            .filter(|w| !w.resets_ns.is_empty())
+            .collect();
+        nets.sort_by(|a, b| (&a.rule, &a.net).cmp(&(&b.rule, &b.net)));
+        BudgetsState { rules, nets }
+    }
+
+    /// Take saved windows back (see [`Budgets::export`]): resets still within the last
+    /// minute count against the budgets as if this agent had made them. Returns how many
+    /// resets were restored (rule windows).
+    pub fn import(&mut self, saved: BudgetsState, now: Instant, now_ns: u64) -> usize {
+        let instants = |v: &[u64]| -> VecDeque<Instant> {
+            let mut w: Vec<Instant> = v
+                .iter()
+                .filter(|&&t| t <= now_ns && now_ns - t < MINUTE.as_nanos() as u64)
+                .filter_map(|&t| now.checked_sub(Duration::from_nanos(now_ns - t)))
+                .collect();
+            w.sort_unstable();
+            w.truncate(MAX_WINDOW);
+            w.into()
+        };
+        let mut n = 0;
+        for r in saved.rules {
+            let w = instants(&r.resets_ns);
+            n += w.len();
+            if !w.is_empty() {
+                self.rules.insert(r.rule, w);
+            }
+        }
+        for nw in saved.nets {
+            let Ok(net) = nw.net.parse::<IpNet>() else {
+                continue;
+            };
+            let w = instants(&nw.resets_ns);
+            if !w.is_empty() {
+                self.nets.insert((nw.rule, net), w);
+            }
+        }
+        n
+    }
+}
+
+/// Resets kept per window (a burst beyond this in one minute is not remembered past it).
+const MAX_WINDOW: usize = 100_000;
+
+/// [`Budgets`] as saved across agent restarts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetsState {
+    pub rules: Vec<RuleWindow>,
+    pub nets: Vec<NetWindow>,
+}
+
+/// One rule's resets of the last minute (CLOCK_MONOTONIC ns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleWindow {
+    pub rule: String,
+    pub resets_ns: Vec<u64>,
+}
+
+/// One (rule, remote network)'s resets of the last minute (CLOCK_MONOTONIC ns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetWindow {
+    pub rule: String,
+    pub net: String,
+    pub resets_ns: Vec<u64>,
 }
 
 #[cfg(test)]
@@ -658,5 +752,47 @@ mod tests {
             b.take(&off, "r", network_of(ip("10.0.0.1")), 5, Instant::now()),
             Err(Refusal::Disabled)
         );
+    }
+
+    #[test]
+    fn budget_windows_survive_a_save_and_load() {
+        let one = BudgetGuards {
+            max_resets_per_minute: 1,
+            ..B
+        };
+        let net = network_of(ip("198.51.100.7"));
+        let mut b = Budgets::default();
+        let t0 = Instant::now();
+        let t0_ns = 1_000 * S;
+        b.take(&one, "svc", net, 1, t0).unwrap();
+        // Saved 20 s later (monotonic clock at 1020 s) and read back by a new agent 5 s after.
+        let saved = b.export(t0 + Duration::from_secs(20), t0_ns + 20 * S);
+        assert_eq!(saved.rules[0].resets_ns, vec![t0_ns]);
+        let json = serde_json::to_string(&saved).unwrap();
+        let later = t0 + Duration::from_secs(25);
+        let mut back = Budgets::default();
+        assert_eq!(
+            back.import(serde_json::from_str(&json).unwrap(), later, t0_ns + 25 * S),
+            1
+        );
+        assert_eq!(
+            back.take(&one, "svc", network_of(ip("203.0.113.9")), 1, later),
+            Err(Refusal::Rule { capacity: 1 })
+        );
+        // The restored reset leaves the window a minute after it was made, not after the load.
+        assert!(back
+            .take(&one, "svc", net, 1, t0 + Duration::from_secs(60))
+            .is_ok());
+        // Resets older than a minute, or from the future (another boot's clock), are dropped.
+        let mut stale = Budgets::default();
+        assert_eq!(stale.import(saved, later, t0_ns + 61 * S), 0);
+        let future = BudgetsState {
+            rules: vec![RuleWindow {
+                rule: "svc".into(),
+                resets_ns: vec![t0_ns + 100 * S],
+            }],
+            nets: vec![],
+        };
+        assert_eq!(Budgets::default().import(future, later, t0_ns), 0);
     }
 }

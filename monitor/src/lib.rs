@@ -20,6 +20,7 @@ pub mod reset;
 pub mod snapshot;
 pub mod status;
 pub mod top;
+pub mod state;
 
 #[cfg(test)]
 mod repo_files {

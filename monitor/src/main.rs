@@ -33,6 +33,28 @@ enum Cmd {
     /// A live view of what the running agent sees: stalled and tracked sockets, recent
     /// resets. Reads the agent's status socket; never attaches anything itself.
     Top(monitor::top::TopArgs),
+    /// What the agent keeps across restarts (the pinned kernel map and the state file).
+    State {
+        #[command(subcommand)]
+        cmd: StateCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// Remove the pinned kernel map and the state file (deliberate uninstall; refused while
+    /// an agent uses them). The next agent starts fresh.
+    Clear(StateDirs),
+}
+
+#[derive(Args)]
+struct StateDirs {
+    /// Directory of the state file (cadence histories, rate-limit windows, reset decisions).
+    #[arg(long, default_value = monitor::state::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Directory on bpffs where the kernel per-socket map is pinned.
+    #[arg(long, default_value = monitor::state::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +111,11 @@ struct RunArgs {
     /// IP:PORT, e.g. 127.0.0.1:9972 (off by default; 0.0.0.0 exposes them to the network).
     #[arg(long, value_name = "IP:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    state: StateDirs,
+    /// Keep nothing across restarts: no pinned kernel map, no state file.
+    #[arg(long)]
+    no_state: bool,
 }
 
 fn load_policy(path: Option<&PathBuf>) -> Result<Policy, ExitCode> {
@@ -134,6 +161,10 @@ fn run(args: RunArgs) -> ExitCode {
         bpf_stats: args.bpf_stats,
         duration: args.duration,
         status_socket: monitor::status::socket_path(&args.status_socket),
+        state: (!args.no_state).then_some(monitor::state::StatePaths {
+            state_dir: args.state.state_dir,
+            pin_dir: args.state.pin_dir,
+        }),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -164,6 +195,34 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// `tcpstall state clear`: exit 0 when removed (or nothing was there), 1 when refused.
+fn state_clear(dirs: StateDirs) -> ExitCode {
+    let paths = monitor::state::StatePaths {
+        state_dir: dirs.state_dir,
+        pin_dir: dirs.pin_dir,
+    };
+    match monitor::state::clear(&paths) {
+        Ok(removed) if removed.is_empty() => {
+            println!(
+                "nothing to remove in {} and {}",
+                paths.state_dir.display(),
+                paths.pin_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(removed) => {
+            for r in removed {
+                println!("removed {r}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .target(env_logger::Target::Stderr)
@@ -182,5 +241,8 @@ fn main() -> ExitCode {
         } => monitor::manual::policy_check(&file, events.as_deref(), json, strict),
         Cmd::Reset(args) => monitor::manual::reset(args),
         Cmd::Top(args) => monitor::top::run(args),
+        Cmd::State {
+            cmd: StateCmd::Clear(dirs),
+        } => state_clear(dirs),
     }
 }

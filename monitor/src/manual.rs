@@ -1652,6 +1652,11 @@ no_ack_after = "20s"
             policy: None,
             tick_ms: 1000,
             max_sockets: 1024,
+            state: event::StateReport {
+                adopted: false,
+                restored: false,
+                detail: "started fresh".into(),
+            },
         }
     }
 

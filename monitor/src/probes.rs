@@ -1,7 +1,8 @@
 //! Kernel side, userspace half: load the eBPF object with the running kernel's offsets,
 //! attach the hooks, and read per-socket state, close notes and counters back.
 //!
-//! Dropping [`Probes`] detaches every program and frees the maps.
+//! Dropping [`Probes`] detaches every program and frees the maps, except the `SOCKS` map
+//! when it is pinned (`crate::state`): it stays for the next agent.
 
 use crate::attach::{self, Candidate, Kind, Selection};
 use crate::btf::{Btf as KernelBtf, Site};
@@ -14,6 +15,7 @@ use aya::{
 };
 use monitor_common::{counter, mode, CloseNote, Offsets, SockState};
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 /// The embedded eBPF object (built by `cargo xtask build-ebpf`).
 #[cfg(tcpstall_ebpf_obj)]
@@ -31,6 +33,18 @@ pub struct Counters {
     pub closed: u64,
     /// Entries dropped because their address key belonged to another socket by then.
     pub stale: u64,
+}
+
+/// What became of the pinned `SOCKS` map at load ([`crate::state`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pinning {
+    /// The map a previous agent left pinned was adopted: its entries (stall clocks, gap
+    /// rings) carry on.
+    pub adopted: bool,
+    /// Where the map is pinned now; None: not pinned (it dies with this process).
+    pub path: Option<PathBuf>,
+    /// What happened, and why, in words.
+    pub detail: String,
 }
 
 pub struct Probes {
@@ -51,6 +65,7 @@ pub struct Probes {
     /// pruned to the keys present at every [`Probes::read_all`].
     cookies: std::collections::HashMap<u64, (u64, u64)>,
     keys: std::collections::HashMap<u64, u64>,
+    pinning: Pinning,
 }
 
 /// The running kernel, for [`attach::select`]: BTF for prototypes, the loaded object for
@@ -64,6 +79,7 @@ struct Loader<'a> {
     offsets: &'a Offsets,
     max_sockets: u32,
     release: String,
+    pin_dir: Option<&'a Path>,
 }
 
 impl attach::Kernel for Loader<'_> {
@@ -119,7 +135,7 @@ impl attach::Kernel for Loader<'_> {
     fn rekey_by_addr(&mut self) -> Result<()> {
         // The old object goes first: its programs detach and its maps are freed.
         self.ebpf = None;
-        let ebpf = Probes::open(self.btf, self.offsets, self.max_sockets, true)
+        let ebpf = Probes::open(self.btf, self.offsets, self.max_sockets, true, self.pin_dir)
             .and_then(|e| Probes::probe_key(e, self.btf))
             .context("reloading the eBPF programs with sockets keyed by address")?;
         self.ebpf = Some(ebpf);
@@ -163,12 +179,16 @@ fn verifier_error(e: aya::programs::ProgramError) -> anyhow::Error {
 impl Probes {
     /// Load the object with the running kernel's offsets and attach every hook at the best
     /// attach point the kernel offers ([`attach::select`]). `max_sockets` bounds the
-    /// per-socket map.
+    /// per-socket map. With `pin_dir` (on bpffs, see [`crate::state::prepare_pin_dir`]) the
+    /// `SOCKS` map a previous agent pinned there is adopted when it fits this agent
+    /// ([`crate::state::adoptable`]); otherwise the old pins are removed and the new map is
+    /// pinned there ([`Probes::pinning`] says which, and why).
     pub fn load(
         kbtf: &KernelBtf,
         offsets: &Offsets,
         max_sockets: u32,
         bpf_stats: bool,
+        pin_dir: Option<&Path>,
     ) -> Result<Probes> {
         if EBPF_OBJ.is_empty() {
             bail!(
@@ -195,12 +215,12 @@ impl Probes {
         // Socket cookies from tracing programs arrived in 5.12. Decide by behaviour: the
         // state program (the simplest user of the key) must load with cookie keys, else the
         // object is reloaded with address keys.
-        let (ebpf, key_by_addr) = match Self::open(&btf, offsets, max_sockets, false)
+        let (ebpf, key_by_addr) = match Self::open(&btf, offsets, max_sockets, false, pin_dir)
             .and_then(|e| Self::probe_key(e, &btf))
         {
             Ok(ebpf) => (ebpf, false),
             Err(cookie_err) => {
-                match Self::open(&btf, offsets, max_sockets, true)
+                match Self::open(&btf, offsets, max_sockets, true, pin_dir)
                     .and_then(|e| Self::probe_key(e, &btf))
                 {
                     Ok(ebpf) => {
@@ -227,6 +247,7 @@ impl Probes {
             offsets,
             max_sockets,
             release,
+            pin_dir,
         };
         let selection = attach::select(&mut loader, attach::HOOKS, only)?;
         let key_by_addr = loader.key_by_addr;
@@ -238,6 +259,7 @@ impl Probes {
         let closed = RingBuf::try_from(ebpf.take_map("CLOSED").context("CLOSED map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+        let pinning = Self::pin(&socks, pin_dir, key_by_addr, max_sockets);
         Ok(Probes {
             socks,
             closed,
@@ -250,26 +272,87 @@ impl Probes {
             batch_ok: std::cell::Cell::new(true),
             cookies: Default::default(),
             keys: Default::default(),
+            pinning,
         })
     }
 
-    /// Create the maps and read the object with these offsets (no program loaded yet).
-    fn open(btf: &Btf, offsets: &Offsets, max_sockets: u32, by_addr: bool) -> Result<Ebpf> {
+    /// Keep the adopted map's pin, or pin the new map in place of the old pins.
+    fn pin(
+        socks: &HashMap<MapData, u64, SockState>,
+        pin_dir: Option<&Path>,
+        by_addr: bool,
+        max_sockets: u32,
+    ) -> Pinning {
+        use aya::maps::IterableMap;
+        let Some(dir) = pin_dir else {
+            return Pinning {
+                adopted: false,
+                path: None,
+                detail: "kernel map not pinned".into(),
+            };
+        };
+        // The object was opened with this pin (`open`) exactly when it was adoptable.
+        let verdict = crate::state::adoptable(dir, by_addr, max_sockets);
+        let adopted = verdict.is_ok();
+        let what = match &verdict {
+            Ok(p) => format!("adopted the kernel map pinned at {}", p.display()),
+            Err(why) => format!("kernel map started fresh: {why}"),
+        };
+        match crate::state::finish_pins(dir, socks.map(), by_addr, max_sockets, adopted) {
+            Ok(path) => Pinning {
+                adopted,
+                detail: if adopted {
+                    what
+                } else {
+                    format!("{what}; the new map is pinned at {}", path.display())
+                },
+                path: Some(path),
+            },
+            Err(e) => {
+                log::warn!("the kernel map will not survive a restart: {e}");
+                Pinning {
+                    adopted,
+                    path: None,
+                    detail: format!("{what}; the kernel map will not survive a restart: {e}"),
+                }
+            }
+        }
+    }
+
+    /// What became of the pinned kernel map at load.
+    pub fn pinning(&self) -> &Pinning {
+        &self.pinning
+    }
+
+    /// Create the maps and read the object with these offsets (no program loaded yet). The
+    /// `SOCKS` map pinned in `pin_dir` is used instead of a new one when it fits this key
+    /// mode and size ([`crate::state::adoptable`]).
+    fn open(
+        btf: &Btf,
+        offsets: &Offsets,
+        max_sockets: u32,
+        by_addr: bool,
+        pin_dir: Option<&Path>,
+    ) -> Result<Ebpf> {
         let mut offsets = *offsets;
         if by_addr {
             offsets.mode |= mode::KEY_BY_ADDR;
         }
-        EbpfLoader::new()
+        let adopt = pin_dir.and_then(|d| crate::state::adoptable(d, by_addr, max_sockets).ok());
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(btf))
             .override_global("OFFSETS", &offsets, true)
-            .map_max_entries("SOCKS", max_sockets)
-            .load(EBPF_OBJ)
-            .map_err(|e| {
-                anyhow!(
-                    "loading the eBPF object failed: {e}. Needs root (CAP_BPF, CAP_PERFMON); \
+            .map_max_entries("SOCKS", max_sockets);
+        if let Some(p) = &adopt {
+            loader.map_pin_path("SOCKS", p.as_path());
+        }
+        loader.load(EBPF_OBJ).map_err(|e| {
+            anyhow!(
+                "loading the eBPF object failed: {e}. Needs root (CAP_BPF, CAP_PERFMON); \
                      if the verifier refused it, the log above says why"
-                )
-            })
+            )
+        })
     }
 
     /// Load (not attach) the state program: the verifier's verdict on this key mode.

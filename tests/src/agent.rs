@@ -81,6 +81,66 @@ pub struct AgentOpts {
     /// `--output FILE`: the events are read from FILE instead of stdout, following it
     /// across log rotation like `tail -F`.
     pub output: Option<PathBuf>,
+    /// `--state-dir` and `--pin-dir`. None: a fresh pair for this agent alone, removed when
+    /// it is dropped (no test sees another's pinned map, histories or budgets). Share one
+    /// [`StateDirs`] between agents to test restarts.
+    pub state: Option<Arc<StateDirs>>,
+}
+
+/// A state directory and a pin directory (under `/sys/fs/bpf`, which the agent mounts when
+/// needed) for one test's agents; both removed when the last holder drops it.
+#[derive(Debug)]
+pub struct StateDirs {
+    /// `--state-dir`.
+    pub state_dir: PathBuf,
+    /// `--pin-dir`.
+    pub pin_dir: PathBuf,
+}
+
+impl StateDirs {
+    /// Fresh, not yet existing directories, unique to this process.
+    pub fn new() -> Arc<StateDirs> {
+        let id = format!("{}-{}", std::process::id(), next_id());
+        Arc::new(StateDirs {
+            state_dir: std::env::temp_dir().join(format!("tcpstall-test-state-{id}")),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/tcpstall-test-{id}")),
+        })
+    }
+
+    /// The agent's state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.json")
+    }
+
+    /// Names of the files in the pin directory.
+    pub fn pins(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.pin_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The command-line arguments that select these directories.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--state-dir".into(),
+            self.state_dir.display().to_string(),
+            "--pin-dir".into(),
+            self.pin_dir.display().to_string(),
+        ]
+    }
+}
+
+impl Drop for StateDirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+        // bpffs: unlink every pin, then the directory.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
 }
 
 impl AgentOpts {
@@ -94,12 +154,19 @@ impl AgentOpts {
             extra_args: Vec::new(),
             env: Vec::new(),
             output: None,
+            state: None,
         }
     }
 
     /// Set `--output FILE` (see [`AgentOpts::output`]).
     pub fn output(mut self, path: impl Into<PathBuf>) -> AgentOpts {
         self.output = Some(path.into());
+        self
+    }
+
+    /// Use these state and pin directories (shared across the agents of a restart test).
+    pub fn state(mut self, dirs: &Arc<StateDirs>) -> AgentOpts {
+        self.state = Some(Arc::clone(dirs));
         self
     }
 
@@ -127,6 +194,7 @@ pub struct Agent {
     pid: u32,
     /// Set once the agent has exited: the output follower reads to the end and stops.
     exited: Arc<AtomicBool>,
+    _state: Arc<StateDirs>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -164,10 +232,12 @@ impl Agent {
         if opts.dry_run {
             cmd.arg("--dry-run");
         }
+        let state = opts.state.clone().unwrap_or_else(StateDirs::new);
         if let Some(out) = &opts.output {
             cmd.arg("--output").arg(out);
         }
-        cmd.args(&opts.extra_args)
+        cmd.args(state.args())
+            .args(&opts.extra_args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(if opts.output.is_some() {
@@ -239,6 +309,7 @@ impl Agent {
             policy_path,
             pid,
             exited,
+            _state: state,
             _serial: serial,
         };
         match agent.wait_for(|e| is_event(e, "agent_started"), START_TIMEOUT) {
@@ -396,6 +467,21 @@ impl Agent {
             events[n - 1]
         );
         events
+    }
+
+    /// Kill the agent with SIGKILL (a crash, an OOM kill: no clean exit, nothing saved at
+    /// exit) and wait for it. Returns every event it printed.
+    pub fn kill(mut self) -> Vec<Value> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for h in self.readers.drain(..) {
+            let _ = h.join();
+        }
+        let st = self.shared.lock();
+        self.check(&st);
+        st.events.iter().map(|r| r.json.clone()).collect()
     }
 
     /// SIGTERM, bounded wait, SIGKILL. Returns the exit status if the agent exited by itself.

@@ -339,6 +339,8 @@ struct ReaderState {
     report: Mutex<ReadReport>,
     /// Read as fast as possible from now on (to drain before the final check).
     drain: AtomicBool,
+    /// Do not read until released ([`Reader::hold`]); `drain` and `stop` override it.
+    held: AtomicBool,
     stop: AtomicBool,
     /// When the pause of `PausedOnce` began and ended, once it has.
     pause: Mutex<(Option<Instant>, Option<Instant>)>,
@@ -382,6 +384,17 @@ impl Reader {
         self.state.drain.store(true, Ordering::Relaxed);
     }
 
+    /// Stop reading (after the read in progress, if any) until [`Reader::release`]: a
+    /// consumer pausing between bursts, for as long as the test decides.
+    pub fn hold(&self) {
+        self.state.held.store(true, Ordering::Relaxed);
+    }
+
+    /// Resume reading in the reader's mode after [`Reader::hold`].
+    pub fn release(&self) {
+        self.state.held.store(false, Ordering::Relaxed);
+    }
+
     fn join(&mut self, timeout: Duration) -> Result<(), String> {
         self.state.stop.store(true, Ordering::Relaxed);
         self.task.join(timeout)
@@ -396,6 +409,10 @@ fn read_loop(s: &mut TcpStream, mode: ReadMode, seed: u64, st: &ReaderState) {
     loop {
         if st.stop.load(Ordering::Relaxed) || started.elapsed() > MAX_LIFETIME {
             break;
+        }
+        if st.held.load(Ordering::Relaxed) && !st.drain.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
         }
         let draining = st.drain.load(Ordering::Relaxed);
         let (chunk, every) = match mode {

@@ -446,7 +446,9 @@ fn start_agent(name: &str, dir: &Path, policy_text: &str, needs_reset: bool) -> 
             .arg("run")
             .arg("--policy")
             .arg(&policy_path)
-            .args(["--tick", &format!("{TICK_MS}ms"), "--stats-interval", "1s"]),
+            .args(["--tick", &format!("{TICK_MS}ms"), "--stats-interval", "1s"])
+            // Scenarios run concurrently: nothing shared, nothing left behind.
+            .arg("--no-state"),
     )?
     .save_output(dir, name);
     let started = p.wait_json(AGENT_START_TIMEOUT, |v| v["event"] == "agent_started")?;

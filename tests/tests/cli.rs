@@ -32,7 +32,7 @@ fn a_bad_policy_is_refused_with_line_and_fix_and_nothing_is_attached() {
     );
     let before = tcpstall_programs();
     let out = Command::new(binary())
-        .args(["run", "--policy"])
+        .args(["run", "--no-state", "--policy"])
         .arg(&bad)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -82,7 +82,7 @@ fn without_cap_net_admin_the_agent_says_so_and_runs_observe_only() {
         &policy(&[22], 1000, &reset_rule("web", &[18080], &["zero_window"])),
     );
     let mut cmd = Command::new(binary());
-    cmd.args(["run", "--policy"])
+    cmd.args(["run", "--no-state", "--policy"])
         .arg(&p)
         .args(["--duration", "20s"])
         .stdout(Stdio::piped())
@@ -140,7 +140,8 @@ fn a_required_hook_without_attach_point_is_a_clear_error() {
     let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
     let before = tcpstall_programs();
     let out = Command::new(binary())
-        .args(["run", "--duration", "1s", "--stats-interval", "1s"])
+        .args(["run", "--no-state", "--duration", "1s"])
+        .args(["--stats-interval", "1s"])
         .env("TCPSTALL_ATTACH", "kprobe")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

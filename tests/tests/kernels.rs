@@ -12,7 +12,10 @@
 //! f. a sendfile() writer (the send_pages path before 6.5) to a non-reader: reset, and the
 //!    event names the writer;
 //! g. an orphan to a dead peer under a reset rule: reset where the agent found destroying
-//!    orphans safe, `reset_skipped` (guard `orphan_unsafe`) and left alone where not.
+//!    orphans safe, `reset_skipped` (guard `orphan_unsafe`) and left alone where not;
+//! h. a restart keeps the kernel state: a wedge tracked by an agent that is then killed
+//!    (SIGKILL) is in the pinned map the next agent adopts, and is reset by it with the
+//!    wedge's whole age as its stall time.
 //!
 //! Guests run under TCG (no KVM), so bounds here are the suite's plus a generous allowance;
 //! the host suite checks the tight bounds elsewhere (enforce.rs, detect.rs).
@@ -22,7 +25,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
-use tests::agent::{is_event, is_socket_event, Agent, AgentOpts};
+use tests::agent::{is_event, is_socket_event, Agent, AgentOpts, StateDirs};
 use tests::check::{assert_identity, own_netns};
 use tests::netns::NetNs;
 use tests::sock;
@@ -639,4 +642,59 @@ fn g_orphan_to_a_dead_peer_follows_the_orphan_guard() {
     }
     agent.stop();
     drop(ns);
+}
+
+/// h. A restart keeps the kernel state. An observing agent tracks a non-reading client's
+/// wedge and is killed (SIGKILL: nothing saved at exit); the next agent, with the same
+/// state and pin directories and a reset rule, adopts the pinned map and resets the wedge
+/// at once, with the wedge's whole age as its stall time (a fresh map would only start
+/// tracking it at its next persist-probe answer, and reset it a threshold after that).
+#[test]
+fn h_a_restart_adopts_the_pinned_map() {
+    if !require_root() {
+        return;
+    }
+    let dirs = StateDirs::new();
+    let l = Listener::bind(loopback()).unwrap();
+    let a = AgentOpts::new(policy(&[22], 1000, "")).state(&dirs).start();
+    let mut c = l.connect(None, ConnOpts::default()).unwrap();
+    c.start(Some(WriteMode::Stream), ReadMode::Never, 8)
+        .unwrap();
+    let blocked = c
+        .writer()
+        .wait_blocked(Duration::from_millis(300), Duration::from_secs(30))
+        .expect("the writer to a non-reading client never blocked");
+    a.wait_for(
+        |e| is_socket_event(e, "stall_started", c.server_cookie),
+        (blocked + bound()).saturating_duration_since(Instant::now()),
+    )
+    .unwrap_or_else(|| panic!("the first agent saw no stall{}", a.diagnostics()));
+    // Let the wedge age well past the threshold (the scenario's timeline).
+    std::thread::sleep(THRESHOLD * 2);
+    a.kill();
+    let age = blocked.elapsed();
+    let b = AgentOpts::new(reset_policy(&[l.port()]))
+        .state(&dirs)
+        .start();
+    let st = started(&b)["state"].clone();
+    eprintln!("{MARK} restart state {st}");
+    assert_eq!(st["adopted"], true, "the pinned map was not adopted: {st}");
+    let ev = b
+        .wait_for(
+            |e| is_socket_event(e, "socket_reset", c.server_cookie),
+            bound(),
+        )
+        .unwrap_or_else(|| panic!("the adopted wedge was not reset{}", b.diagnostics()));
+    let stalled = ev["stalled_for_ms"].as_u64().unwrap_or(0);
+    assert!(
+        stalled + 500 >= age.as_millis() as u64,
+        "stalled_for_ms {stalled} < the wedge's age at the restart {age:?}: the stall clock \
+         started over: {ev}"
+    );
+    match c.writer().wait_outcome(Duration::from_secs(10)) {
+        Some(Outcome::Failed { errno, .. }) => assert_eq!(errno, libc::ECONNABORTED),
+        other => panic!("the blocked writer did not fail after the reset: {other:?}"),
+    }
+    drop(c);
+    b.stop();
 }

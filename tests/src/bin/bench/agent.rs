@@ -44,6 +44,9 @@ pub struct Agent {
     stderr_path: PathBuf,
     /// Wall time from spawn to `agent_started`.
     pub startup: Duration,
+    /// `--state-dir` and `--pin-dir` of this run (the default state keeping, measured like
+    /// the rest), removed on drop.
+    state: (PathBuf, PathBuf),
 }
 
 /// Where the agent binary is: `$TCPSTALL_BIN`, else `<workspace>/target/release/tcpstall`.
@@ -86,11 +89,22 @@ impl Agent {
         let raw_path = workdir.join(format!("agent-{label}.ndjson"));
         let stderr = std::fs::File::create(&stderr_path)
             .with_context(|| format!("creating {}", stderr_path.display()))?;
+        let state_dir = workdir.join(format!("agent-{label}.state"));
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/tcpstall-bench-{}-{label}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let _ = std::fs::remove_dir_all(&pin_dir);
         let mut cmd = Command::new(&bin);
         cmd.arg("run")
             .arg("--policy")
             .arg(policy)
-            .args(["--tick", "1s", "--stats-interval", "1s"]);
+            .args(["--tick", "1s", "--stats-interval", "1s"])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--pin-dir")
+            .arg(&pin_dir);
         if bpf_stats {
             cmd.arg("--bpf-stats");
         }
@@ -127,6 +141,7 @@ impl Agent {
             events,
             stderr_path,
             startup: Duration::ZERO,
+            state: (state_dir, pin_dir),
         };
         agent
             .wait_for(Duration::from_secs(60), |e| e.name() == "agent_started")
@@ -248,6 +263,8 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         stop_child(&mut self.child, libc::SIGTERM, Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&self.state.0);
+        let _ = std::fs::remove_dir_all(&self.state.1);
     }
 }
 
