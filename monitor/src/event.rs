@@ -637,28 +637,6 @@ pub struct EventWriter {
     broken_line: bool,
 }
 
-/// What a refused `--output` is, for the error message; `None` for a regular file.
-fn not_regular(ft: &std::fs::FileType) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_file() {
-        None
-    } else if ft.is_symlink() {
-        Some("a symbolic link")
-    } else if ft.is_dir() {
-        Some("a directory")
-    } else if ft.is_fifo() {
-        Some("a FIFO (named pipe)")
-    } else if ft.is_char_device() {
-        Some("a character device")
-    } else if ft.is_block_device() {
-        Some("a block device")
-    } else if ft.is_socket() {
-        Some("a socket")
-    } else {
-        Some("not a regular file")
-    }
-}
-
 const OUTPUT_FIX: &str = "pass the path of a regular file (created with mode 0600 if missing; \
                           events are appended), or omit --output to write events to stdout";
 
@@ -681,7 +659,7 @@ pub fn open_output(path: &Path) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::io::AsRawFd;
     if let Ok(m) = std::fs::symlink_metadata(path) {
-        if let Some(what) = not_regular(&m.file_type()) {
+        if let Some(what) = crate::files::not_regular(&m.file_type()) {
             return Err(refuse_output(path, what));
         }
     }
@@ -711,7 +689,7 @@ pub fn open_output(path: &Path) -> io::Result<std::fs::File> {
             )
         })?;
     let m = file.metadata()?;
-    if let Some(what) = not_regular(&m.file_type()) {
+    if let Some(what) = crate::files::not_regular(&m.file_type()) {
         return Err(refuse_output(path, what));
     }
     // SAFETY: fcntl on a descriptor we own.

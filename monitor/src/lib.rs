@@ -10,6 +10,7 @@ pub mod attach;
 pub mod btf;
 pub mod classify;
 pub mod event;
+pub mod files;
 pub mod guards;
 pub mod identity;
 pub mod manual;

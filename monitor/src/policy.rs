@@ -140,26 +140,6 @@ mod shadow;
 /// The largest policy file accepted (1 MiB): bigger files are refused before they are read.
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
 
-/// What a path that is not a regular file is, for messages; `None` for a regular file.
-fn file_kind(ft: &std::fs::FileType) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_file() {
-        None
-    } else if ft.is_dir() {
-        Some("a directory")
-    } else if ft.is_fifo() {
-        Some("a FIFO (named pipe)")
-    } else if ft.is_char_device() {
-        Some("a character device")
-    } else if ft.is_block_device() {
-        Some("a block device")
-    } else if ft.is_socket() {
-        Some("a socket")
-    } else {
-        Some("not a regular file")
-    }
-}
-
 /// The text of a policy file, read safely: the path (symbolic links followed) must be a
 /// regular file, checked before it is opened (opening a FIFO blocks, opening some devices
 /// has effects) and again on the open descriptor; at most [`MAX_POLICY_BYTES`] are read.
@@ -203,7 +183,7 @@ fn read_policy_file(path: &Path) -> Result<String, (String, String)> {
         )
     };
     let meta = std::fs::metadata(path).map_err(io_err)?;
-    if let Some(what) = file_kind(&meta.file_type()) {
+    if let Some(what) = crate::files::not_regular(&meta.file_type()) {
         return Err(not_regular(what));
     }
     if meta.len() > MAX_POLICY_BYTES {
@@ -216,7 +196,7 @@ fn read_policy_file(path: &Path) -> Result<String, (String, String)> {
         .open(path)
         .map_err(io_err)?;
     let meta = file.metadata().map_err(io_err)?;
-    if let Some(what) = file_kind(&meta.file_type()) {
+    if let Some(what) = crate::files::not_regular(&meta.file_type()) {
         return Err(not_regular(what));
     }
     let mut buf = Vec::with_capacity(meta.len().min(MAX_POLICY_BYTES) as usize);
