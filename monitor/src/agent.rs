@@ -560,11 +560,11 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             mut hup,
         } = signals;
         // The live view is auxiliary: a status socket that cannot be created (a read-only
-        // /run, say) is a warning, never a stop. Another agent answering there is an error.
+        // /run, another agent answering there) is a warning, never a stop. (Two agents on
+        // the same state are refused by the state directory's lock.)
         let status = match &self.cfg.status_socket {
             Some(p) => match bind_status(p) {
                 Ok(l) => Some(l),
-                Err(e) if e.to_string().contains("another tcpstall agent") => return Err(e),
                 Err(e) => {
                     log::warn!("no live view for tcpstall top: {e:#}");
                     None
@@ -1579,7 +1579,8 @@ fn owner_of(f: &SocketFields) -> Option<String> {
 }
 
 /// Listen for `tcpstall top` at `path` (directory 0700, socket 0600: root only). A socket
-/// file another agent still answers on is an error; a stale one is replaced.
+/// file another agent still answers on is left to it (an error here); a stale one is
+/// replaced.
 fn bind_status(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
@@ -1596,8 +1597,8 @@ fn bind_status(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
-                "another tcpstall agent answers on {}: one agent per node (or pass a different \
-                 --status-socket)",
+                "another tcpstall agent answers on {} (pass a different --status-socket to \
+                 have a live view of this one)",
                 path.display()
             );
         }
