@@ -44,7 +44,6 @@ mod orphan;
 pub use modules::{ensure_diag_modules, DIAG_MODULES};
 pub use orphan::{orphan_probe, OrphanReport};
 
-
 mod destroyer;
 mod dump;
 mod netlink;
@@ -68,7 +67,7 @@ mod tests;
 #[cfg(test)]
 mod wire_tests;
 
-/// Real-kernel test fixtures shared by this module's and [`crate::manual`]'s tests.
+/// Real-kernel test fixtures shared by this module's and [`crate::cli::reset`]'s tests.
 #[cfg(test)]
 pub(crate) mod test_support;
 
