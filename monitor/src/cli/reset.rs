@@ -372,7 +372,7 @@ fn where_searched(spaces: &[NetnsRef], explicit: bool, s: &Search) -> String {
 }
 
 /// Carry out a validated request: find the socket, apply the guards, reset it. Pure in the
-/// sense that it prints nothing; [`reset`] prints the outcome.
+/// sense that it prints nothing; [`reset()`] prints the outcome.
 pub fn execute(req: &ResetRequest) -> ResetOutcome {
     let (spaces, explicit) = match &req.netns {
         None => (reset::all_netns(), false),
