@@ -29,7 +29,7 @@ enum Cmd {
         cmd: PolicyCmd,
     },
     /// Reset one socket by hand, behind the same guards as the agent.
-    Reset(monitor::manual::ResetArgs),
+    Reset(monitor::cli::reset::ResetArgs),
     /// A live view of what the running agent sees: stalled and tracked sockets, recent
     /// resets. Reads the agent's status socket; never attaches anything itself.
     Top(monitor::top::TopArgs),
@@ -61,7 +61,7 @@ struct StateDirs {
 enum PolicyCmd {
     /// Validate a policy file and print the effective rules (exit 2 if invalid), with
     /// warnings about dangerous settings.
-    #[command(after_help = monitor::manual::POLICY_CHECK_HELP)]
+    #[command(after_help = monitor::cli::advice::POLICY_CHECK_HELP)]
     Check {
         file: PathBuf,
         /// A recorded event stream (NDJSON from `tcpstall run`): print threshold advice from
@@ -238,8 +238,8 @@ fn main() -> ExitCode {
                     json,
                     strict,
                 },
-        } => monitor::manual::policy_check(&file, events.as_deref(), json, strict),
-        Cmd::Reset(args) => monitor::manual::reset(args),
+        } => monitor::cli::advice::policy_check(&file, events.as_deref(), json, strict),
+        Cmd::Reset(args) => monitor::cli::reset::reset(args),
         Cmd::Top(args) => monitor::top::run(args),
         Cmd::State {
             cmd: StateCmd::Clear(dirs),
