@@ -1076,8 +1076,10 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     fn failed(&mut self, c: &Candidate<'_>, e: &ResetError) -> Result<()> {
         let retry_in = self.note_failure(c.snap.cookie, e);
         let rule = c.sel.rule.map(|r| r.name.as_str());
-        self.metrics
-            .reset(rule, crate::metrics::ResetResult::failure(retry_in.is_some()));
+        self.metrics.reset(
+            rule,
+            crate::metrics::ResetResult::failure(retry_in.is_some()),
+        );
         let ev = self.tracker.evidence(c.snap.cookie);
         let f = self.socket_fields(
             &c.snap,
@@ -1160,7 +1162,10 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             ));
         }
         if self.cfg.dry_run {
-            return Some((event::SkipGuard::DryRun, "--dry-run: would have reset".into()));
+            return Some((
+                event::SkipGuard::DryRun,
+                "--dry-run: would have reset".into(),
+            ));
         }
         None
     }
@@ -1389,7 +1394,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             .last
             .values()
             .filter(|s| {
-                self.tracker.active(s.cookie).is_none() && self.tracker.active_recv(s.cookie).is_none()
+                self.tracker.active(s.cookie).is_none()
+                    && self.tracker.active_recv(s.cookie).is_none()
             })
             .map(|s| {
                 let drained = s.queued_bytes == 0 && s.recv_unread == 0;
@@ -2244,7 +2250,12 @@ mod tests {
             self.map.0.lock().unwrap().states.push(s);
         }
         fn drop_entry(&self, cookie: u64) {
-            self.map.0.lock().unwrap().states.retain(|s| s.cookie != cookie);
+            self.map
+                .0
+                .lock()
+                .unwrap()
+                .states
+                .retain(|s| s.cookie != cookie);
         }
         fn destroyed(&self) -> Vec<u64> {
             self.kern.0.lock().unwrap().destroyed.clone()
@@ -2394,7 +2405,12 @@ mod tests {
         r.drop_entry(7);
         r.map.0.lock().unwrap().late_notes.push(note(7));
         r.agent.tick().unwrap();
-        assert_eq!(r.out.named("stall_cleared").len(), 0, "{:?}", r.out.events());
+        assert_eq!(
+            r.out.named("stall_cleared").len(),
+            0,
+            "{:?}",
+            r.out.events()
+        );
         assert_eq!(r.out.named("stall_closed").len(), 1);
         assert!(r.agent.calibration.rows().iter().all(|c| c.count == 0));
     }
@@ -2460,7 +2476,14 @@ mod tests {
         r.kern.0.lock().unwrap().live.get_mut(&2).unwrap().send_q = 0;
         // And a no_ack stall whose peer the kernel heard from 50 ms ago.
         r.add(stalled(3, "10.9.0.4:40000", StallClass::NoAck), true);
-        r.kern.0.lock().unwrap().live.get_mut(&3).unwrap().last_ack_recv_ms = 50;
+        r.kern
+            .0
+            .lock()
+            .unwrap()
+            .live
+            .get_mut(&3)
+            .unwrap()
+            .last_ack_recv_ms = 50;
         r.agent.tick().unwrap();
         assert!(r.destroyed().is_empty());
         let skipped = r.out.named("reset_skipped");
@@ -2515,7 +2538,11 @@ mod tests {
         // 100 peers of one network alive but not reading (zero window): no mass disconnect.
         for i in 0..100u64 {
             r.add(
-                stalled(100 + i, &format!("198.51.100.7:{}", 10000 + i), StallClass::ZeroWindow),
+                stalled(
+                    100 + i,
+                    &format!("198.51.100.7:{}", 10000 + i),
+                    StallClass::ZeroWindow,
+                ),
                 true,
             );
         }
@@ -2528,7 +2555,11 @@ mod tests {
         // Another network still gets the rest of the rule's budget.
         for i in 0..40u64 {
             r.add(
-                stalled(1000 + i, &format!("203.0.113.9:{}", 10000 + i), StallClass::ZeroWindow),
+                stalled(
+                    1000 + i,
+                    &format!("203.0.113.9:{}", 10000 + i),
+                    StallClass::ZeroWindow,
+                ),
                 true,
             );
         }
@@ -2544,7 +2575,11 @@ mod tests {
         for k in 1..=4u64 {
             for i in 0..10u64 {
                 r.add(
-                    stalled(k * 100 + i, &format!("10.{k}.0.2:{}", 10000 + i), StallClass::NoAck),
+                    stalled(
+                        k * 100 + i,
+                        &format!("10.{k}.0.2:{}", 10000 + i),
+                        StallClass::NoAck,
+                    ),
                     true,
                 );
             }
@@ -2683,7 +2718,8 @@ mod tests {
 
     #[test]
     fn verify_live_reads_state_queue_window_and_acks() {
-        let snap = Snapshot::from_state(&stalled(1, "10.9.0.2:1", StallClass::NoAck), monotonic_ns());
+        let snap =
+            Snapshot::from_state(&stalled(1, "10.9.0.2:1", StallClass::NoAck), monotonic_ns());
         let ok = diag(1, 4000);
         assert_eq!(verify_live(&snap, StallClass::NoAck, &ok), Ok(()));
         let closed = TcpDiag {

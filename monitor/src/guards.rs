@@ -272,7 +272,12 @@ pub enum HoldChange {
 
 impl Hold {
     /// Update with this tick's partition decision. Returns what changed, if anything.
-    pub fn update(&mut self, partition: bool, now: Instant, max_hold: Duration) -> Option<HoldChange> {
+    pub fn update(
+        &mut self,
+        partition: bool,
+        now: Instant,
+        max_hold: Duration,
+    ) -> Option<HoldChange> {
         match (partition, self.since) {
             (true, None) if !self.expired => {
                 self.since = Some(now);
@@ -321,8 +326,13 @@ pub struct BudgetGuards {
 pub enum Refusal {
     /// Resets are off (`max_resets_per_minute = 0`).
     Disabled,
-    Rule { capacity: u64 },
-    Network { net: IpNet, capacity: u64 },
+    Rule {
+        capacity: u64,
+    },
+    Network {
+        net: IpNet,
+        capacity: u64,
+    },
 }
 
 /// Sliding-minute reset budgets per rule and per (rule, remote network).

@@ -122,8 +122,11 @@ impl Workload {
 
 /// A container id: 12 to 64 lowercase hex digits.
 fn container_id(s: &str) -> Option<&str> {
-    (s.len() >= 12 && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-        .then_some(s)
+    (s.len() >= 12
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then_some(s)
 }
 
 /// A pod UID as cgroup paths spell it: `pod<uid>` (cgroupfs driver, dashes) or
@@ -161,7 +164,9 @@ fn pod_uid(component: &str) -> Option<String> {
 pub fn workload(path: &str) -> Workload {
     let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let mut w = Workload::default();
-    let in_kube = parts.first().is_some_and(|p| *p == "kubepods" || *p == "kubepods.slice");
+    let in_kube = parts
+        .first()
+        .is_some_and(|p| *p == "kubepods" || *p == "kubepods.slice");
     for (i, c) in parts.iter().enumerate() {
         if in_kube {
             if let Some(uid) = pod_uid(c) {
@@ -218,7 +223,11 @@ pub const PODS_RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Default for PodDirectory {
     fn default() -> Self {
-        PodDirectory::new(std::env::var_os("TCPSTALL_PODS_DIR").map(PathBuf::from).unwrap_or_else(|| "/var/log/pods".into()))
+        PodDirectory::new(
+            std::env::var_os("TCPSTALL_PODS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/var/log/pods".into()),
+        )
     }
 }
 
@@ -248,7 +257,8 @@ impl PodDirectory {
                 // Namespace and pod names cannot contain '_' (DNS names); the UID is last.
                 let mut it = name.splitn(3, '_');
                 if let (Some(ns), Some(pod), Some(uid)) = (it.next(), it.next(), it.next()) {
-                    self.pods.insert(uid.to_string(), (ns.to_string(), pod.to_string()));
+                    self.pods
+                        .insert(uid.to_string(), (ns.to_string(), pod.to_string()));
                 }
             }
         }
@@ -308,8 +318,14 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let unified = "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_in_mountinfo(unified), Some(PathBuf::from("/sys/fs/cgroup")));
-        assert_eq!(cgroup2_in_mountinfo("1 2 3:4 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            cgroup2_in_mountinfo(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            cgroup2_in_mountinfo("1 2 3:4 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
         // The running system's answer is a cgroup2 mount whose root inode is the root
         // cgroup's id (1 on cgroup v2).
         let root = cgroup2_root();
@@ -325,8 +341,13 @@ mod tests {
         assert_eq!(w.pod_uid.as_deref(), Some(UID));
         assert_eq!(w.container_id.as_deref(), Some(ID));
         assert_eq!(w.runtime.as_deref(), Some("containerd"));
-        let w = workload(&format!("/kubepods.slice/kubepods-pod{us}.slice/crio-{ID}.scope"));
-        assert_eq!((w.pod_uid.as_deref(), w.runtime.as_deref()), (Some(UID), Some("cri-o")));
+        let w = workload(&format!(
+            "/kubepods.slice/kubepods-pod{us}.slice/crio-{ID}.scope"
+        ));
+        assert_eq!(
+            (w.pod_uid.as_deref(), w.runtime.as_deref()),
+            (Some(UID), Some("cri-o"))
+        );
         let w = workload(&format!("/kubepods/burstable/pod{UID}/{ID}"));
         assert_eq!(w.pod_uid.as_deref(), Some(UID));
         assert_eq!(w.container_id.as_deref(), Some(ID));
@@ -334,12 +355,18 @@ mod tests {
         let w = workload(&format!("/kubepods/pod{UID}/{ID}"));
         assert_eq!(w.pod_uid.as_deref(), Some(UID));
         let w = workload(&format!("/system.slice/docker-{ID}.scope"));
-        assert_eq!((w.container_id.as_deref(), w.runtime.as_deref()), (Some(ID), Some("docker")));
+        assert_eq!(
+            (w.container_id.as_deref(), w.runtime.as_deref()),
+            (Some(ID), Some("docker"))
+        );
         assert!(w.pod_uid.is_none());
         let w = workload(&format!("/docker/{ID}"));
         assert_eq!(w.runtime.as_deref(), Some("docker"));
         let w = workload(&format!("/machine.slice/libpod-{ID}.scope"));
-        assert_eq!((w.container_id.as_deref(), w.runtime.as_deref()), (Some(ID), Some("podman")));
+        assert_eq!(
+            (w.container_id.as_deref(), w.runtime.as_deref()),
+            (Some(ID), Some("podman"))
+        );
         let w = workload(&format!(
             "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"
         ));

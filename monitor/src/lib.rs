@@ -19,9 +19,9 @@ pub mod policy;
 pub mod probes;
 pub mod reset;
 pub mod snapshot;
+pub mod state;
 pub mod status;
 pub mod top;
-pub mod state;
 
 #[cfg(test)]
 mod repo_files {

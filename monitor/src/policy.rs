@@ -1791,7 +1791,11 @@ impl<'s> Cx<'s> {
         };
         let low_ok = if zero_ok { x >= 0.0 } else { x > 0.0 };
         if !x.is_finite() || !low_ok || x > 1.0 {
-            let range = if zero_ok { "0 and 1" } else { "above 0 and at most 1" };
+            let range = if zero_ok {
+                "0 and 1"
+            } else {
+                "above 0 and at most 1"
+            };
             self.report(
                 &node.span,
                 format!("`{} = {x}` is a share: it must be {range}", key.name),
@@ -2272,11 +2276,7 @@ fn parse_comm(node: &Node) -> Result<String, (String, Option<String>)> {
 
 /// A Kubernetes namespace (a DNS label: lowercase letters, digits, '-', at most 63) or a pod
 /// name prefix (a DNS subdomain's characters: also '.', at most 253).
-fn parse_k8s_name(
-    node: &Node,
-    what: &str,
-    max: usize,
-) -> Result<String, (String, Option<String>)> {
+fn parse_k8s_name(node: &Node, what: &str, max: usize) -> Result<String, (String, Option<String>)> {
     let Kind::Str(s) = &node.kind else {
         return Err((
             format!("a {what} is a string, not {}", node.kind.type_name()),
@@ -2284,7 +2284,8 @@ fn parse_k8s_name(
         ));
     };
     let dots = max > 63;
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
+    let ok_char =
+        |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.');
     if s.is_empty() || s.len() > max || !s.chars().all(ok_char) {
         let fixed: String = s
             .to_ascii_lowercase()
@@ -2560,7 +2561,11 @@ fn build(cx: &mut Cx<'_>, root: &Node) -> Policy {
                             Some(format!(
                                 "{} = {}",
                                 k.name,
-                                if k.name == "mass_disconnect_min" { 20 } else { 2 }
+                                if k.name == "mass_disconnect_min" {
+                                    20
+                                } else {
+                                    2
+                                }
                             )),
                         ),
                         _ => cx.wrong_type(k, v, "a whole number", "20"),
@@ -3219,8 +3224,10 @@ mod tests {
 
     #[test]
     fn kubernetes_namespace_and_pod_prefix_select_and_validate() {
-        let p = ok("[[rule]]\nname = \"pay\"\nk8s_namespace = [\"payments\"]\npod_prefix = [\"api-\"]\n\
-                    [[rule]]\nname = \"ns\"\nk8s_namespace = [\"payments\", \"shop\"]\n");
+        let p = ok(
+            "[[rule]]\nname = \"pay\"\nk8s_namespace = [\"payments\"]\npod_prefix = [\"api-\"]\n\
+                    [[rule]]\nname = \"ns\"\nk8s_namespace = [\"payments\", \"shop\"]\n",
+        );
         let base = sock("10.0.0.1:8000", "10.0.0.2:40000");
         let id = |ns, pod| SocketIdentity {
             pod_namespace: ns,
@@ -3228,12 +3235,24 @@ mod tests {
             ..base
         };
         let name = |id: &SocketIdentity<'_>| p.select(id).rule.map(|r| r.name.clone());
-        assert_eq!(name(&id(Some("payments"), Some("api-7d9f8"))).as_deref(), Some("pay"));
-        assert_eq!(name(&id(Some("payments"), Some("worker-1"))).as_deref(), Some("ns"));
+        assert_eq!(
+            name(&id(Some("payments"), Some("api-7d9f8"))).as_deref(),
+            Some("pay")
+        );
+        assert_eq!(
+            name(&id(Some("payments"), Some("worker-1"))).as_deref(),
+            Some("ns")
+        );
         assert_eq!(name(&id(Some("shop"), None)).as_deref(), Some("ns"));
-        assert_eq!(name(&id(None, Some("api-1"))), None, "unknown pod never matches");
+        assert_eq!(
+            name(&id(None, Some("api-1"))),
+            None,
+            "unknown pod never matches"
+        );
         assert_eq!(name(&id(Some("other"), Some("api-1"))), None);
-        assert!(p.describe().contains("k8s_namespace payments and pod_prefix api-"));
+        assert!(p
+            .describe()
+            .contains("k8s_namespace payments and pod_prefix api-"));
         only(
             "[[rule]]\nname = \"a\"\nk8s_namespace = [\"Payments_1\"]\n",
             3,
@@ -4571,7 +4590,10 @@ rules (first match wins):
             d.contains("rules: none; every socket is observed with the defaults"),
             "{d}"
         );
-        assert!(d.contains("never reset our service on port 22 nor our outgoing connections to 22;"), "{d}");
+        assert!(
+            d.contains("never reset our service on port 22 nor our outgoing connections to 22;"),
+            "{d}"
+        );
     }
 
     #[test]

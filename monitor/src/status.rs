@@ -104,8 +104,12 @@ pub fn order(mut rows: Vec<Row>) -> Vec<Row> {
 pub fn fetch(socket: &Path, timeout: Duration) -> Result<Report, String> {
     let hint = "is `tcpstall run` running on this node (as root)? It listens there unless \
                 started with --status-socket none";
-    let s = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("cannot reach the agent at {}: {e}; {hint}", socket.display()))?;
+    let s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach the agent at {}: {e}; {hint}",
+            socket.display()
+        )
+    })?;
     s.set_read_timeout(Some(timeout)).ok();
     // Nothing is sent: connecting is the request (unread bytes at the agent's close would
     // reset the connection before the answer is read).
@@ -113,8 +117,12 @@ pub fn fetch(socket: &Path, timeout: Duration) -> Result<Report, String> {
     s.take(64 << 20)
         .read_to_end(&mut buf)
         .map_err(|e| format!("reading the agent's answer on {}: {e}", socket.display()))?;
-    serde_json::from_slice(&buf)
-        .map_err(|e| format!("the agent at {} answered something unreadable: {e}", socket.display()))
+    serde_json::from_slice(&buf).map_err(|e| {
+        format!(
+            "the agent at {} answered something unreadable: {e}",
+            socket.display()
+        )
+    })
 }
 
 fn ms(ms: u64) -> String {
@@ -212,7 +220,11 @@ pub fn render(r: &Report, width: usize, height: usize) -> String {
     if r.recent_resets.is_empty() {
         out.push("(none)".into());
     }
-    for x in r.recent_resets.iter().take(if height == 0 { usize::MAX } else { 5 }) {
+    for x in r
+        .recent_resets
+        .iter()
+        .take(if height == 0 { usize::MAX } else { 5 })
+    {
         out.push(format!(
             "{}  {:<12} after {:>8}  {} -> {}  rule {}{}",
             x.ts,
@@ -221,7 +233,10 @@ pub fn render(r: &Report, width: usize, height: usize) -> String {
             x.local,
             x.remote,
             x.rule.as_deref().unwrap_or("(defaults)"),
-            x.owner.as_deref().map(|o| format!("  {o}")).unwrap_or_default()
+            x.owner
+                .as_deref()
+                .map(|o| format!("  {o}"))
+                .unwrap_or_default()
         ));
     }
     out.iter()
@@ -287,7 +302,11 @@ mod tests {
 
     #[test]
     fn stalled_sockets_come_first_longest_first() {
-        let r = order(vec![row(1, None, 9000), row(2, Some("no_ack"), 3000), row(3, Some("zero_window"), 5000)]);
+        let r = order(vec![
+            row(1, None, 9000),
+            row(2, Some("no_ack"), 3000),
+            row(3, Some("zero_window"), 5000),
+        ]);
         let order: Vec<u64> = r.iter().map(|r| r.cookie).collect();
         assert_eq!(order, vec![3, 2, 1]);
         let many: Vec<Row> = (0..2000).map(|i| row(i, None, i)).collect();
@@ -296,7 +315,11 @@ mod tests {
 
     #[test]
     fn the_view_shows_class_stall_queue_owner_and_resets() {
-        let text = render(&report(vec![row(3, Some("zero_window"), 5000), row(1, None, 100)]), 160, 0);
+        let text = render(
+            &report(vec![row(3, Some("zero_window"), 5000), row(1, None, 100)]),
+            160,
+            0,
+        );
         assert!(text.contains("tracked 2/32768  stalled 1"), "{text}");
         let line = text.lines().find(|l| l.contains("10.9.0.3:40000")).unwrap();
         assert!(line.starts_with("zero_window"), "{line}");
@@ -306,7 +329,9 @@ mod tests {
         assert!(text.contains("RECENT RESETS"));
         assert!(text.contains("no_ack"));
         // Narrow terminals cut lines; short ones cut the list.
-        assert!(render(&report(vec![row(3, None, 1)]), 40, 0).lines().all(|l| l.chars().count() <= 40));
+        assert!(render(&report(vec![row(3, None, 1)]), 40, 0)
+            .lines()
+            .all(|l| l.chars().count() <= 40));
         let rows: Vec<Row> = (0..100).map(|i| row(i, Some("no_ack"), i)).collect();
         let short = render(&report(rows), 160, 20);
         assert!(short.lines().count() <= 20, "{short}");

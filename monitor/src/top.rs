@@ -114,7 +114,10 @@ pub fn run(args: TopArgs) -> ExitCode {
         let (w, h) = term_size().unwrap_or((160, 50));
         let text = match fetch(&args.socket, timeout) {
             Ok(r) => render(&r, w, h),
-            Err(e) => format!("error: {e}\n(retrying every {:?}; q to quit)\n", args.interval),
+            Err(e) => format!(
+                "error: {e}\n(retrying every {:?}; q to quit)\n",
+                args.interval
+            ),
         };
         let _ = write!(out, "\x1b[H\x1b[2J{}", text.replace('\n', "\r\n"));
         let _ = write!(out, "\x1b[{h};1Hq: quit");

@@ -1379,7 +1379,10 @@ fn daemonset_run_flags(ds: &Value, config: &Path, state: &Path) -> (Vec<String>,
     for m in c["volumeMounts"].as_array().into_iter().flatten() {
         let v = &volumes[m["name"].as_str().unwrap_or("")];
         if v["emptyDir"].is_object() {
-            f.push(format!("--tmpfs={}:mode=0700", m["mountPath"].as_str().unwrap_or("")));
+            f.push(format!(
+                "--tmpfs={}:mode=0700",
+                m["mountPath"].as_str().unwrap_or("")
+            ));
             continue;
         }
         if v["hostPath"]["type"] == "DirectoryOrCreate" {

@@ -141,7 +141,14 @@ fn hex(n: u64, len: usize) -> String {
 
 fn uid(n: u64) -> String {
     let h = hex(n, 32);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 #[test]
@@ -202,7 +209,9 @@ fn events_name_container_and_pod_and_rules_select_by_namespace() {
             .wait_for(
                 |e| {
                     is_event(e, "stall_started")
-                        && e["local"].as_str().is_some_and(|l| l.ends_with(&format!(":{local_port}")))
+                        && e["local"]
+                            .as_str()
+                            .is_some_and(|l| l.ends_with(&format!(":{local_port}")))
                 },
                 detection_bound() + Duration::from_secs(3),
             )
@@ -221,7 +230,10 @@ fn events_name_container_and_pod_and_rules_select_by_namespace() {
     assert_eq!(e2["container_runtime"], "kubernetes", "{e2}");
     assert_eq!(e2["pod_namespace"], ns, "{e2}");
     assert_eq!(e2["pod_name"], pod2.as_str(), "{e2}");
-    assert_eq!(e2["rule"], "others", "pod name does not match the prefix: {e2}");
+    assert_eq!(
+        e2["rule"], "others",
+        "pod name does not match the prefix: {e2}"
+    );
     let e3 = started_for(writers[2].1);
     assert_eq!(e3["container_id"], c3.as_str(), "{e3}");
     assert_eq!(e3["container_runtime"], "docker", "{e3}");

@@ -17,7 +17,17 @@ impl Tmux {
     fn start(cmd: &str) -> Tmux {
         let name = format!("tcpstall-top-{}", std::process::id());
         let ok = Command::new("tmux")
-            .args(["new-session", "-d", "-s", &name, "-x", "200", "-y", "50", cmd])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &name,
+                "-x",
+                "200",
+                "-y",
+                "50",
+                cmd,
+            ])
             .status()
             .expect("tmux (apt install tmux)")
             .success();
@@ -99,15 +109,23 @@ fn top_shows_the_running_agents_stalls_and_resets() {
         server_sndbuf: Some(32 * 1024),
     };
     let mut w = watched.connect(None, small).unwrap();
-    w.start(Some(WriteMode::Stream), ReadMode::Never, 1).unwrap();
+    w.start(Some(WriteMode::Stream), ReadMode::Never, 1)
+        .unwrap();
     let mut r = reset.connect(None, small).unwrap();
-    r.start(Some(WriteMode::Stream), ReadMode::Never, 2).unwrap();
+    r.start(Some(WriteMode::Stream), ReadMode::Never, 2)
+        .unwrap();
     let bound = detection_bound() + Duration::from_secs(2);
     agent
-        .wait_for(|e| is_socket_event(e, "stall_started", w.server_cookie), bound)
+        .wait_for(
+            |e| is_socket_event(e, "stall_started", w.server_cookie),
+            bound,
+        )
         .unwrap_or_else(|| panic!("no stall{}", agent.diagnostics()));
     agent
-        .wait_for(|e| is_socket_event(e, "socket_reset", r.server_cookie), bound)
+        .wait_for(
+            |e| is_socket_event(e, "socket_reset", r.server_cookie),
+            bound,
+        )
         .unwrap_or_else(|| panic!("no reset{}", agent.diagnostics()));
     let client = w.client_addr.to_string();
 
@@ -118,16 +136,26 @@ fn top_shows_the_running_agents_stalls_and_resets() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&once.stdout);
-    assert!(once.status.success(), "{text}{}", String::from_utf8_lossy(&once.stderr));
+    assert!(
+        once.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
     let line = text
         .lines()
         .find(|l| l.contains(&client))
         .unwrap_or_else(|| panic!("the stalled socket is not listed:\n{text}"));
     assert!(line.starts_with("zero_window"), "{line}");
-    assert!(line.contains("watched") && line.contains("observe"), "{line}");
+    assert!(
+        line.contains("watched") && line.contains("observe"),
+        "{line}"
+    );
     assert!(line.contains("tswriter"), "writer thread as owner: {line}");
     assert!(text.contains("RECENT RESETS"), "{text}");
-    assert!(text.contains(&r.client_addr.to_string()), "the reset is listed:\n{text}");
+    assert!(
+        text.contains(&r.client_addr.to_string()),
+        "the reset is listed:\n{text}"
+    );
     let json = Command::new(binary())
         .args(["top", "--json", "--socket"])
         .arg(&sock)
@@ -141,7 +169,10 @@ fn top_shows_the_running_agents_stalls_and_resets() {
         )
     });
     assert!(v["stalls_active"].as_u64() >= Some(1), "{v}");
-    assert!(v["recent_resets"].as_array().is_some_and(|a| !a.is_empty()), "{v}");
+    assert!(
+        v["recent_resets"].as_array().is_some_and(|a| !a.is_empty()),
+        "{v}"
+    );
 
     // Live, in a terminal: refreshed in place, and the stall's age grows.
     let t = Tmux::start(&format!(
@@ -159,8 +190,10 @@ fn top_shows_the_running_agents_stalls_and_resets() {
             .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
     };
     let a0 = age(&first);
-    wait_screen(&t, Duration::from_secs(10), |s| age(s).is_some() && age(s) != a0)
-        .unwrap_or_else(|s| panic!("the view did not refresh (stalled-for stayed {a0:?}):\n{s}"));
+    wait_screen(&t, Duration::from_secs(10), |s| {
+        age(s).is_some() && age(s) != a0
+    })
+    .unwrap_or_else(|s| panic!("the view did not refresh (stalled-for stayed {a0:?}):\n{s}"));
     t.keys("q");
     let deadline = Instant::now() + Duration::from_secs(5);
     while t.alive() && Instant::now() < deadline {

@@ -220,20 +220,47 @@ struct Subnet {
 
 fn subnet(k: u8) -> Subnet {
     let ns = NetNs::new().unwrap();
-    let (h, p) = (format!("tsq{}h{k}", std::process::id() % 10000), format!("tsq{}p{k}", std::process::id() % 10000));
+    let (h, p) = (
+        format!("tsq{}h{k}", std::process::id() % 10000),
+        format!("tsq{}p{k}", std::process::id() % 10000),
+    );
     let host = Ipv4Addr::new(10, 231, k, 1);
     let peer = Ipv4Addr::new(10, 231, k, 2);
     run_cmd(
         "ip",
-        &["link", "add", &h, "type", "veth", "peer", "name", &p, "netns", ns.name()],
+        &[
+            "link",
+            "add",
+            &h,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &p,
+            "netns",
+            ns.name(),
+        ],
         None,
     )
     .unwrap();
-    run_cmd("ip", &["addr", "add", &format!("{host}/24"), "dev", &h], None).unwrap();
+    run_cmd(
+        "ip",
+        &["addr", "add", &format!("{host}/24"), "dev", &h],
+        None,
+    )
+    .unwrap();
     run_cmd("ip", &["link", "set", &h, "up"], None).unwrap();
     run_cmd(
         "ip",
-        &["-n", ns.name(), "addr", "add", &format!("{peer}/24"), "dev", &p],
+        &[
+            "-n",
+            ns.name(),
+            "addr",
+            "add",
+            &format!("{peer}/24"),
+            "dev",
+            &p,
+        ],
         None,
     )
     .unwrap();
@@ -279,7 +306,11 @@ fn a_client_from_source_port_22_is_reset_and_our_outgoing_ssh_is_not() {
     let ssh = ns.run(|| listen_on(SocketAddr::from((ns.addr(), 22)), None));
     let rules = format!(
         "{}{}",
-        rule("svc", &format!("local_ports = [{}]", svc_addr.port()), "reset"),
+        rule(
+            "svc",
+            &format!("local_ports = [{}]", svc_addr.port()),
+            "reset"
+        ),
         rule("ssh-out", "remote_ports = [22]", "reset")
     );
     // Default guards: protect_ports = [22].
@@ -289,7 +320,10 @@ fn a_client_from_source_port_22_is_reset_and_our_outgoing_ssh_is_not() {
     let (dodger_server, _) = svc.accept().unwrap();
     sock::set_sndbuf(&dodger_server, 64 * 1024).unwrap();
     let dodger_cookie = sock::cookie(&dodger_server).unwrap();
-    let out = connect_from(SocketAddr::from((ns.peer_addr(), 0)), SocketAddr::from((ns.addr(), 22)));
+    let out = connect_from(
+        SocketAddr::from((ns.peer_addr(), 0)),
+        SocketAddr::from((ns.addr(), 22)),
+    );
     sock::set_sndbuf(&out, 64 * 1024).unwrap();
     let out_cookie = sock::cookie(&out).unwrap();
     let (_ssh_side, _) = ssh.accept().unwrap();
@@ -312,7 +346,12 @@ fn a_client_from_source_port_22_is_reset_and_our_outgoing_ssh_is_not() {
             |e| is_socket_event(e, "reset_skipped", out_cookie),
             (started + bound).saturating_duration_since(Instant::now()) + Duration::from_secs(1),
         )
-        .unwrap_or_else(|| panic!("no reset_skipped for our outgoing SSH{}", agent.diagnostics()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no reset_skipped for our outgoing SSH{}",
+                agent.diagnostics()
+            )
+        });
     assert_eq!(skipped["guard"], "protected_port", "{skipped}");
     assert!(
         skipped["detail"].as_str().unwrap().contains("outgoing"),
@@ -371,7 +410,9 @@ fn a_socket_that_recovered_where_the_map_cannot_see_is_not_reset() {
     }
     assert_eq!(got, written);
     assert!(
-        wait_until(Duration::from_secs(5), || sock::send_queue(&server).unwrap() == 0),
+        wait_until(Duration::from_secs(5), || sock::send_queue(&server)
+            .unwrap()
+            == 0),
         "the server's send queue did not drain"
     );
     // Past threshold + ticks: never reset.
@@ -456,9 +497,7 @@ fn three_thousand_dead_peers_are_reset_together_under_default_guards() {
         gone.elapsed()
     );
     assert!(resets.iter().all(|e| e["class"] == "no_ack"));
-    let held = agent.matching(|e| {
-        is_event(e, "reset_skipped") && cookies.contains(&cookie_of(e))
-    });
+    let held = agent.matching(|e| is_event(e, "reset_skipped") && cookies.contains(&cookie_of(e)));
     assert!(
         held.is_empty(),
         "guards held back {} of them: {:?}",
@@ -494,7 +533,11 @@ fn all_peers_silenced_at_once_is_held_not_reset() {
         .map(|n| Listener::bind(SocketAddr::from((n.host, 0))).unwrap())
         .collect();
     let ports: Vec<String> = servers.iter().map(|l| l.port().to_string()).collect();
-    let rules = rule("svc", &format!("local_ports = [{}]", ports.join(", ")), "reset");
+    let rules = rule(
+        "svc",
+        &format!("local_ports = [{}]", ports.join(", ")),
+        "reset",
+    );
     let agent = AgentOpts::new(policy("", &rules)).start();
     let mut conns = Vec::new();
     for (i, (n, l)) in nets.iter().zip(&servers).enumerate() {
@@ -526,9 +569,7 @@ fn all_peers_silenced_at_once_is_held_not_reset() {
         "reset during a partition{}",
         agent.diagnostics()
     );
-    let held = agent.matching(|e| {
-        is_event(e, "reset_skipped") && e["guard"] == "partition_hold"
-    });
+    let held = agent.matching(|e| is_event(e, "reset_skipped") && e["guard"] == "partition_hold");
     assert!(!held.is_empty(), "no stall was held{}", agent.diagnostics());
     drop(cut);
     let ended = agent
@@ -559,7 +600,11 @@ fn a_full_map_still_finds_a_new_wedge() {
          zero_window_after = \"1h\"\nno_ack_after = \"1h\"\nslow_drain_floor = \"0B/s\"\n\
          ceiling = \"2h\"\n\n{}",
         fillers_l.port(),
-        rule("wedge", &format!("local_ports = [{}]", wedge_l.port()), "reset")
+        rule(
+            "wedge",
+            &format!("local_ports = [{}]", wedge_l.port()),
+            "reset"
+        )
     );
     let mut opts = AgentOpts::new(policy("", &rules));
     opts.extra_args = vec!["--max-sockets".into(), "64".into()];
@@ -583,19 +628,26 @@ fn a_full_map_still_finds_a_new_wedge() {
         agent.diagnostics()
     );
     let mut c = wedge_l.connect(None, small).unwrap();
-    c.start(Some(WriteMode::Stream), ReadMode::Never, 999).unwrap();
+    c.start(Some(WriteMode::Stream), ReadMode::Never, 999)
+        .unwrap();
     let blocked = c
         .writer()
         .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
         .expect("the wedge's writer never blocked");
     let bound = Duration::from_secs(30);
-    let reset = agent.wait_for(|e| is_socket_event(e, "socket_reset", c.server_cookie), bound);
+    let reset = agent.wait_for(
+        |e| is_socket_event(e, "socket_reset", c.server_cookie),
+        bound,
+    );
     assert!(
         reset.is_some(),
         "the wedge was not reset within {bound:?} with the map full{}",
         agent.diagnostics()
     );
-    eprintln!("full map: the new wedge was reset {:?} after it blocked", blocked.elapsed());
+    eprintln!(
+        "full map: the new wedge was reset {:?} after it blocked",
+        blocked.elapsed()
+    );
     let filler_cookies: HashSet<u64> = fillers.iter().map(|c| c.server_cookie).collect();
     assert!(resets_of(&agent, &filler_cookies).is_empty());
     let stats = agent
@@ -648,25 +700,32 @@ fn a_transient_reset_error_is_retried() {
     let open = (0..5)
         .map(|_| {
             std::thread::sleep(Duration::from_millis(30));
-            std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .count() as u64
         })
         .min()
         .unwrap();
     // No descriptor left: the netlink socket in the server's namespace cannot be opened.
     set_soft_nofile(pid, open);
     let mut c = l
-        .connect(Some(&client_ns), ConnOpts {
-            client_rcvbuf: Some(16 * 1024),
-            server_sndbuf: Some(32 * 1024),
-        })
+        .connect(
+            Some(&client_ns),
+            ConnOpts {
+                client_rcvbuf: Some(16 * 1024),
+                server_sndbuf: Some(32 * 1024),
+            },
+        )
         .unwrap();
-    c.start(Some(WriteMode::Stream), ReadMode::Never, 42).unwrap();
+    c.start(Some(WriteMode::Stream), ReadMode::Never, 42)
+        .unwrap();
     let failed = agent.wait_for(
         |e| is_socket_event(e, "reset_failed", c.server_cookie),
         detection_bound() + Duration::from_secs(2),
     );
     set_soft_nofile(pid, before.rlim_cur);
-    let failed = failed.unwrap_or_else(|| panic!("no reset_failed under EMFILE{}", agent.diagnostics()));
+    let failed =
+        failed.unwrap_or_else(|| panic!("no reset_failed under EMFILE{}", agent.diagnostics()));
     assert_eq!(failed["error"], "EMFILE", "{failed}");
     assert!(failed["retry_in_ms"].as_u64() > Some(0), "{failed}");
     let reset = agent.wait_for(
@@ -687,7 +746,12 @@ fn a_transient_reset_error_is_retried() {
             },
             Duration::from_secs(3),
         )
-        .unwrap_or_else(|| panic!("no stats counting the retry and the reset{}", agent.diagnostics()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no stats counting the retry and the reset{}",
+                agent.diagnostics()
+            )
+        });
     agent.stop();
 }
 
@@ -714,12 +778,11 @@ fn a_device_bound_socket_is_reset() {
     let w = stream_writer(server.try_clone().unwrap());
     let bound = detection_bound() + Duration::from_secs(3);
     let ev = agent.wait_for(
-        |e| {
-            (is_event(e, "socket_reset") || is_event(e, "reset_failed")) && cookie_of(e) == cookie
-        },
+        |e| (is_event(e, "socket_reset") || is_event(e, "reset_failed")) && cookie_of(e) == cookie,
         bound,
     );
-    let ev = ev.unwrap_or_else(|| panic!("no reset of the device-bound socket{}", agent.diagnostics()));
+    let ev =
+        ev.unwrap_or_else(|| panic!("no reset of the device-bound socket{}", agent.diagnostics()));
     assert_eq!(ev["event"], "socket_reset", "{ev}");
     assert_eq!(w.join().unwrap(), Some(libc::ECONNABORTED));
     drop(client);
@@ -743,12 +806,16 @@ fn an_idle_namespace_socket_is_released() {
     opts.env = vec![("TCPSTALL_NETNS_IDLE_MS".into(), "1500".into())];
     let agent = opts.start();
     let mut c = l
-        .connect(None, ConnOpts {
-            client_rcvbuf: Some(16 * 1024),
-            server_sndbuf: Some(32 * 1024),
-        })
+        .connect(
+            None,
+            ConnOpts {
+                client_rcvbuf: Some(16 * 1024),
+                server_sndbuf: Some(32 * 1024),
+            },
+        )
         .unwrap();
-    c.start(Some(WriteMode::Stream), ReadMode::Never, 77).unwrap();
+    c.start(Some(WriteMode::Stream), ReadMode::Never, 77)
+        .unwrap();
     let reset = agent.wait_for(
         |e| is_socket_event(e, "socket_reset", c.server_cookie),
         detection_bound() + Duration::from_secs(2),
@@ -781,7 +848,11 @@ fn an_idle_namespace_socket_is_released() {
         |e| is_event(e, "stats") && e["netns_cached"] == 0,
         Duration::from_secs(3),
     );
-    assert!(stats.is_some(), "netns_cached never went to 0{}", agent.diagnostics());
+    assert!(
+        stats.is_some(),
+        "netns_cached never went to 0{}",
+        agent.diagnostics()
+    );
     agent.stop();
 }
 
@@ -817,7 +888,11 @@ fn closes_racing_the_tick_are_never_recoveries() {
             .len()
             == N
     });
-    assert!(all_started, "not every socket stalled{}", agent.diagnostics());
+    assert!(
+        all_started,
+        "not every socket stalled{}",
+        agent.diagnostics()
+    );
     // Close them with an abortive close (RST: straight to CLOSE), spread over ~30 ticks.
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     for c in conns {
@@ -842,6 +917,10 @@ fn closes_racing_the_tick_are_never_recoveries() {
         cleared.len(),
         cleared.first()
     );
-    assert!(done, "not every close reported as stall_closed{}", agent.diagnostics());
+    assert!(
+        done,
+        "not every close reported as stall_closed{}",
+        agent.diagnostics()
+    );
     agent.stop();
 }

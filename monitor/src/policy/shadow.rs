@@ -565,7 +565,8 @@ mod tests {
                 l.iter().all(|x| e.contains(x))
             })
             && dim(&e.pod_prefix, &l.pod_prefix, |e, l| {
-                l.iter().all(|x| e.iter().any(|p| x.starts_with(p.as_str())))
+                l.iter()
+                    .all(|x| e.iter().any(|p| x.starts_with(p.as_str())))
             })
     }
 
