@@ -1,0 +1,625 @@
+//! Event encoding: what `tcpstall run` prints.
+//!
+//! The agent streams NDJSON (one JSON object per line) on stdout or to `--output FILE`. Every
+//! line carries a common header:
+//!
+//! * `"schema": 1` — [`SCHEMA_VERSION`]; bumped on any incompatible change,
+//! * `"event": "<type>"` — one of the names in [`schema()`],
+//! * `"ts"` — RFC 3339 UTC with millisecond precision, e.g. `2026-11-23T11:02:03.123Z`,
+//!
+//! followed by the fields of that event type. The typed [`Event`] is the only way the agent
+//! produces lines; [`schema()`] is the hand-written description of the same format (rendered
+//! for the README by [`schema_markdown`]), and [`validate`] checks a parsed line against that
+//! description. The unit tests (`tests.rs`) serialize every [`Event`] variant and run it
+//! through [`validate`], so code and documentation cannot drift apart silently.
+//!
+//! This file holds the typed events; `writer.rs` the output ([`EventWriter`]), `schema.rs` the
+//! documented schema, `validate.rs` the validator and `markdown.rs` the README rendering.
+
+mod markdown;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod validate;
+mod writer;
+
+pub use markdown::schema_markdown;
+pub use schema::{
+    event_schema, schema, EventSchema, Field, FieldType, HEADER_FIELDS, SOCKET_FIELDS,
+};
+pub use validate::{validate, validate_line};
+pub use writer::{open_output, EventWriter};
+
+use crate::classify::StallClass;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Version of the event format, emitted as `"schema"` on every line.
+pub const SCHEMA_VERSION: u32 = 1;
+
+// ---------------------------------------------------------------------------------------------
+// Typed events
+// ---------------------------------------------------------------------------------------------
+
+/// Address family of a socket, as reported in `family`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// AF_INET.
+    Inet,
+    /// AF_INET6 (including IPv4-mapped addresses on dual-stack sockets).
+    Inet6,
+}
+
+impl Family {
+    /// Every variant, in schema order.
+    pub const ALL: [Family; 2] = [Family::Inet, Family::Inet6];
+
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Inet6 => "inet6",
+        }
+    }
+}
+
+/// What the policy decided for a stalled socket, reported as `action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Report only.
+    Observe,
+    /// Destroy the socket (subject to the enforcement guards).
+    Reset,
+}
+
+impl Action {
+    /// Every variant, in schema order.
+    pub const ALL: [Action; 2] = [Action::Observe, Action::Reset];
+
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Observe => "observe",
+            Action::Reset => "reset",
+        }
+    }
+}
+
+/// How the agent runs, reported in `agent_started.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Detect and report; never reset.
+    Observe,
+    /// Reset sockets whose rule says `reset`.
+    Enforce,
+    /// Go through every enforcement decision but skip the reset itself (`reset_skipped`
+    /// with guard `dry_run`).
+    DryRun,
+}
+
+impl Mode {
+    /// Every variant, in schema order.
+    pub const ALL: [Mode; 3] = [Mode::Observe, Mode::Enforce, Mode::DryRun];
+
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry_run",
+        }
+    }
+}
+
+/// Why a reset the policy asked for was not performed, reported as `reset_skipped.guard`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipGuard {
+    /// The agent runs with `--dry-run`.
+    DryRun,
+    /// A protected port: our service on a listed local port, or our outgoing connection to
+    /// a listed remote port.
+    ProtectedPort,
+    /// The reset rate limit is exhausted.
+    RateLimit,
+    /// The socket made progress between the decision and the reset.
+    NotStalledAnymore,
+    /// The SOCK_DESTROY path does not work on this host (see `agent_started.reset_path`).
+    ResetUnavailable,
+    /// The cookie now names a different connection than the one judged stalled.
+    IdentityChanged,
+    /// The socket is an orphan (its application closed it) and the start-up self-test found
+    /// that this kernel mishandles destroying orphans (see `agent_started.orphan_reset`).
+    OrphanUnsafe,
+    /// The socket's remote network has used its share of the rule's reset budget.
+    NetworkLimit,
+    /// ACKs stopped from (almost) every remote network at once: the node's own path is
+    /// down, and resets wait (see the `partition_hold` event).
+    PartitionHold,
+}
+
+impl SkipGuard {
+    /// Every variant, in schema order.
+    pub const ALL: [SkipGuard; 9] = [
+        SkipGuard::DryRun,
+        SkipGuard::ProtectedPort,
+        SkipGuard::RateLimit,
+        SkipGuard::NotStalledAnymore,
+        SkipGuard::ResetUnavailable,
+        SkipGuard::IdentityChanged,
+        SkipGuard::OrphanUnsafe,
+        SkipGuard::NetworkLimit,
+        SkipGuard::PartitionHold,
+    ];
+
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipGuard::DryRun => "dry_run",
+            SkipGuard::ProtectedPort => "protected_port",
+            SkipGuard::RateLimit => "rate_limit",
+            SkipGuard::NotStalledAnymore => "not_stalled_anymore",
+            SkipGuard::ResetUnavailable => "reset_unavailable",
+            SkipGuard::IdentityChanged => "identity_changed",
+            SkipGuard::OrphanUnsafe => "orphan_unsafe",
+            SkipGuard::NetworkLimit => "network_limit",
+            SkipGuard::PartitionHold => "partition_hold",
+        }
+    }
+}
+
+/// How one kernel hook is attached, in `agent_started.hooks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HookReport {
+    /// The hook: `send`, `send_wait`, `send_pages`, `ack`, `retransmit`, `read`, `state`.
+    pub hook: String,
+    /// The attach point used, e.g. `tp_btf/tcp_probe` or `fentry/tcp_sendmsg_locked`;
+    /// `None` when the hook is not attached (not needed on this kernel, or unavailable).
+    pub attach: Option<String>,
+    /// Why this attach point (or none), e.g. `tracepoint tcp_sendmsg_locked absent:
+    /// fentry tcp_sendmsg_locked`.
+    pub why: String,
+}
+
+/// Whether destroying an orphaned socket is handled correctly by this kernel (start-up
+/// self-test on an orphan of the agent's own).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OrphanReset {
+    /// `true`: orphans may be reset; `false`: orphans are never reset (guard `orphan_unsafe`).
+    pub safe: bool,
+    /// What the self-test saw.
+    pub detail: String,
+}
+
+/// What the agent took over from the previous one (restart or upgrade), in
+/// `agent_started.state`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateReport {
+    /// The previous agent's pinned kernel map was adopted: stall clocks and the kernel's
+    /// gap rings carry on.
+    pub adopted: bool,
+    /// The previous agent's state file was read back: cadence histories, rate-limit
+    /// windows, reset decisions.
+    pub restored: bool,
+    /// What was kept and where it lives, or why the agent started fresh.
+    pub detail: String,
+}
+
+/// Whether the SOCK_DESTROY reset path was found working at startup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResetPath {
+    /// `true` when a probe reset of a test socket succeeded.
+    pub works: bool,
+    /// Human-readable result of the probe (what was tried, what failed and how to fix it).
+    pub detail: String,
+}
+
+/// Why the classifier judged the socket stalled; the numbers behind the decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EvidenceFields {
+    /// No-progress episodes on this socket that ended on their own (it recovered).
+    pub recovered_episodes: u32,
+    /// Longest such recovered gap, in milliseconds (0 when none).
+    pub longest_gap_ms: u64,
+    /// Bytes acked by the peer during the last measurement window.
+    pub bytes_acked_last_window: u64,
+    /// The threshold actually applied to this socket, in milliseconds.
+    pub effective_threshold_ms: u64,
+    /// Why the threshold has that value (e.g. rule default, raised after recovered gaps).
+    pub threshold_reason: String,
+}
+
+/// The socket object shared by every socket event, flattened into the top level of the line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SocketFields {
+    /// Kernel socket cookie (stable for the socket's life, unique per boot).
+    pub cookie: u64,
+    /// Network namespace inode number.
+    pub netns: u32,
+    /// Address family.
+    pub family: Family,
+    /// Local address, `ip:port` or `[v6]:port`.
+    pub local: SocketAddr,
+    /// Remote address, `ip:port` or `[v6]:port`.
+    pub remote: SocketAddr,
+    /// Process that last wrote to the socket; `None` until seen in process context.
+    pub pid: Option<u32>,
+    /// That process's command name.
+    pub comm: Option<String>,
+    /// cgroup v2 id of that process.
+    pub cgroup_id: Option<u64>,
+    /// cgroup v2 path of that process, when it could be resolved.
+    pub cgroup: Option<String>,
+    /// Container of that process, when its cgroup path shows one (Kubernetes, Docker,
+    /// Podman layouts).
+    pub container_id: Option<String>,
+    /// `containerd`, `cri-o`, `docker`, `podman` or `kubernetes` (cgroupfs-driver pods).
+    pub container_runtime: Option<String>,
+    /// Kubernetes pod UID, when the cgroup path shows a pod.
+    pub pod_uid: Option<String>,
+    /// The pod's namespace and name, from the kubelet's `/var/log/pods` directories.
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+    /// Kind of stall.
+    pub class: StallClass,
+    /// Bytes written by the app and not yet acked by the peer.
+    pub queued_bytes: u64,
+    /// Bytes sent on the wire and not yet acked.
+    pub unacked_bytes: u64,
+    /// Peer's advertised send window.
+    pub snd_wnd: u32,
+    /// Retransmissions of the current unacked segment.
+    pub retransmits: u32,
+    /// How long the socket has been without progress, in milliseconds.
+    pub stalled_for_ms: u64,
+    /// Name of the policy rule that selected the socket; `None` = policy defaults.
+    pub rule: Option<String>,
+    /// What the policy decided.
+    pub action: Action,
+    /// The numbers behind the classification.
+    pub evidence: EvidenceFields,
+    /// Received bytes the local app has not read.
+    pub recv_unread: u64,
+}
+
+/// Cumulative enforcement counters in `stats.resets`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ResetCounts {
+    /// Sockets reset (`socket_reset` events).
+    pub done: u64,
+    /// Resets the kernel refused (`reset_failed` events).
+    pub failed: u64,
+    /// Resets a guard prevented (`reset_skipped` events).
+    pub skipped: u64,
+    /// Attempts that failed with a transient error and were scheduled again.
+    pub retried: u64,
+}
+
+/// Distribution of observed stall durations for one (rule, class) pair, used to calibrate
+/// thresholds before enabling enforcement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CalibrationEntry {
+    /// Policy rule name; `None` = policy defaults.
+    pub rule: Option<String>,
+    /// Stall class.
+    pub class: StallClass,
+    /// Stall episodes observed.
+    pub count: u64,
+    /// Longest episode, in milliseconds.
+    pub max_ms: u64,
+    /// Median episode length, in milliseconds.
+    pub p50_ms: u64,
+    /// 99th percentile episode length, in milliseconds.
+    pub p99_ms: u64,
+}
+
+/// Body of the periodic `stats` event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StatsFields {
+    /// Sockets currently in the tracking map.
+    pub sockets_tracked: u64,
+    /// Capacity of the tracking map.
+    pub map_capacity: u32,
+    /// Inserts refused because the map was full (cumulative).
+    pub map_full: u64,
+    /// Entries the agent removed to make room in a (nearly) full map (cumulative).
+    pub map_evicted: u64,
+    /// Entries removed because their socket was gone or had nothing queued any more while
+    /// the map still held it (cumulative).
+    pub map_stale: u64,
+    /// Network namespaces the reset path holds a netlink socket in (released when idle).
+    pub netns_cached: u64,
+    /// Resets are held: ACKs stopped from (almost) every remote network at once.
+    pub partition_hold: bool,
+    /// Socket-close notifications lost (cumulative).
+    pub close_notes_lost: u64,
+    /// Events the agent failed to write (cumulative).
+    pub events_lost: u64,
+    /// Lines written before this one since `agent_started` (which is line 0): in a complete
+    /// stream this is the line's own 0-based position, so a gap or repeat shows up here.
+    pub events_written: u64,
+    /// Sockets currently stalled.
+    pub stalls_active: u64,
+    /// Wall-clock cost of the last tick, in microseconds.
+    pub sweep_us: u64,
+    /// Agent CPU time (user + system) since start, in milliseconds.
+    pub cpu_ms: u64,
+    /// In-kernel run time of the agent's BPF programs, in nanoseconds; `None` unless
+    /// `kernel.bpf_stats_enabled` is on.
+    pub bpf_run_ns: Option<u64>,
+    /// Cumulative enforcement counters.
+    pub resets: ResetCounts,
+    /// Observed stall durations per (rule, class).
+    pub calibration: Vec<CalibrationEntry>,
+}
+
+/// One socket of a `reset_intent` line: enough to find it in the `socket_reset` /
+/// `reset_failed` lines that follow, or in the kernel (`ss -e`) if they never came.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IntentSocket {
+    /// Kernel socket cookie.
+    pub cookie: u64,
+    /// Network namespace inode number.
+    pub netns: u32,
+    /// Local address.
+    pub local: SocketAddr,
+    /// Remote address.
+    pub remote: SocketAddr,
+    /// Stall class that led to the reset.
+    pub class: StallClass,
+    /// Policy rule that asked for it; `None` = policy defaults.
+    pub rule: Option<String>,
+}
+
+/// One line of agent output. Serializes (internally tagged by `"event"`) to the body of the
+/// line; [`Event::to_json_line`] adds the `schema` and `ts` header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The agent is up: hooks attached, policy loaded.
+    AgentStarted {
+        /// Agent version.
+        version: String,
+        /// Agent process id.
+        pid: u32,
+        /// Kernel release (`uname -r`).
+        kernel: String,
+        /// Per hook, the attach point the running kernel offered and why.
+        hooks: Vec<HookReport>,
+        /// What detection lost on this kernel because a hook could not be attached (empty:
+        /// nothing lost).
+        degraded: Vec<String>,
+        /// How the kernel side keys sockets: `cookie`, or `address` where the programs
+        /// cannot read socket cookies (tracing programs before Linux 5.12; kprobes always).
+        socket_key: String,
+        /// Where the kernel struct offsets came from.
+        offsets_source: String,
+        /// Run mode.
+        mode: Mode,
+        /// Result of the startup reset-path probe.
+        reset_path: ResetPath,
+        /// Result of the startup orphan-reset self-test.
+        orphan_reset: OrphanReset,
+        /// Policy file in use; `None` = built-in defaults.
+        policy: Option<String>,
+        /// Tick period in milliseconds.
+        tick_ms: u64,
+        /// Capacity of the per-socket tracking map.
+        max_sockets: u32,
+        /// What was kept from the previous agent.
+        state: StateReport,
+    },
+    /// A socket crossed its stall threshold.
+    StallStarted(SocketFields),
+    /// A stalled socket made progress again.
+    StallCleared(SocketFields),
+    /// A stalled socket was closed (by the application or the kernel) while stalled.
+    StallClosed(SocketFields),
+    /// The agent destroyed a stalled socket.
+    SocketReset {
+        /// The socket, as judged at decision time.
+        #[serde(flatten)]
+        socket: SocketFields,
+        /// Bytes that were still queued when the socket was destroyed (lost data).
+        bytes_still_queued: u64,
+        /// Microseconds from the reset decision to the kernel's acknowledgement.
+        reset_latency_us: u64,
+    },
+    /// The kernel refused to destroy a stalled socket.
+    ResetFailed {
+        /// The socket.
+        #[serde(flatten)]
+        socket: SocketFields,
+        /// errno returned by SOCK_DESTROY.
+        errno: i32,
+        /// Symbolic errno name, e.g. `ENOENT`.
+        error: String,
+        /// What this errno means here and what to do about it.
+        meaning: String,
+        /// A transient error: the reset is tried again in this many ms. `None`: final.
+        retry_in_ms: Option<u64>,
+    },
+    /// A reset the policy asked for was not performed because a guard stopped it.
+    ResetSkipped {
+        /// The socket.
+        #[serde(flatten)]
+        socket: SocketFields,
+        /// Which guard.
+        guard: SkipGuard,
+        /// Specifics (which port, the limit, what changed).
+        detail: String,
+    },
+    /// Written (one `write(2)`) right before a batch of SOCK_DESTROY requests goes to the
+    /// kernel: the sockets about to be reset. Their `socket_reset` / `reset_failed` lines
+    /// follow the batch.
+    ResetIntent {
+        /// The sockets of the batch, in request order.
+        sockets: Vec<IntentSocket>,
+    },
+    /// Periodic agent health and calibration counters.
+    Stats(StatsFields),
+    /// ACKs stopped from (almost) every remote network at once (the node's own path is
+    /// down, not its peers): resets are held; or the hold ended.
+    PartitionHold {
+        /// `started`, `ended` (ACKs came back) or `expired` (held for
+        /// `partition_max_hold`; resets resume under the budgets).
+        state: String,
+        /// Remote networks with data in flight and no ACK for a second.
+        silent_networks: u64,
+        /// Remote networks that answered within the last 5 s.
+        alive_networks: u64,
+        /// Silent networks with their silent socket counts, largest first (at most 16).
+        networks: Vec<String>,
+        /// Resets held during this hold (on `ended` / `expired`).
+        resets_held: u64,
+    },
+    /// Many peers of one remote network went silent together while the rest of the node is
+    /// fine: their `no_ack` stalls are reset as they cross their thresholds, outside the
+    /// rule and network budgets. Once per episode.
+    MassDisconnect {
+        /// The remote network (IPv4 /24, IPv6 /64).
+        network: String,
+        /// Its silent sockets at detection.
+        silent_sockets: u64,
+    },
+    /// A threshold looks mis-set for the observed traffic (calibration aid).
+    ThresholdWarning {
+        /// Policy rule name; `None` = policy defaults.
+        rule: Option<String>,
+        /// Stall class.
+        class: StallClass,
+        /// Threshold in effect, in milliseconds.
+        threshold_ms: u64,
+        /// Stall duration observed, in milliseconds.
+        observed_ms: u64,
+        /// The socket that triggered the warning.
+        cookie: u64,
+        /// Whether enforcement would have reset this socket.
+        would_reset: bool,
+        /// What to change, in words.
+        advice: String,
+    },
+    /// Writing to the event output failed and works again: how many events were lost.
+    /// Written right after the first line that could be written again.
+    EventsLost {
+        /// Events lost since the last `events_lost` line (or since the start).
+        count: u64,
+        /// Events lost since the start (as `stats.events_lost`).
+        total: u64,
+    },
+    /// SIGHUP: the `--output` file was reopened (log rotation). On success this is the
+    /// first line of the new file; on failure the agent keeps writing to the old one.
+    OutputReopened {
+        /// The output path.
+        output: String,
+        /// Whether the path could be opened.
+        ok: bool,
+        /// Why not (what failed, why, what to do); `None` on success.
+        error: Option<String>,
+    },
+    /// SIGHUP: the policy file was read again. A valid file replaces the policy in force
+    /// (per-socket state is kept); an invalid one is refused and the old policy stays.
+    PolicyReload {
+        /// The policy file; `None` when the agent runs without `--policy` (nothing to reload).
+        policy: Option<String>,
+        /// Whether the new policy is in force.
+        ok: bool,
+        /// Why it was refused: one `FILE:LINE:COL: …` line per problem, as `policy check`
+        /// prints them. Empty when `ok`.
+        problems: Vec<String>,
+        /// Valid but dangerous settings in the new file (`policy check` warnings).
+        warnings: Vec<String>,
+        /// Run mode in force after the reload.
+        mode: Mode,
+        /// What changed, or what did not take effect.
+        detail: String,
+    },
+    /// The agent is exiting.
+    AgentStopped {
+        /// Why (signal, error message).
+        reason: String,
+        /// Time since `agent_started`, in milliseconds.
+        uptime_ms: u64,
+    },
+}
+
+/// The header and body of one output line, in output order.
+#[derive(Serialize)]
+struct Line<'a> {
+    schema: u32,
+    ts: String,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// Latest instant `humantime` can format (9999-12-31T23:59:59.999Z).
+const MAX_FORMATTABLE_SECS: u64 = 253_402_300_799;
+
+/// RFC 3339 UTC with milliseconds. A clock outside 1970..=9999 (a badly set RTC) is clamped to
+/// the nearest representable instant rather than aborting the agent.
+fn format_ts(ts: SystemTime) -> String {
+    let max = UNIX_EPOCH + Duration::from_millis(MAX_FORMATTABLE_SECS * 1000 + 999);
+    let ts = ts.clamp(UNIX_EPOCH, max);
+    humantime::format_rfc3339_millis(ts).to_string()
+}
+
+impl Event {
+    /// The `"event"` name of this variant.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::AgentStarted { .. } => "agent_started",
+            Event::StallStarted(_) => "stall_started",
+            Event::StallCleared(_) => "stall_cleared",
+            Event::StallClosed(_) => "stall_closed",
+            Event::SocketReset { .. } => "socket_reset",
+            Event::ResetFailed { .. } => "reset_failed",
+            Event::ResetSkipped { .. } => "reset_skipped",
+            Event::ResetIntent { .. } => "reset_intent",
+            Event::Stats(_) => "stats",
+            Event::PartitionHold { .. } => "partition_hold",
+            Event::MassDisconnect { .. } => "mass_disconnect",
+            Event::ThresholdWarning { .. } => "threshold_warning",
+            Event::EventsLost { .. } => "events_lost",
+            Event::OutputReopened { .. } => "output_reopened",
+            Event::PolicyReload { .. } => "policy_reload",
+            Event::AgentStopped { .. } => "agent_stopped",
+        }
+    }
+
+    /// The socket this event is about, for socket events.
+    pub fn socket(&self) -> Option<&SocketFields> {
+        match self {
+            Event::StallStarted(s) | Event::StallCleared(s) | Event::StallClosed(s) => Some(s),
+            Event::SocketReset { socket, .. }
+            | Event::ResetFailed { socket, .. }
+            | Event::ResetSkipped { socket, .. } => Some(socket),
+            Event::AgentStarted { .. }
+            | Event::ResetIntent { .. }
+            | Event::Stats(_)
+            | Event::PartitionHold { .. }
+            | Event::MassDisconnect { .. }
+            | Event::ThresholdWarning { .. }
+            | Event::EventsLost { .. }
+            | Event::OutputReopened { .. }
+            | Event::PolicyReload { .. }
+            | Event::AgentStopped { .. } => None,
+        }
+    }
+
+    /// The complete NDJSON line for this event stamped with `ts`, without the trailing
+    /// newline. Strings are JSON-escaped, so the result never contains a raw newline.
+    pub fn to_json_line(&self, ts: SystemTime) -> String {
+        let line = Line {
+            schema: SCHEMA_VERSION,
+            ts: format_ts(ts),
+            event: self,
+        };
+        // serde_json only fails on non-string map keys or a failing custom Serialize impl;
+        // these types have neither, so failure here is a programming error.
+        serde_json::to_string(&line).expect("event types always serialize to JSON")
+    }
+}
