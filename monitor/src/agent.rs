@@ -4,7 +4,7 @@
 //! [`DiagPath`] (sock_diag lookups and SOCK_DESTROY), so the tick is unit-tested with fakes.
 
 use crate::classify::{Calibration, Evidence, StallClass, Tracker, Transition};
-use crate::event::{self, Event, EventWriter, EvidenceFields, SocketFields};
+use crate::event::{self, Event, EventWriter, SocketFields};
 use crate::guards::{self, Budgets, Hold, HoldChange, Networks, Peer, Refusal};
 use crate::identity::Owners;
 use crate::policy::{Action, Policy, Selection, SocketIdentity};
@@ -316,16 +316,6 @@ pub fn cpu_ms() -> u64 {
         libc::getrusage(libc::RUSAGE_SELF, &mut r);
         let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
         (us(r.ru_utime) + us(r.ru_stime)) / 1000
-    }
-}
-
-fn evidence_fields(e: &Evidence) -> EvidenceFields {
-    EvidenceFields {
-        recovered_episodes: e.recovered_episodes,
-        longest_gap_ms: e.longest_gap_ms,
-        bytes_acked_last_window: e.bytes_acked_last_window,
-        effective_threshold_ms: e.effective_threshold_ms,
-        threshold_reason: e.threshold_reason.clone(),
     }
 }
 
@@ -766,13 +756,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             stalled_for_ms,
             rule: rule.map(str::to_string),
             action: event_action(action),
-            evidence: evidence.map(evidence_fields).unwrap_or(EvidenceFields {
-                recovered_episodes: 0,
-                longest_gap_ms: 0,
-                bytes_acked_last_window: 0,
-                effective_threshold_ms: 0,
-                threshold_reason: String::new(),
-            }),
+            evidence: evidence.cloned().unwrap_or_default(),
             recv_unread: s.recv_unread,
         }
     }

@@ -185,7 +185,7 @@ impl Thresholds {
 }
 
 /// Why a socket is (or would be) judged stalled when it is: the numbers behind the decision.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     /// Recovered episodes seen for this socket over its life (also across drains).
     pub recovered_episodes: u32,

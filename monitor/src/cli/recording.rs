@@ -3,8 +3,8 @@
 
 use super::advice::{DEFAULTS_LABEL, MAX_LINE, SKIP_EXAMPLES};
 use crate::classify::StallClass;
-use crate::event;
-use serde::Serialize;
+use crate::event::{self, CalibrationEntry};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
@@ -97,10 +97,6 @@ pub struct Recording {
     pub(super) warnings: BTreeMap<Key, Warnings>,
 }
 
-pub(super) fn class_from_str(s: &str) -> Option<StallClass> {
-    StallClass::ALL.iter().copied().find(|c| c.as_str() == s)
-}
-
 pub(super) fn rule_key(v: &serde_json::Value) -> Option<String> {
     v.as_str()
         .filter(|s| *s != DEFAULTS_LABEL)
@@ -160,16 +156,15 @@ impl Recording {
                     .into_iter()
                     .flatten()
                     .filter_map(|e| {
-                        let class = class_from_str(e.get("class")?.as_str()?)?;
-                        let rule = e.get("rule").and_then(rule_key);
-                        let n = |f: &str| e.get(f).and_then(|x| x.as_u64()).unwrap_or(0);
+                        let e = CalibrationEntry::deserialize(e).ok()?;
+                        let rule = e.rule.filter(|r| r != DEFAULTS_LABEL);
                         Some((
-                            (rule, class),
+                            (rule, e.class),
                             Row {
-                                count: n("count"),
-                                max_ms: n("max_ms"),
-                                p50_ms: n("p50_ms"),
-                                p99_ms: n("p99_ms"),
+                                count: e.count,
+                                max_ms: e.max_ms,
+                                p50_ms: e.p50_ms,
+                                p99_ms: e.p99_ms,
                             },
                         ))
                     })
@@ -187,10 +182,7 @@ impl Recording {
                 }
             }
             Some("threshold_warning") => {
-                let Some(class) = v
-                    .get("class")
-                    .and_then(|c| c.as_str())
-                    .and_then(class_from_str)
+                let Some(class) = v.get("class").and_then(|c| StallClass::deserialize(c).ok())
                 else {
                     return;
                 };

@@ -40,8 +40,8 @@
 //! an invalid `--policy`).
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
-use crate::classify::StallClass;
-use crate::event::{self, Event, EventWriter, EvidenceFields, SkipGuard, SocketFields};
+use crate::classify::{Evidence, StallClass};
+use crate::event::{self, Event, EventWriter, SkipGuard, SocketFields};
 use crate::policy::Policy;
 use crate::reset::{self, Destroyer, NetnsRef, ResetError, Search, Target, TcpDiag};
 use clap::{ArgGroup, Args};
@@ -338,7 +338,7 @@ pub fn manual_socket_fields(t: &Target, d: &TcpDiag) -> SocketFields {
         stalled_for_ms: u64::from(d.last_ack_recv_ms),
         rule: Some("manual".to_string()),
         action: event::Action::Reset,
-        evidence: EvidenceFields {
+        evidence: Evidence {
             recovered_episodes: 0,
             longest_gap_ms: 0,
             bytes_acked_last_window: 0,

@@ -30,7 +30,7 @@ pub use schema::{
 pub use validate::{validate, validate_line};
 pub use writer::{open_output, EventWriter};
 
-use crate::classify::StallClass;
+use crate::classify::{Evidence, StallClass};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -218,21 +218,6 @@ pub struct ResetPath {
     pub detail: String,
 }
 
-/// Why the classifier judged the socket stalled; the numbers behind the decision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct EvidenceFields {
-    /// No-progress episodes on this socket that ended on their own (it recovered).
-    pub recovered_episodes: u32,
-    /// Longest such recovered gap, in milliseconds (0 when none).
-    pub longest_gap_ms: u64,
-    /// Bytes acked by the peer during the last measurement window.
-    pub bytes_acked_last_window: u64,
-    /// The threshold actually applied to this socket, in milliseconds.
-    pub effective_threshold_ms: u64,
-    /// Why the threshold has that value (e.g. rule default, raised after recovered gaps).
-    pub threshold_reason: String,
-}
-
 /// The socket object shared by every socket event, flattened into the top level of the line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SocketFields {
@@ -281,7 +266,7 @@ pub struct SocketFields {
     /// What the policy decided.
     pub action: Action,
     /// The numbers behind the classification.
-    pub evidence: EvidenceFields,
+    pub evidence: Evidence,
     /// Received bytes the local app has not read.
     pub recv_unread: u64,
 }
@@ -300,8 +285,9 @@ pub struct ResetCounts {
 }
 
 /// Distribution of observed stall durations for one (rule, class) pair, used to calibrate
-/// thresholds before enabling enforcement.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// thresholds before enabling enforcement. Read back from recordings by `tcpstall policy check
+/// --events`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct CalibrationEntry {
     /// Policy rule name; `None` = policy defaults.
     pub rule: Option<String>,

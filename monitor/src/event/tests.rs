@@ -44,7 +44,7 @@ fn socket(full: bool) -> SocketFields {
         stalled_for_ms: 30_000,
         rule: full.then(|| "web".to_string()),
         action: if full { Action::Reset } else { Action::Observe },
-        evidence: EvidenceFields {
+        evidence: Evidence {
             recovered_episodes: 2,
             longest_gap_ms: 1_500,
             bytes_acked_last_window: 0,
