@@ -40,6 +40,8 @@ const TEST_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "util-linux",
+    // monitor/src/btf/cross_check.rs: a second reader of the kernel's BTF (libbpf's).
+    "bpftool",
 ];
 /// Where the tests need tracefs.
 const TRACEFS: &str = "/sys/kernel/tracing";

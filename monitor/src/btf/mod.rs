@@ -14,6 +14,8 @@
 //! names, `params.rs` renders and checks hook prototypes, `offsets.rs` holds the table of the
 //! fields the eBPF programs read, `kernel.rs` reads the running kernel's BTF.
 
+#[cfg(test)]
+mod cross_check;
 mod kernel;
 mod lookup;
 mod offsets;

@@ -7,13 +7,13 @@ use monitor_common::Offsets;
 /// One entry of [`OFFSET_SPECS`]: which `Offsets` field, where to find it, how big it must be.
 pub(super) struct OffsetSpec {
     /// Name of the `Offsets` field, for messages.
-    name: &'static str,
-    struct_name: &'static str,
+    pub(super) name: &'static str,
+    pub(super) struct_name: &'static str,
     /// Field paths to try in order; the first one present wins.
-    paths: &'static [&'static str],
+    pub(super) paths: &'static [&'static str],
     /// Size in bytes the eBPF programs read.
-    size: u32,
-    slot: fn(&mut Offsets) -> &mut u32,
+    pub(super) size: u32,
+    pub(super) slot: fn(&mut Offsets) -> &mut u32,
 }
 
 /// Every kernel field the eBPF programs read. Offsets are relative to the object the
@@ -209,7 +209,7 @@ pub(super) const OFFSET_SPECS: &[OffsetSpec] = &[
 
 /// The socket structs embed one another as their first member; the programs rely on that
 /// to use one pointer for all of them. Each (struct, member) must be at offset 0.
-const CONTAINMENT: &[(&str, &str)] = &[
+pub(super) const CONTAINMENT: &[(&str, &str)] = &[
     ("tcp_sock", "inet_conn"),
     ("inet_connection_sock", "icsk_inet"),
     ("inet_sock", "sk"),
