@@ -31,7 +31,8 @@ fn table(out: &mut String, fields: &[Field]) {
 }
 
 /// Markdown description of the event format (header, socket object, one section per event
-/// type), for the README. Generated from [`schema()`], so it is what [`validate`](super::validate) enforces.
+/// type), for the README. Generated from [`schema()`], so it is what
+/// [`validate`](super::validate) enforces.
 pub fn schema_markdown() -> String {
     let mut out = String::new();
     let _ = writeln!(
