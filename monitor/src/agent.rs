@@ -765,7 +765,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             retransmits: s.retransmits,
             stalled_for_ms,
             rule: rule.map(str::to_string),
-            action: event_action(action),
+            action,
             evidence: evidence.map(evidence_fields).unwrap_or(EvidenceFields {
                 recovered_episodes: 0,
                 longest_gap_ms: 0,
@@ -1936,13 +1936,6 @@ fn select<'p>(policy: &'p Policy, owners: &mut Owners, snap: &Snapshot) -> Selec
         pod_namespace: w.pod_namespace.as_deref(),
         pod_name: w.pod_name.as_deref(),
     })
-}
-
-fn event_action(a: Action) -> event::Action {
-    match a {
-        Action::Observe => event::Action::Observe,
-        Action::Reset => event::Action::Reset,
-    }
 }
 
 #[cfg(test)]
