@@ -1529,3 +1529,33 @@ fn closest_key_suggestions() {
     assert_eq!(closest("xyz", THRESHOLD_KEYS), None);
     assert_eq!(strsim::levenshtein("kitten", "sitting"), 3);
 }
+
+#[test]
+fn duplicate_table_headers_name_the_key_as_written() {
+    only(
+        "[a]\n[a.b]\n[a]\n",
+        3,
+        "not valid TOML: invalid table header; duplicate key `a` in document root",
+        "each key once per table",
+    );
+}
+
+#[test]
+fn the_command_line_tick_has_the_policy_syntax_and_range() {
+    assert_eq!(parse_tick("10ms"), Ok(TICK_MIN));
+    assert_eq!(parse_tick("1m"), Ok(TICK_MAX));
+    assert_eq!(parse_tick("1m"), Ok(Duration::from_secs(60)));
+    assert_eq!(parse_tick("250ms"), Ok(Duration::from_millis(250)));
+    let out = parse_tick("5ms").unwrap_err();
+    assert!(out.contains("between 10ms and 1m"), "{out}");
+    assert!(parse_tick("61s")
+        .unwrap_err()
+        .contains("between 10ms and 1m"));
+    assert!(parse_tick("1 s").unwrap_err().contains("not a duration"));
+    only(
+        "tick = \"61s\"\n",
+        1,
+        "between 10ms and 1m",
+        "tick = \"1m\"",
+    );
+}
