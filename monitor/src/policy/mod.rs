@@ -121,7 +121,6 @@
 //! regular file (a symbolic link to one is followed) of at most [`MAX_POLICY_BYTES`]; a FIFO,
 //! device or directory is refused before it is read. Valid but dangerous settings are
 //! listed in [`Policy::warnings`] (see [`Policy::warning_lines`]).
-
 //!
 //! # Code map
 //!
@@ -135,6 +134,7 @@
 //!   `thresholds.rs` — threshold keys and the ceiling; `shadow.rs` — unreachable rules.
 //! * `warn.rs` — valid but dangerous settings; `duration.rs` — duration and rate syntax;
 //!   `selectors.rs` — matching sockets; `describe.rs` — `policy check` text and JSON.
+//! * `tests.rs`, `select_tests.rs` — unit tests (validation; selection and output).
 
 use crate::classify::{StallClass, Thresholds};
 use serde::Serialize;
@@ -150,6 +150,8 @@ mod duration;
 mod example;
 mod load;
 mod rule;
+#[cfg(test)]
+mod select_tests;
 mod selectors;
 mod shadow;
 mod spanned;

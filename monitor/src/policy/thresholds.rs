@@ -8,7 +8,7 @@ use crate::classify::Thresholds;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Threshold keys as written in one scope ([defaults] or one rule).
+/// Threshold keys as written in one scope (`[defaults]` or one rule).
 #[derive(Default)]
 pub(super) struct ThresholdSpec {
     zero_window_after: Val<Duration>,

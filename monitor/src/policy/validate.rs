@@ -14,6 +14,8 @@ use crate::classify::Thresholds;
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// The policy `root` describes; every problem and warning goes to `cx`, and the policy
+/// returned is only meaningful when there were no problems.
 pub(super) fn build(cx: &mut Cx<'_>, root: &Node) -> Policy {
     let mut policy = Policy::default();
     let Kind::Table(entries) = &root.kind else {
