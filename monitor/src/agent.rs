@@ -755,7 +755,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             retransmits: s.retransmits,
             stalled_for_ms,
             rule: rule.map(str::to_string),
-            action: event_action(action),
+            action,
             evidence: evidence.cloned().unwrap_or_default(),
             recv_unread: s.recv_unread,
         }
@@ -1920,13 +1920,6 @@ fn select<'p>(policy: &'p Policy, owners: &mut Owners, snap: &Snapshot) -> Selec
         pod_namespace: w.pod_namespace.as_deref(),
         pod_name: w.pod_name.as_deref(),
     })
-}
-
-fn event_action(a: Action) -> event::Action {
-    match a {
-        Action::Observe => event::Action::Observe,
-        Action::Reset => event::Action::Reset,
-    }
 }
 
 #[cfg(test)]

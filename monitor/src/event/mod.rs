@@ -65,28 +65,8 @@ impl Family {
     }
 }
 
-/// What the policy decided for a stalled socket, reported as `action`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Report only.
-    Observe,
-    /// Destroy the socket (subject to the enforcement guards).
-    Reset,
-}
-
-impl Action {
-    /// Every variant, in schema order.
-    pub const ALL: [Action; 2] = [Action::Observe, Action::Reset];
-
-    /// The JSON spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Observe => "observe",
-            Action::Reset => "reset",
-        }
-    }
-}
+/// What the policy decided for a stalled socket, reported as `action`: the policy's own type.
+pub use crate::policy::Action;
 
 /// How the agent runs, reported in `agent_started.mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -557,8 +557,10 @@ mod tests {
             && dim(&e.remote_cidrs, &l.remote_cidrs, net_cov)
             && dim(&e.comm, &l.comm, |e, l| l.iter().all(|x| e.contains(x)))
             && dim(&e.cgroup_prefix, &l.cgroup_prefix, |e, l| {
-                l.iter()
-                    .all(|p| e.iter().any(|pre| super::super::cgroup_under(p, pre)))
+                l.iter().all(|p| {
+                    e.iter()
+                        .any(|pre| super::super::selectors::cgroup_under(p, pre))
+                })
             })
             && dim(&e.netns, &l.netns, |e, l| l.iter().all(|x| e.contains(x)))
             && dim(&e.k8s_namespace, &l.k8s_namespace, |e, l| {
@@ -694,9 +696,9 @@ mod tests {
         let keys: Vec<&str> = cgroup_keys("/a/b/c").collect();
         assert_eq!(keys, ["/", "/a", "/a/b", "/a/b/c"]);
         for k in keys {
-            assert!(super::super::cgroup_under("/a/b/c", k), "{k}");
+            assert!(super::super::selectors::cgroup_under("/a/b/c", k), "{k}");
         }
-        assert!(!super::super::cgroup_under("/a/bc", "/a/b"));
+        assert!(!super::super::selectors::cgroup_under("/a/bc", "/a/b"));
         assert!(!cgroup_keys("/a/bc").any(|k| k == "/a/b"));
     }
 
