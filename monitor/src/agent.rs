@@ -346,6 +346,26 @@ fn target_of(snap: &Snapshot) -> Target {
     }
 }
 
+/// What the guard chain asks the kernel, for one candidate of the tick.
+struct AskKernel<'a, K: ?Sized> {
+    kern: &'a mut K,
+    snap: &'a Snapshot,
+    orphans_safe: bool,
+}
+
+impl<K: DiagPath + ?Sized> guards::Ask for AskKernel<'_, K> {
+    fn local_listener(&mut self) -> Option<bool> {
+        local_listener(self.kern, &target_of(self.snap))
+    }
+    fn orphans_safe(&mut self) -> Result<(), String> {
+        if self.orphans_safe {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    }
+}
+
 impl Agent {
     /// Validate, probe the reset path, load and attach. Emits `agent_started`.
     pub fn start(cfg: Config) -> Result<Agent> {
@@ -1122,52 +1142,28 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         }
     }
 
-    /// The guards that need no kernel lookup of the socket itself, in order.
+    /// Steps 1–6 of the guard chain ([`guards::Guards::check`]): those that need no live
+    /// lookup of the socket itself.
     fn static_guard(&mut self, c: &Candidate<'_>) -> Option<(event::SkipGuard, String)> {
-        let snap = &c.snap;
-        let ports = &self.policy.guards.protect_ports;
-        let (lp, rp) = (snap.local.port(), snap.remote.port());
-        if ports.contains(&lp) || ports.contains(&rp) {
-            // Direction matters only for a protected remote port.
-            let listener = if ports.contains(&rp) && !ports.contains(&lp) {
-                local_listener(&mut self.kern, &target_of(snap))
-            } else {
-                None
-            };
-            if let Some(why) = self.policy.is_protected(lp, rp, listener) {
-                return Some((event::SkipGuard::ProtectedPort, why));
-            }
-        }
-        if !self.reset_works {
-            return Some((
-                event::SkipGuard::ResetUnavailable,
-                "the start-up probe of SOCK_DESTROY failed (see agent_started.reset_path)".into(),
-            ));
-        }
-        if snap.orphan && !self.orphans_safe {
-            return Some((
-                event::SkipGuard::OrphanUnsafe,
-                "the application already closed this socket (an orphan the kernel finishes on \
-                 its own), and on this kernel destroying an orphan can leave it with no timer \
-                 forever (see agent_started.orphan_reset)"
-                    .into(),
-            ));
-        }
-        if self.hold.active() {
-            return Some((
-                event::SkipGuard::PartitionHold,
-                "ACKs stopped from (almost) every remote network at once: the node's own path \
-                 looks down, so resets wait (see the partition_hold event)"
-                    .into(),
-            ));
-        }
-        if self.cfg.dry_run {
-            return Some((
-                event::SkipGuard::DryRun,
-                "--dry-run: would have reset".into(),
-            ));
-        }
-        None
+        let g = guards::Guards {
+            protect_ports: &self.policy.guards.protect_ports,
+            reset_works: self.reset_works,
+            hold: self.hold.active(),
+            dry_run: self.cfg.dry_run,
+        };
+        let subject = guards::Subject {
+            local_port: c.snap.local.port(),
+            remote_port: c.snap.remote.port(),
+            // A candidate is stalled in the map by construction.
+            not_wedged: None,
+            orphan: c.snap.orphan,
+        };
+        let mut ask = AskKernel {
+            kern: &mut self.kern,
+            snap: &c.snap,
+            orphans_safe: self.orphans_safe,
+        };
+        g.check(&subject, &mut ask).map(guards::Skip::into_parts)
     }
 
     /// Apply the reset action to this tick's stalled sockets, behind every guard: the
