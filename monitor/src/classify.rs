@@ -1275,7 +1275,7 @@ fn rate_bps(bytes: u64, span_ns: u64) -> u64 {
 }
 
 /// "2.0", "1.5", "2.25".
-fn fmt_factor(f: f64) -> String {
+pub fn fmt_factor(f: f64) -> String {
     if f.fract() == 0.0 {
         format!("{f:.1}")
     } else {
