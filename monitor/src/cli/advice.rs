@@ -276,15 +276,7 @@ pub struct Advice {
     pub summary: String,
 }
 
-use crate::classify::fmt_ms;
-
-fn fmt_factor(f: f64) -> String {
-    if f.fract() == 0.0 {
-        format!("{f:.1}")
-    } else {
-        format!("{f}")
-    }
-}
+use crate::classify::{fmt_factor, fmt_ms};
 
 fn ms_of(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

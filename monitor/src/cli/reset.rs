@@ -13,7 +13,7 @@
 //!
 //! The socket is looked up with a `sock_diag` dump in its network namespace (`--netns`, or
 //! by default every namespace: tcpstall's own, `/run/netns/*` and each distinct
-//! `/proc/*/ns/net`). Then, in this order:
+//! `/proc/*/ns/net`). Then, in the agent's order of the guards ([`crate::guards::Guards::check`]):
 //!
 //! 1. a port `[guards] protect_ports` of `--policy` protects (default: 22; by direction: our
 //!    service on a listed local port, our outgoing connections to a listed remote port) →
@@ -21,13 +21,15 @@
 //! 2. a socket with nothing queued to send (or not a connection, e.g. `LISTEN`) is not
 //!    wedged → `reset_skipped`, guard `not_stalled_anymore`: tcpstall only resets sockets
 //!    with data queued (use `ss -K` for anything else);
-//! 3. `max_resets_per_minute = 0` in `--policy` → `reset_skipped`, guard `rate_limit`;
-//! 4. an orphan (the application closed it) on a kernel where the orphan-reset self-test
+//! 3. an orphan (the application closed it) on a kernel where the orphan-reset self-test
 //!    fails → `reset_skipped`, guard `orphan_unsafe`;
-//! 5. `--dry-run` → `reset_skipped`, guard `dry_run`;
-//! 6. otherwise the socket is re-read and destroyed by cookie and 4-tuple in its namespace
-//!    (`SOCK_DESTROY`, as `ss -K`): `socket_reset`, or `reset_failed` with the errno and what
-//!    it means. The application sees `ECONNABORTED`; the peer gets a RST.
+//! 4. `--dry-run` → `reset_skipped`, guard `dry_run`;
+//! 5. the socket is re-read in its namespace: gone or drained → `reset_skipped`, guard
+//!    `not_stalled_anymore`;
+//! 6. `max_resets_per_minute = 0` in `--policy` → `reset_skipped`, guard `rate_limit`;
+//! 7. otherwise it is destroyed by cookie and 4-tuple in its namespace (`SOCK_DESTROY`, as
+//!    `ss -K`): `socket_reset`, or `reset_failed` with the errno and what it means. The
+//!    application sees `ECONNABORTED`; the peer gets a RST.
 //!
 //! Events carry `rule: "manual"`, `action: "reset"`, the class the socket's `tcp_info`
 //! suggests (`zero_window`: peer window 0 with data queued; `no_ack`: data in flight with
@@ -42,6 +44,7 @@
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::classify::{Evidence, StallClass};
 use crate::event::{self, Event, EventWriter, SkipGuard, SocketFields};
+use crate::guards::{self, Budgets, Refusal};
 use crate::policy::Policy;
 use crate::reset::{self, Destroyer, NetnsRef, ResetError, Search, Target, TcpDiag};
 use clap::{ArgGroup, Args};
@@ -55,10 +58,10 @@ use std::time::Instant;
 pub const RESET_HELP: &str = "\
 Guards, in order: a protected port (--policy [guards] protect_ports, default 22) refuses; a \
 socket with nothing queued to send is not wedged and is refused (tcpstall only resets \
-sockets with data queued; use `ss -K` for anything else); max_resets_per_minute = 0 \
-refuses; an orphan (its application closed it) is refused where destroying orphans is not safe \
-on this kernel (a self-test decides); --dry-run stops here. Otherwise the socket is destroyed by cookie and 4-tuple in \
-its network namespace. Events (NDJSON) go to stdout, notes to stderr.
+sockets with data queued; use `ss -K` for anything else); an orphan (its application closed \
+it) is refused where destroying orphans is not safe on this kernel (a self-test decides); \
+--dry-run stops here; the socket is re-read and refused if it drained; max_resets_per_minute \
+= 0 refuses. Otherwise the socket is destroyed by cookie and 4-tuple in its network namespace. Events (NDJSON) go to stdout, notes to stderr.
 
 Exit codes:
   0  reset done (with --dry-run: it would be reset)
@@ -514,74 +517,94 @@ fn not_wedged(d: &TcpDiag) -> Option<String> {
     None
 }
 
+/// What the guard chain asks the kernel for `tcpstall reset`.
+struct AskKernel<'a> {
+    destroyer: &'a mut Destroyer,
+    /// The destroyer is attached to the socket's namespace (no lookup there otherwise).
+    attached: bool,
+    target: &'a Target,
+}
+
+impl guards::Ask for AskKernel<'_> {
+    fn local_listener(&mut self) -> Option<bool> {
+        if self.attached {
+            crate::agent::local_listener(self.destroyer, self.target)
+        } else {
+            None
+        }
+    }
+    fn orphans_safe(&mut self) -> Result<(), String> {
+        // Safe to destroy only where the start-up self-test of the agent would say so; the
+        // same test, run now.
+        let orphan = crate::reset::orphan_probe();
+        if orphan.safe {
+            Ok(())
+        } else {
+            Err(orphan.detail)
+        }
+    }
+}
+
 fn guard_and_reset(req: &ResetRequest, ns: &NetnsRef, target: Target, d: TcpDiag) -> ResetOutcome {
-    let (lp, rp) = (d.local.port(), d.remote.port());
     let mut destroyer = Destroyer::new();
     let attached = destroyer.attach_netns(ns);
-    // Direction matters only for a protected remote port (see guards::protected).
-    let listener = if req.policy.guards.protect_ports.contains(&rp) && attached.is_ok() {
-        crate::agent::local_listener(&mut destroyer, &target)
-    } else {
-        None
+    let g = guards::Guards {
+        protect_ports: &req.policy.guards.protect_ports,
+        // Found out by the destroy itself (`reset_failed`).
+        reset_works: true,
+        hold: false,
+        dry_run: req.dry_run,
     };
-    if let Some(why) = req.policy.is_protected(lp, rp, listener) {
-        let source = match &req.policy.source {
-            Some(p) => format!("[guards] protect_ports of {}", p.display()),
-            None => {
-                "the default guards (protect_ports = [22]; pass --policy to use yours)".to_string()
+    let subject = guards::Subject {
+        local_port: d.local.port(),
+        remote_port: d.remote.port(),
+        not_wedged: not_wedged(&d),
+        // An orphan: its application closed it.
+        orphan: d.inode == 0,
+    };
+    let mut ask = AskKernel {
+        destroyer: &mut destroyer,
+        attached: attached.is_ok(),
+        target: &target,
+    };
+    if let Some(skip) = g.check(&subject, &mut ask) {
+        let (guard, detail, code) = match skip {
+            guards::Skip::ProtectedPort(why) => {
+                let source = match &req.policy.source {
+                    Some(p) => format!("[guards] protect_ports of {}", p.display()),
+                    None => "the default guards (protect_ports = [22]; pass --policy to use yours)"
+                        .to_string(),
+                };
+                (
+                    SkipGuard::ProtectedPort,
+                    format!("{why}, protected by {source}; tcpstall never resets it"),
+                    EXIT_FAILED,
+                )
             }
-        };
-        return skipped(
-            &target,
-            &d,
-            SkipGuard::ProtectedPort,
-            format!("{why}, protected by {source}; tcpstall never resets it"),
-            EXIT_FAILED,
-        );
-    }
-    if let Some(why) = not_wedged(&d) {
-        return skipped(&target, &d, SkipGuard::NotStalledAnymore, why, EXIT_FAILED);
-    }
-    if req.policy.guards.max_resets_per_minute == 0 {
-        return skipped(
-            &target,
-            &d,
-            SkipGuard::RateLimit,
-            "max_resets_per_minute = 0 in the policy disables resets".to_string(),
-            EXIT_FAILED,
-        );
-    }
-    if d.inode == 0 {
-        // An orphan (its application closed it): safe to destroy only where the start-up
-        // self-test of the agent would say so; the same test, run now.
-        let orphan = crate::reset::orphan_probe();
-        if !orphan.safe {
-            return skipped(
-                &target,
-                &d,
+            guards::Skip::OrphanUnsafe(detail) => (
                 SkipGuard::OrphanUnsafe,
                 format!(
                     "the application already closed this socket (an orphan the kernel \
                      finishes on its own), and on this kernel destroying an orphan is not safe: \
-                     {}",
-                    orphan.detail
+                     {detail}"
                 ),
                 EXIT_FAILED,
-            );
-        }
-    }
-    if req.dry_run {
-        return skipped(
-            &target,
-            &d,
-            SkipGuard::DryRun,
-            format!(
-                "--dry-run: would have reset it ({} bytes queued, class {})",
-                d.send_q,
-                signature_class(&d)
             ),
-            EXIT_OK,
-        );
+            guards::Skip::DryRun => (
+                SkipGuard::DryRun,
+                format!(
+                    "--dry-run: would have reset it ({} bytes queued, class {})",
+                    d.send_q,
+                    signature_class(&d)
+                ),
+                EXIT_OK,
+            ),
+            other => {
+                let (guard, detail) = other.into_parts();
+                (guard, detail, EXIT_FAILED)
+            }
+        };
+        return skipped(&target, &d, guard, detail, code);
     }
     let failed = |d: &TcpDiag, e: ResetError| ResetOutcome {
         notes: vec![format!(
@@ -622,6 +645,32 @@ fn guard_and_reset(req: &ResetRequest, ns: &NetnsRef, target: Target, d: TcpDiag
             format!("it drained before the reset: {why}"),
             EXIT_FAILED,
         );
+    }
+    // The budgets: a single reset by hand meets a fresh window, so only
+    // `max_resets_per_minute = 0` refuses.
+    let net = guards::network_of(fresh.remote.ip());
+    if let Err(refusal) = Budgets::default().take(
+        &req.policy.guards.budgets(),
+        "manual",
+        net,
+        1,
+        Instant::now(),
+    ) {
+        let (guard, detail) = match refusal {
+            Refusal::Disabled => (
+                SkipGuard::RateLimit,
+                "max_resets_per_minute = 0 in the policy disables resets".to_string(),
+            ),
+            Refusal::Rule { capacity } => (
+                SkipGuard::RateLimit,
+                format!("the budget of {capacity} resets per minute is used up"),
+            ),
+            Refusal::Network { net, capacity } => (
+                SkipGuard::NetworkLimit,
+                format!("remote network {net} used its share ({capacity} resets per minute)"),
+            ),
+        };
+        return skipped(&target, &fresh, guard, detail, EXIT_FAILED);
     }
     let t0 = Instant::now();
     match destroyer.destroy(&target) {

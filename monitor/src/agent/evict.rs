@@ -1,0 +1,59 @@
+//! Making room in a (nearly) full kernel map: the entries least likely to matter go.
+
+use super::{Agent, DiagPath, SockSource};
+use crate::snapshot::monotonic_ns;
+use anyhow::Result;
+
+/// The map is made room in above this share of its capacity, down to `EVICT_LOW`.
+pub(super) const EVICT_HIGH: f64 = 0.95;
+pub(super) const EVICT_LOW: f64 = 0.90;
+
+impl<S: SockSource, K: DiagPath> Agent<S, K> {
+    /// A (nearly) full map cannot take a new wedge: remove the entries least likely to
+    /// matter — never a stalled one; first those with nothing queued (the kernel would have
+    /// dropped them, a hook missed it), then the least recently active — down to 90 % of
+    /// the capacity.
+    pub(super) fn make_room(&mut self, tracked: usize) -> Result<()> {
+        let cap = self.src.max_sockets() as usize;
+        let full = self.src.counters().map_full;
+        let refused = full > self.last_map_full;
+        self.last_map_full = full;
+        let high = (cap as f64 * EVICT_HIGH) as usize;
+        let low = (cap as f64 * EVICT_LOW) as usize;
+        if tracked < high && !(refused && tracked >= low) {
+            return Ok(());
+        }
+        let want = tracked.saturating_sub(low).max(1);
+        let mut order: Vec<(bool, u64, u64)> = self
+            .last
+            .values()
+            .filter(|s| {
+                self.tracker.active(s.cookie).is_none()
+                    && self.tracker.active_recv(s.cookie).is_none()
+            })
+            .map(|s| {
+                let drained = s.queued_bytes == 0 && s.recv_unread == 0;
+                (!drained, s.last_activity_ns(), s.cookie)
+            })
+            .collect();
+        order.sort_unstable();
+        let mut evicted = 0;
+        for (_, _, cookie) in order.into_iter().take(want) {
+            if self.src.remove(cookie) {
+                evicted += 1;
+                // Forgotten quietly: the socket is fine, only no longer watched.
+                self.last.remove(&cookie);
+                let now_ns = monotonic_ns();
+                let _ = self.tracker.forget_detailed(cookie, false, now_ns);
+                self.acts.remove(&cookie);
+            }
+        }
+        if evicted > 0 {
+            self.map_evicted += evicted;
+            log::warn!(
+                "tracking map at {tracked} of {cap} entries: evicted {evicted} (map_evicted in stats)"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,274 @@
+//! The agent's tick: read per-socket state → classify → policy → guards → act → events.
+//!
+//! The kernel parts sit behind two small traits, [`SockSource`] (the BPF map) and
+//! [`DiagPath`] (sock_diag lookups and SOCK_DESTROY), so the tick is unit-tested with fakes.
+
+//!
+//! One file per part of the tick: `tick.rs` (read, classify, select, transitions), `act.rs`
+//! (guard chain, re-verification, budgets, batched resets, retries), `verify.rs` (what the
+//! kernel says right before acting), `evict.rs` (room in a full map), `stale.rs` (entries
+//! the kernel no longer touches), `persist.rs` (state across restarts), `report.rs` (stats,
+//! metrics, live view), `reload.rs` (SIGHUP), `start.rs` (start-up), `sources.rs` (the two
+//! traits and their production implementations); unit tests in `tests.rs` over the fakes in
+//! `fakes.rs`.
+
+mod act;
+mod evict;
+mod persist;
+mod reload;
+mod report;
+mod sources;
+mod stale;
+mod start;
+mod tick;
+mod verify;
+
+pub use report::cpu_ms;
+pub use sources::{DiagPath, SockSource};
+pub use verify::{local_listener, verify_live};
+
+use crate::classify::{Calibration, Tracker};
+use crate::event::{self, Event, EventWriter};
+use crate::guards::{Budgets, Hold, Networks};
+use crate::identity::Owners;
+use crate::policy::{Action, Policy};
+use crate::probes::Probes;
+use crate::reset::{Destroyer, Target};
+use crate::snapshot::Snapshot;
+use crate::state::StatePaths;
+use act::{ActState, PendingReset};
+use anyhow::Result;
+use persist::Persist;
+use report::bind_status;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// SIGTERM and SIGINT (stop), and SIGHUP (reopen `--output`, reload the policy), taken over
+/// from their default (killing) action.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must be called inside the runtime.
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+pub struct Config {
+    pub policy: Policy,
+    pub tick: Duration,
+    pub stats_interval: Duration,
+    pub output: Option<PathBuf>,
+    pub dry_run: bool,
+    pub max_sockets: u32,
+    pub bpf_stats: bool,
+    /// Stop after this long (tests, benchmarks); None = until SIGINT/SIGTERM.
+    pub duration: Option<Duration>,
+    /// The unix socket `tcpstall top` reads the live view from; None = off.
+    pub status_socket: Option<PathBuf>,
+    /// Where state is kept across restarts (`crate::state`); None = not kept (`--no-state`).
+    pub state: Option<StatePaths>,
+}
+
+#[derive(Default)]
+struct ResetCounts {
+    done: u64,
+    failed: u64,
+    skipped: u64,
+    retried: u64,
+}
+
+pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
+    cfg: Config,
+    policy: std::sync::Arc<Policy>,
+    src: S,
+    kern: K,
+    out: EventWriter,
+    tracker: Tracker,
+    calibration: Calibration,
+    owners: Owners,
+    reset_works: bool,
+    /// The start-up self-test found destroying orphans safe on this kernel.
+    orphans_safe: bool,
+    budgets: Budgets,
+    nets: Networks,
+    hold: Hold,
+    counts: ResetCounts,
+    /// Last snapshot of every socket present in the kernel map at the previous tick.
+    last: HashMap<u64, Snapshot>,
+    acts: HashMap<u64, ActState>,
+    /// Close notes drained but not matched to a departed socket yet: cookie → (close
+    /// time ns, when drained).
+    closed: HashMap<u64, (u64, Instant)>,
+    pending: Vec<PendingReset>,
+    map_evicted: u64,
+    map_stale: u64,
+    last_map_full: u64,
+    last_stale_check: Instant,
+    started: Instant,
+    last_stats: Instant,
+    last_sweep_us: u64,
+    /// For the live view (`tcpstall top`).
+    mode: event::Mode,
+    recent: crate::status::Recent,
+    /// `--metrics-addr`: Prometheus metrics and health (off unless [`Agent::serve_metrics`]).
+    metrics: crate::metrics::Exporter,
+    persist: Persist,
+}
+
+const NO_RULE: &str = "(defaults)";
+
+/// The socket of `snap` as a SOCK_DESTROY / lookup target (cookie and 4-tuple).
+fn target_of(snap: &Snapshot) -> Target {
+    Target {
+        cookie: snap.cookie,
+        netns: snap.netns,
+        family: snap.family,
+        local: snap.local,
+        remote: snap.remote,
+        pid_hint: snap.pid,
+        // Device-bound (SO_BINDTODEVICE, VRF) and IPv6 link-local sockets are found only
+        // with their interface.
+        ifindex: snap.bound_dev_if,
+    }
+}
+
+impl<S: SockSource, K: DiagPath> Agent<S, K> {
+    /// An agent over the given kernel parts (no start-up probes, no `agent_started`): what
+    /// [`Agent::start`] ends with, and what the unit tests build with fakes.
+    pub fn with_parts(
+        cfg: Config,
+        src: S,
+        kern: K,
+        out: EventWriter,
+        reset_works: bool,
+        orphans_safe: bool,
+    ) -> Agent<S, K> {
+        Agent {
+            policy: std::sync::Arc::new(cfg.policy.clone()),
+            src,
+            kern,
+            out,
+            tracker: Tracker::new(),
+            calibration: Calibration::new(),
+            owners: Owners::default(),
+            reset_works,
+            orphans_safe,
+            budgets: Budgets::default(),
+            nets: Networks::default(),
+            hold: Hold::default(),
+            counts: ResetCounts::default(),
+            last: HashMap::new(),
+            acts: HashMap::new(),
+            closed: HashMap::new(),
+            pending: Vec::new(),
+            map_evicted: 0,
+            map_stale: 0,
+            last_map_full: 0,
+            last_stale_check: Instant::now(),
+            started: Instant::now(),
+            last_stats: Instant::now(),
+            last_sweep_us: 0,
+            mode: event::Mode::Observe,
+            recent: crate::status::Recent::default(),
+            metrics: Default::default(),
+            persist: Persist::default(),
+            cfg,
+        }
+    }
+
+    /// Run ticks until a signal or the configured duration.
+    /// `signals` must be created before [`Agent::start`], so a SIGTERM right after
+    /// `agent_started` is already a clean stop.
+    pub async fn run(mut self, signals: Signals) -> Result<()> {
+        let Signals {
+            mut term,
+            mut int,
+            mut hup,
+        } = signals;
+        // The live view is auxiliary: a status socket that cannot be created (a read-only
+        // /run, another agent answering there) is a warning, never a stop. (Two agents on
+        // the same state are refused by the state directory's lock.)
+        let status = match &self.cfg.status_socket {
+            Some(p) => match bind_status(p) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    log::warn!("no live view for tcpstall top: {e:#}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = self.cfg.duration.map(|d| tokio::time::Instant::now() + d);
+        let reason = loop {
+            let sleep_until = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let asked = async {
+                match &status {
+                    Some(l) => l.accept().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ticker.tick() => {
+                    // Nothing in a tick stops the agent (a failed event write is counted, not
+                    // fatal); only a signal or --duration does.
+                    if let Err(e) = self.tick() {
+                        log::error!("tick: {e:#}");
+                    }
+                }
+                _ = hup.recv() => self.hangup(),
+                Some((conn, _)) = asked => self.answer_status(conn),
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = sleep_until => break "duration elapsed",
+            }
+        };
+        if let Some(p) = &self.cfg.status_socket {
+            let _ = std::fs::remove_file(p);
+        }
+        self.save_state();
+        let _ = self.emit_stats();
+        self.out.emit(&Event::AgentStopped {
+            reason: reason.to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        });
+        // Dropping the probes detaches every hook.
+        Ok(())
+    }
+
+    /// The run mode the policy in force gives (as in `agent_started.mode`).
+    fn mode(&self) -> event::Mode {
+        let wants_reset = self.policy.rules.iter().any(|r| r.action == Action::Reset);
+        if !wants_reset {
+            event::Mode::Observe
+        } else if self.cfg.dry_run {
+            event::Mode::DryRun
+        } else if self.reset_works {
+            event::Mode::Enforce
+        } else {
+            event::Mode::Observe
+        }
+    }
+}
+
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod tests;

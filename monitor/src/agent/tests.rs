@@ -1,0 +1,598 @@
+//! The tick with fake kernel parts: ordering, guards, re-verification, batching, retries.
+
+use super::fakes::*;
+use super::*;
+use crate::classify::StallClass;
+use crate::probes::Pinning;
+use crate::reset::{self, TcpDiag};
+use crate::snapshot::monotonic_ns;
+use crate::state::{self, Saved};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+#[test]
+fn a_failed_event_write_never_stops_enforcement() {
+    let mut r = rig("");
+    r.out.1.store(true, std::sync::atomic::Ordering::Relaxed);
+    r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    // stall_started, reset_intent and socket_reset all fail to be written ...
+    r.agent.tick().unwrap();
+    // ... and the socket is reset all the same.
+    assert_eq!(r.destroyed(), vec![1]);
+    assert_eq!(r.agent.out.events_lost(), 3);
+    assert!(r.out.events().is_empty());
+    // The output works again: the next line is followed by an events_lost line.
+    r.out.1.store(false, std::sync::atomic::Ordering::Relaxed);
+    r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed(), vec![1, 2]);
+    let ev = r.out.events();
+    assert_eq!(ev[0]["event"], "stall_started");
+    assert_eq!(ev[1]["event"], "events_lost");
+    assert_eq!(
+        (ev[1]["count"].as_u64(), ev[1]["total"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(r.out.named("socket_reset").len(), 1);
+    r.agent.emit_stats().unwrap();
+    let stats = r.out.named("stats");
+    assert_eq!(stats[0]["events_lost"], 3);
+    // agent_started is not written by the rig: lines 0.. are this stream's.
+    assert_eq!(stats[0]["events_written"].as_u64(), Some(ev.len() as u64));
+}
+
+#[test]
+fn the_intent_is_on_record_before_each_destroy_batch() {
+    let mut r = rig("[guards]\nmax_resets_per_minute = 1000\n");
+    r.kern.0.lock().unwrap().witness = Some(r.out.clone());
+    for i in 0..70u64 {
+        r.add(
+            stalled(
+                100 + i,
+                &format!("10.9.{}.2:40000", i),
+                StallClass::ZeroWindow,
+            ),
+            true,
+        );
+    }
+    r.agent.tick().unwrap();
+    let seen = r.kern.0.lock().unwrap().out_at_destroy.clone();
+    assert_eq!(seen.len(), 2, "70 resets: two batches");
+    let destroyed = r.destroyed();
+    let mut from = 0;
+    for out in &seen {
+        // The last line before the batch names exactly the sockets of the batch, and no
+        // socket_reset of them is out yet.
+        let last = out.last().unwrap();
+        assert_eq!(last["event"], "reset_intent", "{last}");
+        let cookies: Vec<u64> = last["sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["cookie"].as_u64().unwrap())
+            .collect();
+        assert_eq!(cookies, destroyed[from..from + cookies.len()].to_vec());
+        assert!(cookies.len() <= reset::DESTROY_BATCH);
+        from += cookies.len();
+        assert!(!out
+            .iter()
+            .any(|e| e["event"] == "socket_reset"
+                && cookies.contains(&e["cookie"].as_u64().unwrap())));
+    }
+    assert_eq!(from, 70);
+    assert_eq!(destroyed.len(), 70);
+    assert_eq!(r.out.named("socket_reset").len(), 70);
+}
+
+#[test]
+fn a_reload_keeps_socket_state_and_a_bad_file_changes_nothing() {
+    let dir = std::env::temp_dir().join(format!("tcpstall-agent-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.toml");
+    let observe = POLICY.replace("action = \"reset\"", "action = \"observe\"");
+    std::fs::write(&path, &observe).unwrap();
+    let mut r = rig_with(Policy::load(&path).unwrap());
+    r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    r.agent.tick().unwrap();
+    assert_eq!(r.out.named("stall_started").len(), 1);
+    assert!(r.destroyed().is_empty());
+    // The same rule, now resetting: the stall already known is reset, not started again.
+    std::fs::write(&path, POLICY).unwrap();
+    r.agent.reload_policy();
+    let reload = r.out.named("policy_reload");
+    assert_eq!(reload[0]["ok"], true, "{}", reload[0]);
+    assert_eq!(reload[0]["mode"], "enforce");
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed(), vec![1]);
+    assert_eq!(r.out.named("stall_started").len(), 1);
+    // A bad file is refused with its problems; the reset rule stays in force.
+    std::fs::write(&path, format!("{POLICY}bogus = 1\n")).unwrap();
+    r.agent.reload_policy();
+    let reload = r.out.named("policy_reload");
+    assert_eq!(reload[1]["ok"], false);
+    let problem = reload[1]["problems"][0].as_str().unwrap();
+    assert!(
+        problem.starts_with(&format!(
+            "{}:{}:1: unknown key `bogus`",
+            path.display(),
+            POLICY.lines().count() + 1
+        )),
+        "{problem}"
+    );
+    r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed(), vec![1, 2]);
+    // Without --policy there is nothing to reload.
+    let mut bare = rig_with(Policy::default());
+    bare.agent.reload_policy();
+    let reload = bare.out.named("policy_reload");
+    assert_eq!(
+        (reload[0]["ok"].as_bool(), reload[0]["policy"].is_null()),
+        (Some(true), true)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_close_noted_after_the_map_read_is_no_recovery() {
+    let mut r = rig("[guards]\nmax_resets_per_minute = 0\n");
+    r.add(stalled(7, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    r.agent.tick().unwrap();
+    assert_eq!(r.out.named("stall_started").len(), 1);
+    // The socket closes between two ticks: its entry is gone at the next read, and its
+    // note is on the ring only once that read is done.
+    r.drop_entry(7);
+    r.map.0.lock().unwrap().late_notes.push(note(7));
+    r.agent.tick().unwrap();
+    assert_eq!(
+        r.out.named("stall_cleared").len(),
+        0,
+        "{:?}",
+        r.out.events()
+    );
+    assert_eq!(r.out.named("stall_closed").len(), 1);
+    assert!(r.agent.calibration.rows().iter().all(|c| c.count == 0));
+}
+
+#[test]
+fn a_lost_close_note_is_settled_by_the_kernel() {
+    let mut r = rig("[guards]\nmax_resets_per_minute = 0\n");
+    r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+    r.agent.tick().unwrap();
+    assert_eq!(r.out.named("stall_started").len(), 2);
+    // Both leave the map with no note: 1 is gone from the kernel (closed), 2 is still
+    // established with nothing queued (drained).
+    r.drop_entry(1);
+    r.drop_entry(2);
+    {
+        let mut k = r.kern.0.lock().unwrap();
+        k.live.remove(&1);
+        k.live.get_mut(&2).unwrap().send_q = 0;
+    }
+    r.agent.tick().unwrap();
+    let closed = r.out.named("stall_closed");
+    let cleared = r.out.named("stall_cleared");
+    assert_eq!((closed.len(), cleared.len()), (1, 1));
+    assert_eq!(closed[0]["cookie"], 1);
+    assert_eq!(cleared[0]["cookie"], 2);
+}
+
+#[test]
+fn protected_ports_are_directional_and_checked_before_the_kernel() {
+    let mut r = rig("");
+    // Our outgoing connection to a peer's port 22 (no listener on our port).
+    let mut out = stalled(1, "10.9.0.2:22", StallClass::ZeroWindow);
+    out.lport = 40000;
+    r.add(out, true);
+    // A client that connected to our service on :8080 from source port 22.
+    r.add(stalled(2, "10.9.1.2:22", StallClass::ZeroWindow), true);
+    r.kern.0.lock().unwrap().listeners.insert(8080);
+    // The rule selects local port 8080 only; widen it to port 40000 for socket 1.
+    let p = Policy::parse(
+        &POLICY.replace("local_ports = [8080]", "local_ports = [8080, 40000]"),
+        "t",
+    )
+    .unwrap();
+    r.agent.policy = Arc::new(p);
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed(), vec![2]);
+    let skipped = r.out.named("reset_skipped");
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["cookie"], 1);
+    assert_eq!(skipped[0]["guard"], "protected_port");
+    assert!(skipped[0]["detail"].as_str().unwrap().contains("outgoing"));
+}
+
+#[test]
+fn a_socket_the_kernel_shows_recovered_is_not_reset() {
+    let mut r = rig("");
+    // The map says stalled; the kernel's send queue shrank (acks the map missed).
+    r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    r.kern.0.lock().unwrap().live.get_mut(&1).unwrap().send_q = 100;
+    // And one the kernel shows drained completely: its stale entry is removed.
+    r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+    r.kern.0.lock().unwrap().live.get_mut(&2).unwrap().send_q = 0;
+    // And a no_ack stall whose peer the kernel heard from 50 ms ago.
+    r.add(stalled(3, "10.9.0.4:40000", StallClass::NoAck), true);
+    r.kern
+        .0
+        .lock()
+        .unwrap()
+        .live
+        .get_mut(&3)
+        .unwrap()
+        .last_ack_recv_ms = 50;
+    r.agent.tick().unwrap();
+    assert!(r.destroyed().is_empty());
+    let skipped = r.out.named("reset_skipped");
+    assert_eq!(skipped.len(), 3);
+    assert!(skipped.iter().all(|e| e["guard"] == "not_stalled_anymore"));
+    assert_eq!(r.map.0.lock().unwrap().removed, vec![2]);
+    // One batched lookup for the three.
+    assert_eq!(r.kern.0.lock().unwrap().lookup_many_calls, 1);
+    // The drained one is recorded as recovered at the next tick.
+    r.agent.tick().unwrap();
+    let cleared = r.out.named("stall_cleared");
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(cleared[0]["cookie"], 2);
+}
+
+#[test]
+fn a_mass_disconnect_is_reset_in_one_tick_under_default_guards() {
+    let mut r = rig("");
+    for i in 0..3000u64 {
+        let port = 10000 + i;
+        r.add(
+            stalled(100 + i, &format!("10.9.0.2:{port}"), StallClass::NoAck),
+            true,
+        );
+    }
+    // The rest of the node is fine.
+    for i in 0..5u64 {
+        r.add(healthy(10 + i, &format!("10.7.0.{}:5000", 2 + i)), true);
+    }
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed().len(), 3000);
+    // In batches of DESTROY_BATCH, each announced by its reset_intent line first.
+    let batches = 3000usize.div_ceil(reset::DESTROY_BATCH);
+    assert_eq!(r.kern.0.lock().unwrap().destroy_calls, batches);
+    let intents = r.out.named("reset_intent");
+    assert_eq!(intents.len(), batches);
+    let announced: Vec<u64> = intents
+        .iter()
+        .flat_map(|e| e["sockets"].as_array().unwrap().clone())
+        .map(|s| s["cookie"].as_u64().unwrap())
+        .collect();
+    assert_eq!(announced, r.destroyed());
+    let mass = r.out.named("mass_disconnect");
+    assert_eq!(mass.len(), 1);
+    assert_eq!(mass[0]["network"], "10.9.0.0/24");
+    assert_eq!(r.out.named("reset_skipped").len(), 0);
+}
+
+#[test]
+fn without_a_disconnect_budgets_hold_per_rule_and_network() {
+    let mut r = rig("");
+    // 100 peers of one network alive but not reading (zero window): no mass disconnect.
+    for i in 0..100u64 {
+        r.add(
+            stalled(
+                100 + i,
+                &format!("198.51.100.7:{}", 10000 + i),
+                StallClass::ZeroWindow,
+            ),
+            true,
+        );
+    }
+    r.agent.tick().unwrap();
+    // Rule budget max(60, 10 % of 100) = 60; one network at most half of it.
+    assert_eq!(r.destroyed().len(), 30);
+    let skipped = r.out.named("reset_skipped");
+    assert_eq!(skipped.len(), 70);
+    assert!(skipped.iter().all(|e| e["guard"] == "network_limit"));
+    // Another network still gets the rest of the rule's budget.
+    for i in 0..40u64 {
+        r.add(
+            stalled(
+                1000 + i,
+                &format!("203.0.113.9:{}", 10000 + i),
+                StallClass::ZeroWindow,
+            ),
+            true,
+        );
+    }
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed().len(), 60);
+    let skipped = r.out.named("reset_skipped");
+    assert!(skipped.iter().any(|e| e["guard"] == "rate_limit"));
+}
+
+#[test]
+fn every_network_silent_at_once_holds_resets() {
+    let mut r = rig("");
+    for k in 1..=4u64 {
+        for i in 0..10u64 {
+            r.add(
+                stalled(
+                    k * 100 + i,
+                    &format!("10.{k}.0.2:{}", 10000 + i),
+                    StallClass::NoAck,
+                ),
+                true,
+            );
+        }
+    }
+    r.agent.tick().unwrap();
+    assert!(r.destroyed().is_empty());
+    let hold = r.out.named("partition_hold");
+    assert_eq!(hold.len(), 1);
+    assert_eq!(hold[0]["state"], "started");
+    assert_eq!(hold[0]["silent_networks"], 4);
+    let skipped = r.out.named("reset_skipped");
+    assert_eq!(skipped.len(), 40);
+    assert!(skipped.iter().all(|e| e["guard"] == "partition_hold"));
+    // ACKs come back from three networks: the hold ends, and the one network still
+    // silent is reset (10 sockets: under the mass-disconnect size, within the budget).
+    {
+        let mut m = r.map.0.lock().unwrap();
+        let now = monotonic_ns();
+        m.states.retain(|s| s.raddr[1] == 1);
+        drop(m);
+        for k in 2..=4u64 {
+            r.add(healthy(k * 1000, &format!("10.{k}.0.2:9999")), true);
+        }
+        let _ = now;
+    }
+    r.agent.tick().unwrap();
+    let hold = r.out.named("partition_hold");
+    assert_eq!(hold.len(), 2);
+    assert_eq!(hold[1]["state"], "ended");
+    assert_eq!(hold[1]["resets_held"], 40);
+    assert_eq!(r.destroyed().len(), 10);
+}
+
+#[test]
+fn transient_errors_are_retried_with_backoff_and_others_are_final() {
+    let mut r = rig("");
+    r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    r.kern.0.lock().unwrap().destroy_errors = vec![libc::ENOBUFS];
+    r.agent.tick().unwrap();
+    let failed = r.out.named("reset_failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["error"], "ENOBUFS");
+    assert_eq!(failed[0]["retry_in_ms"], 100);
+    // Not before the backoff ...
+    r.agent.tick().unwrap();
+    assert!(r.destroyed().is_empty());
+    std::thread::sleep(Duration::from_millis(120));
+    // ... then again, and it works.
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed(), vec![1]);
+    assert_eq!(r.out.named("socket_reset").len(), 1);
+    // EPERM is final: one event, no retry.
+    r.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), true);
+    r.kern.0.lock().unwrap().destroy_errors = vec![libc::EPERM];
+    r.agent.tick().unwrap();
+    std::thread::sleep(Duration::from_millis(120));
+    r.agent.tick().unwrap();
+    let failed = r.out.named("reset_failed");
+    assert_eq!(failed.len(), 2);
+    assert!(failed[1]["retry_in_ms"].is_null());
+    assert_eq!(r.destroyed(), vec![1]);
+}
+
+#[test]
+fn metrics_count_what_the_events_say() {
+    let mut r = rig("");
+    r.agent.metrics = crate::metrics::Exporter::detached(crate::metrics::Setup {
+        hooks: &[],
+        degraded: &[],
+        socket_key_by_address: false,
+        policy: &r.agent.policy.clone(),
+        dry_run: false,
+        reset_works: true,
+        orphans_safe: true,
+        map_capacity: 100_000,
+        bpf_stats: false,
+        started: Instant::now(),
+    });
+    let has = |text: &str, series: &str| {
+        assert!(text.contains(&format!("\n{series}\n")), "{series}\n{text}");
+    };
+    r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    let mut other = stalled(2, "10.9.0.3:40000", StallClass::NoAck);
+    other.lport = 9999; // no rule
+    r.add(other, true);
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed(), vec![1]);
+    let text = r.agent.metrics.encode(false).unwrap();
+    for series in [
+        r#"tcpstall_resets_total{rule="svc",result="done"} 1"#,
+        r#"tcpstall_stalls_started_total{rule="svc",class="zero_window"} 1"#,
+        r#"tcpstall_stalls_started_total{rule="(defaults)",class="no_ack"} 1"#,
+        r#"tcpstall_stalls_active{rule="svc",class="zero_window"} 1"#,
+        r#"tcpstall_stalls_active{rule="(defaults)",class="no_ack"} 1"#,
+        "tcpstall_sockets_tracked 2",
+        "tcpstall_map_capacity 100000",
+        "tcpstall_tick_duration_seconds_count 1",
+    ] {
+        has(&text, series);
+    }
+    // The reset socket closes: closed, and no longer active.
+    r.drop_entry(1);
+    r.map.0.lock().unwrap().notes.push(note(1));
+    r.agent.tick().unwrap();
+    let text = r.agent.metrics.encode(false).unwrap();
+    for series in [
+        r#"tcpstall_stalls_closed_total{rule="svc",class="zero_window"} 1"#,
+        r#"tcpstall_stalls_active{rule="svc",class="zero_window"} 0"#,
+        "tcpstall_sockets_tracked 1",
+    ] {
+        has(&text, series);
+    }
+}
+
+#[test]
+fn a_full_map_makes_room_without_dropping_a_stall() {
+    let mut r = rig("[guards]\nmax_resets_per_minute = 0\n");
+    r.map.0.lock().unwrap().max = 20;
+    r.add(stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    for i in 0..19u64 {
+        let mut s = healthy(100 + i, &format!("10.7.0.2:{}", 10000 + i));
+        // Older activity for higher cookies.
+        let t = s.last_ack_ns - i * S;
+        s.last_ack_ns = t;
+        s.last_progress_ns = t;
+        s.first_seen_ns = t - S;
+        r.add(s, true);
+    }
+    r.agent.tick().unwrap();
+    let removed = r.map.0.lock().unwrap().removed.clone();
+    // 20 of 20: down to 18, the least recently active first, never the stalled one.
+    assert_eq!(removed, vec![118, 117]);
+    assert_eq!(r.agent.map_evicted, 2);
+    assert!(r.out.named("stall_cleared").is_empty());
+}
+
+#[test]
+fn verify_live_reads_state_queue_window_and_acks() {
+    let snap = Snapshot::from_state(&stalled(1, "10.9.0.2:1", StallClass::NoAck), monotonic_ns());
+    let ok = diag(1, 4000);
+    assert_eq!(verify_live(&snap, StallClass::NoAck, &ok), Ok(()));
+    let closed = TcpDiag {
+        state: 7,
+        ..ok.clone()
+    };
+    assert!(verify_live(&snap, StallClass::NoAck, &closed).is_err());
+    let mut zw = ok.clone();
+    zw.tcp_info_len = 400;
+    zw.snd_wnd = 1000;
+    assert!(verify_live(&snap, StallClass::ZeroWindow, &zw).is_err());
+    zw.snd_wnd = 0;
+    assert_eq!(verify_live(&snap, StallClass::ZeroWindow, &zw), Ok(()));
+    let _ = Ipv4Addr::LOCALHOST;
+}
+
+fn adopted() -> Pinning {
+    Pinning {
+        adopted: true,
+        path: None,
+        detail: "adopted the kernel map pinned at /test".into(),
+    }
+}
+
+fn state_file(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("tcpstall-agent-unit-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(state::STATE_FILE)
+}
+
+#[test]
+fn a_restart_keeps_stall_clocks_budgets_and_decisions_and_drops_what_went_away() {
+    let path = state_file("restart");
+    let extra = "[guards]\nmax_resets_per_minute = 1\nnetwork_share = 1.0\n";
+    let mut a = rig(extra);
+    a.agent.persist.file = Some(path.clone());
+    a.agent.persist.boot_id = state::boot_id();
+    let s1 = stalled(1, "10.9.0.2:40000", StallClass::ZeroWindow);
+    let (s2, s4, s5) = (
+        stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow),
+        stalled(4, "10.9.0.4:40000", StallClass::ZeroWindow),
+        stalled(5, "10.9.0.5:40000", StallClass::ZeroWindow),
+    );
+    for s in [s1, s2, s4, s5] {
+        a.add(s, true);
+    }
+    a.agent.tick().unwrap();
+    assert_eq!(a.destroyed(), vec![1]);
+    let skipped = a.out.named("reset_skipped");
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    assert!(skipped.iter().all(|e| e["guard"] == "rate_limit"));
+    a.agent.save_state();
+    drop(a);
+
+    // The next agent adopts the map: 2 is still stalled, 4 closed and 5 drained while no
+    // agent ran (their entries are still in the map: no hook removed them).
+    let mut b = rig(extra);
+    b.add(s2, true);
+    b.add(s4, false);
+    b.add(s5, true);
+    b.kern.0.lock().unwrap().live.get_mut(&5).unwrap().send_q = 0;
+    let saved = state::load(&path, monotonic_ns());
+    let report = b.agent.restore(&adopted(), Some((&saved, path.as_path())));
+    assert!(report.adopted && report.restored, "{report:?}");
+    assert!(
+        report.detail.contains("3 sockets; 1 closed and 1 drained"),
+        "{}",
+        report.detail
+    );
+    assert!(
+        report.detail.contains("1 resets in the rate-limit"),
+        "{}",
+        report.detail
+    );
+    assert_eq!(b.map.0.lock().unwrap().removed, vec![4, 5]);
+    b.agent.tick().unwrap();
+    let ev = b.out.events();
+    // 2: same stall, same decision: nothing said again.
+    assert!(ev.iter().all(|e| e["cookie"] != 2), "{ev:?}");
+    // 4 closed while stalled, 5 recovered: said once each, no recovery for 4.
+    let closed = b.out.named("stall_closed");
+    let cleared = b.out.named("stall_cleared");
+    assert_eq!((closed.len(), cleared.len()), (1, 1), "{ev:?}");
+    assert_eq!(closed[0]["cookie"], 4);
+    assert_eq!(cleared[0]["cookie"], 5);
+    // The rate-limit window carried over: a new wedge within the minute is skipped.
+    b.add(stalled(6, "10.9.0.6:40000", StallClass::ZeroWindow), true);
+    b.agent.tick().unwrap();
+    assert!(b.destroyed().is_empty());
+    let skipped = b.out.named("reset_skipped");
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["cookie"], 6);
+    assert_eq!(skipped[0]["guard"], "rate_limit");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn without_the_kernel_map_only_histories_and_budgets_come_back() {
+    let path = state_file("fresh");
+    let mut a = rig("");
+    a.agent.persist.file = Some(path.clone());
+    a.agent.persist.boot_id = state::boot_id();
+    a.add(stalled(2, "10.9.0.3:40000", StallClass::ZeroWindow), false);
+    a.agent.tick().unwrap();
+    assert_eq!(a.out.named("stall_started").len(), 1);
+    a.agent.save_state();
+    let mut b = rig("");
+    let saved = state::load(&path, monotonic_ns());
+    let fresh = Pinning {
+        adopted: false,
+        path: None,
+        detail: "kernel map started fresh: no saved kernel map in /test".into(),
+    };
+    let report = b.agent.restore(&fresh, Some((&saved, path.as_path())));
+    assert!(!report.adopted && report.restored, "{report:?}");
+    assert!(
+        report.detail.contains("(0 in the same tracking session)"),
+        "{}",
+        report.detail
+    );
+    // Nothing to learn from a stall without history: it was not kept.
+    assert_eq!(b.agent.tracker.len() + b.agent.tracker.dormant_len(), 0);
+    // A file from an incompatible agent: started fresh, saying why.
+    let bad: Result<Saved, String> = Err("it has format 9".into());
+    let mut c = rig("");
+    let report = c.agent.restore(&fresh, Some((&bad, path.as_path())));
+    assert!(!report.adopted && !report.restored);
+    assert!(
+        report.detail.starts_with("started fresh: "),
+        "{}",
+        report.detail
+    );
+    assert!(report
+        .detail
+        .contains("state file not used: it has format 9"));
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}

@@ -1,0 +1,338 @@
+//! One tick: read the map and the close notes, classify, select by policy, account the
+//! networks, then hand the candidates to the act stage; departures and transitions become
+//! events.
+
+use super::act::{ActState, Candidate};
+use super::verify::{TCP_CLOSE_WAIT, TCP_ESTABLISHED};
+use super::{target_of, Agent, DiagPath, SockSource, NO_RULE};
+use crate::classify::{Evidence, StallClass, Transition};
+use crate::event::{self, Event, SocketFields};
+use crate::guards::{self, HoldChange, Peer};
+use crate::identity::Owners;
+use crate::policy::{Action, Policy, Selection, SocketIdentity};
+use crate::reset::Target;
+use crate::snapshot::{monotonic_ns, Snapshot};
+use anyhow::Result;
+use monitor_common::SockState;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Close notes not matched to a departed socket are dropped after this long.
+pub(super) const NOTE_KEEP: Duration = Duration::from_secs(30);
+
+/// Address-keyed kernels only: the cookie of a socket nobody asked about yet (the lookup
+/// is what makes the kernel assign it).
+pub(super) fn resolve_cookie<K: DiagPath + ?Sized>(kern: &mut K, st: &SockState) -> Option<u64> {
+    let snap = Snapshot::from_state(st, 0);
+    let target = Target {
+        cookie: 0,
+        ..target_of(&snap)
+    };
+    match kern.lookup(&target) {
+        Ok(Some(d)) => Some(d.cookie),
+        Ok(None) => None,
+        Err(e) => {
+            log::debug!("cookie lookup of {} -> {}: {e}", snap.local, snap.remote);
+            None
+        }
+    }
+}
+
+/// The policy's selection for a socket, identified as rules select: addresses, writer
+/// comm, writer cgroup path, network namespace.
+pub(super) fn select<'p>(
+    policy: &'p Policy,
+    owners: &mut Owners,
+    snap: &Snapshot,
+) -> Selection<'p> {
+    let (cgroup, w) = owners.of(snap.cgroup_id);
+    policy.select(&SocketIdentity {
+        local: snap.local,
+        remote: snap.remote,
+        comm: snap.comm.as_deref(),
+        cgroup_path: cgroup.as_deref(),
+        netns: snap.netns,
+        pod_namespace: w.pod_namespace.as_deref(),
+        pod_name: w.pod_name.as_deref(),
+    })
+}
+
+impl<S: SockSource, K: DiagPath> Agent<S, K> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn socket_fields(
+        &mut self,
+        s: &Snapshot,
+        class: StallClass,
+        stalled_for_ms: u64,
+        rule: Option<&str>,
+        action: Action,
+        evidence: Option<&Evidence>,
+    ) -> SocketFields {
+        let (cgroup, w) = self.owners.of(s.cgroup_id);
+        SocketFields {
+            cookie: s.cookie,
+            netns: s.netns,
+            family: if s.family == crate::snapshot::AF_INET6 {
+                event::Family::Inet6
+            } else {
+                event::Family::Inet
+            },
+            local: s.local,
+            remote: s.remote,
+            pid: s.pid,
+            comm: s.comm.clone(),
+            cgroup_id: s.cgroup_id,
+            cgroup,
+            container_id: w.container_id,
+            container_runtime: w.runtime,
+            pod_uid: w.pod_uid,
+            pod_namespace: w.pod_namespace,
+            pod_name: w.pod_name,
+            class,
+            queued_bytes: s.queued_bytes,
+            unacked_bytes: s.unacked_bytes,
+            snd_wnd: s.snd_wnd,
+            retransmits: s.retransmits,
+            stalled_for_ms,
+            rule: rule.map(str::to_string),
+            action,
+            evidence: evidence.cloned().unwrap_or_default(),
+            recv_unread: s.recv_unread,
+        }
+    }
+
+    /// One tick. The map is read first and the close notes after it: the kernel side puts a
+    /// close's note on the ring before it removes the entry, so every entry this read
+    /// misses because of a close has its note among those drained right after (unless the
+    /// ring overflowed: then the kernel is asked). A close is never taken for a recovery.
+    pub fn tick(&mut self) -> Result<()> {
+        let t0 = Instant::now();
+        let kern = &mut self.kern;
+        let states = self.src.read_all(&mut |st| resolve_cookie(kern, st));
+        for n in self.src.drain_closed() {
+            self.closed.insert(n.cookie, (n.ts_ns, t0));
+        }
+        let read_us = t0.elapsed().as_micros();
+        let now_ns = monotonic_ns();
+        let mut present = HashSet::with_capacity(states.len());
+        let policy = std::sync::Arc::clone(&self.policy);
+        // Tracked sockets each reset rule selects this tick (its budget scales with them).
+        let mut selected: HashMap<&str, u64> = HashMap::new();
+        let mut candidates: Vec<Candidate<'_>> = Vec::new();
+        self.nets.begin();
+        for st in &states {
+            let snap = Snapshot::from_state(st, now_ns);
+            present.insert(snap.cookie);
+            let sel = select(&policy, &mut self.owners, &snap);
+            if let Some(r) = sel.rule {
+                *selected.entry(r.name.as_str()).or_default() += 1;
+            }
+            self.nets.observe(
+                &Peer {
+                    remote: snap.remote.ip(),
+                    unacked_bytes: snap.unacked_bytes,
+                    last_ack_ns: snap.last_ack_ns,
+                    first_seen_ns: snap.first_seen_ns,
+                },
+                now_ns,
+            );
+            let obs = self.tracker.observe(&snap, sel.thresholds);
+            let rule_name = sel.rule.map(|r| r.name.as_str());
+            for ep in &obs.recovered {
+                self.record_episode(&sel, rule_name, snap.cookie, ep)?;
+            }
+            for tr in [obs.transition, obs.recv_transition].into_iter().flatten() {
+                self.emit_transition(&snap, tr, rule_name, sel.action, None)?;
+            }
+            self.metrics
+                .count_active(&self.tracker, snap.cookie, rule_name);
+            if let Some(active) = self.tracker.active(snap.cookie) {
+                let class = active.class;
+                if sel.resets(class) {
+                    candidates.push(Candidate {
+                        snap: snap.clone(),
+                        sel,
+                        class,
+                    });
+                }
+            }
+            self.last.insert(snap.cookie, snap);
+        }
+        self.departures(&present, now_ns)?;
+        let report = self.nets.finish(&policy.guards.networks(), now_ns);
+        self.update_hold(&report)?;
+        self.enforce(candidates, &selected)?;
+        self.flush_resets()?;
+        self.make_room(states.len())?;
+        self.check_stale()?;
+        self.kern.release_idle();
+        self.closed.retain(|_, (_, at)| at.elapsed() < NOTE_KEEP);
+        self.budgets.prune(Instant::now());
+        self.tracker
+            .prune(now_ns, Duration::from_secs(600), 100_000);
+        self.last_sweep_us = t0.elapsed().as_micros() as u64;
+        log::debug!(
+            "tick: {} sockets, map read {read_us} us, whole tick {} us",
+            states.len(),
+            self.last_sweep_us
+        );
+        self.metrics_tick(t0.elapsed());
+        if self.last_stats.elapsed() >= self.cfg.stats_interval {
+            self.emit_stats()?;
+        }
+        if self.persist.due() {
+            self.save_state();
+        }
+        Ok(())
+    }
+
+    /// Sockets gone from the kernel map since the last tick: closed, or drained.
+    pub(super) fn departures(&mut self, present: &HashSet<u64>, now_ns: u64) -> Result<()> {
+        let gone: Vec<u64> = self
+            .last
+            .keys()
+            .filter(|c| !present.contains(c))
+            .copied()
+            .collect();
+        for cookie in gone {
+            let snap = self.last.remove(&cookie).expect("key from map");
+            let note = self.closed.remove(&cookie).map(|(ts, _)| ts);
+            let stalled =
+                self.tracker.active(cookie).is_some() || self.tracker.active_recv(cookie).is_some();
+            let was_closed = match note {
+                Some(_) => true,
+                // No note (the ring overflowed): for a stalled socket, where it matters
+                // (recovery or close), ask the kernel; anything but a live open socket is a
+                // close. Unstalled sockets are taken as drained.
+                None if stalled => match self.kern.lookup(&target_of(&snap)) {
+                    Ok(Some(d)) => !(d.state == TCP_ESTABLISHED || d.state == TCP_CLOSE_WAIT),
+                    _ => true,
+                },
+                None => false,
+            };
+            if !was_closed {
+                // Drained: the peer acked everything.
+                self.nets.heard(snap.remote.ip(), now_ns);
+            }
+            let t = note.unwrap_or(now_ns);
+            let last_evidence = self.tracker.evidence(cookie);
+            let dep = self.tracker.forget_detailed(cookie, was_closed, t);
+            let policy = std::sync::Arc::clone(&self.policy);
+            let sel = select(&policy, &mut self.owners, &snap);
+            let rule_name = sel.rule.map(|r| r.name.as_str());
+            if let Some(ep) = &dep.recovered {
+                self.record_episode(&sel, rule_name, cookie, ep)?;
+            }
+            for tr in [dep.transition, dep.recv_transition].into_iter().flatten() {
+                self.emit_transition(&snap, tr, rule_name, sel.action, last_evidence.clone())?;
+            }
+            self.acts.remove(&cookie);
+        }
+        Ok(())
+    }
+
+    pub(super) fn update_hold(&mut self, report: &guards::NetReport) -> Result<()> {
+        let max = self.policy.guards.partition_max_hold;
+        let Some(change) = self.hold.update(report.partition, Instant::now(), max) else {
+            return Ok(());
+        };
+        let state = match change {
+            HoldChange::Started => "started",
+            HoldChange::Ended => "ended",
+            HoldChange::Expired => "expired",
+        };
+        if change == HoldChange::Started {
+            self.metrics.partition_hold_started();
+        }
+        log::warn!(
+            "partition hold {state}: {} remote networks silent, {} alive",
+            report.silent,
+            report.alive
+        );
+        self.out.emit(&Event::PartitionHold {
+            state: state.into(),
+            silent_networks: report.silent as u64,
+            alive_networks: report.alive as u64,
+            networks: report
+                .silent_sample
+                .iter()
+                .map(|(n, c)| format!("{n} ({c} silent)"))
+                .collect(),
+            resets_held: self.hold.held,
+        });
+        Ok(())
+    }
+
+    pub(super) fn record_episode(
+        &mut self,
+        sel: &Selection<'_>,
+        rule_name: Option<&str>,
+        cookie: u64,
+        ep: &crate::classify::Episode,
+    ) -> Result<()> {
+        let threshold_ms = sel.thresholds.threshold_for(ep.class).as_millis() as u64;
+        self.metrics.episode(rule_name, ep);
+        if let Some(w) = self.calibration.record(
+            rule_name.unwrap_or(NO_RULE),
+            threshold_ms,
+            sel.resets(ep.class),
+            cookie,
+            ep,
+        ) {
+            self.metrics.threshold_warning(rule_name, w.class);
+            self.out.emit(&Event::ThresholdWarning {
+                rule: (w.rule != NO_RULE).then_some(w.rule),
+                class: w.class,
+                threshold_ms: w.threshold_ms,
+                observed_ms: w.observed_ms,
+                cookie: w.cookie,
+                would_reset: w.would_reset,
+                advice: w.advice,
+            });
+        }
+        Ok(())
+    }
+
+    /// `evidence`: for a socket already forgotten by the tracker, its last evidence.
+    pub(super) fn emit_transition(
+        &mut self,
+        snap: &Snapshot,
+        tr: Transition,
+        rule: Option<&str>,
+        action: Action,
+        evidence: Option<Evidence>,
+    ) -> Result<()> {
+        let acted = self.acts.get(&snap.cookie).map(|a| a.done).unwrap_or(false);
+        self.metrics.transition(&tr, rule);
+        let ev = match &tr {
+            Transition::Started { evidence, .. } => Some(evidence.clone()),
+            _ => evidence.or_else(|| self.tracker.evidence(snap.cookie)),
+        };
+        let f = self.socket_fields(
+            snap,
+            tr.class(),
+            tr.stalled_for_ms(),
+            rule,
+            action,
+            ev.as_ref(),
+        );
+        match tr {
+            Transition::Started { .. } => {
+                if tr.class().is_send_side() {
+                    self.acts.insert(snap.cookie, ActState::default());
+                }
+                self.out.emit(&Event::StallStarted(f));
+            }
+            Transition::Cleared { .. } => {
+                if tr.class().is_send_side() {
+                    self.acts.remove(&snap.cookie);
+                }
+                self.out.emit(&Event::StallCleared(f));
+            }
+            // Our own reset closed it: the socket_reset event already said so.
+            Transition::Closed { .. } if acted && tr.class().is_send_side() => {}
+            Transition::Closed { .. } => self.out.emit(&Event::StallClosed(f)),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! One tick of the read-side state machine: `recv_backlog`.
+
+use super::cadence::class_evidence;
+use super::tracker::{Drain, History, Live};
+use super::{dur_ns, ActiveStall, StallClass, Thresholds, Transition, NS_PER_MS};
+use crate::snapshot::Snapshot;
+
+/// One tick of the read-side state machine.
+pub(super) fn step_recv(
+    live: &mut Live,
+    history: &History,
+    snap: &Snapshot,
+    t: &Thresholds,
+    drain: Option<Drain>,
+) -> Option<Transition> {
+    let now = snap.now_ns;
+    if let Some(a) = &live.recv {
+        if snap.recv_unread == 0 || snap.last_read_ns > a.progress_mark {
+            let end = if snap.last_read_ns > a.since_ns {
+                snap.last_read_ns.min(now)
+            } else {
+                now
+            };
+            let tr = Transition::Cleared {
+                class: StallClass::RecvBacklog,
+                stalled_for_ms: end.saturating_sub(a.since_ns) / NS_PER_MS,
+            };
+            live.recv = None;
+            return Some(tr);
+        }
+        return None;
+    }
+    let unread_since = now.saturating_sub(snap.last_read_ns);
+    let full = snap.rcv_wnd == 0 || (snap.rcvbuf > 0 && snap.recv_unread >= snap.rcvbuf as u64 / 2);
+    if snap.recv_unread == 0 || !full || unread_since < dur_ns(t.recv_backlog_after) {
+        return None;
+    }
+    let (_, evidence) = class_evidence(StallClass::RecvBacklog, history, snap, t, drain);
+    live.recv = Some(ActiveStall {
+        class: StallClass::RecvBacklog,
+        since_ns: snap.last_read_ns,
+        evidence: evidence.clone(),
+        progress_mark: snap.last_read_ns,
+        decided_ns: now,
+        last_progress_ns: snap.last_read_ns,
+        session_ns: snap.first_seen_ns,
+        floor_bps: 0,
+    });
+    Some(Transition::Started {
+        class: StallClass::RecvBacklog,
+        stalled_for_ms: unread_since / NS_PER_MS,
+        evidence,
+    })
+}
