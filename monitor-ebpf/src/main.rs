@@ -78,10 +78,18 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 pub struct LastSeen {
     sk: u64,
     ns: u64,
+    /// Send path: calls of `sk` skipped on this CPU since its last refresh.
+    skipped: u64,
 }
 
 /// At most one refresh per socket per this many ns per CPU from the send and ACK paths.
 const REFRESH_NS: u64 = 1_000_000;
+
+/// Send path, send buffer not full: a socket's back-to-back writes on one CPU refresh its
+/// entry once per this many calls, decided without reading the clock (the clock read was
+/// half the program's cost per small write). A full buffer (a writer about to block: the
+/// moment a wedge starts) is never skipped this way; it keeps the 1 ms rule.
+const SEND_SKIP_CALLS: u64 = 64;
 
 #[map]
 static LAST_SEND: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
@@ -445,19 +453,31 @@ fn on_send<M: Mem>(sk: *const u8) {
     if wmem == 0 {
         return;
     }
-    // A bulk writer calls this for every skb it fills (several per large write): refresh a
-    // socket's state at most once per millisecond per CPU. The skipped refreshes are also
-    // made by the ACK and retransmit hooks.
-    let t = now();
-    if let Some(last) = LAST_SEND.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        let last = unsafe { &mut *last };
-        if last.sk == sk as u64 && t.wrapping_sub(last.ns) < REFRESH_NS {
-            return;
-        }
-        last.sk = sk as u64;
-        last.ns = t;
+    // A busy writer calls this for every write (and every skb of a large one). While its
+    // send buffer has room, refresh a socket once per `SEND_SKIP_CALLS` back-to-back calls
+    // on this CPU, from `struct sock` alone (no clock, no map lookup); with the buffer full,
+    // at most once per millisecond per CPU. The skipped refreshes are also made by the ACK
+    // and retransmit hooks; a socket that is not tracked yet starts being tracked at the
+    // latest when its buffer fills (and by the ACK and retransmit hooks on a wedge signature).
+    let sndbuf: i32 = M::ld(sk, off!(sk_sndbuf));
+    let full = wmem >= sndbuf;
+    let Some(last) = LAST_SEND.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let last = unsafe { &mut *last };
+    let same = last.sk == sk as u64;
+    if same && !full && last.skipped < SEND_SKIP_CALLS {
+        last.skipped += 1;
+        return;
     }
+    let t = now();
+    if same && full && t.wrapping_sub(last.ns) < REFRESH_NS {
+        return;
+    }
+    last.sk = sk as u64;
+    last.ns = t;
+    last.skipped = 0;
     let Some(tp) = M::tcp_sk(sk) else { return };
     let write_seq: u32 = M::ld(tp, off!(write_seq));
     let una: u32 = M::ld(tp, off!(snd_una));
