@@ -40,7 +40,7 @@ use aya_ebpf::{
         },
     },
     macros::{btf_tracepoint, fentry, kprobe, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use monitor_common::{
@@ -78,10 +78,18 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 pub struct LastSeen {
     sk: u64,
     ns: u64,
+    /// Send path: calls of `sk` skipped on this CPU since its last refresh.
+    skipped: u64,
 }
 
 /// At most one refresh per socket per this many ns per CPU from the send and ACK paths.
 const REFRESH_NS: u64 = 1_000_000;
+
+/// Send path, send buffer not full: a socket's back-to-back writes on one CPU refresh its
+/// entry once per this many calls, decided without reading the clock (the clock read was
+/// half the program's cost per small write). A full buffer (a writer about to block: the
+/// moment a wedge starts) is never skipped this way; it keeps the 1 ms rule.
+const SEND_SKIP_CALLS: u64 = 64;
 
 #[map]
 static LAST_SEND: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
@@ -91,6 +99,48 @@ static LAST_ACK: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The tracking generation: set by [`track`] after every new entry, to the creation time
+/// (unique per creation in practice), so a negative answer ("not tracked") cached with an
+/// earlier value is void. A plain store, not an atomic add (the BPF target offers none to
+/// Rust): any store after a reader read the value changes it, and a creation's store comes
+/// after its insert, so a reader that missed the insert sees a new value next time.
+#[map]
+static TRACK_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn new_generation(t: u64) {
+    if let Some(g) = TRACK_GEN.get_ptr_mut(0) {
+        // SAFETY: array slot valid for the program's lifetime.
+        unsafe { core::ptr::write_volatile(g, t) };
+    }
+}
+
+/// The read hook's per-CPU negative cache: the socket it last found untracked, and the
+/// [`TRACK_GEN`] read before that lookup. A reader draining one untracked stream (the
+/// receiving side of every healthy stream) then costs two array reads per read, no cookie
+/// and no hash lookup. Only creation can make a socket tracked, and every creation stores a
+/// new generation after its insert, so a cached "untracked" is void once any socket is
+/// tracked after it was cached.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Untracked {
+    sk: u64,
+    gen: u64,
+}
+
+#[map]
+static READ_MISS: PerCpuArray<Untracked> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn track_gen() -> u64 {
+    match TRACK_GEN.get_ptr(0) {
+        // SAFETY: array slot valid for the program's lifetime; a racing bump is fine (the
+        // value read is compared for equality only).
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
+}
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_FIN_WAIT1: i32 = 4;
@@ -412,6 +462,7 @@ fn track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
         bump(counter::MAP_FULL);
         return None;
     }
+    new_generation(t);
     bump(counter::TRACKED);
     SOCKS.get_ptr_mut(&key)
 }
@@ -445,19 +496,31 @@ fn on_send<M: Mem>(sk: *const u8) {
     if wmem == 0 {
         return;
     }
-    // A bulk writer calls this for every skb it fills (several per large write): refresh a
-    // socket's state at most once per millisecond per CPU. The skipped refreshes are also
-    // made by the ACK and retransmit hooks.
-    let t = now();
-    if let Some(last) = LAST_SEND.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        let last = unsafe { &mut *last };
-        if last.sk == sk as u64 && t.wrapping_sub(last.ns) < REFRESH_NS {
-            return;
-        }
-        last.sk = sk as u64;
-        last.ns = t;
+    // A busy writer calls this for every write (and every skb of a large one). While its
+    // send buffer has room, refresh a socket once per `SEND_SKIP_CALLS` back-to-back calls
+    // on this CPU, from `struct sock` alone (no clock, no map lookup); with the buffer full,
+    // at most once per millisecond per CPU. The skipped refreshes are also made by the ACK
+    // and retransmit hooks; a socket that is not tracked yet starts being tracked at the
+    // latest when its buffer fills (and by the ACK and retransmit hooks on a wedge signature).
+    let sndbuf: i32 = M::ld(sk, off!(sk_sndbuf));
+    let full = wmem >= sndbuf;
+    let Some(last) = LAST_SEND.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let last = unsafe { &mut *last };
+    let same = last.sk == sk as u64;
+    if same && !full && last.skipped < SEND_SKIP_CALLS {
+        last.skipped += 1;
+        return;
     }
+    let t = now();
+    if same && full && t.wrapping_sub(last.ns) < REFRESH_NS {
+        return;
+    }
+    last.sk = sk as u64;
+    last.ns = t;
+    last.skipped = 0;
     let Some(tp) = M::tcp_sk(sk) else { return };
     let write_seq: u32 = M::ld(tp, off!(write_seq));
     let una: u32 = M::ld(tp, off!(snd_una));
@@ -735,9 +798,20 @@ fn on_read<M: Mem>(sk: *const u8) {
     if !configured::<M>() {
         return;
     }
+    let gen = track_gen();
+    let Some(miss) = READ_MISS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    let miss = unsafe { &mut *miss };
+    if miss.sk == sk as u64 && miss.gen == gen {
+        return;
+    }
     let Some(tp) = M::tcp_sk(sk) else { return };
     let key = key_of::<M>(sk);
     let Some(p) = lookup::<M>(tp, key) else {
+        miss.sk = sk as u64;
+        miss.gen = gen;
         return;
     };
     let t = now();
