@@ -5,6 +5,7 @@
 use super::test_support::*;
 use super::*;
 use std::ffi::CString;
+use std::os::fd::FromRawFd;
 use std::process::Command;
 
 /// Two namespaces joined by a veth pair: `tsc` in the client namespace (192.0.2.1/30,
@@ -135,7 +136,7 @@ impl Linked {
 fn target(s: &TcpStream, netns: u32, ifindex: u32) -> Target {
     let local = s.local_addr().unwrap();
     Target {
-        cookie: socket_cookie(s.as_raw_fd()).unwrap(),
+        cookie: socket_cookie(&s).unwrap(),
         netns,
         family: if local.is_ipv4() { AF_INET } else { AF_INET6 },
         local,
@@ -182,7 +183,7 @@ fn bound_sockets_need_their_ifindex() {
             assert!(same_endpoint(ft.local, t.local) && same_endpoint(ft.remote, t.remote));
             if v6 {
                 // The accepted side of a link-local connection is bound too.
-                let peer = socket_cookie(w.client.as_raw_fd()).unwrap();
+                let peer = socket_cookie(&w.client).unwrap();
                 let s = find_sockets(Some(l.server.ino()), |d| d.cookie == peer).unwrap();
                 assert_eq!(s.found[0].1.ifindex, l.server_if, "{what}");
             }

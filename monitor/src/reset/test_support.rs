@@ -1,4 +1,5 @@
 use super::*;
+use std::os::fd::FromRawFd;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 

@@ -40,7 +40,7 @@ fn require_root(test: &str) -> bool {
 
 fn target_of(server: &TcpStream, family: u16) -> Target {
     Target {
-        cookie: socket_cookie(server.as_raw_fd()).unwrap(),
+        cookie: socket_cookie(&server).unwrap(),
         netns: current_netns().unwrap(),
         family,
         local: server.local_addr().unwrap(),

@@ -2,7 +2,6 @@ use super::*;
 use crate::cli::test_tmp_dir as tmp_dir;
 use crate::reset::test_support::*;
 use clap::Parser;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, SystemTime};
 use StallClass::{NoAck, SlowDrain, ZeroWindow};
 
@@ -336,7 +335,7 @@ fn reset_by_cookie_alone_aborts_the_blocked_writer() {
         return;
     }
     let w = Wedged::new(pair());
-    let cookie = reset::socket_cookie(w.server.as_raw_fd()).unwrap();
+    let cookie = reset::socket_cookie(&w.server).unwrap();
     let out = execute(&request(Some(cookie)));
     assert_eq!(out.code, 0, "{out:?}");
     let v = only_event(&out);
@@ -372,7 +371,7 @@ fn idle_socket_is_refused() {
         return;
     }
     let (_l, mut client, mut server) = pair();
-    let cookie = reset::socket_cookie(server.as_raw_fd()).unwrap();
+    let cookie = reset::socket_cookie(&server).unwrap();
     let out = execute(&request(Some(cookie)));
     assert_eq!(out.code, 1, "{out:?}");
     let v = only_event(&out);
@@ -407,7 +406,7 @@ fn protected_port_is_refused() {
     let dir = tmp_dir("protect");
     let pol = dir.join("p.toml");
     std::fs::write(&pol, format!("[guards]\nprotect_ports = [22, {port}]\n")).unwrap();
-    let cookie = reset::socket_cookie(w.server.as_raw_fd()).unwrap();
+    let cookie = reset::socket_cookie(&w.server).unwrap();
     let req = ResetRequest::from_args(&ResetArgs {
         policy: Some(pol),
         ..args(Some(cookie), None, None)
@@ -435,7 +434,7 @@ fn dry_run_leaves_the_socket_alone() {
         return;
     }
     let w = Wedged::new(pair());
-    let cookie = reset::socket_cookie(w.server.as_raw_fd()).unwrap();
+    let cookie = reset::socket_cookie(&w.server).unwrap();
     let req = ResetRequest {
         dry_run: true,
         ..request(Some(cookie))
@@ -465,7 +464,7 @@ fn reset_of_device_bound_sockets() {
     let l = crate::reset::kernel_tests::Linked::create("mb");
     for v6 in [false, true] {
         let w = Wedged::new(if v6 { l.link_local_v6() } else { l.bound_v4() });
-        let cookie = reset::socket_cookie(w.server.as_raw_fd()).unwrap();
+        let cookie = reset::socket_cookie(&w.server).unwrap();
         let out = execute(&request(Some(cookie)));
         assert_eq!(out.code, 0, "{out:?}");
         let v = only_event(&out);
@@ -523,10 +522,7 @@ fn reset_by_tuple_inside_a_created_netns() {
     let v = only_event(&out);
     assert_eq!(v["event"], "socket_reset");
     assert_eq!(v["netns"], ino);
-    assert_eq!(
-        v["cookie"],
-        reset::socket_cookie(w.server.as_raw_fd()).unwrap()
-    );
+    assert_eq!(v["cookie"], reset::socket_cookie(&w.server).unwrap());
     let err = w
         .writer_error(Duration::from_secs(1))
         .expect("writer not aborted");
@@ -571,7 +567,7 @@ fn same_tuple_in_two_namespaces_is_ambiguous_without_netns() {
         "{msg}"
     );
     // The cookie picks one; the other keeps blocking.
-    let cb = reset::socket_cookie(wb.server.as_raw_fd()).unwrap();
+    let cb = reset::socket_cookie(&wb.server).unwrap();
     let out = execute(&req(Some(cb)));
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(only_event(&out)["netns"], b.ino());
@@ -584,7 +580,7 @@ fn same_tuple_in_two_namespaces_is_ambiguous_without_netns() {
         "a disturbed"
     );
     // A wrong cookie with the right tuple names the cookie that holds it now.
-    let ca = reset::socket_cookie(wa.server.as_raw_fd()).unwrap();
+    let ca = reset::socket_cookie(&wa.server).unwrap();
     let out = execute(&req(Some(ca ^ 0x4000_0000)));
     assert_eq!(out.code, 1);
     assert!(
