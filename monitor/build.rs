@@ -1,5 +1,6 @@
 // Embeds the eBPF object built by `cargo xtask build-ebpf`. When it has not been built yet the
 // agent still compiles (so pure-logic unit tests run anywhere) and says at run time what to do.
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 fn main() {
@@ -13,6 +14,14 @@ fn main() {
     println!("cargo:rerun-if-env-changed=TCPSTALL_EBPF_OBJ");
     println!("cargo:rerun-if-changed={}", obj.display());
     println!("cargo:rustc-check-cfg=cfg(tcpstall_ebpf_obj)");
+    // Tests that need root are ignored unless built as root or under CI=true (where a test
+    // that cannot run must fail); /proc/self belongs to the effective uid reading it.
+    println!("cargo:rustc-check-cfg=cfg(root_tests)");
+    println!("cargo:rerun-if-env-changed=CI");
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root || std::env::var("CI").as_deref() == Ok("true") {
+        println!("cargo:rustc-cfg=root_tests");
+    }
     if obj.exists() {
         println!("cargo:rustc-cfg=tcpstall_ebpf_obj");
         println!("cargo:rustc-env=TCPSTALL_EBPF_OBJ_PATH={}", obj.display());

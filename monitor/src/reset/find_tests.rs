@@ -157,10 +157,12 @@ fn dump_finds_own_sockets_by_cookie_and_tuple() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn dump_and_destroy_in_another_netns() {
-    if !require_root("dump_and_destroy_in_another_netns") {
-        return;
-    }
+    require_root("dump_and_destroy_in_another_netns");
     let ns = TestNetns::create(&format!("tcpstall-fd-{}", std::process::id()));
     let ino = ns.ino();
     let (l, client, server) = ns.run_in(pair);

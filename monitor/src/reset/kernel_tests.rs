@@ -147,10 +147,12 @@ fn target(s: &TcpStream, netns: u32, ifindex: u32) -> Target {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn bound_sockets_need_their_ifindex() {
-    if !require_root("bound_sockets_need_their_ifindex") {
-        return;
-    }
+    require_root("bound_sockets_need_their_ifindex");
     let l = Linked::create("bi");
     let ino = l.client.ino();
     for v6 in [false, true] {
@@ -278,10 +280,12 @@ fn same_result(
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn lookup_many_equals_lookup() {
-    if !require_root("lookup_many_equals_lookup") {
-        return;
-    }
+    require_root("lookup_many_equals_lookup");
     let pid = std::process::id();
     let spaces = [
         TestNetns::create(&format!("tcpstall-lma-{pid}")),
@@ -381,10 +385,12 @@ fn raise_nofile(want: u64) {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn lookup_many_3000_sockets() {
-    if !require_root("lookup_many_3000_sockets") {
-        return;
-    }
+    require_root("lookup_many_3000_sockets");
     raise_nofile(8192);
     let ns = TestNetns::create(&format!("tcpstall-lm3-{}", std::process::id()));
     let ino = ns.ino();
@@ -506,10 +512,12 @@ fn emfile_child() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn emfile_errors_are_transient() {
-    if !require_root("emfile_errors_are_transient") {
-        return;
-    }
+    require_root("emfile_errors_are_transient");
     let ns = TestNetns::create(&format!("tcpstall-em-{}", std::process::id()));
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -638,10 +646,12 @@ fn vanishes(ns: &TestNetns, dev: &str, limit: Duration) -> Option<Duration> {
 /// kernel drops its last reference; its veth end is deleted with it, and so is that
 /// veth's peer in the (surviving) holder namespace — the observable proof.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn release_idle_frees_a_deleted_namespace() {
-    if !require_root("release_idle_frees_a_deleted_namespace") {
-        return;
-    }
+    require_root("release_idle_frees_a_deleted_namespace");
     let pid = std::process::id();
     let holder = TestNetns::create(&format!("tcpstall-rh-{pid}"));
     let pinned = TestNetns::create(&format!("tcpstall-rp-{pid}"));

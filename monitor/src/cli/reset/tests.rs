@@ -330,10 +330,12 @@ fn only_event(out: &ResetOutcome) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn reset_by_cookie_alone_aborts_the_blocked_writer() {
-    if !require_root("reset_by_cookie_alone_aborts_the_blocked_writer") {
-        return;
-    }
+    require_root("reset_by_cookie_alone_aborts_the_blocked_writer");
     let w = Wedged::new(pair());
     let cookie = reset::socket_cookie(&w.server).unwrap();
     let out = execute(&request(Some(cookie)));
@@ -366,10 +368,12 @@ fn reset_by_cookie_alone_aborts_the_blocked_writer() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn idle_socket_is_refused() {
-    if !require_root("idle_socket_is_refused") {
-        return;
-    }
+    require_root("idle_socket_is_refused");
     let (_l, mut client, mut server) = pair();
     let cookie = reset::socket_cookie(&server).unwrap();
     let out = execute(&request(Some(cookie)));
@@ -397,10 +401,12 @@ fn idle_socket_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn protected_port_is_refused() {
-    if !require_root("protected_port_is_refused") {
-        return;
-    }
+    require_root("protected_port_is_refused");
     let w = Wedged::new(pair());
     let port = w.server.local_addr().unwrap().port();
     let dir = tmp_dir("protect");
@@ -429,10 +435,12 @@ fn protected_port_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn dry_run_leaves_the_socket_alone() {
-    if !require_root("dry_run_leaves_the_socket_alone") {
-        return;
-    }
+    require_root("dry_run_leaves_the_socket_alone");
     let w = Wedged::new(pair());
     let cookie = reset::socket_cookie(&w.server).unwrap();
     let req = ResetRequest {
@@ -457,10 +465,12 @@ fn dry_run_leaves_the_socket_alone() {
 
 /// A socket bound to a device is reset: the dump's interface goes into the requests.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn reset_of_device_bound_sockets() {
-    if !require_root("reset_of_device_bound_sockets") {
-        return;
-    }
+    require_root("reset_of_device_bound_sockets");
     let l = crate::reset::kernel_tests::Linked::create("mb");
     for v6 in [false, true] {
         let w = Wedged::new(if v6 { l.link_local_v6() } else { l.bound_v4() });
@@ -478,10 +488,12 @@ fn reset_of_device_bound_sockets() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn reset_by_tuple_inside_a_created_netns() {
-    if !require_root("reset_by_tuple_inside_a_created_netns") {
-        return;
-    }
+    require_root("reset_by_tuple_inside_a_created_netns");
     let ns = TestNetns::create(&format!("tcpstall-mr-{}", std::process::id()));
     let ino = ns.ino();
     let w = Wedged::new(ns.run_in(pair));
@@ -530,10 +542,12 @@ fn reset_by_tuple_inside_a_created_netns() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn same_tuple_in_two_namespaces_is_ambiguous_without_netns() {
-    if !require_root("same_tuple_in_two_namespaces_is_ambiguous_without_netns") {
-        return;
-    }
+    require_root("same_tuple_in_two_namespaces_is_ambiguous_without_netns");
     let pid = std::process::id();
     let a = TestNetns::create(&format!("tcpstall-mr-{pid}-a"));
     let b = TestNetns::create(&format!("tcpstall-mr-{pid}-b"));
