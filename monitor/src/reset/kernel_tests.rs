@@ -136,7 +136,7 @@ impl Linked {
 fn target(s: &TcpStream, netns: u32, ifindex: u32) -> Target {
     let local = s.local_addr().unwrap();
     Target {
-        cookie: socket_cookie(&s).unwrap(),
+        cookie: socket_cookie(s).unwrap(),
         netns,
         family: if local.is_ipv4() { AF_INET } else { AF_INET6 },
         local,

@@ -385,7 +385,7 @@ fn try_observe(cookie_out: &mut u64) -> Result<Observation, Observation> {
     }
 
     let target = Target {
-        cookie: socket_cookie(&s).map_err(setup_err("read SO_COOKIE"))?,
+        cookie: socket_cookie(s).map_err(setup_err("read SO_COOKIE"))?,
         netns: current_netns().map_err(setup_err("read /proc/thread-self/ns/net"))?,
         family: AF_INET,
         local: s

@@ -27,7 +27,7 @@ fn read_available(s: &mut TcpStream, want: usize, timeout: Duration) -> io::Resu
 
 fn target_of(server: &TcpStream, family: u16) -> Target {
     Target {
-        cookie: socket_cookie(&server).unwrap(),
+        cookie: socket_cookie(server).unwrap(),
         netns: current_netns().unwrap(),
         family,
         local: server.local_addr().unwrap(),
