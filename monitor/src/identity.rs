@@ -2,6 +2,7 @@
 //! kernel side records (cgroup v2: the id is the inode number of the cgroup directory), and
 //! from that path the container and the Kubernetes pod, where the path shows one.
 
+use procfs::FromRead;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -24,19 +25,18 @@ impl Default for CgroupPaths {
 /// `/sys/fs/cgroup/unified` on hybrid ones (v1 controllers at `/sys/fs/cgroup/<controller>`,
 /// whose directory inodes are not cgroup v2 ids). From `/proc/self/mountinfo`.
 pub fn cgroup2_root() -> PathBuf {
-    std::fs::read_to_string("/proc/self/mountinfo")
+    std::fs::read("/proc/self/mountinfo")
         .ok()
-        .and_then(|m| cgroup2_in_mountinfo(&m))
+        .and_then(cgroup2_in_mountinfo)
         .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
 }
 
-fn cgroup2_in_mountinfo(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next()? == "cgroup2")
-            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
+fn cgroup2_in_mountinfo(mountinfo: impl AsRef<[u8]>) -> Option<PathBuf> {
+    let mounts = procfs::process::MountInfos::from_read(mountinfo.as_ref()).ok()?;
+    mounts
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
 }
 
 impl CgroupPaths {

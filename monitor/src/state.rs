@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -285,13 +284,7 @@ pub fn finish_pins(
 }
 
 fn fs_magic(p: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statfs is plain data; c is a valid C string.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        (libc::statfs(c.as_ptr(), &mut st) == 0).then_some(st.f_type as u64)
-    }
+    rustix::fs::statfs(p).ok().map(|st| st.f_type as u64)
 }
 
 fn nearest_existing(p: &Path) -> PathBuf {
@@ -331,26 +324,20 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), String> {
 }
 
 fn mount_bpffs(root: &Path) -> Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
-    let target = std::ffi::CString::new(root.as_os_str().as_bytes()).expect("no NUL");
-    // SAFETY: valid C strings; no data argument beyond the options string.
-    let r = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            c"mode=0700".as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        return Err(format!(
+    rustix::mount::mount(
+        "bpf",
+        root,
+        "bpf",
+        rustix::mount::MountFlags::empty(),
+        c"mode=0700",
+    )
+    .map_err(|e| {
+        format!(
             "nothing is mounted on {} and mounting bpffs there failed: {}",
             root.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
+            std::io::Error::from(e)
+        )
+    })
 }
 
 /// An exclusive `flock` held for the agent's lifetime (released when dropped or when the
@@ -393,10 +380,8 @@ fn lock(path: &Path, dir: bool, what: &str) -> Result<Lock, LockError> {
             .open(path)
     }
     .map_err(|e| LockError::Unusable(format!("opening {}: {e}", path.display())))?;
-    // SAFETY: flock on an fd we own.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let e = std::io::Error::from(e);
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let holder = if dir {
                 String::new()

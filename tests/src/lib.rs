@@ -22,7 +22,7 @@ pub mod stream;
 pub mod traffic;
 pub mod ws;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Stall thresholds the test policies use.
 pub const THRESHOLD: Duration = Duration::from_secs(2);
@@ -37,21 +37,33 @@ pub fn detection_bound() -> Duration {
     THRESHOLD + 2 * TICK + SLACK
 }
 
-/// Whether the tests can run: they need root (eBPF, namespaces, SOCK_DESTROY). Without it,
-/// prints "SKIP: needs root" and returns false, except under `CI=true`, where a test that
-/// cannot run is a failure and this panics. Also clears namespaces left by killed test runs.
-pub fn require_root() -> bool {
-    if !sock::is_root() {
-        if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-            panic!(
-                "these tests need root (eBPF, network namespaces, SOCK_DESTROY) and CI=true is set"
-            );
-        }
-        eprintln!("SKIP: needs root (run `cargo xtask test` as root)");
-        return false;
-    }
+/// Start of a root-only test (eBPF, namespaces, SOCK_DESTROY): fails without root, and
+/// clears namespaces left by killed test runs. Such tests carry
+/// `#[cfg_attr(not(root_tests), ignore = ...)]`: `build.rs` sets `root_tests` when building
+/// as root or under `CI=true`, so elsewhere they show as ignored instead of passing
+/// without running, and under CI a test that cannot run fails here.
+pub fn require_root() {
+    assert!(
+        sock::is_root(),
+        "this test needs root (eBPF, network namespaces, SOCK_DESTROY): run it as root, \
+         e.g. `cargo xtask test`"
+    );
     netns::remove_stale();
-    true
+}
+
+/// Wait for `cond` to hold, polling every 20 ms, for at most `timeout`: `false` if it never
+/// did. Tests wait on the condition they need instead of sleeping a fixed time.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A policy with the suite's thresholds and tick, followed by `extra` (guards, rules).

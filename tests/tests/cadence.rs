@@ -23,8 +23,8 @@
 //! 4. a consumer that never reads (no history) is reset at the plain threshold.
 //!
 //! Scenarios 1 and 2 run concurrently in one shared run (three tests read it). Every process
-//! is bounded in time and killed on drop. Needs root; prints SKIP otherwise, except under
-//! `CI=true`, where it fails.
+//! is bounded in time and killed on drop. Needs root: ignored when not built as root, except
+//! under `CI=true`, where it fails.
 //!
 //! The Python environment is `<workspace>/target/pyenv` (created on first use, websockets
 //! pinned to [`WEBSOCKETS_VERSION`]); the scripts are in `tests/py/`.
@@ -57,17 +57,15 @@ const ECONNABORTED: i64 = libc::ECONNABORTED as i64;
 // Environment
 // ---------------------------------------------------------------------------------------
 
-/// `true` when the test may run; `false` (after printing SKIP) when not root outside CI.
-fn require_root() -> bool {
+/// Start of every test here: they need root (eBPF, SOCK_DESTROY). They are `#[ignore]`d
+/// unless built as root or under `CI=true` (`build.rs`), so getting here without root fails.
+fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!("the cadence tests need root (eBPF, SOCK_DESTROY) and CI=true is set");
-    }
-    eprintln!("SKIP: needs root (run the tests as root, e.g. `cargo xtask test`)");
-    false
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "the cadence tests need root (eBPF, SOCK_DESTROY): run them as root, e.g. `cargo xtask test`"
+    );
 }
 
 fn workspace() -> PathBuf {
@@ -75,19 +73,6 @@ fn workspace() -> PathBuf {
         .parent()
         .expect("tests crate lives inside the workspace")
         .to_path_buf()
-}
-
-/// The agent binary: `$TCPSTALL_BIN`, else `<workspace>/target/release/tcpstall`, else the
-/// main checkout's release build.
-fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TCPSTALL_BIN") {
-        return PathBuf::from(p);
-    }
-    let local = workspace().join("target/release/tcpstall");
-    if local.exists() {
-        return local;
-    }
-    PathBuf::from("/work/main/target/release/tcpstall")
 }
 
 fn py_script(name: &str) -> PathBuf {
@@ -432,7 +417,7 @@ fn start_agent(name: &str, dir: &Path, policy_text: &str, needs_reset: bool) -> 
     let policy_path = dir.join(format!("{name}.toml"));
     fs::write(&policy_path, policy_text)
         .with_context(|| format!("writing {}", policy_path.display()))?;
-    let bin = agent_bin();
+    let bin = tests::agent::binary();
     if !bin.exists() {
         bail!(
             "agent binary {} not found: build it (cargo xtask build / cargo build --release) \
@@ -767,10 +752,12 @@ fn assert_stream_intact(side: &Side) {
 /// Scenario 1: threshold above the first burst gap, factor 2: the bursty consumer is never
 /// reported stalled nor reset, and every message arrives intact.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn bursty_consumer_is_not_reset_when_threshold_exceeds_first_gap() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let side = &alive_run().reset;
     assert_stream_intact(side);
     let s = side_summary(side);
@@ -834,10 +821,12 @@ fn calibration_row(agent: &[Value], rule: &str, class: &str) -> Option<Value> {
 /// reports the recovered zero-window episodes of rule "ws" at the measured cadence, and a
 /// `threshold_warning` says the threshold is below what recovered.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn bursty_consumer_under_observe_rule_is_calibrated_and_warned_about() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let side = &alive_run().observe;
     assert_stream_intact(side);
     let s = side_summary(side);
@@ -927,12 +916,14 @@ fn bursty_consumer_under_observe_rule_is_calibrated_and_warned_about() {
 /// recovery, in the text (`rule "ws", zero_window: UNSAFE` ... `write: ... zero_window_after
 /// = "24s"`) and in `--json` (`advice[].recommended_ms`).
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn policy_check_gives_threshold_advice_from_recorded_events() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let side = &alive_run().observe;
-    let bin = agent_bin();
+    let bin = tests::agent::binary();
     let run = |json: bool| {
         let mut cmd = Command::new(&bin);
         cmd.args(["policy", "check"])
@@ -1031,10 +1022,12 @@ fn policy_check_gives_threshold_advice_from_recorded_events() {
 /// reset must come max(20 s, 2 x longest recovered gap) after the last progress, not before,
 /// within 2 ticks plus slack; the server's blocked send then fails with ECONNABORTED.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn bursty_consumer_that_stops_reading_is_reset_at_learned_cadence() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const DIE_AFTER_S: u64 = 45;
     const THRESHOLD_MS: u64 = 20_000;
     const FACTOR: f64 = 2.0;
@@ -1190,10 +1183,12 @@ fn bursty_consumer_that_stops_reading_is_reset_at_learned_cadence() {
 /// request and never reads: the server's socket has no recovered history and is reset at
 /// the plain 3 s threshold.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn consumer_that_never_reads_is_reset_at_plain_threshold() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const THRESHOLD_MS: u64 = 3_000;
     let dir = scratch_dir("never-reads").unwrap();
     let (mut server, port) = start_server("server", &dir, 90).unwrap();

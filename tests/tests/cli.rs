@@ -22,10 +22,12 @@ fn temp_file(name: &str, body: &str) -> std::path::PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_bad_policy_is_refused_with_line_and_fix_and_nothing_is_attached() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let bad = temp_file(
         "bad.toml",
         "tick = \"1s\"\n\n[defaults]\nzero_window_after = \"30 seconds\"\n\n[[rule]]\nname = \"web\"\nlocal_ports = [8080]\nremote_cidrs = [\"10.0.0.1/8\"]\naction = \"reset\"\nzero_window_aftr = \"5s\"\n\n[[rule]]\nname = \"empty\"\naction = \"reset\"\n",
@@ -73,10 +75,12 @@ fn a_bad_policy_is_refused_with_line_and_fix_and_nothing_is_attached() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn without_cap_net_admin_the_agent_says_so_and_runs_observe_only() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let p = temp_file(
         "reset.toml",
         &policy(&[22], 1000, &reset_rule("web", &[18080], &["zero_window"])),
@@ -133,10 +137,12 @@ fn without_cap_net_admin_the_agent_says_so_and_runs_observe_only() {
 /// Forced here with the testing knob `TCPSTALL_ATTACH=kprobe` on a kernel without kprobes
 /// (this development VM); where the kernel has kprobes the same run must start on them.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_required_hook_without_attach_point_is_a_clear_error() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
     let before = tcpstall_programs();
     let out = Command::new(binary())

@@ -13,7 +13,7 @@ use tests::check::{
 use tests::netns::NetNs;
 use tests::shapes::HealthyShapes;
 use tests::traffic::{ConnOpts, Listener, ReadMode, WriteMode};
-use tests::{policy, require_root, THRESHOLD};
+use tests::{policy, require_root, wait_until, THRESHOLD};
 
 /// Observe-only policy: no rules.
 fn observe_policy() -> String {
@@ -25,10 +25,12 @@ fn loopback() -> SocketAddr {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn zero_window_from_a_client_that_never_reads() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let agent = AgentOpts::new(observe_policy()).start();
     let mut c = l.connect(None, ConnOpts::default()).unwrap();
@@ -76,19 +78,20 @@ fn zero_window_from_a_client_that_never_reads() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn no_ack_from_a_blackholed_peer() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::linked_to_host().unwrap();
     let l = Listener::bind(SocketAddr::from((ns.peer_addr(), 0))).unwrap();
     let agent = AgentOpts::new(observe_policy()).start();
     let mut c = l.connect(Some(&ns), ConnOpts::default()).unwrap();
     c.start(Some(WriteMode::Paced(8 << 20)), ReadMode::Fast, 2)
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
     assert!(
-        c.reader().report().bytes > 0,
+        wait_until(Duration::from_secs(5), || c.reader().report().bytes > 0),
         "the peer read nothing before the blackhole"
     );
     ns.blackhole().unwrap();
@@ -124,10 +127,12 @@ fn no_ack_from_a_blackholed_peer() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn healthy_connections_are_never_called_stalled() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut shapes = HealthyShapes::bind();
     let agent = AgentOpts::new(observe_policy()).start();
     shapes.start();
@@ -147,10 +152,12 @@ fn healthy_connections_are_never_called_stalled() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_stalled_socket_closed_by_its_app_is_reported_closed() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let agent = AgentOpts::new(observe_policy()).start();
     let mut c = l.connect(None, ConnOpts::default()).unwrap();
@@ -294,10 +301,12 @@ fn tcpstall_programs() -> std::collections::BTreeSet<u32> {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn sigterm_detaches_every_hook() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // Programs already loaded (another agent, or the previous test's agent still being
     // freed) are told apart by id, so only ours are judged.
     let before = tcpstall_programs();

@@ -16,7 +16,7 @@ use tests::check::{
 use tests::netns::NetNs;
 use tests::shapes::HealthyShapes;
 use tests::traffic::{Conn, ConnOpts, Listener, Outcome, ReadMode, WriteMode};
-use tests::{detection_bound, policy, require_root, reset_rule, ws, THRESHOLD};
+use tests::{detection_bound, policy, require_root, reset_rule, wait_until, ws, THRESHOLD};
 
 const WEDGE_CLASSES: &[&str] = &["zero_window", "no_ack"];
 
@@ -61,10 +61,12 @@ fn assert_reset_event(ev: &Value, c: &Conn, netns: u64, class: &str, what: &str)
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn resets_a_client_that_never_reads() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
     assert_enforcing(&agent);
@@ -85,10 +87,12 @@ fn resets_a_client_that_never_reads() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn resets_a_blackholed_peer() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::linked_to_host().unwrap();
     let l = Listener::bind(SocketAddr::from((ns.peer_addr(), 0))).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
@@ -98,9 +102,8 @@ fn resets_a_blackholed_peer() {
     // (had it advertised 0 just before, the kernel would be probing a zero window instead).
     c.start(Some(WriteMode::Paced(8 << 20)), ReadMode::Fast, 2)
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     assert!(
-        c.reader().report().bytes > 0,
+        wait_until(Duration::from_secs(5), || c.reader().report().bytes > 0),
         "the peer read nothing before the blackhole"
     );
     ns.blackhole().unwrap();
@@ -116,10 +119,12 @@ fn resets_a_blackholed_peer() {
 /// Granian #862: a WebSocket server blocked sending to a client that stopped reading and
 /// then sent its close frame over a still-open TCP connection.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn resets_a_websocket_whose_client_stopped_reading_and_sent_close() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
     let mut c = l.connect(None, ConnOpts::default()).unwrap();
@@ -167,10 +172,12 @@ fn resets_a_websocket_whose_client_stopped_reading_and_sent_close() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn resets_a_wedged_socket_in_another_netns() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (server_ns, client_ns) = NetNs::linked_pair().unwrap();
     let l = Listener::bind_in(&server_ns, SocketAddr::from((server_ns.addr(), 0))).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
@@ -190,10 +197,12 @@ fn resets_a_wedged_socket_in_another_netns() {
 /// Dead SSE clients (mcp-context-forge #2357): many long-lived streams whose clients stopped
 /// reading. Every one must be reset; none missed.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn resets_200_dead_sse_clients() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const N: usize = 200;
     let l = Listener::bind(loopback()).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
@@ -276,10 +285,12 @@ fn resets_200_dead_sse_clients() {
 /// What must not be reset, all under one agent: the healthy shapes selected by a reset rule
 /// (that also resets slow_drain), a wedge no rule selects, a wedge on a protected port.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn leaves_healthy_unselected_and_protected_sockets_alone() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut shapes = HealthyShapes::bind();
     let unselected = Listener::bind(loopback()).unwrap();
     let protected = Listener::bind(loopback()).unwrap();
@@ -347,10 +358,12 @@ fn leaves_healthy_unselected_and_protected_sockets_alone() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn dry_run_reports_and_resets_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).dry_run().start();
     let started = agent
@@ -371,10 +384,12 @@ fn dry_run_reports_and_resets_nothing() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn rate_limit_caps_resets() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let agent = AgentOpts::new(policy(
         &[22],
@@ -450,10 +465,12 @@ fn rate_limit_caps_resets() {
 /// must leave the kernel map (they used to stay until the agent exited, one leaked entry per
 /// close-while-peer-dead, until the map was full).
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn destroyed_orphans_leave_no_map_entry() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     const N: usize = 20;
     let ns = NetNs::linked_to_host().unwrap();
     let l = Listener::bind(SocketAddr::from((ns.peer_addr(), 0))).unwrap();

@@ -6,13 +6,15 @@ use std::time::{Duration, Instant};
 use tests::netns::NetNs;
 use tests::shapes::HealthyShapes;
 use tests::traffic::{ConnOpts, Listener, ReadMode, WriteMode};
-use tests::{require_root, THRESHOLD};
+use tests::{require_root, wait_until, THRESHOLD};
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn healthy_shapes_progress_and_deliver_intact() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let mut shapes = HealthyShapes::bind();
     shapes.start();
     std::thread::sleep(THRESHOLD * 2 + Duration::from_millis(500));
@@ -21,10 +23,12 @@ fn healthy_shapes_progress_and_deliver_intact() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn wedges_stop_progress_the_way_the_agent_must_see_them() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // Non-reading peer on loopback: the writer blocks, the kernel stops acking.
     let l = Listener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
     let mut zw = l.connect(None, ConnOpts::default()).unwrap();
@@ -39,9 +43,8 @@ fn wedges_stop_progress_the_way_the_agent_must_see_them() {
     bh.watch_acks().unwrap();
     bh.start(Some(WriteMode::Paced(8 << 20)), ReadMode::Fast, 2)
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
     assert!(
-        bh.reader().report().bytes > 0,
+        wait_until(Duration::from_secs(5), || bh.reader().report().bytes > 0),
         "the namespace client read nothing before the blackhole"
     );
     ns.blackhole().unwrap();

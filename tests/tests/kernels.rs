@@ -134,10 +134,12 @@ fn expect_abort(agent: &Agent, c: &Conn, since: Instant, errno: Option<i32>, wha
 
 /// a. Every hook attached by this kernel's expected method; nothing degraded.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_agent_starts_with_every_hook_attached() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let agent = AgentOpts::new(policy(&[22], 1000, "")).start();
     let ev = started(&agent);
     // The xtask reads the attach table of the matrix from this line.
@@ -195,10 +197,12 @@ fn a_agent_starts_with_every_hook_attached() {
 
 /// b. A client that never reads: zero_window, reset, ECONNABORTED.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn b_zero_window_peer_is_reset() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
     let mut c = l.connect(None, ConnOpts::default()).unwrap();
@@ -230,10 +234,12 @@ fn b_zero_window_peer_is_reset() {
 
 /// c. A dead peer (its netns drops everything, link up): no_ack, reset, the writer fails.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn c_dead_peer_is_reset() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::linked_to_host().expect("creating a netns with a veth link");
     let l = Listener::bind(SocketAddr::from((ns.peer_addr(), 0))).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
@@ -264,10 +270,12 @@ fn c_dead_peer_is_reset() {
 /// d. An idle connection and a healthy reader: no stall event over 2.5× the threshold, and
 /// every byte arrives intact.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn d_idle_and_healthy_connections_are_left_alone() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
     let idle = l.connect(None, ConnOpts::default()).unwrap();
@@ -407,10 +415,12 @@ fn kernel_orphan_destroy_is_safe() -> (bool, String) {
 
 /// e. The agent's start-up verdict on resetting orphans matches the kernel's behaviour.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn e_orphan_reset_guard_matches_the_kernel() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // The agent first: it loads the sock_diag modules where they are modules (the guests
     // leave that to it), and its verdict comes from its own start-up self-test.
     let agent = AgentOpts::new(policy(&[22], 1000, "")).start();
@@ -452,12 +462,14 @@ struct SendfileState {
 /// `do_tcp_sendpages`, the send_pages hook, not `tcp_sendmsg_locked`): reset, ECONNABORTED,
 /// and the event names the writer thread, which only the send-side hook can know.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn f_sendfile_writer_to_a_non_reader_is_reset() {
     use std::os::fd::AsRawFd;
     use std::sync::{Arc, Mutex};
-    if !require_root() {
-        return;
-    }
+    require_root();
     const FILE_LEN: usize = 4 << 20;
     let path = std::env::temp_dir().join(format!("tcpstall-sendfile-{}", std::process::id()));
     std::fs::write(&path, vec![0xa5u8; FILE_LEN]).expect("writing the sendfile source");
@@ -574,10 +586,12 @@ fn f_sendfile_writer_to_a_non_reader_is_reset() {
 /// found it unsafe (5.10 without the tcp_abort fix) the agent reports `reset_skipped` with
 /// guard `orphan_unsafe` and the socket is left to the kernel.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn g_orphan_to_a_dead_peer_follows_the_orphan_guard() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::linked_to_host().expect("creating a netns with a veth link");
     let l = Listener::bind(SocketAddr::from((ns.peer_addr(), 0))).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
@@ -650,10 +664,12 @@ fn g_orphan_to_a_dead_peer_follows_the_orphan_guard() {
 /// at once, with the wedge's whole age as its stall time (a fresh map would only start
 /// tracking it at its next persist-probe answer, and reset it a threshold after that).
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn h_a_restart_adopts_the_pinned_map() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let dirs = StateDirs::new();
     let l = Listener::bind(loopback()).unwrap();
     let a = AgentOpts::new(policy(&[22], 1000, "")).state(&dirs).start();

@@ -268,10 +268,12 @@ fn expect_tracked(agent: &Agent, from: usize, want: u64, timeout: Duration, what
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn map_holds_only_live_sockets_after_churn() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let t0 = Instant::now();
     let batch = raise_fd_limit();
     let rounds = CONNECTS.div_ceil(batch);

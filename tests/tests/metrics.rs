@@ -75,8 +75,13 @@ fn expect(query: impl Into<String>, ok: fn(f64) -> bool, what: &'static str) -> 
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn prometheus_scrapes_a_reset() {
-    if !require_root() || !prometheus::available() {
+    require_root();
+    if !prometheus::available() {
         return;
     }
     let l = Listener::bind(loopback()).unwrap();
@@ -279,10 +284,12 @@ fn prometheus_scrapes_a_reset() {
 /// A metrics address that is taken fails the start before anything is attached: exit code
 /// 1, the reason on stderr, no `agent_started`.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_taken_metrics_port_fails_before_attaching() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let taken = std::net::TcpListener::bind(loopback()).unwrap();
     let addr = taken.local_addr().unwrap();
     let mut child = Command::new(tests::agent::binary())
@@ -326,10 +333,12 @@ fn a_taken_metrics_port_fails_before_attaching() {
 /// the agent runs, observing only, so it is alive (`/healthz` 200) but not ready
 /// (`/readyz` 503, saying why) — a rollout stops there.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn enforce_intent_without_a_reset_path_is_alive_but_not_ready() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     use std::io::{BufRead, BufReader, Read};
     let metrics: SocketAddr = (Ipv4Addr::LOCALHOST, http::free_port()).into();
     let policy_path =

@@ -233,10 +233,12 @@ impl Drop for SmallFs {
 /// not write, never leaves a partial line, and says how much it lost once the disk has room
 /// again. (Before: the first failed write ended the agent, and enforcement with it.)
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_full_disk_never_stops_enforcement_and_the_loss_is_reported() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let fs = SmallFs::mount("256k");
     let out = fs.path("events.ndjson");
     let l = Listener::bind(loopback()).unwrap();
@@ -307,10 +309,12 @@ fn a_full_disk_never_stops_enforcement_and_the_loss_is_reported() {
 /// stdout closed by the reader: the agent keeps resetting, and exits 0 on SIGTERM. (Before:
 /// the next event write ended it.)
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_closed_stdout_never_stops_enforcement() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let dir = TempDir::new("closed");
     let pol = dir.path().join("p.toml");
@@ -389,10 +393,12 @@ impl Drop for Killed {
 /// a directory and a device are refused with what, why and what to do, before anything is
 /// attached; a new file is created with mode 0600.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn the_output_must_be_a_regular_file() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("output");
     let real = dir.path().join("real.ndjson");
     std::fs::write(&real, "").unwrap();
@@ -486,10 +492,12 @@ fn reload(agent: &Agent, from: usize) -> Value {
 /// started again and is reset under the new one; a later wedge is reset by the new rule.
 /// (Before: SIGHUP killed the agent.)
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn sighup_reloads_a_good_policy_and_keeps_socket_state() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let observe = policy(
         &[22],
@@ -550,10 +558,12 @@ fn sighup_reloads_a_good_policy_and_keeps_socket_state() {
 /// SIGHUP with an invalid policy: refused, with the problems exactly as `policy check`
 /// prints them; the old policy stays in force.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn sighup_refuses_a_bad_policy_and_the_old_one_stays() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let l = Listener::bind(loopback()).unwrap();
     let good = policy(
         &[22],
@@ -619,10 +629,12 @@ fn rotated_files(dir: &Path, name: &str) -> Vec<PathBuf> {
 /// or split, each new file starts with `output_reopened`, and `stats.events_written` matches
 /// every stats line's position in the concatenated stream. (Before: SIGHUP killed the agent.)
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn logrotate_loses_duplicates_and_splits_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let Some(logrotate) = which("logrotate") else {
         panic!(
             "logrotate is not installed (cargo xtask test installs it: apt-get install logrotate)"
@@ -818,10 +830,12 @@ fn wide_rules(n: usize) -> String {
 /// were read whole), by `policy check` and by `run --policy` before anything is attached;
 /// files of many wide rules are checked quickly (200 took 1.4 s, 2,000 minutes).
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn hostile_policy_files_are_refused_or_checked_quickly() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("hostile");
     let fifo = dir.path().join("fifo.toml");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();

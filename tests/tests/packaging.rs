@@ -913,10 +913,12 @@ fn run_with_caps(caps: &[&str], dir: &Scratch) -> CapRun {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn capabilities_are_each_needed() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     if !have("setpriv") {
         return cannot_run("setpriv is not installed (Debian: util-linux)");
     }
@@ -1488,10 +1490,12 @@ fn quantity_kib(q: &str) -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn container_image_builds_and_runs() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     if !have("podman") || !have("runc") {
         return cannot_run("podman and runc are not installed (Debian: podman runc)");
     }
@@ -1834,10 +1838,12 @@ fn cap_names(mask: u64) -> BTreeSet<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn systemd_unit_runs_under_systemd() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     if !have("systemd-nspawn") || !have("nsenter") {
         return cannot_run("systemd-nspawn is not installed (Debian: systemd-container)");
     }

@@ -152,10 +152,12 @@ fn uid(n: u64) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn events_name_container_and_pod_and_rules_select_by_namespace() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let seed = u64::from(std::process::id());
     let root = cgroot();
     let mut dirs = Dirs(Vec::new());

@@ -116,9 +116,7 @@ fn saved_histories(dirs: &StateDirs) -> Vec<u64> {
 }
 
 fn bursty_consumer_keeps_its_cadence(kill: bool) {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let dirs = StateDirs::new();
     let (steady_l, draining_l, control_l) = (
         Listener::bind(loopback()).unwrap(),
@@ -233,11 +231,19 @@ fn bursty_consumer_keeps_its_cadence(kill: bool) {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn bursty_consumer_keeps_its_cadence_across_sigterm() {
     bursty_consumer_keeps_its_cadence(false);
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn bursty_consumer_keeps_its_cadence_across_sigkill() {
     bursty_consumer_keeps_its_cadence(true);
 }
@@ -251,10 +257,12 @@ const LONG_THRESHOLD: Duration = Duration::from_secs(25);
 const AGE_AT_CRASH: Duration = Duration::from_secs(20);
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_wedge_20s_old_at_a_crash_is_reset_at_its_threshold_after_the_restart() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let dirs = StateDirs::new();
     let l = Listener::bind(loopback()).unwrap();
     let t = LONG_THRESHOLD.as_secs();
@@ -325,10 +333,12 @@ fn a_wedge_20s_old_at_a_crash_is_reset_at_its_threshold_after_the_restart() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn the_rate_limit_window_survives_a_restart() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let dirs = StateDirs::new();
     let l = Listener::bind(loopback()).unwrap();
     let pol = policy(&[22], 1, &reset_rule("svc", &[l.port()], &["zero_window"]));
@@ -373,10 +383,12 @@ fn the_rate_limit_window_survives_a_restart() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn sockets_that_closed_or_drained_while_no_agent_ran_are_not_taken_for_recoveries() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let dirs = StateDirs::new();
     let l = Listener::bind(loopback()).unwrap();
     // Observe only: stalls are reported, nothing is reset.
@@ -467,10 +479,12 @@ fn run_cli(args: &[&str], dirs: &StateDirs, env: &[(&str, &str)]) -> (i32, Strin
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn an_incompatible_agent_starts_fresh_and_state_clear_removes_everything() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let dirs: Arc<StateDirs> = StateDirs::new();
     let l = Listener::bind(loopback()).unwrap();
     let pol = policy(&[22], 1000, "");

@@ -84,10 +84,12 @@ fn wait_screen(t: &Tmux, timeout: Duration, pred: impl Fn(&str) -> bool) -> Resu
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn top_shows_the_running_agents_stalls_and_resets() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let watched = Listener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
     let reset = Listener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
     let sock = std::env::temp_dir().join(format!("tcpstall-top-{}.sock", std::process::id()));

@@ -293,10 +293,12 @@ impl Drop for HostDrop {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_client_from_source_port_22_is_reset_and_our_outgoing_ssh_is_not() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::linked_to_host().unwrap();
     let client_ns = NetNs::linked_to_host().unwrap();
     // Our service, and a client that connects to it from source port 22 and stops reading.
@@ -368,10 +370,12 @@ fn a_client_from_source_port_22_is_reset_and_our_outgoing_ssh_is_not() {
 /// closed) the map misses the peer's ACKs. Here the peer reads everything after the map
 /// saw a zero window; the kernel lookup before the reset sees the queue is empty.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_socket_that_recovered_where_the_map_cannot_see_is_not_reset() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::linked_to_host().unwrap();
     let l = listen_on(SocketAddr::from((ns.peer_addr(), 0)), None);
     let addr = l.local_addr().unwrap();
@@ -436,10 +440,12 @@ fn a_socket_that_recovered_where_the_map_cannot_see_is_not_reset() {
 /// network go dark while the node's other peers are fine: under the default guards every
 /// one of them is reset as it crosses the threshold, in the same tick (plus the batch).
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn three_thousand_dead_peers_are_reset_together_under_default_guards() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     raise_nofile();
     const N: usize = 3000;
     let dead = NetNs::linked_to_host().unwrap();
@@ -523,10 +529,12 @@ fn three_thousand_dead_peers_are_reset_together_under_default_guards() {
 /// networks): a partition, not dead peers. Resets wait, and once ACKs return the
 /// connections carry on.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn all_peers_silenced_at_once_is_held_not_reset() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let nets: Vec<Subnet> = (1..=3).map(subnet).collect();
     let servers: Vec<Listener> = nets
         .iter()
@@ -589,10 +597,12 @@ fn all_peers_silenced_at_once_is_held_not_reset() {
 /// A full map must not blind the agent: with room for 64 sockets taken by 64 healthy-but-
 /// slow consumers, a new wedge is still found and reset, and stats say entries were evicted.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_full_map_still_finds_a_new_wedge() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let fillers_l = Listener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
     let wedge_l = Listener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
     let rules = format!(
@@ -679,10 +689,12 @@ fn set_soft_nofile(pid: i32, soft: u64) {
 /// open a netlink socket in the wedge's namespace) is retried with backoff, and the wedge
 /// is reset once the error clears.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_transient_reset_error_is_retried() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (server_ns, client_ns) = NetNs::linked_pair().unwrap();
     let l = Listener::bind_in(&server_ns, SocketAddr::from((server_ns.addr(), 0))).unwrap();
     let agent = AgentOpts::new(policy(
@@ -758,10 +770,12 @@ fn a_transient_reset_error_is_retried() {
 /// A socket bound to a device (SO_BINDTODEVICE, as in a VRF) is found and reset: the
 /// request names its interface.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn a_device_bound_socket_is_reset() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::linked_to_host().unwrap();
     let dev = ifname_of(ns.peer_addr());
     let l = listen_on(SocketAddr::from((ns.peer_addr(), 0)), Some(&dev));
@@ -792,10 +806,12 @@ fn a_device_bound_socket_is_reset() {
 /// The reset path's netlink socket in a container's namespace keeps the namespace alive;
 /// once idle it is released, and a deleted namespace is really freed.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn an_idle_namespace_socket_is_released() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let ns = NetNs::linked_to_host().unwrap();
     let host_if = ifname_of(ns.peer_addr());
     let l = Listener::bind_in(&ns, SocketAddr::from((ns.addr(), 0))).unwrap();
@@ -859,10 +875,12 @@ fn an_idle_namespace_socket_is_released() {
 /// Closes racing the tick are closes, never recoveries: 300 stalled sockets (observed) are
 /// closed one by one across many ticks; every stall ends as `stall_closed`.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn closes_racing_the_tick_are_never_recoveries() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     raise_nofile();
     const N: usize = 300;
     let l = Listener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();

@@ -13,7 +13,6 @@ use super::*;
 // Dumps are read-only and cheap (about 1 µs per socket); the namespaces are the caller's
 // own, every `/run/netns/*` and every distinct `/proc/*/ns/net`.
 
-pub(super) const NLM_F_DUMP: u16 = 0x300;
 /// Receive buffer for dump replies (the kernel fills at most 32 KiB per datagram).
 pub(super) const DUMP_BUF_LEN: usize = 64 * 1024;
 /// Upper bound on dumping one namespace (both families).
@@ -105,18 +104,9 @@ pub(super) fn parse_dump_datagram(
     seq: u32,
     out: &mut Vec<TcpDiag>,
 ) -> Result<bool, ResetError> {
-    let mut off = 0;
-    while off + NLMSG_HDRLEN <= buf.len() {
-        let len = rd_u32(buf, off).unwrap_or(0) as usize;
-        let ty = rd_u16(buf, off + 4).unwrap_or(0);
-        let mseq = rd_u32(buf, off + 8).unwrap_or(0);
-        if len < NLMSG_HDRLEN || off + len > buf.len() {
-            return Err(malformed("netlink message length out of bounds"));
-        }
-        let payload = &buf[off + NLMSG_HDRLEN..off + len];
-        off += align4(len);
+    let done = walk_messages(buf, |ty, mseq, payload| {
         if mseq != seq {
-            continue;
+            return Ok(None);
         }
         match ty {
             SOCK_DIAG_BY_FAMILY => out.push(parse_diag(payload)?),
@@ -135,16 +125,12 @@ pub(super) fn parse_dump_datagram(
                         ),
                     ));
                 }
-                return Ok(true);
+                return Ok(Some(()));
             }
-            NLMSG_ERROR => {
-                let err = rd_u32(payload, 0).ok_or_else(|| malformed("short NLMSG_ERROR"))? as i32;
-                if err == 0 {
-                    return Ok(true);
-                }
-                let errno = err.checked_neg().unwrap_or(libc::EPROTO);
-                return Err(ResetError::new("reply", errno, errno_meaning(errno)));
-            }
+            NLMSG_ERROR => match ack_errno(payload)? {
+                0 => return Ok(Some(())),
+                errno => return Err(ResetError::new("reply", errno, errno_meaning(errno))),
+            },
             NLMSG_OVERRUN => {
                 return Err(ResetError::new(
                     "reply",
@@ -154,8 +140,9 @@ pub(super) fn parse_dump_datagram(
             }
             _ => return Err(malformed("unexpected netlink message type in a dump")),
         }
-    }
-    Ok(false)
+        Ok(None)
+    })?;
+    Ok(done.is_some())
 }
 
 /// Whether two endpoints are the same, treating `a.b.c.d` and `::ffff:a.b.c.d` as equal.

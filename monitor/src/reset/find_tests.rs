@@ -115,7 +115,7 @@ fn netns_files_are_checked() {
 #[test]
 fn dump_finds_own_sockets_by_cookie_and_tuple() {
     let (_l, client, server) = pair();
-    let cookie = socket_cookie(server.as_raw_fd()).unwrap();
+    let cookie = socket_cookie(&server).unwrap();
     let own = own_netns().unwrap();
     let s = find_sockets_in(std::slice::from_ref(&own), false, |d| d.cookie == cookie);
     assert_eq!((s.searched, s.failed.len(), s.found.len()), (1, 0, 1));
@@ -142,7 +142,7 @@ fn dump_finds_own_sockets_by_cookie_and_tuple() {
     )
     .unwrap();
     assert_eq!(v.len(), 1);
-    assert_eq!(v[0].0.cookie, socket_cookie(client.as_raw_fd()).unwrap());
+    assert_eq!(v[0].0.cookie, socket_cookie(&client).unwrap());
     // A closed socket is not found.
     drop(server);
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -157,14 +157,16 @@ fn dump_finds_own_sockets_by_cookie_and_tuple() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn dump_and_destroy_in_another_netns() {
-    if !require_root("dump_and_destroy_in_another_netns") {
-        return;
-    }
+    require_root("dump_and_destroy_in_another_netns");
     let ns = TestNetns::create(&format!("tcpstall-fd-{}", std::process::id()));
     let ino = ns.ino();
     let (l, client, server) = ns.run_in(pair);
-    let cookie = socket_cookie(server.as_raw_fd()).unwrap();
+    let cookie = socket_cookie(&server).unwrap();
     // Not in our own namespace; found by searching all of them.
     let own = own_netns().unwrap();
     assert!(

@@ -5,6 +5,7 @@
 use super::test_support::*;
 use super::*;
 use std::ffi::CString;
+use std::os::fd::FromRawFd;
 use std::process::Command;
 
 /// Two namespaces joined by a veth pair: `tsc` in the client namespace (192.0.2.1/30,
@@ -135,7 +136,7 @@ impl Linked {
 fn target(s: &TcpStream, netns: u32, ifindex: u32) -> Target {
     let local = s.local_addr().unwrap();
     Target {
-        cookie: socket_cookie(s.as_raw_fd()).unwrap(),
+        cookie: socket_cookie(s).unwrap(),
         netns,
         family: if local.is_ipv4() { AF_INET } else { AF_INET6 },
         local,
@@ -146,10 +147,12 @@ fn target(s: &TcpStream, netns: u32, ifindex: u32) -> Target {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn bound_sockets_need_their_ifindex() {
-    if !require_root("bound_sockets_need_their_ifindex") {
-        return;
-    }
+    require_root("bound_sockets_need_their_ifindex");
     let l = Linked::create("bi");
     let ino = l.client.ino();
     for v6 in [false, true] {
@@ -182,7 +185,7 @@ fn bound_sockets_need_their_ifindex() {
             assert!(same_endpoint(ft.local, t.local) && same_endpoint(ft.remote, t.remote));
             if v6 {
                 // The accepted side of a link-local connection is bound too.
-                let peer = socket_cookie(w.client.as_raw_fd()).unwrap();
+                let peer = socket_cookie(&w.client).unwrap();
                 let s = find_sockets(Some(l.server.ino()), |d| d.cookie == peer).unwrap();
                 assert_eq!(s.found[0].1.ifindex, l.server_if, "{what}");
             }
@@ -277,10 +280,12 @@ fn same_result(
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn lookup_many_equals_lookup() {
-    if !require_root("lookup_many_equals_lookup") {
-        return;
-    }
+    require_root("lookup_many_equals_lookup");
     let pid = std::process::id();
     let spaces = [
         TestNetns::create(&format!("tcpstall-lma-{pid}")),
@@ -380,10 +385,12 @@ fn raise_nofile(want: u64) {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn lookup_many_3000_sockets() {
-    if !require_root("lookup_many_3000_sockets") {
-        return;
-    }
+    require_root("lookup_many_3000_sockets");
     raise_nofile(8192);
     let ns = TestNetns::create(&format!("tcpstall-lm3-{}", std::process::id()));
     let ino = ns.ino();
@@ -505,10 +512,12 @@ fn emfile_child() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn emfile_errors_are_transient() {
-    if !require_root("emfile_errors_are_transient") {
-        return;
-    }
+    require_root("emfile_errors_are_transient");
     let ns = TestNetns::create(&format!("tcpstall-em-{}", std::process::id()));
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -637,10 +646,12 @@ fn vanishes(ns: &TestNetns, dev: &str, limit: Duration) -> Option<Duration> {
 /// kernel drops its last reference; its veth end is deleted with it, and so is that
 /// veth's peer in the (surviving) holder namespace — the observable proof.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn release_idle_frees_a_deleted_namespace() {
-    if !require_root("release_idle_frees_a_deleted_namespace") {
-        return;
-    }
+    require_root("release_idle_frees_a_deleted_namespace");
     let pid = std::process::id();
     let holder = TestNetns::create(&format!("tcpstall-rh-{pid}"));
     let pinned = TestNetns::create(&format!("tcpstall-rp-{pid}"));

@@ -2,6 +2,8 @@
 //! them to get a `sock_diag` socket there.
 
 use super::*;
+use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+use std::os::fd::AsFd;
 
 // ---------------------------------------------------------------------------------------
 // Network namespaces.
@@ -129,16 +131,17 @@ pub fn open_netns(ino: u32, pid_hint: Option<u32>) -> Result<(OwnedFd, PathBuf),
 /// file at `path`): a short-lived helper thread enters it with setns (which changes only
 /// that thread) and opens the socket there; the socket stays bound to that namespace.
 pub(super) fn open_diag_socket_entering(
-    ns: impl AsRawFd + Send + 'static,
+    ns: impl AsFd + Send + 'static,
     path: PathBuf,
 ) -> Result<OwnedFd, ResetError> {
     let handle = std::thread::Builder::new()
         .name("tcpstall-setns".into())
         .stack_size(256 * 1024)
         .spawn(move || -> Result<OwnedFd, ResetError> {
-            // SAFETY: ns is an open namespace file; setns only changes this helper thread.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                let errno = last_errno();
+            // setns only changes this helper thread.
+            if let Err(e) = move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))
+            {
+                let errno = e.raw_os_error();
                 let why = if errno == libc::EPERM {
                     "needs CAP_SYS_ADMIN (run as root)".to_string()
                 } else {
@@ -183,23 +186,8 @@ pub(super) fn open_diag_socket_in(ino: u64, pid_hint: Option<u32>) -> Result<Own
 // Self-test.
 
 /// The socket cookie of `fd` (`getsockopt(SOL_SOCKET, SO_COOKIE)`).
-pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: cookie is valid for len bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
+pub fn socket_cookie(fd: impl AsFd) -> io::Result<u64> {
+    Ok(rustix::net::sockopt::socket_cookie(fd)?)
 }
 
 /// A network namespace to search: its inode and a namespace file that opens it.
@@ -230,8 +218,10 @@ impl fmt::Display for NetnsRef {
 /// The calling thread's own network namespace.
 pub fn own_netns() -> Result<NetnsRef, ResetError> {
     let ino = netns_key(0)? as u32;
-    // SAFETY: plain syscalls without arguments.
-    let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
+    let (pid, tid) = (
+        std::process::id(),
+        rustix::thread::gettid().as_raw_nonzero(),
+    );
     Ok(NetnsRef {
         ino,
         path: PathBuf::from(format!("/proc/{pid}/task/{tid}/ns/net")),

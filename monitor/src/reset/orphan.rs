@@ -20,11 +20,12 @@
 //! the orphan accepts, so the probe leaves nothing behind.
 
 use super::*;
+use rustix::net::{self, sockopt};
 
 /// `SO_RCVBUF` of the test client (the kernel doubles it): the window closes after a few KB.
-const CLIENT_RCVBUF: libc::c_int = 4096;
+const CLIENT_RCVBUF: usize = 4096;
 /// `SO_SNDBUF` of the test server socket: a few KB stay queued behind the closed window.
-const SERVER_SNDBUF: libc::c_int = 4096;
+const SERVER_SNDBUF: usize = 4096;
 /// Upper bound on what the test writes before the kernel refuses more.
 const FILL_LIMIT: usize = 1 << 20;
 /// How long the closed socket may take to show up as a zero-window FIN_WAIT1 orphan.
@@ -269,79 +270,30 @@ impl ResetOnDrop {
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
         if let Some(s) = self.0.take() {
-            let lin = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: valid descriptor; lin is valid for the length passed.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&lin as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                );
-            }
+            // Abort on close (RST), not an orderly FIN: nothing is left behind.
+            let _ = sockopt::set_socket_linger(&s, Some(Duration::ZERO));
         }
-    }
-}
-
-fn set_int_opt(fd: RawFd, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
-    // SAFETY: v is a valid int for the length passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
 /// A client connected to `to` whose receive buffer is set before `connect`, so the window
 /// it advertises from the SYN on stays small.
 fn small_window_client(to: SocketAddr) -> io::Result<TcpStream> {
-    // SAFETY: plain syscall; the result is checked and owned at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let client = unsafe { TcpStream::from_raw_fd(fd) };
-    set_int_opt(fd, libc::SO_RCVBUF, CLIENT_RCVBUF)?;
+    let fd = net::socket_with(
+        net::AddressFamily::INET,
+        net::SocketType::STREAM,
+        net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    sockopt::set_socket_recv_buffer_size(&fd, CLIENT_RCVBUF)?;
     let SocketAddr::V4(v4) = to else {
         return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
     };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
     loop {
-        // SAFETY: sin is a valid sockaddr_in for the length passed.
-        let rc = unsafe {
-            libc::connect(
-                fd,
-                (&sin as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return Ok(client);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match net::connect(&fd, &v4) {
+            Ok(()) => return Ok(TcpStream::from(fd)),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -406,7 +358,8 @@ fn try_observe(cookie_out: &mut u64) -> Result<Observation, Observation> {
     };
     drop(listener);
     let s = server.get();
-    set_int_opt(s.as_raw_fd(), libc::SO_SNDBUF, SERVER_SNDBUF)
+    sockopt::set_socket_send_buffer_size(s, SERVER_SNDBUF)
+        .map_err(io::Error::from)
         .map_err(setup_err("shrink the test socket's send buffer"))?;
     s.set_nonblocking(true)
         .map_err(setup_err("make the test socket non-blocking"))?;
@@ -432,7 +385,7 @@ fn try_observe(cookie_out: &mut u64) -> Result<Observation, Observation> {
     }
 
     let target = Target {
-        cookie: socket_cookie(s.as_raw_fd()).map_err(setup_err("read SO_COOKIE"))?,
+        cookie: socket_cookie(s).map_err(setup_err("read SO_COOKIE"))?,
         netns: current_netns().map_err(setup_err("read /proc/thread-self/ns/net"))?,
         family: AF_INET,
         local: s

@@ -86,8 +86,8 @@ pub(super) fn probe_inner() -> Result<Duration, ProbeFailure> {
             Err(e) => return Err(io_fail("fill the test connection", e)),
         }
     }
-    let cookie = socket_cookie(server.as_raw_fd())
-        .map_err(|e| io_fail("read SO_COOKIE of the test socket", e))?;
+    let cookie =
+        socket_cookie(&server).map_err(|e| io_fail("read SO_COOKIE of the test socket", e))?;
     let netns = current_netns().map_err(|e| io_fail("read /proc/thread-self/ns/net", e))?;
     let mut target = Target {
         cookie,

@@ -176,34 +176,12 @@ pub fn errno_meaning(errno: i32) -> String {
     }
 }
 
-/// Symbolic name of the errno values this module deals with (`"errno"` otherwise).
-pub fn errno_name(errno: i32) -> &'static str {
-    match errno {
-        0 => "OK",
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::ESRCH => "ESRCH",
-        libc::EINTR => "EINTR",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EBUSY => "EBUSY",
-        libc::EINVAL => "EINVAL",
-        libc::ENFILE => "ENFILE",
-        libc::EMFILE => "EMFILE",
-        libc::EPROTO => "EPROTO",
-        libc::EMSGSIZE => "EMSGSIZE",
-        libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
-        libc::ECONNABORTED => "ECONNABORTED",
-        libc::ECONNRESET => "ECONNRESET",
-        libc::ENOBUFS => "ENOBUFS",
-        libc::ETIMEDOUT => "ETIMEDOUT",
-        libc::ECONNREFUSED => "ECONNREFUSED",
-        libc::ESTALE => "ESTALE",
-        libc::EPIPE => "EPIPE",
-        _ => "errno",
+/// Symbolic name of an errno as events show it (`"ECONNABORTED"`, `"EMFILE"`; `"OK"` for 0,
+/// `"errno"` for a number the C library has no name for).
+pub fn errno_name(errno: i32) -> String {
+    match nix::errno::Errno::from_raw(errno) {
+        _ if errno == 0 => "OK".to_string(),
+        nix::errno::Errno::UnknownErrno => "errno".to_string(),
+        e => format!("{e:?}"),
     }
 }

@@ -1,3 +1,4 @@
+use super::test_support::require_root;
 use super::*;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -24,23 +25,9 @@ fn read_available(s: &mut TcpStream, want: usize, timeout: Duration) -> io::Resu
 
 // ---- real kernel ----
 
-/// True if the test may touch the kernel; prints why not otherwise. Under CI=true a
-/// missing root is a failure, not a skip.
-fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and CI=true");
-    }
-    eprintln!("SKIP {test}: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)");
-    false
-}
-
 fn target_of(server: &TcpStream, family: u16) -> Target {
     Target {
-        cookie: socket_cookie(server.as_raw_fd()).unwrap(),
+        cookie: socket_cookie(server).unwrap(),
         netns: current_netns().unwrap(),
         family,
         local: server.local_addr().unwrap(),
@@ -65,10 +52,12 @@ fn assert_aborted(server: &TcpStream) {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn self_probe_works() {
-    if !require_root("self_probe_works") {
-        return;
-    }
+    require_root("self_probe_works");
     let start = Instant::now();
     let r = self_probe();
     assert!(r.works, "{r:?}");
@@ -94,10 +83,12 @@ fn kernel_version() -> Option<(u32, u32)> {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn orphan_probe_on_this_kernel() {
-    if !require_root("orphan_probe_on_this_kernel") {
-        return;
-    }
+    require_root("orphan_probe_on_this_kernel");
     let start = Instant::now();
     let (r, cookie) = orphan::probe_traced();
     let took = start.elapsed();
@@ -169,10 +160,12 @@ fn drop_effective_cap(cap: u32) {
 /// Without CAP_NET_ADMIN the destroy is refused: unsafe, with the reason, and the test
 /// orphan does not outlive the probe (our client's RST removes it).
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn orphan_probe_without_cap_net_admin_is_unsafe() {
-    if !require_root("orphan_probe_without_cap_net_admin_is_unsafe") {
-        return;
-    }
+    require_root("orphan_probe_without_cap_net_admin_is_unsafe");
     let (r, cookie) = std::thread::spawn(|| {
         drop_effective_cap(12); // CAP_NET_ADMIN
         orphan::probe_traced()
@@ -215,10 +208,12 @@ impl Drop for Writer {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn destroy_many_resets_a_batch_and_refuses_a_wrong_cookie() {
-    if !require_root("destroy_many_resets_a_batch_and_refuses_a_wrong_cookie") {
-        return;
-    }
+    require_root("destroy_many_resets_a_batch_and_refuses_a_wrong_cookie");
     // More pairs than one datagram holds, so the batching boundary is crossed.
     let n = DESTROY_BATCH + 6;
     let pairs: Vec<_> = (0..n).map(|_| loopback_pair().unwrap()).collect();
@@ -258,10 +253,12 @@ fn destroy_many_resets_a_batch_and_refuses_a_wrong_cookie() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn blocked_writer_gets_econnaborted() {
-    if !require_root("blocked_writer_gets_econnaborted") {
-        return;
-    }
+    require_root("blocked_writer_gets_econnaborted");
     let (_l, _client, server) = loopback_pair().unwrap();
     let t = target_of(&server, AF_INET);
     let (tx, rx) = mpsc::channel();
@@ -316,10 +313,12 @@ fn blocked_writer_gets_econnaborted() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn wrong_cookie_does_not_kill() {
-    if !require_root("wrong_cookie_does_not_kill") {
-        return;
-    }
+    require_root("wrong_cookie_does_not_kill");
     let (_l, mut client, mut server) = loopback_pair().unwrap();
     let t = target_of(&server, AF_INET);
     let mut d = Destroyer::new();
@@ -350,10 +349,12 @@ fn wrong_cookie_does_not_kill() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn lookup_reports_cookie_state_and_bytes_acked() {
-    if !require_root("lookup_reports_cookie_state_and_bytes_acked") {
-        return;
-    }
+    require_root("lookup_reports_cookie_state_and_bytes_acked");
     let (_l, mut client, mut server) = loopback_pair().unwrap();
     let t = target_of(&server, AF_INET);
     let n = 100_000usize;
@@ -407,10 +408,12 @@ fn lookup_reports_cookie_state_and_bytes_acked() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn ipv4_mapped_ipv6_socket_is_destroyed() {
-    if !require_root("ipv4_mapped_ipv6_socket_is_destroyed") {
-        return;
-    }
+    require_root("ipv4_mapped_ipv6_socket_is_destroyed");
     let listener = match TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)) {
         Ok(l) => l,
         Err(e) => {
@@ -519,10 +522,12 @@ fn run_ip(args: &[&str]) -> Result<(), String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn socket_in_other_netns_is_destroyed() {
-    if !require_root("socket_in_other_netns_is_destroyed") {
-        return;
-    }
+    require_root("socket_in_other_netns_is_destroyed");
     let mut ns = TestNetns::create();
     let ino = fs::metadata(ns.path()).unwrap().ino() as u32;
     assert_ne!(ino, current_netns().unwrap());

@@ -7,19 +7,17 @@ use super::*;
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// Netlink message type that destroys (aborts) one socket (`linux/sock_diag.h`).
 pub const SOCK_DESTROY: u16 = 21;
-/// `getsockopt(SOL_SOCKET, SO_COOKIE)`: the 64-bit socket cookie.
-pub const SO_COOKIE: libc::c_int = 57;
 
 pub(super) const AF_INET: u16 = libc::AF_INET as u16;
 pub(super) const AF_INET6: u16 = libc::AF_INET6 as u16;
 
+use netlink_packet_core::{Emitable, NetlinkBuffer, NetlinkHeader, NlasIterator};
+pub(super) use netlink_packet_core::{
+    NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
+
 pub(super) const NLMSG_HDRLEN: usize = 16;
-pub(super) const NLMSG_NOOP: u16 = 1;
-pub(super) const NLMSG_ERROR: u16 = 2;
-pub(super) const NLMSG_DONE: u16 = 3;
-pub(super) const NLMSG_OVERRUN: u16 = 4;
-pub(super) const NLM_F_REQUEST: u16 = 0x1;
-pub(super) const NLM_F_ACK: u16 = 0x4;
 
 /// `sizeof(struct inet_diag_sockid)`.
 pub(super) const SOCKID_LEN: usize = 48;
@@ -33,8 +31,6 @@ pub(super) const INET_DIAG_INFO: u16 = 2;
 pub(super) const INET_DIAG_NOCOOKIE: u32 = !0;
 /// All TCP states (the kernel ignores the mask for exact requests, but be explicit).
 pub(super) const ALL_STATES: u32 = 0xffff_ffff;
-/// Mask off `NLA_F_NESTED` / `NLA_F_NET_BYTEORDER` from an attribute type.
-pub(super) const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// One socket as the kernel reports it: `struct inet_diag_msg` plus `struct tcp_info`.
 #[derive(Clone, Debug, PartialEq)]
@@ -277,28 +273,37 @@ pub(super) fn wire_ids(t: &Target) -> Result<Vec<WireId>, ResetError> {
     }
 }
 
-/// `nlmsghdr` + `inet_diag_req_v2` for one exact request.
+/// `nlmsghdr` + `inet_diag_req_v2` for one request (exact, or a dump with `NLM_F_DUMP`).
 pub(super) fn encode_request(msg_type: u16, flags: u16, seq: u32, id: &WireId, ext: u8) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + REQ_V2_LEN;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&msg_type.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: kernel fills in
-    m.push(id.family);
-    m.push(libc::IPPROTO_TCP as u8);
-    m.push(ext);
-    m.push(0); // pad
-    m.extend_from_slice(&ALL_STATES.to_ne_bytes());
-    m.extend_from_slice(&id.sport.to_be_bytes());
-    m.extend_from_slice(&id.dport.to_be_bytes());
-    m.extend_from_slice(&id.src);
-    m.extend_from_slice(&id.dst);
-    m.extend_from_slice(&id.ifindex.to_ne_bytes());
-    m.extend_from_slice(&id.cookie[0].to_ne_bytes());
-    m.extend_from_slice(&id.cookie[1].to_ne_bytes());
-    debug_assert_eq!(m.len(), len);
+    let addr = |b: [u8; 16]| match u16::from(id.family) {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+        _ => IpAddr::V6(Ipv6Addr::from(b)),
+    };
+    let mut cookie = [0u8; 8];
+    cookie[..4].copy_from_slice(&id.cookie[0].to_ne_bytes());
+    cookie[4..].copy_from_slice(&id.cookie[1].to_ne_bytes());
+    let req = InetRequest {
+        family: id.family,
+        protocol: libc::IPPROTO_TCP as u8,
+        extensions: ExtensionFlags::from_bits_retain(ext),
+        states: StateFlags::from_bits_retain(ALL_STATES),
+        socket_id: SocketId {
+            source_port: id.sport,
+            destination_port: id.dport,
+            source_address: addr(id.src),
+            destination_address: addr(id.dst),
+            interface_id: id.ifindex,
+            cookie,
+        },
+    };
+    let mut header = NetlinkHeader::default();
+    header.length = (NLMSG_HDRLEN + req.buffer_len()) as u32;
+    header.message_type = msg_type;
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut m = vec![0u8; header.length as usize];
+    header.emit(&mut m[..NLMSG_HDRLEN]);
+    req.emit(&mut m[NLMSG_HDRLEN..]);
     m
 }
 
@@ -309,10 +314,6 @@ pub(super) enum Reply {
     Ack(i32),
     /// `SOCK_DIAG_BY_FAMILY` data.
     Diag(Box<TcpDiag>),
-}
-
-pub(super) fn rd_u16(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(off..off + 2)?.try_into().ok()?))
 }
 
 pub(super) fn rd_u32(b: &[u8], off: usize) -> Option<u32> {
@@ -347,32 +348,46 @@ pub(super) fn parse_datagram(buf: &[u8], seq: u32) -> Result<Option<Reply>, Rese
     Ok(found)
 }
 
-/// Every reply (with its sequence number) in one datagram.
-pub(super) fn for_each_reply(buf: &[u8], mut f: impl FnMut(u32, Reply)) -> Result<(), ResetError> {
+/// The one walk over the netlink messages of a datagram: `f(type, seq, payload)` for each
+/// until it returns `Some` (which the walk returns). Bytes after the last whole header are
+/// ignored; a length field out of bounds is a malformed reply.
+pub(super) fn walk_messages<T>(
+    buf: &[u8],
+    mut f: impl FnMut(u16, u32, &[u8]) -> Result<Option<T>, ResetError>,
+) -> Result<Option<T>, ResetError> {
     let mut off = 0;
     while off + NLMSG_HDRLEN <= buf.len() {
-        let len = rd_u32(buf, off).unwrap_or(0) as usize;
-        let ty = rd_u16(buf, off + 4).unwrap_or(0);
-        let mseq = rd_u32(buf, off + 8).unwrap_or(0);
-        if len < NLMSG_HDRLEN || off + len > buf.len() {
-            return Err(malformed("netlink message length out of bounds"));
+        let msg = NetlinkBuffer::new_checked(&buf[off..])
+            .map_err(|_| malformed("netlink message length out of bounds"))?;
+        off += align4(msg.length() as usize);
+        if let Some(v) = f(msg.message_type(), msg.sequence_number(), msg.payload())? {
+            return Ok(Some(v));
         }
-        let payload = &buf[off + NLMSG_HDRLEN..off + len];
-        off += align4(len);
+    }
+    Ok(None)
+}
+
+/// The errno an `NLMSG_ERROR` payload carries: 0 = acknowledged, otherwise positive.
+pub(super) fn ack_errno(payload: &[u8]) -> Result<i32, ResetError> {
+    let err = rd_u32(payload, 0).ok_or_else(|| malformed("short NLMSG_ERROR"))? as i32;
+    Ok(err.checked_neg().unwrap_or(libc::EPROTO))
+}
+
+/// Every reply (with its sequence number) in one datagram.
+pub(super) fn for_each_reply(buf: &[u8], mut f: impl FnMut(u32, Reply)) -> Result<(), ResetError> {
+    walk_messages(buf, |ty, mseq, payload| {
         match ty {
-            NLMSG_ERROR => {
-                let err = rd_u32(payload, 0).ok_or_else(|| malformed("short NLMSG_ERROR"))? as i32;
-                f(mseq, Reply::Ack(err.checked_neg().unwrap_or(libc::EPROTO)));
-            }
+            NLMSG_ERROR => f(mseq, Reply::Ack(ack_errno(payload)?)),
             SOCK_DIAG_BY_FAMILY => f(mseq, Reply::Diag(Box::new(parse_diag(payload)?))),
-            NLMSG_NOOP => continue,
+            NLMSG_NOOP => {}
             NLMSG_DONE | NLMSG_OVERRUN => {
                 return Err(malformed("unexpected NLMSG_DONE/NLMSG_OVERRUN"))
             }
             _ => return Err(malformed("unexpected netlink message type")),
         }
-    }
-    Ok(())
+        Ok(None::<()>)
+    })
+    .map(drop)
 }
 
 pub(super) fn addr_from_wire(family: u8, raw: &[u8], port: u16) -> SocketAddr {
@@ -433,17 +448,11 @@ pub(super) fn parse_diag(p: &[u8]) -> Result<TcpDiag, ResetError> {
         notsent_bytes: 0,
         snd_wnd: 0,
     };
-    let mut off = align4(DIAG_MSG_LEN);
-    while off + 4 <= p.len() {
-        let len = usize::from(rd_u16(p, off).unwrap_or(0));
-        let ty = rd_u16(p, off + 2).unwrap_or(0) & NLA_TYPE_MASK;
-        if len < 4 || off + len > p.len() {
-            return Err(malformed("attribute length out of bounds"));
+    for attr in NlasIterator::new(&p[align4(DIAG_MSG_LEN).min(p.len())..]) {
+        let attr = attr.map_err(|_| malformed("attribute length out of bounds"))?;
+        if attr.kind() == INET_DIAG_INFO {
+            apply_tcp_info(&mut d, attr.value());
         }
-        if ty == INET_DIAG_INFO {
-            apply_tcp_info(&mut d, &p[off + 4..off + len]);
-        }
-        off += align4(len);
     }
     Ok(d)
 }

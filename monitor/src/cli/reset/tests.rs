@@ -2,7 +2,6 @@ use super::*;
 use crate::cli::test_tmp_dir as tmp_dir;
 use crate::reset::test_support::*;
 use clap::Parser;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, SystemTime};
 use StallClass::{NoAck, SlowDrain, ZeroWindow};
 
@@ -331,12 +330,14 @@ fn only_event(out: &ResetOutcome) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn reset_by_cookie_alone_aborts_the_blocked_writer() {
-    if !require_root("reset_by_cookie_alone_aborts_the_blocked_writer") {
-        return;
-    }
+    require_root("reset_by_cookie_alone_aborts_the_blocked_writer");
     let w = Wedged::new(pair());
-    let cookie = reset::socket_cookie(w.server.as_raw_fd()).unwrap();
+    let cookie = reset::socket_cookie(&w.server).unwrap();
     let out = execute(&request(Some(cookie)));
     assert_eq!(out.code, 0, "{out:?}");
     let v = only_event(&out);
@@ -367,12 +368,14 @@ fn reset_by_cookie_alone_aborts_the_blocked_writer() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn idle_socket_is_refused() {
-    if !require_root("idle_socket_is_refused") {
-        return;
-    }
+    require_root("idle_socket_is_refused");
     let (_l, mut client, mut server) = pair();
-    let cookie = reset::socket_cookie(server.as_raw_fd()).unwrap();
+    let cookie = reset::socket_cookie(&server).unwrap();
     let out = execute(&request(Some(cookie)));
     assert_eq!(out.code, 1, "{out:?}");
     let v = only_event(&out);
@@ -398,16 +401,18 @@ fn idle_socket_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn protected_port_is_refused() {
-    if !require_root("protected_port_is_refused") {
-        return;
-    }
+    require_root("protected_port_is_refused");
     let w = Wedged::new(pair());
     let port = w.server.local_addr().unwrap().port();
     let dir = tmp_dir("protect");
     let pol = dir.join("p.toml");
     std::fs::write(&pol, format!("[guards]\nprotect_ports = [22, {port}]\n")).unwrap();
-    let cookie = reset::socket_cookie(w.server.as_raw_fd()).unwrap();
+    let cookie = reset::socket_cookie(&w.server).unwrap();
     let req = ResetRequest::from_args(&ResetArgs {
         policy: Some(pol),
         ..args(Some(cookie), None, None)
@@ -430,12 +435,14 @@ fn protected_port_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn dry_run_leaves_the_socket_alone() {
-    if !require_root("dry_run_leaves_the_socket_alone") {
-        return;
-    }
+    require_root("dry_run_leaves_the_socket_alone");
     let w = Wedged::new(pair());
-    let cookie = reset::socket_cookie(w.server.as_raw_fd()).unwrap();
+    let cookie = reset::socket_cookie(&w.server).unwrap();
     let req = ResetRequest {
         dry_run: true,
         ..request(Some(cookie))
@@ -458,14 +465,16 @@ fn dry_run_leaves_the_socket_alone() {
 
 /// A socket bound to a device is reset: the dump's interface goes into the requests.
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn reset_of_device_bound_sockets() {
-    if !require_root("reset_of_device_bound_sockets") {
-        return;
-    }
+    require_root("reset_of_device_bound_sockets");
     let l = crate::reset::kernel_tests::Linked::create("mb");
     for v6 in [false, true] {
         let w = Wedged::new(if v6 { l.link_local_v6() } else { l.bound_v4() });
-        let cookie = reset::socket_cookie(w.server.as_raw_fd()).unwrap();
+        let cookie = reset::socket_cookie(&w.server).unwrap();
         let out = execute(&request(Some(cookie)));
         assert_eq!(out.code, 0, "{out:?}");
         let v = only_event(&out);
@@ -479,10 +488,12 @@ fn reset_of_device_bound_sockets() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn reset_by_tuple_inside_a_created_netns() {
-    if !require_root("reset_by_tuple_inside_a_created_netns") {
-        return;
-    }
+    require_root("reset_by_tuple_inside_a_created_netns");
     let ns = TestNetns::create(&format!("tcpstall-mr-{}", std::process::id()));
     let ino = ns.ino();
     let w = Wedged::new(ns.run_in(pair));
@@ -523,10 +534,7 @@ fn reset_by_tuple_inside_a_created_netns() {
     let v = only_event(&out);
     assert_eq!(v["event"], "socket_reset");
     assert_eq!(v["netns"], ino);
-    assert_eq!(
-        v["cookie"],
-        reset::socket_cookie(w.server.as_raw_fd()).unwrap()
-    );
+    assert_eq!(v["cookie"], reset::socket_cookie(&w.server).unwrap());
     let err = w
         .writer_error(Duration::from_secs(1))
         .expect("writer not aborted");
@@ -534,10 +542,12 @@ fn reset_by_tuple_inside_a_created_netns() {
 }
 
 #[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
 fn same_tuple_in_two_namespaces_is_ambiguous_without_netns() {
-    if !require_root("same_tuple_in_two_namespaces_is_ambiguous_without_netns") {
-        return;
-    }
+    require_root("same_tuple_in_two_namespaces_is_ambiguous_without_netns");
     let pid = std::process::id();
     let a = TestNetns::create(&format!("tcpstall-mr-{pid}-a"));
     let b = TestNetns::create(&format!("tcpstall-mr-{pid}-b"));
@@ -571,7 +581,7 @@ fn same_tuple_in_two_namespaces_is_ambiguous_without_netns() {
         "{msg}"
     );
     // The cookie picks one; the other keeps blocking.
-    let cb = reset::socket_cookie(wb.server.as_raw_fd()).unwrap();
+    let cb = reset::socket_cookie(&wb.server).unwrap();
     let out = execute(&req(Some(cb)));
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(only_event(&out)["netns"], b.ino());
@@ -584,7 +594,7 @@ fn same_tuple_in_two_namespaces_is_ambiguous_without_netns() {
         "a disturbed"
     );
     // A wrong cookie with the right tuple names the cookie that holds it now.
-    let ca = reset::socket_cookie(wa.server.as_raw_fd()).unwrap();
+    let ca = reset::socket_cookie(&wa.server).unwrap();
     let out = execute(&req(Some(ca ^ 0x4000_0000)));
     assert_eq!(out.code, 1);
     assert!(
