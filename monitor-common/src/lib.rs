@@ -1,7 +1,11 @@
 //! Types shared by the eBPF programs (`monitor-ebpf`) and the agent (`monitor`).
 //!
 //! Everything here is `repr(C)`, plain old data, and must keep the same layout on both sides.
-#![no_std]
+//! [`progress`] holds the pure state updates both sides share (the programs make them, the
+//! agent's tests model the kernel with them).
+#![cfg_attr(not(test), no_std)]
+
+pub mod progress;
 
 /// Maximum number of sockets tracked at once by default (the `SOCKS` map bound).
 /// A socket is tracked only while it has data queued in either direction, so this bounds

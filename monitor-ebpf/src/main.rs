@@ -44,8 +44,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use monitor_common::{
-    counter, flags, gone, mode, CloseNote, Gap, Offsets, SockState, CLOSED_RING_BYTES,
-    DEFAULT_MAX_SOCKETS, GAP_SLOTS, MIN_GAP_NS,
+    counter, flags, gone, mode,
+    progress::{record_progress, seq_after, set_zero_window},
+    CloseNote, Offsets, SockState, CLOSED_RING_BYTES, DEFAULT_MAX_SOCKETS,
 };
 
 /// Filled in by the agent from /sys/kernel/btf/vmlinux before load.
@@ -319,12 +320,6 @@ fn drop_if_drained(s: &SockState, key: u64) {
     }
 }
 
-/// Signed sequence comparison: `a` is after `b`.
-#[inline(always)]
-fn after(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
-}
-
 /// Re-read the send side from the socket and account ACK progress up to `una`.
 #[inline(always)]
 fn refresh_send<M: Mem>(s: &mut SockState, tp: *const u8, t: u64, una: u32) {
@@ -340,28 +335,7 @@ fn refresh_send<M: Mem>(s: &mut SockState, tp: *const u8, t: u64, una: u32) {
         s.cookie = cookie_field::<M>(tp, s.key);
     }
     set_flag(s, flags::SNDBUF_FULL, wmem >= sndbuf);
-    if after(una, s.snd_una) {
-        let acked = una.wrapping_sub(s.snd_una);
-        s.bytes_acked += acked as u64;
-        let gap = t.saturating_sub(s.last_progress_ns);
-        if gap >= MIN_GAP_NS {
-            let slot = (s.gap_count as usize) % GAP_SLOTS;
-            // `slot` is always < GAP_SLOTS; the bound check keeps the verifier happy.
-            if let Some(g) = s.gaps.get_mut(slot) {
-                *g = Gap {
-                    start_ns: s.last_progress_ns,
-                    end_ns: t,
-                    acked,
-                    zero_window: (s.flags & (flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN) != 0)
-                        as u32,
-                };
-            }
-            s.gap_count = s.gap_count.wrapping_add(1);
-        }
-        s.snd_una = una;
-        s.last_progress_ns = t;
-        s.flags &= !flags::ZERO_WINDOW_SEEN;
-    }
+    record_progress(s, una, t);
 }
 
 #[inline(always)]
@@ -444,9 +418,7 @@ fn track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
     s.write_seq = M::ld(tp, off!(write_seq));
     s.snd_nxt = M::ld(tp, off!(snd_nxt));
     s.snd_wnd = M::ld(tp, off!(snd_wnd));
-    if s.snd_wnd == 0 {
-        s.flags |= flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
-    }
+    set_zero_window(s, s.snd_wnd == 0);
     s.copied_seq = M::ld(tp, off!(copied_seq));
     s.rcv_nxt = M::ld(tp, off!(rcv_nxt));
     s.rcv_wnd = M::ld(tp, off!(rcv_wnd));
@@ -699,14 +671,13 @@ fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
         let (ack_seq, window) = (ack.seq, ack.window);
         let snd_nxt: u32 = M::ld(tp, off!(snd_nxt));
         // An ACK for data we sent (not beyond snd_nxt) moves snd_una once processed.
-        if after(ack_seq, una) && !after(ack_seq, snd_nxt) {
+        if seq_after(ack_seq, una) && !seq_after(ack_seq, snd_nxt) {
             una = ack_seq;
         }
+        set_zero_window(s, window == 0);
         if window == 0 {
-            s.flags |= flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
             s.snd_wnd = 0;
         } else {
-            s.flags &= !flags::ZERO_WINDOW;
             s.snd_wnd = M::ld(tp, off!(snd_wnd));
         }
         s.last_ack_ns = t;
@@ -714,7 +685,7 @@ fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
         progress_before = una; // nothing to learn about the send side
     }
     refresh_send::<M>(s, tp, t, una);
-    if s.flags & flags::ZERO_WINDOW != 0 && !after(una, progress_before) {
+    if s.flags & flags::ZERO_WINDOW != 0 && !seq_after(una, progress_before) {
         s.zero_window_acks = s.zero_window_acks.wrapping_add(1);
     }
     let backoff: u8 = M::ld(tp, off!(icsk_backoff));
@@ -764,11 +735,7 @@ fn on_retransmit<M: Mem>(sk: *const u8) {
     s.last_retrans_ns = t;
     // No ACK is being processed here, so the socket's window is current.
     s.snd_wnd = M::ld(tp, off!(snd_wnd));
-    if s.snd_wnd == 0 {
-        s.flags |= flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
-    } else {
-        s.flags &= !flags::ZERO_WINDOW;
-    }
+    set_zero_window(s, s.snd_wnd == 0);
     let backoff: u8 = M::ld(tp, off!(icsk_backoff));
     s.backoff = backoff as u32;
 }

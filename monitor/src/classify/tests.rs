@@ -8,8 +8,9 @@ use super::fmt::fmt_ns;
 use super::tracker::Sample;
 use super::tracker::{thin, History, Tracker};
 use crate::snapshot::Snapshot;
+use monitor_common::progress;
 use monitor_common::Gap;
-use monitor_common::MIN_GAP_NS;
+use monitor_common::SockState;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -36,10 +37,19 @@ fn thresholds(zw_secs: u64) -> Thresholds {
 
 /// A kernel-like model of one tracked socket: mutate it with the events the kernel
 /// hooks would see, then take a [`Snapshot`] per tick.
+///
+/// The ACK-progress bookkeeping (snd_una, bytes acked, last progress, the gap ring, the
+/// zero-window flags) is a kernel entry `k` kept by the eBPF programs' own functions
+/// ([`monitor_common::progress`]), and each snapshot takes those fields from it the way the
+/// agent does ([`Snapshot::from_state`]). Everything else is set on `s` directly.
 struct Sim {
     s: Snapshot,
-    gaps: Vec<Gap>,
+    k: SockState,
 }
+
+/// snd_una when a simulated socket starts being tracked: 1 MiB before the sequence number
+/// wraps, so the tests' ACKs cross the wrap.
+const SIM_SND_UNA: u32 = 0u32.wrapping_sub(1 << 20);
 
 impl Sim {
     fn new(cookie: u64, start: u64) -> Sim {
@@ -81,7 +91,12 @@ impl Sim {
                 recent_gaps: Vec::new(),
                 gap_count: 0,
             },
-            gaps: Vec::new(),
+            k: SockState {
+                snd_una: SIM_SND_UNA,
+                first_seen_ns: start,
+                last_progress_ns: start,
+                ..SockState::zeroed()
+            },
         }
     }
 
@@ -91,31 +106,33 @@ impl Sim {
         sim.s.queued_bytes = 4 * MIB;
         sim.s.sndbuf_full = true;
         sim.s.wmem_queued = 4 * MIB as u32;
-        sim.s.zero_window = true;
+        sim.set_zero_window(true);
         sim.s.snd_wnd = 0;
         sim
     }
 
-    /// An ACK that advances snd_una by `bytes`; records a gap like the kernel does.
+    /// The peer's window is (or is no longer) zero, as the kernel hooks mark it: a zero
+    /// window also marks the gap that the next progress ends as a zero-window gap.
+    fn set_zero_window(&mut self, zero: bool) {
+        progress::set_zero_window(&mut self.k, zero);
+    }
+
+    /// An ACK that advances snd_una by `bytes`, accounted (progress, gap) like the kernel does.
     fn ack(&mut self, t: u64, bytes: u64) {
+        let bytes32 = u32::try_from(bytes).expect("an ACK acknowledges less than 4 GiB");
+        let una = self.k.snd_una.wrapping_add(bytes32);
+        progress::record_progress(&mut self.k, una, t);
         let s = &mut self.s;
-        if s.queued_bytes > 0 && t - s.last_progress_ns >= MIN_GAP_NS {
-            self.gaps.push(Gap {
-                start_ns: s.last_progress_ns,
-                end_ns: t,
-                acked: bytes as u32,
-                zero_window: s.zero_window as u32,
-            });
-            if self.gaps.len() > GAP_SLOTS {
-                self.gaps.remove(0);
-            }
-            s.gap_count += 1;
-        }
-        s.bytes_acked += bytes;
         s.queued_bytes = s.queued_bytes.saturating_sub(bytes);
         s.unacked_bytes = s.unacked_bytes.min(s.queued_bytes);
-        s.last_progress_ns = t;
         s.last_ack_ns = t;
+    }
+
+    /// The kernel entry's gap ring starts afresh (a new tracking session, or a restart that
+    /// lost the ring).
+    fn fresh_ring(&mut self) {
+        self.k.gaps = [Gap::default(); GAP_SLOTS];
+        self.k.gap_count = 0;
     }
 
     fn retransmit(&mut self, t: u64) {
@@ -126,9 +143,15 @@ impl Sim {
     }
 
     fn snap(&mut self, now: u64) -> Snapshot {
-        self.s.now_ns = now;
-        self.s.recent_gaps = self.gaps.clone();
-        self.s.clone()
+        let k = Snapshot::from_state(&self.k, now);
+        let s = &mut self.s;
+        s.now_ns = now;
+        s.zero_window = k.zero_window;
+        s.bytes_acked = k.bytes_acked;
+        s.last_progress_ns = k.last_progress_ns;
+        s.recent_gaps = k.recent_gaps;
+        s.gap_count = k.gap_count;
+        s.clone()
     }
 }
 
@@ -515,7 +538,7 @@ fn paused_then_resumed_reader_is_not_a_stall() {
         let ms = (now - T0) / NS_PER_MS;
         if ms == 2500 {
             sim.ack(now, 256 * 1024);
-            sim.s.zero_window = false;
+            sim.set_zero_window(false);
             sim.s.snd_wnd = 256 * 1024;
         } else if ms > 2500 {
             sim.ack(now, 128 * 1024);
@@ -528,13 +551,35 @@ fn paused_then_resumed_reader_is_not_a_stall() {
     assert_eq!(eps[0].class, StallClass::ZeroWindow);
 }
 
+/// The peer re-opens its window (a window update) just before the ACK that ends the
+/// pause: the kernel's sticky zero-window-seen flag still makes it a zero-window episode.
+#[test]
+fn window_reopened_before_the_ending_ack_is_still_a_zero_window_episode() {
+    let t = thresholds(60);
+    let mut tr = Tracker::new();
+    let mut sim = Sim::blocked_writer(31, at(0.0));
+    tr.observe(&sim.snap(at(0.0)), &t);
+    sim.set_zero_window(false);
+    sim.s.snd_wnd = 64 * 1024;
+    sim.ack(at(2.0), 64 * 1024);
+    let o = tr.observe(&sim.snap(at(2.5)), &t);
+    assert_eq!(o.recovered.len(), 1, "{o:?}");
+    assert_eq!(o.recovered[0].class, StallClass::ZeroWindow);
+    assert_eq!(o.recovered[0].duration_ms, 2000);
+    // The next pause, with the window open all along, is no zero-window episode.
+    sim.ack(at(4.0), 1000);
+    let o = tr.observe(&sim.snap(at(4.5)), &t);
+    assert_eq!(o.recovered.len(), 1, "{o:?}");
+    assert_eq!(o.recovered[0].class, StallClass::NoAck);
+}
+
 #[test]
 fn idle_connection_with_nothing_queued_never_stalls() {
     let t = thresholds(3);
     let mut tr = Tracker::new();
     let mut sim = Sim::new(11, at(0.0));
     // Last ACK said window 0 and a retransmit happened long ago, but nothing is queued.
-    sim.s.zero_window = true;
+    sim.set_zero_window(true);
     sim.s.backoff = 3;
     let obs = run(&mut tr, &mut sim, &t, 0.0, 600.0, 1.0, |_, _| {});
     assert!(obs.is_empty(), "{obs:?}");
@@ -862,7 +907,7 @@ fn slow_drain_escalates_to_zero_window() {
         sim.ack(now, 256)
     });
     assert_eq!(transitions(&obs)[0].1.class(), StallClass::SlowDrain);
-    sim.s.zero_window = true;
+    sim.set_zero_window(true);
     let obs = run(&mut tr, &mut sim, &t, 40.0, 80.0, 1.0, |_, _| {});
     let trs = transitions(&obs);
     assert_eq!(trs.len(), 1, "{trs:?}");
@@ -1188,7 +1233,7 @@ fn saved_bursty() -> (Sim, Thresholds, String) {
 fn a_restored_tracker_keeps_the_cadence_and_the_stall_clock() {
     let (mut sim, t, json) = saved_bursty();
     // A fresh kernel ring: the history can only come from the saved state.
-    sim.gaps.clear();
+    sim.fresh_ring();
     let mut back = Tracker::new();
     let n = back.import(serde_json::from_str(&json).unwrap(), |c, s| {
         c == 1 && s == at(0.0)
@@ -1231,9 +1276,9 @@ fn a_session_that_ended_while_saved_keeps_only_its_history() {
     assert!(back.active(1).is_none());
     // A new tracking session of the same socket: judged with the cadence, and the saved
     // session's end is no recovery.
-    sim.gaps.clear();
+    sim.fresh_ring();
     sim.s.first_seen_ns = at(10.0);
-    sim.s.last_progress_ns = at(10.0);
+    sim.k.last_progress_ns = at(10.0);
     let obs = run(&mut back, &mut sim, &t, 10.0, 15.0, 0.5, |_, _| {});
     let trs = transitions(&obs);
     assert_eq!(trs.len(), 1, "{trs:?}");
