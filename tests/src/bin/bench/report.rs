@@ -22,7 +22,17 @@ pub struct Verdict {
 impl Verdict {
     /// As JSON.
     pub fn json(&self) -> Value {
-        json!({"what": self.what, "target": self.target, "measured": self.measured, "met": self.met, "miss_by": self.miss_by})
+        json!({"what": self.what, "target": self.target, "measured": self.measured, "met": self.met,
+               "unresolved": self.unresolved(), "miss_by": self.miss_by})
+    }
+
+    /// Not met because the run cannot decide it (its `miss_by` says `unresolved: why`).
+    pub fn unresolved(&self) -> bool {
+        !self.met
+            && self
+                .miss_by
+                .as_deref()
+                .is_some_and(|m| m.starts_with("unresolved"))
     }
 }
 
@@ -144,6 +154,7 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
             }
         }
     }
+    out.extend(crate::stream_report::verdicts(results));
     out
 }
 
@@ -207,6 +218,8 @@ pub fn markdown(results: &Value) -> String {
     for v in &vs {
         let met = if v.met {
             "yes".to_string()
+        } else if v.unresolved() {
+            v.miss_by.clone().unwrap_or_default()
         } else {
             format!("**NO** (missed by {})", v.miss_by.as_deref().unwrap_or("?"))
         };
@@ -405,6 +418,8 @@ pub fn markdown(results: &Value) -> String {
         }
     }
 
+    crate::stream_report::markdown(results, &mut s);
+
     if let Some(notes) = results["interpretation"].as_array() {
         let _ = writeln!(s, "\n## Interpretation\n");
         for n in notes {
@@ -598,7 +613,8 @@ pub fn interpret(results: &Value) -> Vec<String> {
         }
     }
 
-    for v in vs.iter().filter(|v| !v.met) {
+    notes.extend(crate::stream_report::interpret(results));
+    for v in vs.iter().filter(|v| !v.met && !v.unresolved()) {
         notes.push(format!(
             "Missed: {} — {} against {} (by {}).",
             v.what,
