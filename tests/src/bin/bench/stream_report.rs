@@ -290,18 +290,26 @@ pub fn markdown(results: &Value, s: &mut String) {
         let Some(k) = w["count"].as_u64() else {
             continue;
         };
-        let list: Vec<String> = w["stall_started"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|e| {
-                format!(
-                    "{} {} `{}` after {} s",
-                    e["side"].as_str().unwrap_or("?"),
-                    e["local"].as_str().unwrap_or("?"),
-                    e["class"].as_str().unwrap_or("?"),
-                    fmt_opt(f(&e["after_wedge_s"]), 1)
-                )
+        // Per side and class: count and the range of times after the writers blocked.
+        let mut groups: Vec<(String, Vec<f64>)> = Vec::new();
+        for e in w["stall_started"].as_array().into_iter().flatten() {
+            let key = format!(
+                "{} `{}`",
+                e["side"].as_str().unwrap_or("?"),
+                e["class"].as_str().unwrap_or("?")
+            );
+            let at = f(&e["after_wedge_s"]).unwrap_or(f64::NAN);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(at),
+                None => groups.push((key, vec![at])),
+            }
+        }
+        let list: Vec<String> = groups
+            .iter()
+            .map(|(k, v)| {
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{k} ×{} after {lo:.1}..{hi:.1} s", v.len())
             })
             .collect();
         let _ = writeln!(
@@ -309,7 +317,7 @@ pub fn markdown(results: &Value, s: &mut String) {
             "\nN={}: {k} wedged connections (client never reads, server writes until blocked) made \
              {} s after the agent started, with `map_full` at {} then; watched {} s: {} of {k} \
              server sides reported `stall_started`, {} client sides (`recv_backlog`, observe \
-             only). Events: {}.",
+             only). `stall_started` for them: {}.",
             r["connections"],
             fmt_opt(f(&w["made_after_agent_start_s"]), 1),
             w["map_full_before"],
@@ -325,45 +333,106 @@ pub fn markdown(results: &Value, s: &mut String) {
     }
 }
 
-/// Interpretation notes for the streaming section.
+fn ratio(a: &Value, b: &Value) -> Option<f64> {
+    Some(f(b)? / f(a)?).filter(|r| r.is_finite())
+}
+
+/// Interpretation notes for the streaming section: growth factors, map-full rates, wedges
+/// with and without room in the map, and what the contention flag means here.
 pub fn interpret(results: &Value) -> Vec<String> {
     let mut notes = Vec::new();
     let rs = runs(results);
     let fit: Vec<&&Value> = rs.iter().filter(|r| within_map(r)).collect();
     if let (Some(a), Some(b)) = (fit.first(), fit.last()) {
         if a["connections"] != b["connections"] {
+            let g = |k: &str| {
+                fmt_opt(
+                    ratio(&a[k]["median"], &b[k]["median"]).or_else(|| ratio(&a[k], &b[k])),
+                    2,
+                )
+            };
             notes.push(format!(
-                "Streaming: agent CPU went from {} ms/s at {} tracked to {} ms/s at {} tracked ({} vs {} µs per tracked \
-                 socket per second); the tick (`sweep_us`) from {} to {} µs (p50). Every tracked socket with data queued \
-                 is read and classified at every tick, so the userspace part grows with the tracked count; the BPF part \
-                 grows with the ACK and write rate of the streams ({} vs {} ms/s).",
-                fmt_opt(f(&a["agent_total_cpu_ms_per_s"]["median"]), 2),
+                "Streaming, {} -> {} tracked sockets (x{}): agent CPU x{} ({} -> {} ms/s; process part x{}, BPF part \
+                 x{}), tick (`sweep_us` p50) x{} ({} -> {} µs), RSS x{} ({} -> {} MiB), cost per tracked socket \
+                 {} -> {} µs per second.",
                 fmt_opt(tracked(a), 0),
-                fmt_opt(f(&b["agent_total_cpu_ms_per_s"]["median"]), 2),
                 fmt_opt(tracked(b), 0),
-                fmt_opt(f(&a["agent_us_per_tracked_socket_per_s"]["median"]), 4),
-                fmt_opt(f(&b["agent_us_per_tracked_socket_per_s"]["median"]), 4),
+                fmt_opt(tracked(b).zip(tracked(a)).map(|(x, y)| x / y), 2),
+                g("agent_total_cpu_ms_per_s"),
+                fmt_opt(f(&a["agent_total_cpu_ms_per_s"]["median"]), 2),
+                fmt_opt(f(&b["agent_total_cpu_ms_per_s"]["median"]), 2),
+                g("agent_process_cpu_ms_per_s"),
+                g("agent_bpf_ms_per_s"),
+                fmt_opt(ratio(&a["tick_us"]["p50"], &b["tick_us"]["p50"]), 2),
                 fmt_opt(f(&a["tick_us"]["p50"]), 0),
                 fmt_opt(f(&b["tick_us"]["p50"]), 0),
-                fmt_opt(f(&a["agent_bpf_ms_per_s"]["median"]), 2),
-                fmt_opt(f(&b["agent_bpf_ms_per_s"]["median"]), 2),
+                fmt_opt(ratio(&a["agent_rss_kib"], &b["agent_rss_kib"]), 2),
+                fmt_opt(f(&a["agent_rss_kib"]).map(|k| k / 1024.0), 1),
+                fmt_opt(f(&b["agent_rss_kib"]).map(|k| k / 1024.0), 1),
+                fmt_opt(f(&a["agent_us_per_tracked_socket_per_s"]["median"]), 3),
+                fmt_opt(f(&b["agent_us_per_tracked_socket_per_s"]["median"]), 3),
             ));
         }
     }
     for r in rs.iter().filter(|r| !within_map(r)) {
-        let Some(full) = r["map_full_total"].as_u64() else {
+        let (Some(full), Some(span)) =
+            (r["map_full_steady_delta"].as_u64(), f(&r["steady_span_s"]))
+        else {
             continue;
         };
+        if span <= 0.0 {
+            continue;
+        }
         notes.push(format!(
-            "Streaming N={}: the map ({} entries) refused {full} inserts and the agent evicted {} entries to make room \
-             (sockets_tracked {}); agent CPU {} ms/s, tick p50 {} µs. The streams that did not fit keep trying to \
-             enter on every write, so the map stays at its bound and evictions repeat.",
+            "Streaming N={}: with the map ({} entries) full, {:.0} inserts per second were refused and {:.0} entries \
+             per second evicted in the steady state ({full} and {} over {span:.0} s); `sockets_tracked` at the \
+             `stats` lines {}. Agent CPU {} ms/s, tick p50 {} µs.",
             r["connections"],
             r["map_capacity"],
-            r["map_evicted_total"],
+            full as f64 / span,
+            r["map_evicted_steady_delta"].as_f64().unwrap_or(f64::NAN) / span,
+            r["map_evicted_steady_delta"],
             spread(&r["sockets_tracked"], 0),
             fmt_opt(f(&r["agent_total_cpu_ms_per_s"]["median"]), 2),
             fmt_opt(f(&r["tick_us"]["p50"]), 0),
+        ));
+    }
+    let wedge_line = |r: &&Value| -> Option<String> {
+        let w = &r["wedges"];
+        Some(format!(
+            "N={}: {} of {}",
+            r["connections"],
+            w["stall_started_server_side"].as_u64()?,
+            w["count"].as_u64()?
+        ))
+    };
+    let inside: Vec<String> = fit.iter().filter_map(|r| wedge_line(r)).collect();
+    let outside: Vec<String> = rs
+        .iter()
+        .filter(|r| !within_map(r))
+        .filter_map(wedge_line)
+        .collect();
+    if !outside.is_empty() {
+        notes.push(format!(
+            "Wedges made while the map was full were reported ({}) against the same wedges with room in the map \
+             ({}).",
+            outside.join("; "),
+            if inside.is_empty() {
+                "no run below the bound".to_string()
+            } else {
+                inside.join("; ")
+            }
+        ));
+    }
+    let contended: u64 = rs
+        .iter()
+        .filter_map(|r| r["contended_rounds"].as_u64())
+        .sum();
+    if contended > 0 {
+        notes.push(format!(
+            "Streaming: {contended} rounds are marked contended. The foreign-CPU meter counts all machine CPU not \
+             charged to the agent, the helpers or the bench, which can include the streams' own packet processing in \
+             softirq context; at large N that alone can pass the 15%-of-a-core mark."
         ));
     }
     notes

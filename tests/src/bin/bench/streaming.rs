@@ -371,7 +371,18 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let total = per_round("agent_total_cpu_ms_per_s");
     let ticks: Vec<f64> = col(&steady, "sweep_us");
     let tracked = col(&steady, "sockets_tracked");
-    let map_full_steady = col(&steady, "map_full");
+    // Growth of a cumulative counter over the steady-state `stats` lines, and their span.
+    let delta = |key: &str| -> Value {
+        let v = col(&steady, key);
+        match (v.first(), v.last()) {
+            (Some(a), Some(b)) => json!((b - a) as u64),
+            _ => Value::Null,
+        }
+    };
+    let steady_span_s = match (steady.first(), steady.last()) {
+        (Some(a), Some(b)) => (b.arrived_ns - a.arrived_ns) as f64 / 1e9,
+        _ => 0.0,
+    };
     let proc_ms = util::median(&per_round("agent_process_cpu_ms_per_s"));
     Ok(json!({
         "connections": n,
@@ -394,10 +405,9 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         "sockets_tracked": Spread::of(&tracked).map(|s| s.json()),
         "sockets_tracked_max_all": col(&all_stats, "sockets_tracked").into_iter().reduce(f64::max),
         "map_full_total": last["map_full"],
-        "map_full_steady_delta": match (map_full_steady.first(), map_full_steady.last()) {
-            (Some(a), Some(b)) => json!((b - a) as u64),
-            _ => Value::Null,
-        },
+        "map_full_steady_delta": delta("map_full"),
+        "map_evicted_steady_delta": delta("map_evicted"),
+        "steady_span_s": steady_span_s,
         "map_evicted_total": last["map_evicted"],
         "map_stale_total": last["map_stale"],
         "agent_rss_kib": rss,
