@@ -414,8 +414,7 @@ pub fn interpret(results: &Value) -> Vec<String> {
         .collect();
     if !outside.is_empty() {
         notes.push(format!(
-            "Wedges made while the map was full were reported ({}) against the same wedges with room in the map \
-             ({}).",
+            "Wedges made while the map was full, reported: {}; the same wedges with room in the map, reported: {}.",
             outside.join("; "),
             if inside.is_empty() {
                 "no run below the bound".to_string()
