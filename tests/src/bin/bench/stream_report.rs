@@ -133,7 +133,7 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
                         ""
                     }
                 ),
-                format!("{k} of {k} `stall_started` (server side)"),
+                format!("{k} of {k} server sockets in `stall_started`"),
                 format!(
                     "{seen} of {k} within {} s of blocking",
                     fmt_opt(f(&r["wedges"]["watched_s"]), 0)
@@ -316,8 +316,8 @@ pub fn markdown(results: &Value, s: &mut String) {
             s,
             "\nN={}: {k} wedged connections (client never reads, server writes until blocked) made \
              {} s after the agent started, with `map_full` at {} then; watched {} s: {} of {k} \
-             server sides reported `stall_started`, {} client sides (`recv_backlog`, observe \
-             only). `stall_started` for them: {}.",
+             server sockets reported in `stall_started`, {} client sockets (`recv_backlog`, \
+             observe only). `stall_started` lines for them: {}.",
             r["connections"],
             fmt_opt(f(&w["made_after_agent_start_s"]), 1),
             w["map_full_before"],

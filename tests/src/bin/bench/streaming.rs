@@ -150,6 +150,18 @@ fn about(e: &Event, addr: &str) -> Option<&'static str> {
     }
 }
 
+/// Distinct server sockets of the wedges (listener `addr`) with a `stall_started` line.
+fn server_sockets_stalled(events: &[Event], addr: &str) -> usize {
+    let mut c: Vec<u64> = events
+        .iter()
+        .filter(|e| e.name() == "stall_started" && about(e, addr) == Some("server"))
+        .filter_map(|e| e.u64("cookie"))
+        .collect();
+    c.sort_unstable();
+    c.dedup();
+    c.len()
+}
+
 /// Measure one N.
 fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> {
     let t_setup = Instant::now();
@@ -290,9 +302,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
             );
         }
         let all_wedges_seen = wedged_at.is_some()
-            && agent
-                .count(|e| e.name() == "stall_started" && about(e, &wedge_addr) == Some("server"))
-                >= cfg.wedges;
+            && server_sockets_stalled(&agent.events(), &wedge_addr) >= cfg.wedges;
         let now = Instant::now();
         if now >= end || (all_wedges_seen && now >= observe_end) {
             break;
@@ -346,20 +356,27 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
                 let side = about(e, &wedge_addr)?;
                 Some(
                     json!({"side": side, "class": e.v["class"], "local": e.v["local"],
-                            "stalled_for_ms": e.v["stalled_for_ms"],
+                            "cookie": e.v["cookie"], "stalled_for_ms": e.v["stalled_for_ms"],
                             "after_wedge_s": (e.arrived_ns as f64 - at_ns as f64) / 1e9}),
                 )
             })
             .collect();
-        let server = wedge_events
-            .iter()
-            .filter(|w| w["side"] == "server")
-            .count();
+        // Sockets, not lines: a stall whose class changes (e.g. slow_drain, then
+        // zero_window) is announced again.
+        let sockets = |side: &str| -> usize {
+            let mut c: Vec<u64> = wedge_events
+                .iter()
+                .filter(|w| w["side"] == side)
+                .filter_map(|w| w["cookie"].as_u64())
+                .collect();
+            c.sort_unstable();
+            c.dedup();
+            c.len()
+        };
+        let server = sockets("server");
         wedge_info["stall_started_server_side"] = json!(server);
-        wedge_info["stall_started_client_side"] = json!(wedge_events
-            .iter()
-            .filter(|w| w["side"] == "client")
-            .count());
+        wedge_info["stall_started_client_side"] = json!(sockets("client"));
+        wedge_info["stall_started_lines"] = json!(wedge_events.len());
         wedge_info["stall_started"] = json!(wedge_events);
         wedge_info["watched_s"] = json!(at.elapsed().as_secs_f64());
         eprintln!(
