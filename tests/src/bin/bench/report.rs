@@ -36,6 +36,39 @@ impl Verdict {
     }
 }
 
+/// A distribution-free confidence interval of the median of `v` from order statistics:
+/// `(low, high, confidence)` with the largest k such that P(Binomial(n, 1/2) < k) <= 2.5 %,
+/// i.e. at least 95 % confidence. `None` below 6 values (no such rank).
+pub fn median_ci(v: &[f64]) -> Option<(f64, f64, f64)> {
+    let n = v.len();
+    if n < 6 {
+        return None;
+    }
+    let mut x = v.to_vec();
+    x.sort_by(|a, b| a.total_cmp(b));
+    // P(B <= j) for B ~ Binomial(n, 1/2).
+    let cdf = |j: usize| -> f64 {
+        let mut c = 1.0f64; // C(n, 0)
+        let mut sum = 0.0;
+        for i in 0..=j {
+            if i > 0 {
+                c = c * (n - i + 1) as f64 / i as f64;
+            }
+            sum += c;
+        }
+        sum / 2f64.powi(n as i32)
+    };
+    // r: the 1-based rank of the lower bound, the largest with P(B <= r - 1) <= 2.5 %.
+    let mut r = 0;
+    while r < n / 2 && cdf(r) <= 0.025 {
+        r += 1;
+    }
+    if r == 0 {
+        return None;
+    }
+    Some((x[r - 1], x[n - r], 1.0 - 2.0 * cdf(r - 1)))
+}
+
 fn f(v: &Value) -> Option<f64> {
     v.as_f64()
 }
@@ -62,22 +95,77 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
     if let Some(sizes) = results["hot_path"]["sizes"].as_array() {
         for s in sizes {
             let size = s["write_bytes"].as_u64().unwrap_or(0);
-            let Some(med) = f(&s["ratio_on_off"]["median"]) else {
-                continue;
-            };
-            let loss = (1.0 - med) * 100.0;
             let target = hot_target_pct(size);
-            out.push(Verdict {
-                what: format!("hot path, {size} B writes: throughput loss with the agent"),
-                target: format!("<= {target}%"),
-                measured: format!(
-                    "{loss:.2}% (median on/off {med:.4}, spread {:.4}..{:.4})",
-                    f(&s["ratio_on_off"]["min"]).unwrap_or(f64::NAN),
-                    f(&s["ratio_on_off"]["max"]).unwrap_or(f64::NAN)
+            // Throughput: a loss is 1 - on/off; CPU per byte: an overhead is on/off - 1.
+            for (key, what, sign) in [
+                ("ratio_on_off", "throughput loss with the agent", -1.0),
+                (
+                    "cpu_ratio_on_off",
+                    "CPU per byte with the agent (added)",
+                    1.0,
                 ),
-                met: loss <= target,
-                miss_by: (loss > target).then(|| format!("{:.2} percentage points", loss - target)),
-            });
+            ] {
+                let ratios: Vec<f64> = s["pairs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| f(&p[key]))
+                    .collect();
+                let Some(med) = f(&s[key]["median"]) else {
+                    continue;
+                };
+                let pct = |r: f64| sign * (r - 1.0) * 100.0;
+                let cost = pct(med);
+                let ci = median_ci(&ratios);
+                let ci_text = match ci {
+                    Some((lo, hi, conf)) => {
+                        let (a, b) = (pct(lo).min(pct(hi)), pct(lo).max(pct(hi)));
+                        format!(
+                            "{:.0}% interval of the median {a:.2}%..{b:.2}%",
+                            conf * 100.0
+                        )
+                    }
+                    None => "too few pairs for an interval of the median".into(),
+                };
+                let measured = format!(
+                    "{cost:.2}% (median on/off {med:.4} over {} pairs, spread {:.4}..{:.4}; {ci_text})",
+                    ratios.len(),
+                    f(&s[key]["min"]).unwrap_or(f64::NAN),
+                    f(&s[key]["max"]).unwrap_or(f64::NAN)
+                );
+                // Small writes: the target is on the median of the pairs (the issue's
+                // definition). Bulk writes (target 1%): only an interval of the median that
+                // lies wholly on one side of the target decides; otherwise unresolved.
+                let (met, miss_by) = if size < 64 * 1024 {
+                    (
+                        cost <= target,
+                        (cost > target).then(|| format!("{:.2} percentage points", cost - target)),
+                    )
+                } else {
+                    match ci {
+                        Some((lo, hi, _)) => {
+                            let (a, b) = (pct(lo).min(pct(hi)), pct(lo).max(pct(hi)));
+                            if b <= target {
+                                (true, None)
+                            } else if a > target {
+                                (false, Some(format!("{:.2} percentage points (the whole interval is above the target)", a - target)))
+                            } else {
+                                (false, Some(format!(
+                                    "unresolved: the interval of the median ({a:.2}%..{b:.2}%) straddles the {target}% target; this run cannot tell"
+                                )))
+                            }
+                        }
+                        None => (false, Some("unresolved: too few pairs".into())),
+                    }
+                };
+                out.push(Verdict {
+                    what: format!("hot path, {size} B writes: {what}"),
+                    target: format!("<= {target}%"),
+                    measured,
+                    met,
+                    miss_by,
+                });
+            }
         }
     }
     if let Some(per_n) = results["scale"]["results"].as_array() {
@@ -457,10 +545,7 @@ pub fn interpret(results: &Value) -> Vec<String> {
             .sum();
         if contended > 0 {
             notes.push(format!(
-                "Hot path: {contended} of {total} pairs ran while other jobs used this shared 2-vCPU VM (or another tcpstall agent was loaded). \
-                 Loopback throughput is then set by how much CPU the scheduler leaves the two threads, so single-pair ratios swing far more \
-                 than the agent's cost; the median over alternating pairs is the estimate, and CPU time per byte (same threads, same bytes) \
-                 plus the BPF run time per write are the better-conditioned evidence."
+                "Hot path: {contended} of {total} pairs were contended (another tcpstall agent loaded, or other processes above 15% of a core during an arm)."
             ));
         }
         for sz in sizes {
@@ -482,25 +567,6 @@ pub fn interpret(results: &Value) -> Vec<String> {
                 f(&sz["loss_pct_median"]).unwrap_or(f64::NAN),
                 f(&sz["cpu_overhead_pct_median"]).unwrap_or(f64::NAN),
             ));
-            if size < 64 * 1024
-                && (share * 100.0 > hot_target_pct(size) || missed(&format!("hot path, {size} B")))
-            {
-                notes.push(format!(
-                    "Why {size} B writes cost more than the target: the programs already take their cheapest exits — a \
-                     write onto an empty queue and an incoming segment of a socket with nothing queued and an open window \
-                     return after a few direct loads, and a busy tracked socket is refreshed at most once per millisecond per \
-                     CPU from its writes and from its ACKs. What remains is a fixed cost on every call: the tp_btf dispatch \
-                     (RCU, migrate-disable, recursion guard — not counted by `--bpf-stats`), the `bpf_skc_to_tcp_sock` helper \
-                     needed to read `tcp_sock` fields, and a clock read for the rate limit. A 100 B loopback write costs the \
-                     two threads ~2 µs, so ~100-200 ns per write is 5-10% before the dispatch. Design changes that close it: \
-                     (a) decide the send path from `struct sock` alone (`sk_wmem_queued` == 0, no helper) and rate-limit by a \
-                     per-CPU call counter instead of the clock, re-tracking a drained socket from the ACK/retransmit hooks \
-                     with the writer identity kept in socket-local storage (`bpf_sk_storage_get`), so a busy socket costs a \
-                     few loads per write; (b) sample the sendmsg hook (e.g. 1 in N calls per socket) since the agent reads \
-                     state once per tick — the ACK path already carries queue growth. Together these target < 50 ns per \
-                     write: under 3% at 100 B and under 1% at 64 KiB."
-                ));
-            }
         }
     }
 
@@ -562,19 +628,6 @@ pub fn interpret(results: &Value) -> Vec<String> {
                     mem / 1048576.0
                 ));
             }
-            if missed(&format!("scale N={n}")) {
-                notes.push(format!(
-                    "A scale target was missed at N={n}: the agent's userspace stays flat (a few tenths of a ms per second); \
-                     the in-kernel part grows with the TCP event rate — each busy message costs about four program runs \
-                     (sendmsg, the data segment and its ACK through tcp_probe, the read through tcp_rcv_space_adjust), almost \
-                     all on untracked sockets, each paying the tp_btf dispatch plus a helper or two before its early exit. \
-                     `--bpf-stats` itself adds two clock reads per run (costly in a VM), so the figure is an upper bound. \
-                     Design change: mark tracked sockets in socket-local storage so an untracked socket's ACK and read cost \
-                     one NULL check instead of a cookie and a hash lookup, and drop the tcp_rcv_space_adjust hook in favour of \
-                     reading the receive side on the next incoming segment (the read side is observe-only). This in-kernel \
-                     time is charged to the application threads that send and receive, not to the agent process."
-                ));
-            }
         }
     }
 
@@ -631,11 +684,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn median_interval_from_order_statistics() {
+        assert_eq!(median_ci(&[1.0, 2.0, 3.0, 4.0, 5.0]), None);
+        let (lo, hi, conf) = median_ci(&[7.0, 1.0, 6.0, 2.0, 5.0, 3.0, 4.0]).unwrap();
+        assert_eq!((lo, hi), (1.0, 7.0));
+        assert!((conf - (1.0 - 2.0 / 128.0)).abs() < 1e-12, "{conf}");
+        let nine: Vec<f64> = (1..=9).map(f64::from).collect();
+        let (lo, hi, conf) = median_ci(&nine).unwrap();
+        assert_eq!((lo, hi), (2.0, 8.0));
+        assert!((conf - (1.0 - 2.0 * 10.0 / 512.0)).abs() < 1e-12, "{conf}");
+    }
+
+    #[test]
+    fn a_bulk_comparison_whose_interval_straddles_the_target_is_unresolved() {
+        let pairs: Vec<Value> = [0.97, 0.99, 1.0, 1.01, 0.98, 1.02, 0.995]
+            .iter()
+            .map(|r| json!({"ratio_on_off": r, "cpu_ratio_on_off": 1.0 + (1.0 - r) / 2.0 + 0.03}))
+            .collect();
+        let r = json!({"hot_path": {"sizes": [{
+            "write_bytes": 65536, "pairs": pairs,
+            "ratio_on_off": {"median": 0.995, "min": 0.97, "max": 1.02},
+            "cpu_ratio_on_off": {"median": 1.0325, "min": 1.02, "max": 1.045},
+        }]}});
+        let v = verdicts(&r);
+        assert_eq!(v.len(), 2);
+        assert!(!v[0].met && v[0].unresolved(), "{v:?}");
+        // CPU per byte: every pair shows more than 1 % added: a miss, resolved.
+        assert!(!v[1].met && !v[1].unresolved(), "{v:?}");
+        assert!(
+            v[1].miss_by.as_deref().unwrap().contains("whole interval"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn verdicts_catch_misses_and_passes() {
         let r = json!({
             "hot_path": {"sizes": [
                 {"write_bytes": 100, "ratio_on_off": {"median": 0.95, "min": 0.9, "max": 0.99}},
-                {"write_bytes": 65536, "ratio_on_off": {"median": 0.995, "min": 0.98, "max": 1.01}},
+                {"write_bytes": 65536, "ratio_on_off": {"median": 0.998, "min": 0.995, "max": 1.001},
+                 "pairs": [{"ratio_on_off": 0.995}, {"ratio_on_off": 0.998}, {"ratio_on_off": 0.999},
+                           {"ratio_on_off": 1.0}, {"ratio_on_off": 1.001}, {"ratio_on_off": 0.997},
+                           {"ratio_on_off": 0.996}]},
             ]},
             "scale": {"results": [
                 {"connections": 1000, "modes": [{"mode": "idle", "agent_pct_of_one_core_median": 0.01,
