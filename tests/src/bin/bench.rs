@@ -1,10 +1,11 @@
-//! tcpstall benchmark: hot-path cost, cost at scale against `ss` and an in-app poller, and
-//! reaction time to thousands of simultaneous wedges. Writes `results.json` (raw) and
-//! `REPORT.md` (tables, targets, interpretation).
+//! tcpstall benchmark: hot-path cost, cost at scale against `ss` and an in-app poller,
+//! reaction time to thousands of simultaneous wedges, and the cost of a streaming server whose
+//! sockets always have data queued. Writes `results.json` (raw) and `REPORT.md` (tables,
+//! targets, interpretation).
 //!
-//! Usage: `bench [--quick] [--only hot,scale,reaction] [--pairs N] [--hot-secs S]
+//! Usage: `bench [--quick] [--only hot,scale,reaction,streaming] [--pairs N] [--hot-secs S]
 //! [--scale-n 1000,10000,100000] [--rounds N] [--window-s S] [--wedges 1,100,5000]
-//! [--out DIR]`, `bench report [--out DIR]` (re-render REPORT.md from results.json).
+//! [--stream-n 10000,30000,40000] [--stream-max-sockets N] [--out DIR]`, `bench report [--out DIR]` (re-render REPORT.md from results.json).
 //! The agent binary is `$TCPSTALL_BIN` or `<workspace>/target/release/tcpstall`. Needs root.
 
 #[path = "bench/agent.rs"]
@@ -19,6 +20,12 @@ mod reaction;
 mod report;
 #[path = "bench/scale.rs"]
 mod scale;
+#[path = "bench/stream_report.rs"]
+mod stream_report;
+#[path = "bench/streamer.rs"]
+mod streamer;
+#[path = "bench/streaming.rs"]
+mod streaming;
 #[path = "bench/util.rs"]
 mod util;
 #[path = "bench/wedge.rs"]
@@ -30,8 +37,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: bench [--quick] [--only hot,scale,reaction] [--pairs N] [--hot-secs S] \
-[--scale-n LIST] [--rounds N] [--window-s S] [--wedges LIST] [--out DIR]\n       bench report [--out DIR]";
+const USAGE: &str = "usage: bench [--quick] [--only hot,scale,reaction,streaming] [--pairs N] [--hot-secs S] \
+[--scale-n LIST] [--rounds N] [--window-s S] [--wedges LIST] [--stream-n LIST] [--stream-max-sockets N] [--out DIR]\n       bench report [--out DIR]";
 
 /// Benchmark options.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,8 +51,13 @@ struct Opts {
     rounds: usize,
     window_s: f64,
     wedges: Vec<usize>,
+    stream_n: Vec<usize>,
+    stream_max_sockets: Option<u32>,
     out: PathBuf,
 }
+
+/// Every section, in run order.
+const SECTIONS: [&str; 4] = ["hot", "scale", "reaction", "streaming"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -71,25 +83,29 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     let mut o = if quick {
         Opts {
             quick,
-            sections: vec!["hot".into(), "scale".into(), "reaction".into()],
+            sections: SECTIONS.iter().map(|s| s.to_string()).collect(),
             pairs: 3,
             hot_secs: 1.0,
             scale_n: vec![1000],
             rounds: 3,
             window_s: 1.0,
             wedges: vec![1, 20],
+            stream_n: vec![2000],
+            stream_max_sockets: None,
             out: workspace().join("target/bench-quick"),
         }
     } else {
         Opts {
             quick,
-            sections: vec!["hot".into(), "scale".into(), "reaction".into()],
-            pairs: 7,
+            sections: SECTIONS.iter().map(|s| s.to_string()).collect(),
+            pairs: 9,
             hot_secs: 2.0,
             scale_n: vec![1000, 10_000, 100_000],
             rounds: 5,
             window_s: 2.0,
             wedges: vec![1, 100, 5000],
+            stream_n: vec![10_000, 30_000, 40_000],
+            stream_max_sockets: None,
             out: workspace().join("bench"),
         }
     };
@@ -105,12 +121,8 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         match a.as_str() {
             "--only" => {
                 o.sections = val()?.split(',').map(|s| s.trim().to_string()).collect();
-                if let Some(bad) = o
-                    .sections
-                    .iter()
-                    .find(|s| !["hot", "scale", "reaction"].contains(&s.as_str()))
-                {
-                    bail!("--only: unknown section {bad:?} (hot, scale, reaction)");
+                if let Some(bad) = o.sections.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+                    bail!("--only: unknown section {bad:?} ({})", SECTIONS.join(", "));
                 }
             }
             "--pairs" => o.pairs = val()?.parse().context("--pairs")?,
@@ -119,6 +131,10 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--rounds" => o.rounds = val()?.parse().context("--rounds")?,
             "--window-s" => o.window_s = val()?.parse().context("--window-s")?,
             "--wedges" => o.wedges = parse_list(val()?, "--wedges")?,
+            "--stream-n" => o.stream_n = parse_list(val()?, "--stream-n")?,
+            "--stream-max-sockets" => {
+                o.stream_max_sockets = Some(val()?.parse().context("--stream-max-sockets")?)
+            }
             "--out" => o.out = PathBuf::from(val()?),
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
@@ -132,6 +148,9 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     }
     if o.scale_n.iter().any(|&n| n > 1_000_000) || o.wedges.iter().any(|&w| w > 20_000) {
         bail!("--scale-n is limited to 1,000,000 and --wedges to 20,000");
+    }
+    if o.stream_n.iter().any(|&n| n > 200_000) {
+        bail!("--stream-n is limited to 200,000");
     }
     Ok(o)
 }
@@ -212,6 +231,18 @@ fn write_outputs(out: &Path, results: &Value) -> Result<()> {
         json_path.display(),
         md_path.display()
     );
+    // The committed run also refreshes README's benchmark table (between its markers).
+    if out.canonicalize().ok() == workspace().join("bench").canonicalize().ok() {
+        let readme = workspace().join("README.md");
+        let text = std::fs::read_to_string(&readme)
+            .with_context(|| format!("reading {}", readme.display()))?;
+        let new = report::splice_readme(&text, &report::readme_table(results))?;
+        std::fs::write(&readme, new).with_context(|| format!("writing {}", readme.display()))?;
+        eprintln!(
+            "bench: refreshed the benchmark table in {}",
+            readme.display()
+        );
+    }
     Ok(())
 }
 
@@ -243,7 +274,9 @@ fn run(o: &Opts) -> Result<bool> {
     results.insert(
         "options".into(),
         json!({"pairs": o.pairs, "hot_secs": o.hot_secs, "scale_n": o.scale_n, "rounds": o.rounds,
-               "window_s": o.window_s, "wedges": o.wedges, "sections": o.sections}),
+               "window_s": o.window_s, "wedges": o.wedges, "stream_n": o.stream_n,
+               "stream_max_sockets": o.stream_max_sockets,
+               "sections": o.sections}),
     );
     let mut errors = Map::new();
     for section in &o.sections {
@@ -281,6 +314,28 @@ fn run(o: &Opts) -> Result<bool> {
                 &workdir,
             )
             .map(|v| ("reaction", v)),
+            "streaming" => streaming::run(
+                &streaming::Config {
+                    ns: o.stream_n.clone(),
+                    rounds: o.rounds,
+                    window: Duration::from_secs_f64(o.window_s),
+                    per_process: 8000,
+                    // Longer than the agent's longest default threshold (30 s), so a false
+                    // stall would show; the quick run is a smoke test only.
+                    observe: Duration::from_secs(if o.quick { 10 } else { 40 }),
+                    // Their threshold is the default 30 s: only in the full run.
+                    wedges: if o.quick { 0 } else { 5 },
+                    rate: 2048,
+                    mss: 1024,
+                    buf: 4096,
+                    chunk: 2048,
+                    period: Duration::from_millis(500),
+                    policy: workdir.join("policy-streaming.toml"),
+                    max_sockets: o.stream_max_sockets,
+                },
+                &workdir,
+            )
+            .map(|v| ("streaming", v)),
             _ => unreachable!("validated in parse_opts"),
         };
         match r {
@@ -313,7 +368,13 @@ fn run(o: &Opts) -> Result<bool> {
     for v in &verdicts {
         eprintln!(
             "bench: {} {}: {} (target {})",
-            if v.met { "MET   " } else { "MISSED" },
+            if v.met {
+                "MET       "
+            } else if v.unresolved() {
+                "UNRESOLVED"
+            } else {
+                "MISSED    "
+            },
             v.what,
             v.measured,
             v.target
@@ -355,6 +416,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("holder") => return exit(holder::main(&args[1..])),
         Some("wedge") => return exit(wedge::main(&args[1..])),
+        Some("streamer") => return exit(streamer::main(&args[1..])),
         Some("report") => return exit(rerender(&args[1..])),
         _ => {}
     }
@@ -397,7 +459,7 @@ mod tests {
         let full = parse_opts(&[]).unwrap();
         assert_eq!(
             (full.pairs, full.scale_n.as_slice(), full.wedges.as_slice()),
-            (7, &[1000, 10_000, 100_000][..], &[1, 100, 5000][..])
+            (9, &[1000, 10_000, 100_000][..], &[1, 100, 5000][..])
         );
         assert!(full.out.ends_with("bench"));
         let q = parse_opts(&args("--quick --pairs 5 --only hot,reaction")).unwrap();
@@ -411,6 +473,13 @@ mod tests {
             parse_opts(&args("--scale-n 10,20")).unwrap().scale_n,
             [10, 20]
         );
+        assert_eq!(full.stream_n, [10_000, 30_000, 40_000]);
+        assert!(full.sections.iter().any(|s| s == "streaming"));
+        let st = parse_opts(&args("--only streaming --stream-n 2000,4000")).unwrap();
+        assert_eq!(
+            (st.sections.as_slice(), st.stream_n.as_slice()),
+            (&["streaming".to_string()][..], &[2000, 4000][..])
+        );
         for bad in [
             "--only nope",
             "--pairs 0",
@@ -419,6 +488,8 @@ mod tests {
             "--pairs",
             "--frob",
             "--hot-secs 100",
+            "--stream-n 0",
+            "--stream-n 300000",
         ] {
             assert!(parse_opts(&args(bad)).is_err(), "{bad}");
         }

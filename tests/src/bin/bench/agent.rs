@@ -78,6 +78,17 @@ impl Agent {
     /// Start `tcpstall run` with `--tick 1s --stats-interval 1s` and wait for `agent_started`.
     /// `label` names the raw event and stderr files kept in `workdir`.
     pub fn start(policy: &Path, bpf_stats: bool, workdir: &Path, label: &str) -> Result<Agent> {
+        Self::start_with(policy, bpf_stats, workdir, label, &[])
+    }
+
+    /// [`Agent::start`] with `extra` arguments for `tcpstall run` (e.g. `--max-sockets N`).
+    pub fn start_with(
+        policy: &Path,
+        bpf_stats: bool,
+        workdir: &Path,
+        label: &str,
+        extra: &[String],
+    ) -> Result<Agent> {
         let bin = agent_bin();
         if !bin.exists() {
             bail!(
@@ -108,6 +119,7 @@ impl Agent {
         if bpf_stats {
             cmd.arg("--bpf-stats");
         }
+        cmd.args(extra);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);

@@ -101,10 +101,12 @@ pub fn poll_socket(fd: RawFd) -> Result<u32> {
     Ok(outq as u32)
 }
 
-struct Epoll(RawFd);
+/// An epoll instance (also used by the streaming helper).
+pub struct Epoll(pub RawFd);
 
 impl Epoll {
-    fn new() -> Result<Epoll> {
+    /// A new epoll fd (close-on-exec).
+    pub fn new() -> Result<Epoll> {
         // SAFETY: plain syscall.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -113,11 +115,14 @@ impl Epoll {
         Ok(Epoll(fd))
     }
 
-    fn add(&self, fd: RawFd, token: u64) -> Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
+    /// Watch `fd` for input (level-triggered).
+    pub fn add(&self, fd: RawFd, token: u64) -> Result<()> {
+        self.add_events(fd, libc::EPOLLIN as u32, token)
+    }
+
+    /// Watch `fd` for `events` (`EPOLL*` bits).
+    pub fn add_events(&self, fd: RawFd, events: u32, token: u64) -> Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: valid fds and event struct.
         if unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
             bail!("epoll_ctl(ADD): {}", std::io::Error::last_os_error());

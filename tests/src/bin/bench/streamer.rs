@@ -1,0 +1,420 @@
+//! The `streamer` helper process of the streaming benchmark: holds both ends of up to ~8,500
+//! loopback connections whose server side always has data queued to a live reader. Each
+//! server socket is paced (`SO_MAX_PACING_RATE`) and gets one non-blocking write per round,
+//! more than the pace drains, so its small send buffer is never empty; its client reads
+//! whatever arrives (EPOLLIN): the stream drains slowly and steadily, nothing is wedged.
+//! On request it also makes a few genuinely wedged connections (the client never reads).
+//!
+//! Protocol (stdin commands -> stdout replies):
+//! - at start-up, after all connections are established: `ready <count>`
+//! - `stats` -> `stats <bytes_read> <bytes_written> <dead_connections> <cpu_ns>`
+//! - `wedge <k> <addr>` -> `wedged <k> <bytes_queued>`: `k` connections to a new listener at
+//!   `addr` whose server writes until its send buffer is full and whose client never reads
+//! - `quit` or end of stdin -> exit
+
+use crate::holder::{linger_zero, Epoll};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// `SO_MAX_PACING_RATE` (asm-generic; not in the libc crate).
+const SO_MAX_PACING_RATE: libc::c_int = 47;
+/// Connections set up per connect/accept batch (below any listen backlog).
+const BATCH: usize = 100;
+const STDIN_TOKEN: u64 = u64::MAX;
+
+/// Arguments of `bench streamer`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Args {
+    /// Address to listen on (distinct per helper, so ephemeral ports never run out).
+    pub listen: SocketAddr,
+    /// Connections to hold.
+    pub count: usize,
+    /// Pacing rate of each server socket, bytes per second.
+    pub rate: u32,
+    /// MSS of the connections (TCP_MAXSEG on the listener).
+    pub mss: u32,
+    /// SO_SNDBUF of the server sockets (the kernel doubles it).
+    pub sndbuf: u32,
+    /// SO_RCVBUF of the client sockets (the kernel doubles it).
+    pub rcvbuf: u32,
+    /// Bytes per write.
+    pub chunk: usize,
+    /// One write per stream every this long.
+    pub period: Duration,
+    /// Exit after this long whatever happens.
+    pub max_life: Duration,
+}
+
+/// Parse `--listen A --count N [--rate B] [--mss B] [--sndbuf B] [--rcvbuf B] [--chunk B]
+/// [--period-ms MS] [--max-life-s S]`.
+pub fn parse_args(args: &[String]) -> Result<Args> {
+    let mut a = Args {
+        listen: "127.0.0.1:0".parse().expect("literal"),
+        count: 0,
+        rate: 2048,
+        mss: 1024,
+        sndbuf: 8192,
+        rcvbuf: 8192,
+        chunk: 2048,
+        period: Duration::from_millis(500),
+        max_life: Duration::from_secs(3600),
+    };
+    let mut listen = None;
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let v = it.next().ok_or_else(|| anyhow!("{k} needs a value"))?;
+        let num = |what: &str| -> Result<u64> { v.parse().with_context(|| what.to_string()) };
+        match k.as_str() {
+            "--listen" => listen = Some(v.parse().context("--listen")?),
+            "--count" => a.count = num("--count")? as usize,
+            "--rate" => a.rate = num("--rate")? as u32,
+            "--mss" => a.mss = num("--mss")? as u32,
+            "--sndbuf" => a.sndbuf = num("--sndbuf")? as u32,
+            "--rcvbuf" => a.rcvbuf = num("--rcvbuf")? as u32,
+            "--chunk" => a.chunk = num("--chunk")? as usize,
+            "--period-ms" => a.period = Duration::from_millis(num("--period-ms")?),
+            "--max-life-s" => a.max_life = Duration::from_secs(num("--max-life-s")?),
+            other => bail!("streamer: unknown argument {other:?}"),
+        }
+    }
+    a.listen = listen.ok_or_else(|| anyhow!("streamer needs --listen"))?;
+    if a.count == 0 || a.rate == 0 || a.mss < 88 || a.chunk == 0 || a.period.is_zero() {
+        bail!("streamer: --count, --rate, --chunk, --period-ms must be positive and --mss at least 88");
+    }
+    Ok(a)
+}
+
+fn set_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: u32, what: &str) -> Result<()> {
+    let v = v as libc::c_uint;
+    // SAFETY: valid socket fd and a correctly sized option value.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &v as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        bail!("setsockopt({what}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A blocking IPv4 connect from a socket whose SO_RCVBUF is set first, so the window it
+/// announces in its SYN (and so the sender's segment size goal) is small from the start.
+fn connect_small(addr: SocketAddr, rcvbuf: u32) -> Result<TcpStream> {
+    let SocketAddr::V4(v4) = addr else {
+        bail!("streamer: IPv4 addresses only ({addr})");
+    };
+    // SAFETY: plain syscalls on a socket we own; `sa` is a valid sockaddr_in.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf, "SO_RCVBUF")?;
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*v4.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        if libc::connect(
+            fd,
+            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+        {
+            bail!("connect to {addr}: {}", std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// `n` connections to a new listener at `listen` (MSS `mss` if given, client SO_RCVBUF
+/// `rcvbuf`, server SO_SNDBUF `sndbuf`): (clients, servers), both with SO_LINGER {on, 0} so
+/// closing them leaves no TIME_WAIT.
+fn connect_pairs(
+    listen: SocketAddr,
+    n: usize,
+    mss: Option<u32>,
+    rcvbuf: u32,
+    sndbuf: u32,
+) -> Result<(Vec<TcpStream>, Vec<TcpStream>)> {
+    let listener =
+        TcpListener::bind(listen).with_context(|| format!("streamer: binding {listen}"))?;
+    if let Some(mss) = mss {
+        // Inherited by the accepted sockets and announced in the SYN-ACK: both directions.
+        set_int(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            mss,
+            "TCP_MAXSEG",
+        )?;
+    }
+    let mut clients = Vec::with_capacity(n);
+    let mut servers = Vec::with_capacity(n);
+    while clients.len() < n {
+        let b = BATCH.min(n - clients.len());
+        for _ in 0..b {
+            let c = connect_small(listen, rcvbuf).with_context(|| {
+                format!("streamer: connection {} to {listen}", clients.len() + 1)
+            })?;
+            linger_zero(c.as_raw_fd())?;
+            clients.push(c);
+        }
+        for _ in 0..b {
+            let (s, _) = listener.accept().context("streamer: accept")?;
+            linger_zero(s.as_raw_fd())?;
+            set_int(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                sndbuf,
+                "SO_SNDBUF",
+            )?;
+            servers.push(s);
+        }
+    }
+    for s in clients.iter().chain(&servers) {
+        s.set_nonblocking(true)?;
+    }
+    Ok((clients, servers))
+}
+
+/// Outcome of a non-blocking I/O loop on one socket.
+enum Io {
+    /// Would block: bytes moved before that.
+    Blocked(u64),
+    /// EOF or a hard error: the connection is gone.
+    Dead(u64),
+}
+
+/// Write `buf` until the socket would block.
+fn write_all_nb(fd: RawFd, buf: &[u8]) -> Io {
+    let mut n = 0u64;
+    loop {
+        // SAFETY: valid fd and buffer.
+        let r = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if r > 0 {
+            n += r as u64;
+            continue;
+        }
+        return match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock => Io::Blocked(n),
+            std::io::ErrorKind::Interrupted => continue,
+            _ => Io::Dead(n),
+        };
+    }
+}
+
+/// Read until the socket would block.
+fn read_all_nb(fd: RawFd, buf: &mut [u8]) -> Io {
+    let mut n = 0u64;
+    loop {
+        // SAFETY: valid fd and buffer.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if r > 0 {
+            n += r as u64;
+            continue;
+        }
+        if r == 0 {
+            return Io::Dead(n);
+        }
+        return match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock => Io::Blocked(n),
+            std::io::ErrorKind::Interrupted => continue,
+            _ => Io::Dead(n),
+        };
+    }
+}
+
+/// Make `k` wedged connections at `addr`: the server writes until its send buffer is full
+/// (the client's receive buffer fills first and its window closes), the client never reads.
+/// Returns the pairs (kept open by the caller) and the bytes queued.
+fn wedge(addr: SocketAddr, k: usize, a: &Args) -> Result<(Vec<TcpStream>, u64)> {
+    let (clients, servers) = connect_pairs(addr, k, None, a.rcvbuf, a.sndbuf)?;
+    let buf = vec![0x57u8; a.chunk];
+    let mut queued = 0u64;
+    // Until a whole pass moves nothing (every writer blocked), at most 5 s.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut moved = 0;
+        for s in &servers {
+            match write_all_nb(s.as_raw_fd(), &buf) {
+                Io::Blocked(n) => moved += n,
+                Io::Dead(_) => bail!("streamer: a wedge connection died while filling"),
+            }
+        }
+        queued += moved;
+        if moved == 0 && queued > 0 {
+            break;
+        }
+        if Instant::now() >= end {
+            bail!("streamer: wedge writers still moving data after 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((clients.into_iter().chain(servers).collect(), queued))
+}
+
+/// The streamer's main: set up, then stream and serve commands until `quit`, EOF or
+/// `max_life`.
+pub fn main(args: &[String]) -> Result<()> {
+    let a = parse_args(args)?;
+    let started = Instant::now();
+    let (clients, servers) = connect_pairs(a.listen, a.count, Some(a.mss), a.rcvbuf, a.sndbuf)?;
+    for s in &servers {
+        set_int(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MAX_PACING_RATE,
+            a.rate,
+            "SO_MAX_PACING_RATE",
+        )?;
+    }
+    let ep = Epoll::new()?;
+    ep.add(0, STDIN_TOKEN)?;
+    let et = libc::EPOLLET as u32;
+    for (i, c) in clients.iter().enumerate() {
+        ep.add_events(c.as_raw_fd(), libc::EPOLLIN as u32 | et, i as u64)?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {}", servers.len())?;
+    out.flush()?;
+
+    let wbuf = vec![0x53u8; a.chunk];
+    let mut rbuf = vec![0u8; 64 * 1024];
+    let mut line = Vec::<u8>::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut dead = vec![false; servers.len()];
+    let (mut read_total, mut written_total) = (0u64, 0u64);
+    let mut wedged: Vec<TcpStream> = Vec::new();
+    let mut next_round = Instant::now();
+    loop {
+        if Instant::now() >= next_round {
+            // One write per stream and round, like a server pushing an event to each
+            // subscriber; a full send buffer (EAGAIN) drops it.
+            for (i, s) in servers.iter().enumerate() {
+                if dead[i] {
+                    continue;
+                }
+                // SAFETY: valid fd and buffer.
+                let r = unsafe {
+                    libc::send(
+                        s.as_raw_fd(),
+                        wbuf.as_ptr() as *const libc::c_void,
+                        wbuf.len(),
+                        libc::MSG_NOSIGNAL,
+                    )
+                };
+                if r > 0 {
+                    written_total += r as u64;
+                } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+                    dead[i] = true;
+                }
+            }
+            next_round += a.period;
+            if next_round < Instant::now() {
+                next_round = Instant::now() + a.period; // fell behind: no burst
+            }
+        }
+        if started.elapsed() > a.max_life {
+            bail!(
+                "streamer: exceeded its maximum life of {:?}; exiting",
+                a.max_life
+            );
+        }
+        let wait_ms = next_round
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(1000) as i32;
+        // SAFETY: events buffer valid for its length.
+        let n =
+            unsafe { libc::epoll_wait(ep.0, events.as_mut_ptr(), events.len() as i32, wait_ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            bail!("streamer: epoll_wait: {e}");
+        }
+        for ev in &events[..n as usize] {
+            if ev.u64 != STDIN_TOKEN {
+                let i = ev.u64 as usize;
+                match read_all_nb(clients[i].as_raw_fd(), &mut rbuf) {
+                    Io::Blocked(b) => read_total += b,
+                    Io::Dead(b) => {
+                        read_total += b;
+                        dead[i] = true;
+                    }
+                }
+                continue;
+            }
+            // SAFETY: reading into a valid buffer from stdin.
+            let r = unsafe { libc::read(0, rbuf.as_mut_ptr() as *mut libc::c_void, 4096) };
+            if r <= 0 {
+                return Ok(()); // EOF: the benchmark is done with us
+            }
+            line.extend_from_slice(&rbuf[..r as usize]);
+            while let Some(pos) = line.iter().position(|&b| b == b'\n') {
+                let cmd: Vec<u8> = line.drain(..=pos).collect();
+                let cmd = String::from_utf8_lossy(&cmd).trim().to_string();
+                let words: Vec<&str> = cmd.split_whitespace().collect();
+                match words.as_slice() {
+                    ["stats"] => writeln!(
+                        out,
+                        "stats {read_total} {written_total} {} {}",
+                        dead.iter().filter(|d| **d).count(),
+                        crate::util::thread_cpu_ns()
+                    )?,
+                    ["wedge", k, addr] => {
+                        let k: usize = k.parse().context("wedge count")?;
+                        let addr: SocketAddr = addr.parse().context("wedge address")?;
+                        let (pairs, queued) = wedge(addr, k, &a)?;
+                        wedged.extend(pairs);
+                        writeln!(out, "wedged {k} {queued}")?;
+                    }
+                    ["quit"] => return Ok(()),
+                    _ => writeln!(out, "error unknown command {cmd:?}")?,
+                }
+                out.flush()?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn streamer_args() {
+        let a = parse_args(&args("--listen 127.3.0.1:7300 --count 10 --rate 4096")).unwrap();
+        assert_eq!((a.count, a.rate, a.mss, a.chunk), (10, 4096, 1024, 2048));
+        assert!(parse_args(&args("--count 10")).is_err());
+        assert!(parse_args(&args("--listen 127.0.0.1:1 --count 0")).is_err());
+        assert!(parse_args(&args("--listen 127.0.0.1:1 --count 1 --mss 10")).is_err());
+        assert!(parse_args(&args("--listen 127.0.0.1:1 --frob 1")).is_err());
+    }
+}

@@ -1,0 +1,474 @@
+//! Question 4: what does a streaming server cost the agent? N loopback connections whose
+//! server side always has data queued to a live, slowly draining reader (every one of them
+//! tracked and read each tick), with the agent observe-only at its default thresholds: agent
+//! CPU (process + in-kernel BPF run time) per second and per tracked socket, tick time, RSS,
+//! map memory, `sockets_tracked`/`map_full`, false stalls; past the map's bound, whether a few
+//! real wedges are still reported.
+
+use crate::agent::{Agent, Event};
+use crate::util::{self, Helper, Spread};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Settings of the streaming benchmark.
+pub struct Config {
+    /// Connection counts to test.
+    pub ns: Vec<usize>,
+    /// Measurement rounds per N.
+    pub rounds: usize,
+    /// Length of one measurement window.
+    pub window: Duration,
+    /// Most connections one streamer process holds (2 fds each, fd limit 20,000).
+    pub per_process: usize,
+    /// The agent watches each N at least this long (false stalls need at least the longest
+    /// default threshold to show).
+    pub observe: Duration,
+    /// Wedged connections made during each run (0: none).
+    pub wedges: usize,
+    /// Pacing rate per stream, bytes per second.
+    pub rate: u32,
+    /// MSS of the streams.
+    pub mss: u32,
+    /// SO_SNDBUF of the servers and SO_RCVBUF of the clients (the kernel doubles both).
+    pub buf: u32,
+    /// Bytes per write.
+    pub chunk: usize,
+    /// One write per stream every this long.
+    pub period: Duration,
+    /// Policy file for the agent (defaults only: observe, no reset rule).
+    pub policy: PathBuf,
+    /// `--max-sockets` for the agent; `None` = its default.
+    pub max_sockets: Option<u32>,
+}
+
+/// Write the observe-only policy: the built-in default thresholds, no rule, 1 s tick.
+pub fn write_policy(path: &Path) -> Result<()> {
+    std::fs::write(
+        path,
+        "# written by the tcpstall benchmark (streaming): default thresholds, no reset rule\n\
+         tick = \"1s\"\n",
+    )
+    .with_context(|| format!("writing policy {}", path.display()))
+}
+
+/// The agent's longest default threshold: a false stall cannot show before it.
+fn longest_default_threshold() -> Duration {
+    let t = monitor::classify::Thresholds::default();
+    t.zero_window_after
+        .max(t.no_ack_after)
+        .max(t.slow_drain_window)
+        .max(t.recv_backlog_after)
+}
+
+fn spawn_streamers(cfg: &Config, n: usize, phase: usize) -> Result<Vec<Helper>> {
+    let count = n.div_ceil(cfg.per_process);
+    if count > 240 || phase > 200 {
+        bail!("too many streamer processes ({count}) or phases ({phase}) for the 127.3.X.Y address plan");
+    }
+    let mut helpers = Vec::with_capacity(count);
+    for h in 0..count {
+        let share = n / count + usize::from(h < n % count);
+        let args: Vec<String> = vec![
+            "streamer".into(),
+            "--listen".into(),
+            format!("127.3.{phase}.{}:7300", h + 1),
+            "--count".into(),
+            share.to_string(),
+            "--rate".into(),
+            cfg.rate.to_string(),
+            "--mss".into(),
+            cfg.mss.to_string(),
+            "--sndbuf".into(),
+            cfg.buf.to_string(),
+            "--rcvbuf".into(),
+            cfg.buf.to_string(),
+            "--chunk".into(),
+            cfg.chunk.to_string(),
+            "--period-ms".into(),
+            cfg.period.as_millis().to_string(),
+        ];
+        helpers.push(Helper::spawn(&format!("streamer-{n}-{h}"), &args)?);
+    }
+    let mut total = 0;
+    for h in &mut helpers {
+        let got: usize = h
+            .expect("ready", Duration::from_secs(300))?
+            .parse()
+            .map_err(|e| anyhow!("streamer {}: bad ready line: {e}", h.name))?;
+        total += got;
+    }
+    if total != n {
+        bail!("streamers established {total} connections, wanted {n}");
+    }
+    Ok(helpers)
+}
+
+/// Sum of the streamers' counters: (bytes read, bytes written, dead connections).
+fn load_stats(helpers: &mut [Helper]) -> Result<(u64, u64, u64)> {
+    let (mut r, mut w, mut d) = (0, 0, 0);
+    for h in helpers.iter_mut() {
+        h.send("stats")?;
+        let line = h.expect("stats", Duration::from_secs(30))?;
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() != 4 {
+            bail!("streamer {}: bad stats reply {line:?}", h.name);
+        }
+        r += f[0];
+        w += f[1];
+        d += f[2];
+    }
+    Ok((r, w, d))
+}
+
+fn stats_between(events: &[Event], t0: u64, t1: u64) -> Vec<&Event> {
+    events
+        .iter()
+        .filter(|e| e.name() == "stats" && e.arrived_ns >= t0 && e.arrived_ns <= t1)
+        .collect()
+}
+
+fn col(evs: &[&Event], key: &str) -> Vec<f64> {
+    evs.iter()
+        .filter_map(|e| e.u64(key))
+        .map(|v| v as f64)
+        .collect()
+}
+
+/// Is this event about one of the wedged connections (`wedge_addr` = their listener)?
+fn about(e: &Event, addr: &str) -> Option<&'static str> {
+    if e.v["local"].as_str() == Some(addr) {
+        Some("server")
+    } else if e.v["remote"].as_str() == Some(addr) {
+        Some("client")
+    } else {
+        None
+    }
+}
+
+/// Distinct server sockets of the wedges (listener `addr`) with a `stall_started` line.
+fn server_sockets_stalled(events: &[Event], addr: &str) -> usize {
+    let mut c: Vec<u64> = events
+        .iter()
+        .filter(|e| e.name() == "stall_started" && about(e, addr) == Some("server"))
+        .filter_map(|e| e.u64("cookie"))
+        .collect();
+    c.sort_unstable();
+    c.dedup();
+    c.len()
+}
+
+/// Measure one N.
+fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> {
+    let t_setup = Instant::now();
+    let mut helpers = spawn_streamers(cfg, n, phase)?;
+    let setup_s = t_setup.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: streaming N={n}: {} streamers established {n} connections in {setup_s:.1} s",
+        helpers.len()
+    );
+    // Let every stream reach its steady state (buffers filled, pacing running).
+    util::sleep_checked(Duration::from_secs(2))?;
+    let extra: Vec<String> = cfg
+        .max_sockets
+        .map(|m| vec!["--max-sockets".to_string(), m.to_string()])
+        .unwrap_or_default();
+    let mut agent = Agent::start_with(
+        &cfg.policy,
+        true,
+        workdir,
+        &format!("streaming-{n}"),
+        &extra,
+    )?;
+    let agent_t0 = Instant::now();
+    let started = agent.wait_for(Duration::from_secs(5), |e| e.name() == "agent_started")?;
+    let capacity = started.u64("max_sockets").unwrap_or(0);
+    let tick_ms = started.u64("tick_ms").unwrap_or(1000);
+    // The map fills within a tick or two.
+    util::sleep_checked(Duration::from_secs(3))?;
+
+    // A handful of genuinely wedged connections, made now that the map is as full as it
+    // gets: past the map's bound, can they still get in? Below it, the control.
+    let wedge_addr = format!("127.3.{phase}.250:7399");
+    let mut wedge_info = Value::Null;
+    let mut wedged_at: Option<(Instant, u64)> = None;
+    if cfg.wedges > 0 {
+        let full_before = agent
+            .events()
+            .iter()
+            .rev()
+            .find(|e| e.name() == "stats")
+            .and_then(|e| e.u64("map_full"));
+        helpers[0].send(&format!("wedge {} {wedge_addr}", cfg.wedges))?;
+        let r = helpers[0].expect("wedged", Duration::from_secs(30))?;
+        wedged_at = Some((Instant::now(), util::wall_ns()));
+        eprintln!(
+            "bench: streaming N={n}: {} wedged connections at {wedge_addr} (their writers blocked; map_full was {full_before:?})",
+            cfg.wedges
+        );
+        wedge_info = json!({"count": cfg.wedges, "address": wedge_addr, "reply": r,
+                            "map_full_before": full_before,
+                            "made_after_agent_start_s": agent_t0.elapsed().as_secs_f64()});
+    }
+
+    let own = agent.prog_ids()?;
+    let mut pids: Vec<u32> = helpers.iter().map(Helper::pid).collect();
+    pids.push(agent.pid);
+    let helper_pids: Vec<u32> = helpers.iter().map(Helper::pid).collect();
+    let (read0, _, _) = load_stats(&mut helpers)?;
+    let (load_t0, load_w0) = (Instant::now(), util::wall_ns());
+    let mut rounds = Vec::new();
+    for r in 0..cfg.rounds {
+        let pre = util::wait_quiet(&own, &pids, Duration::from_secs(2))?;
+        let meter = util::ForeignMeter::start(&pids)?;
+        let h0: u64 = helper_pids
+            .iter()
+            .map(|p| util::proc_stat_cpu_ns(*p).unwrap_or(0))
+            .sum();
+        let (s0, _) = agent.cpu_ns()?;
+        let (b0, c0) = agent.bpf_run()?;
+        let (w0, t0) = (util::wall_ns(), Instant::now());
+        util::sleep_checked(cfg.window)?;
+        let (s1, _) = agent.cpu_ns()?;
+        let (b1, c1) = agent.bpf_run()?;
+        let dt = t0.elapsed().as_secs_f64();
+        let h1: u64 = helper_pids
+            .iter()
+            .map(|p| util::proc_stat_cpu_ns(*p).unwrap_or(0))
+            .sum();
+        let w1 = util::wall_ns();
+        let proc_ns = (s1 - s0) as f64 / dt;
+        let bpf_ns = (b1 - b0) as f64 / dt;
+        let total = proc_ns + bpf_ns;
+        let evs = agent.events();
+        let stats = stats_between(&evs, w0, w1);
+        // The `stats` lines of the window; with a window shorter than the stats interval, the
+        // last one before its end.
+        let tracked = util::median(&col(&stats, "sockets_tracked")).or_else(|| {
+            evs.iter()
+                .rev()
+                .find(|e| e.name() == "stats" && e.arrived_ns <= w1)
+                .and_then(|e| e.u64("sockets_tracked"))
+                .map(|v| v as f64)
+        });
+        let contention = util::Contention {
+            foreign_progs: pre.foreign_progs.max(util::foreign_progs(&own)),
+            foreign_cpu_ms_per_s: meter.read(&pids)?,
+        };
+        let per_sock = tracked.filter(|t| *t > 0.0).map(|t| total / 1e3 / t);
+        eprintln!(
+            "bench: streaming N={n} round {}/{}: agent {:.3} ms/s (+bpf {:.3} ms/s), tracked {}, {} µs/socket/s, load generator {:.0} ms/s{}",
+            r + 1,
+            cfg.rounds,
+            proc_ns / 1e6,
+            bpf_ns / 1e6,
+            tracked.map_or("?".into(), |t| format!("{t:.0}")),
+            per_sock.map_or("?".into(), |v| format!("{v:.4}")),
+            (h1 - h0) as f64 / 1e6 / dt,
+            if contention.contended() { " (contended)" } else { "" }
+        );
+        rounds.push(json!({
+            "round": r,
+            "window_s": dt,
+            "agent_process_cpu_ms_per_s": proc_ns / 1e6,
+            "agent_bpf_ms_per_s": bpf_ns / 1e6,
+            "agent_bpf_runs_per_s": (c1 - c0) as f64 / dt,
+            "agent_total_cpu_ms_per_s": total / 1e6,
+            "sockets_tracked_median": tracked,
+            "agent_us_per_tracked_socket_per_s": per_sock,
+            "tick_us": col(&stats, "sweep_us"),
+            "load_generator_cpu_ms_per_s": (h1 - h0) as f64 / 1e6 / dt,
+            "contention": contention.json(),
+            "contended": contention.contended(),
+        }));
+    }
+
+    // Watch at least `observe` in all, and for the wedges their threshold plus two ticks.
+    let threshold = longest_default_threshold();
+    let tick = Duration::from_millis(tick_ms);
+    let observe_end = agent_t0 + cfg.observe;
+    let wedge_deadline = wedged_at.map(|(t, _)| t + threshold + 2 * tick + Duration::from_secs(3));
+    let end = wedge_deadline.map_or(observe_end, |w| observe_end.max(w));
+    loop {
+        util::check_stop()?;
+        if agent.count(|e| e.name() == "agent_stopped") > 0 {
+            bail!(
+                "the agent stopped on its own; stderr:\n{}",
+                agent.stderr_tail()
+            );
+        }
+        let all_wedges_seen = wedged_at.is_some()
+            && server_sockets_stalled(&agent.events(), &wedge_addr) >= cfg.wedges;
+        let now = Instant::now();
+        if now >= end || (all_wedges_seen && now >= observe_end) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200).min(end - now));
+    }
+    let (read1, written1, dead) = load_stats(&mut helpers)?;
+    let load_s = load_t0.elapsed().as_secs_f64();
+    let observed_s = agent_t0.elapsed().as_secs_f64();
+    let rss = util::proc_rss_kib(agent.pid)?;
+    let maps = agent.bpf_maps()?;
+    let map_bytes: u64 = maps.iter().map(|(_, b)| b).sum();
+    let startup_s = agent.startup.as_secs_f64();
+    let events = agent
+        .stop()
+        .with_context(|| format!("stopping the agent after streaming N={n}"))?;
+    for h in helpers {
+        h.finish(Duration::from_secs(30));
+    }
+    if dead > 0 {
+        bail!("{dead} streaming connections died during the run (EOF or error)");
+    }
+
+    let all_stats: Vec<&Event> = events.iter().filter(|e| e.name() == "stats").collect();
+    // Steady state: stats from the first measurement round on.
+    let steady: Vec<&Event> = all_stats
+        .iter()
+        .copied()
+        .filter(|e| e.arrived_ns >= load_w0)
+        .collect();
+    let last = all_stats.last().map(|e| e.v.clone()).unwrap_or(Value::Null);
+    let stalls: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.name() == "stall_started")
+        .collect();
+    let streaming_stalls: Vec<&Event> = stalls
+        .iter()
+        .copied()
+        .filter(|e| about(e, &wedge_addr).is_none())
+        .collect();
+    let mut by_class = serde_json::Map::new();
+    for e in &streaming_stalls {
+        let c = e.v["class"].as_str().unwrap_or("?").to_string();
+        let v = by_class.get(&c).and_then(Value::as_u64).unwrap_or(0);
+        by_class.insert(c, json!(v + 1));
+    }
+    if let Some((at, at_ns)) = wedged_at {
+        let wedge_events: Vec<Value> = stalls
+            .iter()
+            .filter_map(|e| {
+                let side = about(e, &wedge_addr)?;
+                Some(
+                    json!({"side": side, "class": e.v["class"], "local": e.v["local"],
+                            "cookie": e.v["cookie"], "stalled_for_ms": e.v["stalled_for_ms"],
+                            "after_wedge_s": (e.arrived_ns as f64 - at_ns as f64) / 1e9}),
+                )
+            })
+            .collect();
+        // Sockets, not lines: a stall whose class changes (e.g. slow_drain, then
+        // zero_window) is announced again.
+        let sockets = |side: &str| -> usize {
+            let mut c: Vec<u64> = wedge_events
+                .iter()
+                .filter(|w| w["side"] == side)
+                .filter_map(|w| w["cookie"].as_u64())
+                .collect();
+            c.sort_unstable();
+            c.dedup();
+            c.len()
+        };
+        let server = sockets("server");
+        wedge_info["stall_started_server_side"] = json!(server);
+        wedge_info["stall_started_client_side"] = json!(sockets("client"));
+        wedge_info["stall_started_lines"] = json!(wedge_events.len());
+        wedge_info["stall_started"] = json!(wedge_events);
+        wedge_info["watched_s"] = json!(at.elapsed().as_secs_f64());
+        eprintln!(
+            "bench: streaming N={n}: {server} of {} wedges reported stall_started (server side)",
+            cfg.wedges
+        );
+    }
+    let per_round = |k: &str| -> Vec<f64> { rounds.iter().filter_map(|r| r[k].as_f64()).collect() };
+    let total = per_round("agent_total_cpu_ms_per_s");
+    let ticks: Vec<f64> = col(&steady, "sweep_us");
+    let tracked = col(&steady, "sockets_tracked");
+    // Growth of a cumulative counter over the steady-state `stats` lines, and their span.
+    let delta = |key: &str| -> Value {
+        let v = col(&steady, key);
+        match (v.first(), v.last()) {
+            (Some(a), Some(b)) => json!((b - a) as u64),
+            _ => Value::Null,
+        }
+    };
+    let steady_span_s = match (steady.first(), steady.last()) {
+        (Some(a), Some(b)) => (b.arrived_ns - a.arrived_ns) as f64 / 1e9,
+        _ => 0.0,
+    };
+    let proc_ms = util::median(&per_round("agent_process_cpu_ms_per_s"));
+    Ok(json!({
+        "connections": n,
+        "sockets_on_node": 2 * n,
+        "streamers": n.div_ceil(cfg.per_process),
+        "setup_s": setup_s,
+        "agent_startup_s": startup_s,
+        "observed_s": observed_s,
+        "longest_default_threshold_s": threshold.as_secs_f64(),
+        "tick_ms": tick_ms,
+        "map_capacity": capacity,
+        "rounds": rounds,
+        "agent_process_cpu_ms_per_s": Spread::of(&per_round("agent_process_cpu_ms_per_s")).map(|s| s.json()),
+        "agent_bpf_ms_per_s": Spread::of(&per_round("agent_bpf_ms_per_s")).map(|s| s.json()),
+        "agent_total_cpu_ms_per_s": Spread::of(&total).map(|s| s.json()),
+        "agent_pct_of_one_core_median": util::median(&total).map(|v| v / 10.0),
+        "agent_us_per_tracked_socket_per_s": Spread::of(&per_round("agent_us_per_tracked_socket_per_s")).map(|s| s.json()),
+        "agent_process_cpu_ms_per_tick": proc_ms.map(|m| m * tick_ms as f64 / 1000.0),
+        "tick_us": util::latency_json(&ticks),
+        "sockets_tracked": Spread::of(&tracked).map(|s| s.json()),
+        "sockets_tracked_max_all": col(&all_stats, "sockets_tracked").into_iter().reduce(f64::max),
+        "map_full_total": last["map_full"],
+        "map_full_steady_delta": delta("map_full"),
+        "map_evicted_steady_delta": delta("map_evicted"),
+        "steady_span_s": steady_span_s,
+        "map_evicted_total": last["map_evicted"],
+        "map_stale_total": last["map_stale"],
+        "agent_rss_kib": rss,
+        "bpf_maps": maps.iter().map(|(n, b)| json!({"name": n, "memlock_bytes": b})).collect::<Vec<_>>(),
+        "bpf_maps_memlock_bytes": map_bytes,
+        "stall_started_streaming": streaming_stalls.len(),
+        "stall_started_streaming_by_class": by_class,
+        "stall_cleared": events.iter().filter(|e| e.name() == "stall_cleared").count(),
+        "threshold_warnings": events.iter().filter(|e| e.name() == "threshold_warning").count(),
+        "agent_exit_ok": true,
+        "wedges": wedge_info,
+        "load": {
+            "drain_bytes_per_connection_per_s": (read1 - read0) as f64 / load_s / n as f64,
+            "bytes_written_total": written1,
+            "dead_connections": dead,
+            "generator_cpu_ms_per_s": Spread::of(&per_round("load_generator_cpu_ms_per_s")).map(|s| s.json()),
+        },
+        "contended_rounds": rounds.iter().filter(|r| r["contended"].as_bool() == Some(true)).count(),
+    }))
+}
+
+/// Run every N in order.
+pub fn run(cfg: &Config, workdir: &Path) -> Result<Value> {
+    write_policy(&cfg.policy)?;
+    let mut per_n = Vec::new();
+    for (phase, &n) in cfg.ns.iter().enumerate() {
+        util::check_stop()?;
+        per_n.push(
+            run_n(cfg, n, phase, workdir)
+                .with_context(|| format!("streaming benchmark at N={n}"))?,
+        );
+    }
+    Ok(json!({
+        "rounds": cfg.rounds,
+        "window_s": cfg.window.as_secs_f64(),
+        "observe_s": cfg.observe.as_secs_f64(),
+        "per_process": cfg.per_process,
+        "rate_bytes_per_s": cfg.rate,
+        "mss": cfg.mss,
+        "buf_bytes": cfg.buf,
+        "chunk_bytes": cfg.chunk,
+        "write_period_ms": cfg.period.as_millis() as u64,
+        "wedges": cfg.wedges,
+        "max_sockets_option": cfg.max_sockets,
+        "results": per_n,
+    }))
+}
