@@ -101,6 +101,30 @@ static LAST_ACK: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
 
+/// Set by the agent (element 0 non-zero) while the map is nearly full: the send hook then
+/// starts no new entries, so the last entries stay free for sockets that show a wedge
+/// signature (a zero window or our closed receive window in the ACK hook, a retransmit) —
+/// a map full of live streams never locks a new wedge out. Refusals count as `map_full`.
+#[map]
+static PRESSURE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Who asks [`track`] for a new entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// A write with data already queued: no wedge signature yet.
+    Send,
+    /// A wedge signature: a zero window, our closed receive window, a retransmit.
+    Signature,
+}
+
+#[inline(always)]
+fn under_pressure() -> bool {
+    match PRESSURE.get(0) {
+        Some(v) => *v != 0,
+        None => false,
+    }
+}
+
 /// The tracking generation: set by [`track`] after every new entry, to the creation time
 /// (unique per creation in practice), so a negative answer ("not tracked") cached with an
 /// earlier value is void. A plain store, not an atomic add (the BPF target offers none to
@@ -386,9 +410,13 @@ fn can_wedge(state: i32) -> bool {
 /// the state change run under the socket's lock, so no entry is created after its socket's
 /// CLOSE).
 #[inline(always)]
-fn track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
+fn track<M: Mem>(tp: *const u8, key: u64, t: u64, why: Why) -> Option<*mut SockState> {
     let state: u8 = M::ld(tp, off!(skc_state));
     if !can_wedge(state as i32) {
+        return None;
+    }
+    if why == Why::Send && under_pressure() {
+        bump(counter::MAP_FULL);
         return None;
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
@@ -441,10 +469,10 @@ fn track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
 
 /// The socket's entry, starting to track it if it is not tracked yet (None: map full).
 #[inline(always)]
-fn tracked_or_track<M: Mem>(tp: *const u8, key: u64, t: u64) -> Option<*mut SockState> {
+fn tracked_or_track<M: Mem>(tp: *const u8, key: u64, t: u64, why: Why) -> Option<*mut SockState> {
     match lookup::<M>(tp, key) {
         Some(p) => Some(p),
-        None => track::<M>(tp, key, t),
+        None => track::<M>(tp, key, t, why),
     }
 }
 
@@ -500,7 +528,7 @@ fn on_send<M: Mem>(sk: *const u8) {
         return;
     }
     let key = key_of::<M>(sk);
-    let Some(p) = tracked_or_track::<M>(tp, key, t) else {
+    let Some(p) = tracked_or_track::<M>(tp, key, t, Why::Send) else {
         return;
     };
     // SAFETY: map value pointer valid for this invocation.
@@ -653,7 +681,7 @@ fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
             if !(zero_win && write_seq != una) && !(rcv_wnd == 0 && rcv_nxt != copied) {
                 return;
             }
-            match track::<M>(tp, key, t) {
+            match track::<M>(tp, key, t, Why::Signature) {
                 Some(p) => p,
                 None => return,
             }
@@ -724,7 +752,7 @@ fn on_retransmit<M: Mem>(sk: *const u8) {
     let Some(tp) = M::tcp_sk(sk) else { return };
     let key = key_of::<M>(sk);
     let t = now();
-    let Some(p) = tracked_or_track::<M>(tp, key, t) else {
+    let Some(p) = tracked_or_track::<M>(tp, key, t, Why::Signature) else {
         return;
     };
     // SAFETY: map value pointer valid for this invocation.

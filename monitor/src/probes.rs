@@ -9,7 +9,7 @@ use crate::btf::{Btf as KernelBtf, Site};
 use crate::event::HookReport;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, KProbe},
     Btf, Ebpf, EbpfLoader,
 };
@@ -52,6 +52,8 @@ pub struct Probes {
     socks: HashMap<MapData, u64, SockState>,
     closed: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    /// Element 0: the map-pressure flag the kernel side reads (see `set_pressure`).
+    pressure: Array<MapData, u32>,
     ebpf: Ebpf,
     selection: Selection,
     key_by_addr: bool,
@@ -259,11 +261,13 @@ impl Probes {
         let closed = RingBuf::try_from(ebpf.take_map("CLOSED").context("CLOSED map missing")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+        let pressure = Array::try_from(ebpf.take_map("PRESSURE").context("PRESSURE map missing")?)?;
         let pinning = Self::pin(&socks, pin_dir, key_by_addr, max_sockets);
         Ok(Probes {
             socks,
             closed,
             counters,
+            pressure,
             ebpf,
             selection,
             key_by_addr,
@@ -577,6 +581,15 @@ impl Probes {
             });
         }
         out
+    }
+
+    /// Set the kernel side's map-pressure flag: while on, writes start no new entries and
+    /// only sockets with a wedge signature (zero window, closed receive window, retransmit)
+    /// are taken into the room left.
+    pub fn set_pressure(&mut self, on: bool) -> Result<()> {
+        self.pressure
+            .set(0, u32::from(on), 0)
+            .context("setting the map-pressure flag (PRESSURE map)")
     }
 
     pub fn counters(&self) -> Counters {

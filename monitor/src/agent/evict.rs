@@ -7,6 +7,10 @@ use anyhow::Result;
 /// The map is made room in above this share of its capacity, down to `EVICT_LOW`.
 pub(super) const EVICT_HIGH: f64 = 0.95;
 pub(super) const EVICT_LOW: f64 = 0.90;
+/// Map pressure goes on at `EVICT_LOW` and off below this share: while on, the kernel side
+/// starts no entries from writes, so the last tenth of the map stays for sockets with a
+/// wedge signature (a map full of live streams never locks a new wedge out).
+pub(super) const PRESSURE_OFF: f64 = 0.85;
 
 impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// A (nearly) full map cannot take a new wedge: remove the entries least likely to
@@ -21,7 +25,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let high = (cap as f64 * EVICT_HIGH) as usize;
         let low = (cap as f64 * EVICT_LOW) as usize;
         if tracked < high && !(refused && tracked >= low) {
-            return Ok(());
+            return self.update_pressure(tracked, cap);
         }
         let want = tracked.saturating_sub(low).max(1);
         let mut order: Vec<(bool, u64, u64)> = self
@@ -53,6 +57,30 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             log::warn!(
                 "tracking map at {tracked} of {cap} entries: evicted {evicted} (map_evicted in stats)"
             );
+        }
+        self.update_pressure(tracked.saturating_sub(evicted as usize), cap)
+    }
+
+    /// Map pressure on at [`EVICT_LOW`] of the capacity, off below [`PRESSURE_OFF`].
+    fn update_pressure(&mut self, tracked: usize, cap: usize) -> Result<()> {
+        let on = if self.pressure {
+            tracked as f64 >= cap as f64 * PRESSURE_OFF
+        } else {
+            tracked as f64 >= cap as f64 * EVICT_LOW
+        };
+        if on != self.pressure {
+            self.src.set_pressure(on)?;
+            self.pressure = on;
+            if on {
+                log::warn!(
+                    "tracking map at {tracked} of {cap} entries: writes start no new entries; \
+                     the room left is kept for sockets with a wedge signature (refusals count in map_full)"
+                );
+            } else {
+                log::info!(
+                    "tracking map at {tracked} of {cap} entries: writes start entries again"
+                );
+            }
         }
         Ok(())
     }

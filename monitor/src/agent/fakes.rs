@@ -28,6 +28,8 @@ pub(super) struct FakeMap {
     pub(super) removed: Vec<u64>,
     pub(super) max: u32,
     pub(super) map_full: u64,
+    /// The last pressure flag the agent set.
+    pub(super) pressure: bool,
 }
 
 #[derive(Clone, Default)]
@@ -66,6 +68,10 @@ impl SockSource for Src {
     }
     fn bpf_run_ns(&self) -> Option<u64> {
         None
+    }
+    fn set_pressure(&mut self, on: bool) -> anyhow::Result<()> {
+        self.0.lock().unwrap().pressure = on;
+        Ok(())
     }
 }
 

@@ -114,6 +114,8 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     map_evicted: u64,
     map_stale: u64,
     last_map_full: u64,
+    /// The pressure flag last set in the kernel (see `evict.rs`).
+    pressure: bool,
     last_stale_check: Instant,
     started: Instant,
     last_stats: Instant,
@@ -175,6 +177,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             map_evicted: 0,
             map_stale: 0,
             last_map_full: 0,
+            pressure: false,
             last_stale_check: Instant::now(),
             started: Instant::now(),
             last_stats: Instant::now(),

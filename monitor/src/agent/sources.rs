@@ -18,6 +18,9 @@ pub trait SockSource {
     fn counters(&self) -> Counters;
     fn max_sockets(&self) -> u32;
     fn bpf_run_ns(&self) -> Option<u64>;
+    /// Tell the kernel side the map is nearly full: writes start no new entries, so the
+    /// room left is kept for sockets with a wedge signature.
+    fn set_pressure(&mut self, on: bool) -> anyhow::Result<()>;
 }
 
 /// The act stage's kernel interface: sock_diag lookups and SOCK_DESTROY (`Destroyer` in
@@ -49,6 +52,9 @@ impl SockSource for Probes {
     }
     fn bpf_run_ns(&self) -> Option<u64> {
         Probes::bpf_run_ns(self)
+    }
+    fn set_pressure(&mut self, on: bool) -> anyhow::Result<()> {
+        Probes::set_pressure(self, on)
     }
 }
 

@@ -453,6 +453,29 @@ fn a_full_map_makes_room_without_dropping_a_stall() {
     assert_eq!(removed, vec![118, 117]);
     assert_eq!(r.agent.map_evicted, 2);
     assert!(r.out.named("stall_cleared").is_empty());
+    // 18 of 20 left: the room above 90 % is kept for wedge signatures.
+    assert!(r.map.0.lock().unwrap().pressure);
+}
+
+#[test]
+fn map_pressure_goes_on_at_90_percent_and_off_below_85() {
+    let mut r = rig("");
+    r.map.0.lock().unwrap().max = 100;
+    for i in 0..89u64 {
+        r.add(healthy(100 + i, &format!("10.7.0.2:{}", 10000 + i)), true);
+    }
+    r.agent.tick().unwrap();
+    assert!(!r.map.0.lock().unwrap().pressure, "89 of 100");
+    r.add(healthy(300, "10.7.1.2:10000"), true);
+    r.agent.tick().unwrap();
+    assert!(r.map.0.lock().unwrap().pressure, "90 of 100");
+    // Hysteresis: still on at 85, off at 84.
+    r.map.0.lock().unwrap().states.truncate(85);
+    r.agent.tick().unwrap();
+    assert!(r.map.0.lock().unwrap().pressure, "85 of 100");
+    r.map.0.lock().unwrap().states.truncate(84);
+    r.agent.tick().unwrap();
+    assert!(!r.map.0.lock().unwrap().pressure, "84 of 100");
 }
 
 #[test]
