@@ -101,10 +101,11 @@ static LAST_ACK: PerCpuArray<LastSeen> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SCRATCH: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
 
-/// Set by the agent (element 0 non-zero) while the map is nearly full: the send hook then
-/// starts no new entries, so the last entries stay free for sockets that show a wedge
-/// signature (a zero window or our closed receive window in the ACK hook, a retransmit) —
-/// a map full of live streams never locks a new wedge out. Refusals count as `map_full`.
+/// Set by the agent (element 0 non-zero) while the map is nearly full: new entries are then
+/// started only for a wedge signature that has lasted through a timer (a zero window or a
+/// retransmit with the RTO/persist backoff above 0), so the last entries stay free for real
+/// wedges — a map full of live streams never locks a new wedge out. Refusals count as
+/// `map_full`.
 #[map]
 static PRESSURE: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -415,9 +416,16 @@ fn track<M: Mem>(tp: *const u8, key: u64, t: u64, why: Why) -> Option<*mut SockS
     if !can_wedge(state as i32) {
         return None;
     }
-    if why == Why::Send && under_pressure() {
-        bump(counter::MAP_FULL);
-        return None;
+    // Under map pressure only a signature that has lasted through a timer gets a new
+    // entry: the RTO or zero-window-probe backoff is non-zero (a retransmit timer fired
+    // unanswered, or a persist probe found the window still closed). A live stream's
+    // momentary zero window or a single fast retransmit does not take the room left.
+    if under_pressure() {
+        let backoff: u8 = M::ld(tp, off!(icsk_backoff));
+        if why == Why::Send || backoff == 0 {
+            bump(counter::MAP_FULL);
+            return None;
+        }
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch slot owned by this program invocation.

@@ -63,10 +63,12 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
 
     /// Map pressure on at [`EVICT_LOW`] of the capacity, off below [`PRESSURE_OFF`].
     fn update_pressure(&mut self, tracked: usize, cap: usize) -> Result<()> {
+        // The same rounding as the eviction's target, so a map evicted down to 90 % is
+        // under pressure.
         let on = if self.pressure {
-            tracked as f64 >= cap as f64 * PRESSURE_OFF
+            tracked >= (cap as f64 * PRESSURE_OFF) as usize
         } else {
-            tracked as f64 >= cap as f64 * EVICT_LOW
+            tracked >= (cap as f64 * EVICT_LOW) as usize
         };
         if on != self.pressure {
             self.src.set_pressure(on)?;

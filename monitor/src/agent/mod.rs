@@ -105,7 +105,7 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     hold: Hold,
     counts: ResetCounts,
     /// Last snapshot of every socket present in the kernel map at the previous tick.
-    last: HashMap<u64, Snapshot>,
+    last: foldhash::HashMap<u64, Snapshot>,
     acts: HashMap<u64, ActState>,
     /// Close notes drained but not matched to a departed socket yet: cookie → (close
     /// time ns, when drained).
@@ -170,7 +170,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             nets: Networks::default(),
             hold: Hold::default(),
             counts: ResetCounts::default(),
-            last: HashMap::new(),
+            last: Default::default(),
             acts: HashMap::new(),
             closed: HashMap::new(),
             pending: Vec::new(),

@@ -14,7 +14,7 @@ use crate::reset::Target;
 use crate::snapshot::{monotonic_ns, Snapshot};
 use anyhow::Result;
 use monitor_common::SockState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Close notes not matched to a departed socket are dropped after this long.
@@ -114,7 +114,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         }
         let read_us = t0.elapsed().as_micros();
         let now_ns = monotonic_ns();
-        let mut present = HashSet::with_capacity(states.len());
+        let mut present: foldhash::HashSet<u64> =
+            foldhash::HashSet::with_capacity_and_hasher(states.len(), Default::default());
         let policy = std::sync::Arc::clone(&self.policy);
         // Tracked sockets each reset rule selects this tick (its budget scales with them).
         let mut selected: HashMap<&str, u64> = HashMap::new();
@@ -187,7 +188,11 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     }
 
     /// Sockets gone from the kernel map since the last tick: closed, or drained.
-    pub(super) fn departures(&mut self, present: &HashSet<u64>, now_ns: u64) -> Result<()> {
+    pub(super) fn departures(
+        &mut self,
+        present: &foldhash::HashSet<u64>,
+        now_ns: u64,
+    ) -> Result<()> {
         let gone: Vec<u64> = self
             .last
             .keys()

@@ -10,11 +10,32 @@ use super::NS_PER_MS;
 use super::{dur_ns, Evidence, StallClass, Thresholds};
 use crate::snapshot::Snapshot;
 
+/// The few fields of a [`Snapshot`] the evidence text speaks of, kept per socket so the
+/// evidence is written only when asked for (a reset), not for every socket every tick.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct SnapBits {
+    pub(super) sndbuf_full: bool,
+    pub(super) rcv_wnd: u32,
+    pub(super) recv_unread: u64,
+    pub(super) rcvbuf: u32,
+}
+
+impl From<&Snapshot> for SnapBits {
+    fn from(s: &Snapshot) -> SnapBits {
+        SnapBits {
+            sndbuf_full: s.sndbuf_full,
+            rcv_wnd: s.rcv_wnd,
+            recv_unread: s.recv_unread,
+            rcvbuf: s.rcvbuf,
+        }
+    }
+}
+
 /// The effective threshold (ns) and the evidence for judging `class`.
 pub(super) fn class_evidence(
     class: StallClass,
     history: &History,
-    snap: &Snapshot,
+    snap: SnapBits,
     t: &Thresholds,
     drain: Option<Drain>,
 ) -> (u64, Evidence) {

@@ -156,7 +156,7 @@ impl std::fmt::Display for StallClass {
 
 /// Per-socket classification parameters (from the policy rule that selects the socket, or
 /// the policy defaults).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Thresholds {
     pub zero_window_after: Duration,
     pub no_ack_after: Duration,

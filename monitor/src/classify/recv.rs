@@ -35,7 +35,7 @@ pub(super) fn step_recv(
     if snap.recv_unread == 0 || !full || unread_since < dur_ns(t.recv_backlog_after) {
         return None;
     }
-    let (_, evidence) = class_evidence(StallClass::RecvBacklog, history, snap, t, drain);
+    let (_, evidence) = class_evidence(StallClass::RecvBacklog, history, snap.into(), t, drain);
     live.recv = Some(ActiveStall {
         class: StallClass::RecvBacklog,
         since_ns: snap.last_read_ns,

@@ -68,21 +68,21 @@ pub(super) fn send_candidate(
 ) -> Option<(StallClass, u64, Evidence)> {
     let since = snap.now_ns.saturating_sub(snap.last_progress_ns);
     if snap.queued_bytes > 0 && snap.zero_window {
-        let (eff, ev) = class_evidence(StallClass::ZeroWindow, history, snap, t, drain);
+        let (eff, ev) = class_evidence(StallClass::ZeroWindow, history, snap.into(), t, drain);
         if since >= eff {
             return Some((StallClass::ZeroWindow, snap.last_progress_ns, ev));
         }
     }
     let retransmitting = snap.last_retrans_ns > snap.last_progress_ns || snap.backoff > 0;
     if snap.unacked_bytes > 0 && !snap.zero_window && retransmitting {
-        let (eff, ev) = class_evidence(StallClass::NoAck, history, snap, t, drain);
+        let (eff, ev) = class_evidence(StallClass::NoAck, history, snap.into(), t, drain);
         if since >= eff {
             return Some((StallClass::NoAck, snap.last_progress_ns, ev));
         }
     }
     if slow_drain_starts(snap, t, drain) {
         let d = drain.expect("slow_drain_starts needs a measurement");
-        let (_, ev) = class_evidence(StallClass::SlowDrain, history, snap, t, drain);
+        let (_, ev) = class_evidence(StallClass::SlowDrain, history, snap.into(), t, drain);
         return Some((StallClass::SlowDrain, d.from_ns, ev));
     }
     None

@@ -1,7 +1,7 @@
 //! The per-socket stall state machine over successive snapshots ([`Tracker`]), its
 //! bounded per-socket state, and saving it across agent restarts.
 
-use super::cadence::class_evidence;
+use super::cadence::{class_evidence, SnapBits};
 use super::recv::step_recv;
 use super::send::step_send;
 use super::{
@@ -13,7 +13,6 @@ use monitor_common::Gap;
 use monitor_common::MIN_GAP_NS;
 use serde::Deserialize;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -81,7 +80,20 @@ pub(super) struct Live {
     pub(super) last: Option<LastTick>,
     pub(super) send: Option<ActiveStall>,
     pub(super) recv: Option<ActiveStall>,
-    pub(super) evidence: Option<Evidence>,
+    /// What the evidence for this socket is computed from, as of its last tick. The text is
+    /// written only when asked for ([`Tracker::evidence`]: a reset), not for every tracked
+    /// socket every tick. Not saved across restarts (the next tick sets it again).
+    #[serde(skip)]
+    pub(super) evidence_in: Option<EvidenceIn>,
+}
+
+/// The inputs of [`class_evidence`] for one socket at its last tick.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EvidenceIn {
+    pub(super) class: StallClass,
+    pub(super) snap: SnapBits,
+    pub(super) t: Thresholds,
+    pub(super) drain: Option<Drain>,
 }
 
 impl Live {
@@ -92,7 +104,7 @@ impl Live {
             last: None,
             send: None,
             recv: None,
-            evidence: None,
+            evidence_in: None,
         }
     }
 
@@ -101,8 +113,10 @@ impl Live {
     pub(super) fn drain(&self, now_ns: u64, acked_now: u64, window_ns: u64) -> Option<Drain> {
         let oldest = self.samples.front()?;
         let reach = now_ns.checked_sub(window_ns);
+        // Samples are in time order and `push_sample` keeps about one at or before the
+        // window start, so walking from the front touches one or two, not the whole window.
         let base = reach
-            .and_then(|r| self.samples.iter().rev().find(|s| s.at_ns <= r))
+            .and_then(|r| self.samples.iter().take_while(|s| s.at_ns <= r).last())
             .unwrap_or(oldest);
         Some(Drain {
             acked: acked_now.saturating_sub(base.acked),
@@ -156,7 +170,9 @@ pub(super) struct Entry {
 /// [`Tracker::prune`]. A closed socket's entry is dropped at once (cookies are never reused).
 #[derive(Debug, Default)]
 pub struct Tracker {
-    pub(super) socks: HashMap<u64, Entry>,
+    /// foldhash, not SipHash: looked up once per tracked socket per tick (cookies are not
+    /// attacker-chosen keys).
+    pub(super) socks: foldhash::HashMap<u64, Entry>,
 }
 
 impl Tracker {
@@ -250,7 +266,12 @@ impl Tracker {
             (None, None) if snap.zero_window => StallClass::ZeroWindow,
             (None, None) => StallClass::NoAck,
         };
-        live.evidence = Some(class_evidence(ev_class, history, snap, t, drain).1);
+        live.evidence_in = Some(EvidenceIn {
+            class: ev_class,
+            snap: snap.into(),
+            t: *t,
+            drain,
+        });
         live.push_sample(now, snap.bytes_acked, window_ns);
         live.last = Some(LastTick {
             now_ns: now,
@@ -305,7 +326,9 @@ impl Tracker {
     /// its active send-side class, or for the class its state points to (`zero_window` when
     /// the peer's window is zero, else `no_ack`). None for unknown or dormant sockets.
     pub fn evidence(&self, cookie: u64) -> Option<Evidence> {
-        self.socks.get(&cookie)?.live.as_ref()?.evidence.clone()
+        let entry = self.socks.get(&cookie)?;
+        let i = entry.live.as_ref()?.evidence_in?;
+        Some(class_evidence(i.class, &entry.history, i.snap, &i.t, i.drain).1)
     }
 
     /// The retained recovered episodes of a socket (live or dormant), oldest first.
