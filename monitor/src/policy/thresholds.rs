@@ -51,7 +51,7 @@ impl ThresholdSpec {
 
     /// Overlay this scope on `base`.
     pub(super) fn apply(&self, base: &Thresholds, base_broken: &Broken) -> (Thresholds, Broken) {
-        let mut t = base.clone();
+        let mut t = *base;
         let mut broken = base_broken.clone();
         fn put<T: Clone>(v: &Val<T>, name: &'static str, slot: &mut T, broken: &mut Broken) {
             match v {

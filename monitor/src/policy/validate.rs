@@ -69,7 +69,7 @@ pub(super) fn build(cx: &mut Cx<'_>, root: &Node) -> Policy {
     let (defaults_eff, defaults_broken) =
         defaults_spec.apply(&Thresholds::default(), &Broken::new());
     defaults_spec.check_ceiling(cx, &defaults_eff, &defaults_broken, "the built-in default");
-    policy.defaults = defaults_eff.clone();
+    policy.defaults = defaults_eff;
 
     // [guards]
     let mut guard_at: HashMap<&str, Span> = HashMap::new();
