@@ -1,22 +1,47 @@
 //! Toolchain set-up for the eBPF build, and the environment hygiene every child build needs.
 //!
-//! The eBPF crate is built by the *nightly* toolchain (`-Z build-std=core` for
-//! `bpfel-unknown-none`) and linked by `bpf-linker`, which must be built against the nightly
-//! toolchain's own shared LLVM. Everything installed here lives in the repository's gitignored
+//! The eBPF crate is built (by `monitor/build.rs`, through aya-build) with the *nightly*
+//! toolchain pinned in `monitor-ebpf/rust-toolchain.toml` (`-Z build-std=core` for
+//! `bpfel-unknown-none`) and linked by `bpf-linker`, which must be built against that
+//! toolchain's own shared LLVM; `.tools/bpf-linker.rustc` records which one it was built with. Everything installed here lives in the repository's gitignored
 //! `.tools/` folder or in the nightly toolchain itself; nothing touches the system.
 
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
 use crate::{capture, describe, run, say};
 
-/// The rustup toolchain that builds the eBPF crate.
-pub const NIGHTLY: &str = "nightly";
+/// The toolchain file that pins the nightly building the eBPF crate (relative to the repo).
+pub const TOOLCHAIN_FILE: &str = "monitor-ebpf/rust-toolchain.toml";
+
+/// The `toolchain.channel` of a `rust-toolchain.toml`'s text.
+pub fn parse_channel(text: &str) -> Result<String> {
+    let doc: toml_edit::DocumentMut = text.parse()?;
+    doc.get("toolchain")
+        .and_then(|t| t.get("channel"))
+        .and_then(|c| c.as_str())
+        .map(str::to_string)
+        .context("no `toolchain.channel` string")
+}
+
+/// The rustup toolchain that builds the eBPF crate: the channel of [`TOOLCHAIN_FILE`].
+pub fn nightly() -> Result<&'static str> {
+    static CHANNEL: OnceLock<String> = OnceLock::new();
+    if let Some(c) = CHANNEL.get() {
+        return Ok(c);
+    }
+    let file = crate::repo_root().join(TOOLCHAIN_FILE);
+    let text =
+        fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let channel = parse_channel(&text).with_context(|| format!("in {}", file.display()))?;
+    Ok(CHANNEL.get_or_init(|| channel))
+}
 
 /// The bpf-linker release the eBPF build is known to work with.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -45,6 +70,11 @@ impl Tools {
         self.bin_dir().join("bpf-linker")
     }
 
+    /// `<repo>/.tools/bpf-linker.rustc`: `rustc -V` of the toolchain bpf-linker was built against.
+    pub fn built_against(&self) -> PathBuf {
+        self.root.join("bpf-linker.rustc")
+    }
+
     /// `<repo>/.tools/llvm`: the `LLVM_PREFIX` bpf-linker is built against. Its only content is
     /// `lib/libLLVM.so`, a symlink to the nightly toolchain's shared LLVM.
     pub fn llvm_prefix(&self) -> PathBuf {
@@ -65,6 +95,8 @@ pub fn bootstrap(repo: &Path) -> Result<()> {
 /// What `rustc -vV` of the nightly toolchain says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RustcInfo {
+    /// The first line, e.g. `rustc 1.97.0-nightly (e50aa6fba 2026-05-19)`: names one build.
+    pub version: String,
     /// The `release:` line, e.g. `1.97.0-nightly`.
     pub release: String,
     /// The `LLVM version:` line as (major, minor), e.g. (22, 1).
@@ -78,6 +110,7 @@ pub fn parse_rustc_vv(text: &str) -> Result<RustcInfo> {
             .find_map(|l| l.strip_prefix(name).map(str::trim))
             .with_context(|| format!("no `{name}` line in `rustc -vV` output:\n{text}"))
     };
+    let version = text.lines().next().unwrap_or_default().trim().to_string();
     let release = field("release:")?.to_string();
     let llvm_text = field("LLVM version:")?;
     let mut parts = llvm_text.split('.');
@@ -90,33 +123,35 @@ pub fn parse_rustc_vv(text: &str) -> Result<RustcInfo> {
     let major = number("major")?;
     let minor = number("minor")?;
     Ok(RustcInfo {
+        version,
         release,
         llvm: (major, minor),
     })
 }
 
 fn nightly_info() -> Result<RustcInfo> {
-    let mut cmd = rustup_run_nightly("rustc");
+    let nightly = nightly()?;
+    let mut cmd = rustup_run_nightly("rustc")?;
     cmd.arg("-vV");
     let text = capture(&mut cmd).with_context(|| {
         format!(
-            "the `{NIGHTLY}` toolchain is needed to build the eBPF programs but does not work here; \
-             install it with `rustup toolchain install {NIGHTLY} --profile minimal \
-             --component rust-src --no-self-update`"
+            "the `{nightly}` toolchain ({TOOLCHAIN_FILE}) is needed to build the eBPF programs \
+             but does not work here; install it with `rustup toolchain install {nightly} \
+             --profile minimal --component rust-src --no-self-update`"
         )
     })?;
     parse_rustc_vv(&text)
 }
 
-/// `rustup run nightly <program>` with an environment that selects nothing else.
+/// `rustup run <nightly> <program>` with an environment that selects nothing else.
 ///
 /// `rustup run` (unlike the `cargo +nightly` proxy shorthand) works whatever `cargo`/`rustc`
 /// come first on `PATH`, and never installs a missing toolchain.
-pub fn rustup_run_nightly(program: &str) -> Command {
+pub fn rustup_run_nightly(program: &str) -> Result<Command> {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", NIGHTLY, program]);
+    cmd.args(["run", nightly()?, program]);
     isolate(&mut cmd);
-    cmd
+    Ok(cmd)
 }
 
 /// Whether `rustup component list --installed` output lists `rust-src`.
@@ -128,20 +163,21 @@ pub fn lists_rust_src(installed: &str) -> bool {
 }
 
 fn ensure_rust_src() -> Result<()> {
+    let nightly = nightly()?;
     let mut list = Command::new("rustup");
-    list.args(["component", "list", "--installed", "--toolchain", NIGHTLY]);
+    list.args(["component", "list", "--installed", "--toolchain", nightly]);
     isolate(&mut list);
     if lists_rust_src(&capture(&mut list)?) {
         return Ok(());
     }
     say(&format!(
-        "installing the `rust-src` component of the `{NIGHTLY}` toolchain \
+        "installing the `rust-src` component of the `{nightly}` toolchain \
          (needed by `-Z build-std=core`)"
     ));
     // `rustup component add` has no `--no-self-update` flag because it never self-updates;
     // only `rustup update` and `rustup toolchain install` do, and xtask runs neither.
     let mut add = Command::new("rustup");
-    add.args(["component", "add", "rust-src", "--toolchain", NIGHTLY]);
+    add.args(["component", "add", "rust-src", "--toolchain", nightly]);
     isolate(&mut add);
     run(&mut add).context(
         "could not install rust-src; it is downloaded from static.rust-lang.org, so check \
@@ -205,9 +241,43 @@ pub fn pick_libllvm<'a>(
     }
 }
 
+/// Whether bpf-linker in `tools` was built against the toolchain `nightly` describes: per
+/// `.tools/bpf-linker.rustc`, or, for an install older than that record, per the libLLVM link
+/// it loads (release and LLVM version; the record is then written).
+fn built_for(tools: &Tools, nightly: &RustcInfo) -> std::result::Result<(), String> {
+    let stamp = tools.built_against();
+    if let Ok(text) = fs::read_to_string(&stamp) {
+        return if text.trim() == nightly.version {
+            Ok(())
+        } else {
+            Err(format!("it was built against `{}`", text.trim()))
+        };
+    }
+    let names: Vec<String> = fs::read_dir(tools.llvm_prefix().join("lib"))
+        .map_err(|e| format!("cannot list {}: {e}", tools.llvm_prefix().display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let linked = pick_libllvm(names.iter().map(String::as_str), nightly.llvm)
+        .map_err(|e| format!("{e:#} (in {})", tools.llvm_prefix().display()))?;
+    if !linked.ends_with(&format!("-rust-{}", nightly.release)) {
+        return Err(format!("it loads {linked}"));
+    }
+    fs::write(&stamp, format!("{}\n", nightly.version))
+        .map_err(|e| format!("cannot write {}: {e}", stamp.display()))
+}
+
 fn ensure_bpf_linker(tools: &Tools, nightly: &RustcInfo) -> Result<()> {
     match installed_bpf_linker(tools) {
-        Ok(v) if v == BPF_LINKER_VERSION => return Ok(()),
+        Ok(v) if v == BPF_LINKER_VERSION => match built_for(tools, nightly) {
+            Ok(()) => return Ok(()),
+            Err(why) => say(&format!(
+                "bpf-linker in {} must match the eBPF toolchain ({TOOLCHAIN_FILE}: `{}`), but \
+                 {why}; rebuilding it",
+                tools.bin_dir().display(),
+                nightly.version
+            )),
+        },
         Ok(v) => say(&format!(
             "bpf-linker {v} is installed in {}, but {BPF_LINKER_VERSION} is needed; rebuilding it",
             tools.bin_dir().display()
@@ -218,7 +288,7 @@ fn ensure_bpf_linker(tools: &Tools, nightly: &RustcInfo) -> Result<()> {
 
     // LLVM_PREFIX/lib/libLLVM.so -> the nightly toolchain's own libLLVM, so bpf-linker emits
     // code with the very LLVM rustc uses.
-    let mut sysroot_cmd = rustup_run_nightly("rustc");
+    let mut sysroot_cmd = rustup_run_nightly("rustc")?;
     sysroot_cmd.args(["--print", "sysroot"]);
     let sysroot = PathBuf::from(capture(&mut sysroot_cmd)?.trim());
     let lib_dir = sysroot.join("lib");
@@ -230,7 +300,8 @@ fn ensure_bpf_linker(tools: &Tools, nightly: &RustcInfo) -> Result<()> {
     let libllvm = lib_dir.join(
         pick_libllvm(names.iter().map(String::as_str), nightly.llvm).with_context(|| {
             format!(
-                "cannot find the shared LLVM of the {NIGHTLY} toolchain ({}, LLVM {}.{}) in {}",
+                "cannot find the shared LLVM of the {} toolchain ({}, LLVM {}.{}) in {}",
+                nightly.version,
                 nightly.release,
                 nightly.llvm.0,
                 nightly.llvm.1,
@@ -272,14 +343,18 @@ fn ensure_bpf_linker(tools: &Tools, nightly: &RustcInfo) -> Result<()> {
     ));
     run(&mut install).with_context(|| {
         format!(
-            "building bpf-linker failed; it needs crates.io and the {NIGHTLY} toolchain's \
+            "building bpf-linker failed; it needs crates.io and the {} toolchain's \
              libLLVM ({})",
+            nightly.version,
             libllvm.display()
         )
     })?;
 
     match installed_bpf_linker(tools) {
         Ok(v) if v == BPF_LINKER_VERSION => {
+            let stamp = tools.built_against();
+            fs::write(&stamp, format!("{}\n", nightly.version))
+                .with_context(|| format!("cannot write {}", stamp.display()))?;
             say(&format!(
                 "bpf-linker {v} ready in {:.0?}",
                 started.elapsed()
@@ -422,6 +497,7 @@ mod tests {
     #[test]
     fn reads_rustc_vv() {
         let info = parse_rustc_vv(VV).unwrap();
+        assert_eq!(info.version, "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)");
         assert_eq!(info.release, "1.97.0-nightly");
         assert_eq!(info.llvm, (22, 1));
     }
@@ -432,6 +508,15 @@ mod tests {
         assert!(err.to_string().contains("LLVM version"), "{err}");
         let err = parse_rustc_vv("release: 1\nLLVM version: x.y\n").unwrap_err();
         assert!(err.to_string().contains("major"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_pinned_channel() {
+        let text = "# pinned\n[toolchain]\nchannel = \"nightly-2026-05-19\"\n";
+        assert_eq!(parse_channel(text).unwrap(), "nightly-2026-05-19");
+        assert!(parse_channel("[toolchain]\n").is_err());
+        let repo_file = fs::read_to_string(crate::repo_root().join(TOOLCHAIN_FILE)).unwrap();
+        assert_eq!(parse_channel(&repo_file).unwrap(), "nightly");
     }
 
     #[test]

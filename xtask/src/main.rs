@@ -7,19 +7,20 @@ mod bootstrap;
 mod vm;
 
 use std::ffi::OsStr;
+use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use bootstrap::{bootstrap, clean_cargo_run_env, rustup_run_nightly, Tools};
+use bootstrap::{bootstrap, clean_cargo_run_env, Tools};
 
-/// The target the eBPF programs are compiled for.
-const EBPF_TARGET: &str = "bpfel-unknown-none";
-/// rustc flags for the eBPF build: BTF for the loader and the verifier's messages.
-const EBPF_RUSTFLAGS: &str = "-C debuginfo=2 -C link-arg=--btf";
+/// The cfg and variable `monitor/build.rs` sets when it embedded the eBPF object.
+const EBPF_OBJ_CFG: &str = "tcpstall_ebpf_obj";
+const EBPF_OBJ_ENV: &str = "TCPSTALL_EBPF_OBJ_PATH";
 /// Debian packages the real-kernel tests use (the packaging tests: systemd-analyze from
 /// systemd, systemd-nspawn from systemd-container, podman with runc, setpriv/nsenter/unshare
 /// from util-linux).
@@ -62,13 +63,9 @@ enum Cmd {
     /// Install what the eBPF build needs: rust-src for the nightly toolchain and bpf-linker
     /// in .tools/ (run by every other subcommand too).
     Bootstrap,
-    /// Build the eBPF programs (crate monitor-ebpf) into target/bpfel-unknown-none/.
-    BuildEbpf {
-        /// Build the dev profile instead of release (the agent embeds the release object
-        /// unless TCPSTALL_EBPF_OBJ points elsewhere).
-        #[arg(long)]
-        debug: bool,
-    },
+    /// Set up the toolchain and build the agent (release) with its eBPF programs (crate
+    /// monitor-ebpf, built and embedded by monitor/build.rs); fails if they could not be built.
+    BuildEbpf,
     /// Build everything and run the agent as root: `cargo xtask run [-- <tcpstall args>]`
     /// (default args: `run`).
     Run {
@@ -128,9 +125,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             say("bootstrap complete: nightly rust-src and .tools/bin/bpf-linker are in place");
             Ok(())
         }
-        Cmd::BuildEbpf { debug } => {
+        Cmd::BuildEbpf => {
             bootstrap(&repo)?;
-            build_ebpf(&repo, debug).map(drop)
+            build_agent(&repo).map(drop)
         }
         Cmd::Run { args } => run_agent(&repo, args),
         Cmd::Test { args } => test(&repo, &args),
@@ -142,7 +139,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             )?;
             install_packages(vm::VM_PACKAGES)?;
             bootstrap(&repo)?;
-            build_ebpf(&repo, false)?;
             let bin = build_agent(&repo)?;
             vm_matrix(&repo, &bin, &vm::VmOpts { kernel, keep, jobs })
         }
@@ -255,42 +251,6 @@ fn require_root(what: &str, why: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds crate monitor-ebpf with the nightly toolchain and returns the object's path.
-fn build_ebpf(repo: &Path, debug: bool) -> Result<PathBuf> {
-    let tools = Tools::new(repo);
-    let target_dir = repo.join("target");
-    let mut cmd = rustup_run_nightly("cargo");
-    cmd.current_dir(repo.join("monitor-ebpf"))
-        .args(["build", "--target", EBPF_TARGET, "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("RUSTFLAGS", EBPF_RUSTFLAGS)
-        // The newest aya crates need a newer rustc than the nightly pinned here; when cargo
-        // has to pick versions (no Cargo.lock yet), make it pick ones this rustc can build.
-        .env("CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS", "fallback");
-    if !debug {
-        cmd.arg("--release");
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let path =
-        std::env::join_paths(std::iter::once(tools.bin_dir()).chain(std::env::split_paths(&path)))
-            .context("PATH cannot hold the .tools/bin folder")?;
-    cmd.env("PATH", path);
-    run(&mut cmd).context("building the eBPF programs (crate monitor-ebpf) failed")?;
-
-    let profile = if debug { "debug" } else { "release" };
-    let object = target_dir.join(EBPF_TARGET).join(profile).join("monitor");
-    if !object.is_file() {
-        bail!(
-            "the eBPF build succeeded but {} is missing; does monitor-ebpf still have a bin \
-             target named `monitor`?",
-            object.display()
-        );
-    }
-    say(&format!("eBPF object: {}", object.display()));
-    Ok(object)
-}
-
 /// `cargo metadata --no-deps` of the workspace.
 fn metadata(repo: &Path) -> Result<serde_json::Value> {
     let mut cmd = userspace_cargo(repo);
@@ -323,17 +283,89 @@ fn has_bin(meta: &serde_json::Value, package: &str, bin: &str) -> bool {
         })
 }
 
-/// `cargo build --release -p monitor`; returns the path of the tcpstall binary.
+/// `cargo build --release -p monitor`, whose build script builds the eBPF programs and embeds
+/// them; returns the path of the tcpstall binary. Fails when the programs were not embedded.
 fn build_agent(repo: &Path) -> Result<PathBuf> {
-    let mut cmd = userspace_cargo(repo);
-    cmd.args(["build", "--release", "-p", "monitor"]);
-    run(&mut cmd).context("building the agent (crate monitor) failed")?;
-    let bin = target_dir(&metadata(repo)?)?.join("release/tcpstall");
+    let meta = metadata(repo)?;
+    let id = package_id(&meta, "monitor")?;
+    let mut object = cargo_build_agent(repo, id)?;
+    let linker = Tools::new(repo).bpf_linker();
+    if object.is_none() && linker.is_file() {
+        // The build script last ran without bpf-linker, and cargo only reruns it for a
+        // bpf-linker newer than that run (one copied in with its old time is not).
+        say("the agent was last built without bpf-linker; building it again");
+        fs::File::options()
+            .append(true)
+            .open(&linker)
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .with_context(|| format!("cannot touch {}", linker.display()))?;
+        object = cargo_build_agent(repo, id)?;
+    }
+    let object = object.context(
+        "the agent was built without its eBPF programs (crate monitor-ebpf); the warnings of \
+         monitor/build.rs above say why",
+    )?;
+    say(&format!("eBPF object: {object}"));
+    let bin = target_dir(&meta)?.join("release/tcpstall");
     if !bin.is_file() {
         bail!("the agent build succeeded but {} is missing", bin.display());
     }
     say(&format!("agent: {}", bin.display()));
     Ok(bin)
+}
+
+/// `cargo build --release -p monitor`; the eBPF object its build script (package `id`) embedded.
+fn cargo_build_agent(repo: &Path, id: &str) -> Result<Option<String>> {
+    let mut cmd = userspace_cargo(repo);
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "monitor",
+        "--message-format=json-render-diagnostics",
+    ]);
+    say(&format!("running {}", describe(&cmd)));
+    // Diagnostics and the build script's warnings go to stderr as usual; stdout is JSON.
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start `{}`", describe(&cmd)))?;
+    if !out.status.success() {
+        bail!("building the agent (crate monitor) failed ({})", out.status);
+    }
+    Ok(embedded_object(&String::from_utf8_lossy(&out.stdout), id))
+}
+
+/// The id cargo gives workspace package `name`.
+fn package_id<'a>(meta: &'a serde_json::Value, name: &str) -> Result<&'a str> {
+    meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["id"].as_str())
+        .with_context(|| format!("`cargo metadata` lists no package `{name}`"))
+}
+
+/// The eBPF object the build script of package `id` embedded, per cargo's JSON messages.
+fn embedded_object(messages: &str, id: &str) -> Option<String> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "build-script-executed" && m["package_id"] == id)
+        .filter(|m| {
+            m["cfgs"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c == EBPF_OBJ_CFG))
+        })
+        .find_map(|m| {
+            m["env"]
+                .as_array()?
+                .iter()
+                .find(|kv| kv[0] == EBPF_OBJ_ENV)?[1]
+                .as_str()
+                .map(str::to_string)
+        })
 }
 
 fn run_agent(repo: &Path, mut args: Vec<String>) -> Result<()> {
@@ -342,7 +374,6 @@ fn run_agent(repo: &Path, mut args: Vec<String>) -> Result<()> {
         "the agent loads eBPF programs and destroys sockets, which needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN",
     )?;
     bootstrap(repo)?;
-    build_ebpf(repo, false)?;
     let bin = build_agent(repo)?;
     if args.is_empty() {
         args.push("run".into());
@@ -456,7 +487,7 @@ fn test(repo: &Path, args: &[String]) -> Result<()> {
         "it installs packages, mounts tracefs, and the tests load eBPF programs and create \
          network namespaces",
     )?;
-    const STAGES: usize = 7;
+    const STAGES: usize = 6;
     stage(1, STAGES, "system packages");
     let packages: Vec<&str> = TEST_PACKAGES
         .iter()
@@ -469,16 +500,14 @@ fn test(repo: &Path, args: &[String]) -> Result<()> {
     stage(3, STAGES, "toolchain bootstrap");
     bootstrap(repo)?;
     say("nightly rust-src and .tools/bin/bpf-linker are in place");
-    stage(4, STAGES, "eBPF programs");
-    build_ebpf(repo, false)?;
-    stage(5, STAGES, "agent (release)");
+    stage(4, STAGES, "agent (release) with its eBPF programs");
     let bin = build_agent(repo)?;
-    stage(6, STAGES, "tests");
+    stage(5, STAGES, "tests");
     let mut cmd = userspace_cargo(repo);
     cmd.args(cargo_test_args(args)).env("TCPSTALL_BIN", &bin);
     run(&mut cmd).context("tests failed")?;
     say("all host tests passed");
-    stage(7, STAGES, "kernel matrix (QEMU guests)");
+    stage(6, STAGES, "kernel matrix (QEMU guests)");
     vm_matrix(repo, &bin, &vm::VmOpts::default())?;
     say("all tests passed");
     Ok(())
@@ -499,7 +528,6 @@ fn bench(repo: &Path, args: Vec<String>) -> Result<()> {
              (tests/src/bin/bench.rs); it is tracked by the \"benchmarks\" issue"
         );
     }
-    build_ebpf(repo, false)?;
     let bin = build_agent(repo)?;
     let mut cmd = userspace_cargo(repo);
     cmd.args(["run", "--release", "-p", "tests", "--bin", "bench", "--"])
@@ -580,6 +608,26 @@ mod tests {
             "debugfs /sys/kernel/tracing debugfs rw 0 0\n",
             TRACEFS
         ));
+    }
+
+    #[test]
+    fn finds_the_embedded_object() {
+        let id = "path+file:///r/monitor#0.1.0";
+        let ran = |pkg: &str, cfgs: &str, env: &str| {
+            format!(
+                r#"{{"reason":"build-script-executed","package_id":"{pkg}","cfgs":[{cfgs}],"env":[{env}]}}"#
+            )
+        };
+        let with = ran(
+            id,
+            r#""root_tests","tcpstall_ebpf_obj""#,
+            r#"["TCPSTALL_EBPF_OBJ_PATH","/o/monitor"]"#,
+        );
+        let text = format!("{{\"reason\":\"build-finished\"}}\n{with}\n");
+        assert_eq!(embedded_object(&text, id).as_deref(), Some("/o/monitor"));
+        assert_eq!(embedded_object(&text, "other"), None);
+        let without = ran(id, r#""root_tests""#, "");
+        assert_eq!(embedded_object(&without, id), None);
     }
 
     #[test]
