@@ -129,6 +129,22 @@ impl Epoll {
         }
         Ok(())
     }
+
+    /// Wait up to `timeout_ms` for events; `None` when a signal interrupted the wait.
+    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> Result<Option<usize>> {
+        // SAFETY: events buffer valid for its length.
+        let n = unsafe {
+            libc::epoll_wait(self.0, events.as_mut_ptr(), events.len() as i32, timeout_ms)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            bail!("epoll_wait: {e}");
+        }
+        Ok(Some(n as usize))
+    }
 }
 
 impl Drop for Epoll {
@@ -203,17 +219,10 @@ pub fn main(args: &[String]) -> Result<()> {
         } else {
             1000
         };
-        // SAFETY: events buffer valid for its length.
-        let n =
-            unsafe { libc::epoll_wait(ep.0, events.as_mut_ptr(), events.len() as i32, timeout_ms) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            bail!("holder: epoll_wait: {e}");
-        }
-        for ev in &events[..n as usize] {
+        let Some(n) = ep.wait(&mut events, timeout_ms).context("holder")? else {
+            continue;
+        };
+        for ev in &events[..n] {
             if ev.u64 == STDIN_TOKEN {
                 // SAFETY: reading into a valid buffer from stdin.
                 let r =

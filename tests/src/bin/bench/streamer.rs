@@ -345,17 +345,10 @@ pub fn main(args: &[String]) -> Result<()> {
             .saturating_duration_since(Instant::now())
             .as_millis()
             .min(1000) as i32;
-        // SAFETY: events buffer valid for its length.
-        let n =
-            unsafe { libc::epoll_wait(ep.0, events.as_mut_ptr(), events.len() as i32, wait_ms) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            bail!("streamer: epoll_wait: {e}");
-        }
-        for ev in &events[..n as usize] {
+        let Some(n) = ep.wait(&mut events, wait_ms).context("streamer")? else {
+            continue;
+        };
+        for ev in &events[..n] {
             if ev.u64 != STDIN_TOKEN {
                 let i = ev.u64 as usize;
                 match read_all_nb(clients[i].as_raw_fd(), &mut rbuf) {
