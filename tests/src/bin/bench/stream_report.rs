@@ -38,11 +38,13 @@ fn runs(results: &Value) -> Vec<&Value> {
         .unwrap_or_default()
 }
 
-/// A run whose N fits in the map (no insert refused in the steady state).
+/// A run whose N fits in the map's capacity. (Near the bound the agent's map pressure keeps
+/// the last tenth for wedge signatures, so such a run may still see refused inserts: its
+/// tracked count is what the CPU figures are per.)
 fn within_map(r: &Value) -> bool {
     let n = r["connections"].as_u64().unwrap_or(0);
     let cap = r["map_capacity"].as_u64().unwrap_or(0);
-    cap > 0 && n <= cap && r["map_full_steady_delta"].as_u64() == Some(0)
+    cap > 0 && n <= cap
 }
 
 fn tracked(r: &Value) -> Option<f64> {
