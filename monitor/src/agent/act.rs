@@ -69,6 +69,25 @@ impl<K: DiagPath + ?Sized> guards::Ask for AskKernel<'_, K> {
 }
 
 impl<S: SockSource, K: DiagPath> Agent<S, K> {
+    /// The event fields of a stalled socket as a reset event reports it: stalled since its
+    /// last progress, with its rule, action and current evidence.
+    fn stalled_fields(
+        &mut self,
+        snap: &Snapshot,
+        class: StallClass,
+        sel: &Selection,
+    ) -> SocketFields {
+        let ev = self.tracker.evidence(snap.cookie);
+        self.socket_fields(
+            snap,
+            class,
+            snap.since_progress_ms(),
+            sel.rule.map(|r| r.name.as_str()),
+            sel.action,
+            ev.as_ref(),
+        )
+    }
+
     pub(super) fn skip(
         &mut self,
         snap: &Snapshot,
@@ -89,15 +108,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let rule = sel.rule.map(|r| r.name.as_str());
         self.metrics
             .reset(rule, crate::metrics::ResetResult::Skipped(guard));
-        let ev = self.tracker.evidence(snap.cookie);
-        let f = self.socket_fields(
-            snap,
-            class,
-            snap.since_progress_ms(),
-            sel.rule.map(|r| r.name.as_str()),
-            sel.action,
-            ev.as_ref(),
-        );
+        let f = self.stalled_fields(snap, class, sel);
         self.out.emit(&Event::ResetSkipped {
             socket: f,
             guard,
@@ -115,15 +126,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             rule,
             crate::metrics::ResetResult::failure(retry_in.is_some()),
         );
-        let ev = self.tracker.evidence(c.snap.cookie);
-        let f = self.socket_fields(
-            &c.snap,
-            c.class,
-            c.snap.since_progress_ms(),
-            c.sel.rule.map(|r| r.name.as_str()),
-            c.sel.action,
-            ev.as_ref(),
-        );
+        let f = self.stalled_fields(&c.snap, c.class, &c.sel);
         self.out.emit(&Event::ResetFailed {
             socket: f,
             errno: e.errno,
@@ -292,15 +295,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     continue;
                 }
             }
-            let ev = self.tracker.evidence(c.snap.cookie);
-            let f = self.socket_fields(
-                &c.snap,
-                c.class,
-                c.snap.since_progress_ms(),
-                c.sel.rule.map(|r| r.name.as_str()),
-                c.sel.action,
-                ev.as_ref(),
-            );
+            let f = self.stalled_fields(&c.snap, c.class, &c.sel);
             self.acts.entry(c.snap.cookie).or_default().done = true;
             self.pending.push(PendingReset {
                 cookie: c.snap.cookie,

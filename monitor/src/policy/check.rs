@@ -147,15 +147,7 @@ impl<'s> Cx<'s> {
         message: impl Into<String>,
         hint: impl Into<Option<String>>,
     ) {
-        self.problems.push((
-            at.start,
-            Problem {
-                line: 0,
-                col: 0,
-                message: message.into(),
-                hint: hint.into(),
-            },
-        ));
+        self.problems.push(at_span(at, message.into(), hint.into()));
     }
 
     /// A valid but dangerous setting (`policy check` prints it; it does not make the file
@@ -166,15 +158,7 @@ impl<'s> Cx<'s> {
         message: impl Into<String>,
         hint: impl Into<Option<String>>,
     ) {
-        self.warnings.push((
-            at.start,
-            Problem {
-                line: 0,
-                col: 0,
-                message: message.into(),
-                hint: hint.into(),
-            },
-        ));
+        self.warnings.push(at_span(at, message.into(), hint.into()));
     }
 
     /// In file order, at most [`MAX_PROBLEMS`] with their positions, then a line saying how
@@ -576,4 +560,17 @@ pub(super) fn closest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
                 .find(|k| norm.len() >= 4 && (k.starts_with(&norm) || norm.starts_with(*k)))
                 .copied()
         })
+}
+
+/// A problem at `at`; `finish` fills in its line and column.
+fn at_span(at: &Span, message: String, hint: Option<String>) -> (usize, Problem) {
+    (
+        at.start,
+        Problem {
+            line: 0,
+            col: 0,
+            message,
+            hint,
+        },
+    )
 }
