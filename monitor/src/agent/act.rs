@@ -265,6 +265,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     None => false,
                 };
             if mass {
+                self.nets.mass_reset(&net);
                 self.budgets.record(rule, now);
             } else {
                 let n = selected.get(rule).copied().unwrap_or(0);

@@ -16,11 +16,14 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// A (nearly) full map cannot take a new wedge: remove the entries least likely to
     /// matter — never a stalled one; first those with nothing queued (the kernel would have
     /// dropped them, a hook missed it), then the least recently active — down to 90 % of
-    /// the capacity.
+    /// the capacity. Above 95 %, or above 90 % after the kernel refused an entry while
+    /// pressure was off.
     pub(super) fn make_room(&mut self, tracked: usize) -> Result<()> {
         let cap = self.src.max_sockets() as usize;
         let full = self.src.counters().map_full;
-        let refused = full > self.last_map_full;
+        // Refusals while pressure is on are mostly the writes pressure turns away on
+        // purpose; a map that is really full is at `EVICT_HIGH` anyway.
+        let refused = full > self.last_map_full && !self.pressure;
         self.last_map_full = full;
         let high = (cap as f64 * EVICT_HIGH) as usize;
         let low = (cap as f64 * EVICT_LOW) as usize;

@@ -272,6 +272,44 @@ fn a_mass_disconnect_is_reset_in_one_tick_under_default_guards() {
 }
 
 #[test]
+fn a_mass_disconnect_resets_its_stragglers_that_cross_later_outside_the_spent_budget() {
+    let mut r = rig("");
+    for i in 0..3000u64 {
+        let s = stalled(
+            100 + i,
+            &format!("10.9.0.2:{}", 10000 + i),
+            StallClass::NoAck,
+        );
+        r.add(s, true);
+    }
+    // Eight peers of the same network still answer, one elsewhere too.
+    for i in 0..8u64 {
+        r.add(healthy(10 + i, &format!("10.9.0.3:{}", 5000 + i)), true);
+    }
+    r.add(healthy(20, "10.7.0.2:5000"), true);
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed().len(), 3000);
+    for i in 0..3000u64 {
+        r.drop_entry(100 + i);
+    }
+    r.agent.tick().unwrap();
+    // Ten of the same network whose data was queued later cross their threshold now: far
+    // fewer than mass_disconnect_min, and the rule's budget is spent for the minute.
+    for i in 0..10u64 {
+        let s = stalled(
+            5000 + i,
+            &format!("10.9.0.2:{}", 20000 + i),
+            StallClass::NoAck,
+        );
+        r.add(s, true);
+    }
+    r.agent.tick().unwrap();
+    assert_eq!(r.destroyed().len(), 3010);
+    assert_eq!(r.out.named("reset_skipped").len(), 0);
+    assert_eq!(r.out.named("mass_disconnect").len(), 1);
+}
+
+#[test]
 fn without_a_disconnect_budgets_hold_per_rule_and_network() {
     let mut r = rig("");
     // 100 peers of one network alive but not reading (zero window): no mass disconnect.
@@ -469,6 +507,11 @@ fn map_pressure_goes_on_at_90_percent_and_off_below_85() {
     r.add(healthy(300, "10.7.1.2:10000"), true);
     r.agent.tick().unwrap();
     assert!(r.map.0.lock().unwrap().pressure, "90 of 100");
+    // Writes the kernel refused under pressure are what pressure is for: no eviction.
+    r.map.0.lock().unwrap().map_full += 50;
+    r.agent.tick().unwrap();
+    assert!(r.map.0.lock().unwrap().removed.is_empty());
+    assert_eq!(r.agent.map_evicted, 0);
     // Hysteresis: still on at 85, off at 84.
     r.map.0.lock().unwrap().states.truncate(85);
     r.agent.tick().unwrap();

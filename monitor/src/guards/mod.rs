@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 pub const SILENCE: Duration = Duration::from_secs(1);
 /// A network that sent an ACK within this long, and is not silent now, counts as alive.
 pub const ALIVE_MEMORY: Duration = Duration::from_secs(5);
+/// A mass-disconnect episode outlasts its network's last silent socket by this long: the
+/// vanished network's other sockets whose data is queued later (and so cross their
+/// thresholds later) are its stragglers, and are reset like the rest instead of waiting on
+/// the budget the episode spent. One budget window, after which the budget has refilled.
+pub const MASS_LINGER: Duration = Duration::from_secs(60);
 /// Networks not heard from for this long (and with nothing in flight) are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// At most this many remote networks are remembered (the least recently heard go first).
@@ -103,6 +108,11 @@ struct Net {
     quiet: u32,
     /// This network is in a mass-disconnect episode (for the once-per-episode event).
     in_mass: bool,
+    /// The last tick that found a silent socket of this network (ns).
+    last_quiet_ns: u64,
+    /// Sockets reset in the current mass-disconnect episode: gone from the map, they still
+    /// count as silent sockets of the network (they never answered) while it lasts.
+    mass_resets: u32,
 }
 
 /// What the guards know about one network at a tick.
@@ -204,13 +214,27 @@ impl Networks {
                 NetState::Unknown => {}
             }
         }
+        // Mass-disconnect episodes: end when the network answers again, or MASS_LINGER
+        // after its last silent socket.
+        let linger = MASS_LINGER.as_nanos() as u64;
+        for n in self.nets.values_mut() {
+            if n.quiet > 0 {
+                n.last_quiet_ns = now_ns;
+                if !Self::mostly_quiet(n) {
+                    Self::end_mass(n);
+                }
+            } else if now_ns.saturating_sub(n.last_quiet_ns) > linger {
+                Self::end_mass(n);
+            }
+        }
         sample.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         sample.truncate(16);
         let partition = silent >= g.partition_min_networks.max(1) as usize
             && silent as f64 >= g.partition_share * (silent + alive) as f64;
         let forget = FORGET_AFTER.as_nanos() as u64;
-        self.nets
-            .retain(|_, n| n.inflight > 0 || now_ns.saturating_sub(n.last_ack_ns) < forget);
+        self.nets.retain(|_, n| {
+            n.inflight > 0 || n.in_mass || now_ns.saturating_sub(n.last_ack_ns) < forget
+        });
         if self.nets.len() > MAX_NETWORKS {
             let mut by_age: Vec<(u64, IpNet)> = self
                 .nets
@@ -234,18 +258,53 @@ impl Networks {
 
     /// Whether `net` is a mass disconnect now: at least `min` of its sockets silent, and at
     /// least 90 % of those with data in flight (a few peers of the same network that still
-    /// answer do not hide the many that vanished).
+    /// answer do not hide the many that vanished). Once it is, the episode goes on while its
+    /// silent sockets — counting those the episode reset ([`Networks::mass_reset`]) — stay
+    /// 90 % of those in flight, and for [`MASS_LINGER`] after its last silent one: the
+    /// stragglers of a network that vanished are reset as they cross their thresholds, even
+    /// when fewer than `min` are left. It ends when the network answers again.
     /// The first call that finds it so in an episode returns `Some((true, silent sockets))`
     /// (say so once); later ones `Some((false, _))`; `None` when it is not one.
     pub fn mass_disconnect(&mut self, net: &IpNet, min: u32) -> Option<(bool, u32)> {
         let n = self.nets.get_mut(net)?;
-        if n.quiet < min.max(1) || u64::from(n.quiet) * 10 < u64::from(n.inflight) * 9 {
-            n.in_mass = false;
+        if n.quiet == 0 {
+            return None; // the episode, if any, lingers (see `finish`)
+        }
+        if !Self::mostly_quiet(n) {
+            Self::end_mass(n);
             return None;
         }
-        let first = !n.in_mass;
+        if n.in_mass {
+            return Some((false, n.quiet));
+        }
+        if n.quiet < min.max(1) {
+            return None;
+        }
         n.in_mass = true;
-        Some((first, n.quiet))
+        Some((true, n.quiet))
+    }
+
+    /// A socket of `net` was reset as part of its mass-disconnect episode.
+    pub fn mass_reset(&mut self, net: &IpNet) {
+        if let Some(n) = self.nets.get_mut(net) {
+            n.mass_resets = n.mass_resets.saturating_add(1);
+        }
+    }
+
+    /// At least 90 % of the network's sockets with data in flight are silent (in an
+    /// episode, those it reset count as silent ones in flight).
+    fn mostly_quiet(n: &Net) -> bool {
+        let extra = if n.in_mass {
+            u64::from(n.mass_resets)
+        } else {
+            0
+        };
+        (u64::from(n.quiet) + extra) * 10 >= (u64::from(n.inflight) + extra) * 9
+    }
+
+    fn end_mass(n: &mut Net) {
+        n.in_mass = false;
+        n.mass_resets = 0;
     }
 
     pub fn len(&self) -> usize {

@@ -84,6 +84,52 @@ fn one_dead_network_beside_live_ones_is_no_partition_but_a_mass_disconnect() {
     assert_eq!(n.mass_disconnect(&dead, 20), None);
 }
 
+/// One tick of the network 10.9.0.0/24 with `silent` of its sockets silent and `answering`
+/// acked just now (and a live network beside it).
+fn tick_of(n: &mut Networks, now: u64, silent: u32, answering: u32) -> Option<(bool, u32)> {
+    n.begin();
+    for _ in 0..silent {
+        n.observe(&peer("10.9.0.2", 1000, 1, 1), now);
+    }
+    for _ in 0..answering {
+        n.observe(&peer("10.9.0.3", 1000, now / S, 1), now);
+    }
+    n.observe(&peer("10.7.0.2", 1000, now / S, 1), now);
+    n.finish(&G, now);
+    n.mass_disconnect(&network_of(ip("10.9.0.2")), 20)
+}
+
+#[test]
+fn a_mass_disconnect_takes_its_stragglers_and_ends_when_the_network_answers_or_lingers() {
+    let net = network_of(ip("10.9.0.2"));
+    let mut n = Networks::default();
+    // Below the minimum: no episode.
+    assert_eq!(tick_of(&mut n, 100 * S, 5, 8), None);
+    // 3,000 silent beside 8 that answer: an episode; the 3,000 are reset.
+    assert_eq!(tick_of(&mut n, 101 * S, 3000, 8), Some((true, 3000)));
+    for _ in 0..3000 {
+        n.mass_reset(&net);
+    }
+    // A tick with none of the network silent, then the stragglers whose data was queued
+    // later: 3 silent beside the 8 that answer is the same episode (the 3,000 it reset
+    // count as silent), under the minimum.
+    assert_eq!(tick_of(&mut n, 102 * S, 0, 8), None);
+    assert_eq!(tick_of(&mut n, 103 * S, 3, 8), Some((false, 3)));
+    // Past MASS_LINGER without a silent socket, the episode is over: 3 are not a new one.
+    let later = 103 * S + MASS_LINGER.as_nanos() as u64 + S;
+    assert_eq!(tick_of(&mut n, later, 0, 8), None);
+    assert_eq!(tick_of(&mut n, later + S, 3, 0), None);
+    // A new episode (its count starts again); then the network answers again: 400 of its
+    // sockets are acked, more than 10 % of the 50 reset + 5 silent + 400 in flight. It
+    // ends, and the 5 silent left are not one.
+    assert_eq!(tick_of(&mut n, later + 2 * S, 50, 0), Some((true, 50)));
+    for _ in 0..50 {
+        n.mass_reset(&net);
+    }
+    assert_eq!(tick_of(&mut n, later + 3 * S, 5, 400), None);
+    assert_eq!(tick_of(&mut n, later + 4 * S, 5, 0), None);
+}
+
 #[test]
 fn every_network_silent_at_once_is_a_partition() {
     let mut n = Networks::default();
