@@ -3,7 +3,41 @@
 //! works on this plain type, so it can be unit-tested without a kernel.
 
 use monitor_common::{flags, Gap, SockState, GAP_SLOTS};
+use smallvec::SmallVec;
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// A task's command name as the kernel keeps it (16 bytes, NUL-padded): copied, not
+/// allocated, every tick; made a string only where one is shown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn as_str(&self) -> Cow<'_, str> {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end])
+    }
+}
+
+impl From<&str> for Comm {
+    /// The kernel's form of a name: at most 15 bytes and a NUL.
+    fn from(name: &str) -> Comm {
+        let mut raw = [0u8; 16];
+        let n = name.len().min(15);
+        raw[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Comm(raw)
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+/// The gaps the kernel still holds for a socket (at most [`GAP_SLOTS`]): inline, no
+/// allocation per socket and tick.
+pub type Gaps = SmallVec<[Gap; GAP_SLOTS]>;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -23,7 +57,7 @@ pub struct Snapshot {
     pub bound_dev_if: u32,
     /// Writer identity; None until the socket was written from process context while tracked.
     pub pid: Option<u32>,
-    pub comm: Option<String>,
+    pub comm: Option<Comm>,
     pub cgroup_id: Option<u64>,
 
     /// Bytes the app has written that the peer has not acked (write_seq - snd_una).
@@ -57,7 +91,7 @@ pub struct Snapshot {
     pub last_read_ns: u64,
     /// Recovered no-progress gaps (>= 250 ms) the kernel still holds for this socket, oldest
     /// first (at most 4). A gap is identified by its `end_ns`.
-    pub recent_gaps: Vec<Gap>,
+    pub recent_gaps: Gaps,
     /// Total gaps recorded since tracking began (may exceed `recent_gaps.len()`).
     pub gap_count: u32,
 }
@@ -76,12 +110,7 @@ fn addr(family: u16, raw: &[u8; 16], port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-fn comm(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
-}
-
-fn recent_gaps(s: &SockState) -> Vec<Gap> {
+fn recent_gaps(s: &SockState) -> Gaps {
     let n = (s.gap_count as usize).min(GAP_SLOTS);
     let first = s.gap_count as usize - n;
     (first..s.gap_count as usize)
@@ -101,7 +130,7 @@ impl Snapshot {
             remote: addr(s.family, &s.raddr, s.rport),
             bound_dev_if: s.bound_dev_if,
             pid: have_writer.then_some(s.pid),
-            comm: have_writer.then(|| comm(&s.comm)),
+            comm: have_writer.then_some(Comm(s.comm)),
             cgroup_id: have_writer.then_some(s.cgroup_id),
             queued_bytes: s.write_seq.wrapping_sub(s.snd_una) as u64,
             unacked_bytes: s.snd_nxt.wrapping_sub(s.snd_una) as u64,

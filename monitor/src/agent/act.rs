@@ -163,10 +163,21 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// Steps 1–6 of the guard chain ([`guards::Guards::check`]): those that need no live
     /// lookup of the socket itself.
     pub(super) fn static_guard(&mut self, c: &Candidate<'_>) -> Option<(event::SkipGuard, String)> {
+        let after_hold = c.class == StallClass::NoAck
+            && self.hold_ended.is_some_and(|(ended_ns, at)| {
+                guards::waits_after_hold(
+                    ended_ns,
+                    at.elapsed(),
+                    c.snap.last_progress_ns,
+                    c.snap.last_retrans_ns,
+                    c.snap.now_ns,
+                )
+            });
         let g = guards::Guards {
             protect_ports: &self.policy.guards.protect_ports,
             reset_works: self.reset_works,
             hold: self.hold.active(),
+            after_hold,
             dry_run: self.cfg.dry_run,
         };
         let subject = guards::Subject {

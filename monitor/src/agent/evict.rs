@@ -34,6 +34,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let mut order: Vec<(bool, u64, u64)> = self
             .last
             .values()
+            .map(|s| &s.snap)
             .filter(|s| {
                 self.tracker.active(s.cookie).is_none()
                     && self.tracker.active_recv(s.cookie).is_none()

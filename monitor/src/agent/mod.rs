@@ -17,6 +17,7 @@ mod evict;
 mod persist;
 mod reload;
 mod report;
+mod select;
 mod sources;
 mod stale;
 mod start;
@@ -88,6 +89,28 @@ struct ResetCounts {
     retried: u64,
 }
 
+/// What the agent keeps of a tracked socket between ticks: one entry, one lookup per
+/// socket and tick. Created when a tick first reads the socket from the map; removed when
+/// a tick no longer finds it there (a departure) or the agent evicts it.
+struct Seen {
+    /// Its state at the last tick that read it.
+    snap: Snapshot,
+    /// That tick's number: an entry a tick did not stamp has left the map.
+    tick: u64,
+    /// Its remembered policy selection.
+    sel: Option<select::Cached>,
+}
+
+impl Seen {
+    fn new(snap: Snapshot, tick: u64) -> Seen {
+        Seen {
+            snap,
+            tick,
+            sel: None,
+        }
+    }
+}
+
 pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     cfg: Config,
     policy: std::sync::Arc<Policy>,
@@ -102,10 +125,15 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     orphans_safe: bool,
     budgets: Budgets,
     nets: Networks,
+    /// When the last partition hold ended (CLOCK_MONOTONIC ns, and as an `Instant`).
+    hold_ended: Option<(u64, Instant)>,
     hold: Hold,
     counts: ResetCounts,
     /// Last snapshot of every socket present in the kernel map at the previous tick.
-    last: foldhash::HashMap<u64, Snapshot>,
+    last: foldhash::HashMap<u64, Seen>,
+    /// Matches sockets against the policy (`select.rs`); ticks counted for [`Seen::tick`].
+    selector: select::Selector,
+    ticks: u64,
     acts: HashMap<u64, ActState>,
     /// Close notes drained but not matched to a departed socket yet: cookie → (close
     /// time ns, when drained).
@@ -169,8 +197,11 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             budgets: Budgets::default(),
             nets: Networks::default(),
             hold: Hold::default(),
+            hold_ended: None,
             counts: ResetCounts::default(),
             last: Default::default(),
+            selector: Default::default(),
+            ticks: 0,
             acts: HashMap::new(),
             closed: HashMap::new(),
             pending: Vec::new(),

@@ -161,7 +161,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     }
                 }
                 sessions.insert(snap.cookie, snap.first_seen_ns);
-                self.last.insert(snap.cookie, snap);
+                self.last
+                    .insert(snap.cookie, super::Seen::new(snap, self.ticks));
             }
             let n = sessions.len();
             detail = format!(

@@ -1,7 +1,7 @@
 //! What the agent says about itself: `stats` events, Prometheus metrics per tick, and the
 //! live view `tcpstall top` reads from the status socket.
 
-use super::tick::select;
+use super::select::select;
 use super::{Agent, DiagPath, SockSource, NO_RULE};
 use crate::classify::StallClass;
 use crate::event::{self, Event, SocketFields};
@@ -92,7 +92,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// The live view of this agent's state right now.
     pub fn status_report(&mut self) -> crate::status::Report {
         let policy = std::sync::Arc::clone(&self.policy);
-        let snaps: Vec<Snapshot> = self.last.values().cloned().collect();
+        let snaps: Vec<Snapshot> = self.last.values().map(|s| s.snap.clone()).collect();
         let mut rows = Vec::with_capacity(snaps.len());
         for s in &snaps {
             let sel = select(&policy, &mut self.owners, s);
@@ -119,7 +119,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 rule: f.rule.clone(),
                 action: sel.action.as_str().to_string(),
                 pid: s.pid,
-                comm: s.comm.clone(),
+                comm: s.comm.map(|c| c.to_string()),
                 owner: owner_of(&f),
             });
         }

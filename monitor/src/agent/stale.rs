@@ -28,6 +28,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let mut old: Vec<(u64, Target)> = self
             .last
             .values()
+            .map(|s| &s.snap)
             .filter(|s| now_ns.saturating_sub(s.last_activity_ns()) >= quiet)
             .map(|s| (s.cookie, target_of(s)))
             .collect();

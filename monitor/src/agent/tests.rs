@@ -287,11 +287,22 @@ fn a_mass_disconnect_resets_its_stragglers_that_cross_later_outside_the_spent_bu
         r.add(healthy(10 + i, &format!("10.9.0.3:{}", 5000 + i)), true);
     }
     r.add(healthy(20, "10.7.0.2:5000"), true);
+    // The healthy ones keep answering, however long a tick takes here.
+    let answer = |r: &Rig| {
+        let now = monotonic_ns();
+        for s in r.map.0.lock().unwrap().states.iter_mut() {
+            if s.cookie < 100 {
+                s.last_ack_ns = now;
+                s.last_progress_ns = now;
+            }
+        }
+    };
     r.agent.tick().unwrap();
     assert_eq!(r.destroyed().len(), 3000);
     for i in 0..3000u64 {
         r.drop_entry(100 + i);
     }
+    answer(&r);
     r.agent.tick().unwrap();
     // Ten of the same network whose data was queued later cross their threshold now: far
     // fewer than mass_disconnect_min, and the rule's budget is spent for the minute.
@@ -303,6 +314,7 @@ fn a_mass_disconnect_resets_its_stragglers_that_cross_later_outside_the_spent_bu
         );
         r.add(s, true);
     }
+    answer(&r);
     r.agent.tick().unwrap();
     assert_eq!(r.destroyed().len(), 3010);
     assert_eq!(r.out.named("reset_skipped").len(), 0);
@@ -370,8 +382,10 @@ fn every_network_silent_at_once_holds_resets() {
     let skipped = r.out.named("reset_skipped");
     assert_eq!(skipped.len(), 40);
     assert!(skipped.iter().all(|e| e["guard"] == "partition_hold"));
-    // ACKs come back from three networks: the hold ends, and the one network still
-    // silent is reset (10 sockets: under the mass-disconnect size, within the budget).
+    // ACKs come back from three networks: the hold ends. The one network still silent
+    // waits for its sockets' next retransmission (they went quiet before the end), and
+    // is reset when that goes unanswered (10 sockets: under the mass-disconnect size,
+    // within the budget).
     {
         let mut m = r.map.0.lock().unwrap();
         let now = monotonic_ns();
@@ -387,6 +401,23 @@ fn every_network_silent_at_once_holds_resets() {
     assert_eq!(hold.len(), 2);
     assert_eq!(hold[1]["state"], "ended");
     assert_eq!(hold[1]["resets_held"], 40);
+    assert!(r.destroyed().is_empty());
+    let waiting = r.out.named("reset_skipped");
+    assert_eq!(waiting.len(), 50);
+    assert!(waiting[40..].iter().all(|e| e["guard"] == "partition_hold"
+        && e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("next retransmission")));
+    // Two seconds later (as if): each retransmitted after the end, a second ago, unanswered.
+    let (ended_ns, at) = r.agent.hold_ended.unwrap();
+    r.agent.hold_ended = Some((ended_ns - 2 * S, at - Duration::from_secs(2)));
+    for st in r.map.0.lock().unwrap().states.iter_mut() {
+        if st.raddr[1] == 1 {
+            st.last_retrans_ns = ended_ns - S;
+        }
+    }
+    r.agent.tick().unwrap();
     assert_eq!(r.destroyed().len(), 10);
 }
 
@@ -661,4 +692,42 @@ fn without_the_kernel_map_only_histories_and_budgets_come_back() {
         .detail
         .contains("state file not used: it has format 9"));
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn a_sockets_rule_is_remembered_until_its_writer_or_the_policy_changes() {
+    let extra = "[[rule]]\nname = \"py\"\ncomm = [\"python\"]\naction = \"observe\"\n";
+    let mut r = rig_with(
+        Policy::parse(
+            &format!("tick = \"1s\"\n{extra}[[rule]]\nname = \"rest\"\nmatch_all = true\naction = \"observe\"\n"),
+            "test.toml",
+        )
+        .unwrap(),
+    );
+    let mut s = healthy(1, "10.7.0.2:5000");
+    s.flags |= monitor_common::flags::HAVE_WRITER;
+    s.comm[..6].copy_from_slice(b"python");
+    r.add(s, true);
+    r.add(healthy(2, "10.7.0.3:5000"), true);
+    let rule_of = |r: &Rig, cookie: u64| {
+        let seen = &r.agent.last[&cookie];
+        let rule = seen.sel.as_ref().expect("selected").rule();
+        r.agent.policy.selection(rule).rule.map(|x| x.name.clone())
+    };
+    r.agent.tick().unwrap();
+    assert_eq!(rule_of(&r, 1).as_deref(), Some("py"));
+    assert_eq!(rule_of(&r, 2).as_deref(), Some("rest"));
+    // Another writer (comm) on socket 1: matched again.
+    r.map.0.lock().unwrap().states[0].comm = *b"node\0\0\0\0\0\0\0\0\0\0\0\0";
+    r.agent.tick().unwrap();
+    assert_eq!(rule_of(&r, 1).as_deref(), Some("rest"));
+    // A new policy: every socket matched again.
+    let p = Policy::parse(extra, "test.toml").unwrap();
+    r.agent.policy = Arc::new(p);
+    r.agent.tick().unwrap();
+    assert_eq!(rule_of(&r, 2), None);
+    // A departed socket's record (and selection) goes with it.
+    r.drop_entry(2);
+    r.agent.tick().unwrap();
+    assert_eq!(r.agent.last.len(), 1);
 }

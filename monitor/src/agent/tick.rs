@@ -4,12 +4,11 @@
 
 use super::act::{ActState, Candidate};
 use super::verify::{TCP_CLOSE_WAIT, TCP_ESTABLISHED};
-use super::{target_of, Agent, DiagPath, SockSource, NO_RULE};
+use super::{target_of, Agent, DiagPath, Seen, SockSource, NO_RULE};
 use crate::classify::{Evidence, StallClass, Transition};
 use crate::event::{self, Event, SocketFields};
 use crate::guards::{self, HoldChange, Peer};
-use crate::identity::Owners;
-use crate::policy::{Action, Policy, Selection, SocketIdentity};
+use crate::policy::{Action, Selection};
 use crate::reset::Target;
 use crate::snapshot::{monotonic_ns, Snapshot};
 use anyhow::Result;
@@ -38,25 +37,6 @@ pub(super) fn resolve_cookie<K: DiagPath + ?Sized>(kern: &mut K, st: &SockState)
     }
 }
 
-/// The policy's selection for a socket, identified as rules select: addresses, writer
-/// comm, writer cgroup path, network namespace.
-pub(super) fn select<'p>(
-    policy: &'p Policy,
-    owners: &mut Owners,
-    snap: &Snapshot,
-) -> Selection<'p> {
-    let (cgroup, w) = owners.of(snap.cgroup_id);
-    policy.select(&SocketIdentity {
-        local: snap.local,
-        remote: snap.remote,
-        comm: snap.comm.as_deref(),
-        cgroup_path: cgroup.as_deref(),
-        netns: snap.netns,
-        pod_namespace: w.pod_namespace.as_deref(),
-        pod_name: w.pod_name.as_deref(),
-    })
-}
-
 impl<S: SockSource, K: DiagPath> Agent<S, K> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn socket_fields(
@@ -80,7 +60,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             local: s.local,
             remote: s.remote,
             pid: s.pid,
-            comm: s.comm.clone(),
+            comm: s.comm.map(|c| c.to_string()),
             cgroup_id: s.cgroup_id,
             cgroup,
             container_id: w.container_id,
@@ -114,17 +94,32 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         }
         let read_us = t0.elapsed().as_micros();
         let now_ns = monotonic_ns();
-        let mut present: foldhash::HashSet<u64> =
-            foldhash::HashSet::with_capacity_and_hasher(states.len(), Default::default());
         let policy = std::sync::Arc::clone(&self.policy);
+        self.selector.begin(&policy);
+        self.ticks += 1;
+        let tick = self.ticks;
         // Tracked sockets each reset rule selects this tick (its budget scales with them).
         let mut selected: HashMap<&str, u64> = HashMap::new();
         let mut candidates: Vec<Candidate<'_>> = Vec::new();
         self.nets.begin();
         for st in &states {
             let snap = Snapshot::from_state(st, now_ns);
-            present.insert(snap.cookie);
-            let sel = select(&policy, &mut self.owners, &snap);
+            // One lookup: the socket's record, stamped with this tick, and its rule.
+            let seen = match self.last.entry(snap.cookie) {
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    let seen = o.into_mut();
+                    seen.snap = snap.clone();
+                    seen.tick = tick;
+                    seen
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Seen::new(snap.clone(), tick))
+                }
+            };
+            let rule = self
+                .selector
+                .rule(&policy, &mut self.owners, &seen.snap, &mut seen.sel, t0);
+            let sel = policy.selection(rule);
             if let Some(r) = sel.rule {
                 *selected.entry(r.name.as_str()).or_default() += 1;
             }
@@ -150,16 +145,11 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             if let Some(active) = self.tracker.active(snap.cookie) {
                 let class = active.class;
                 if sel.resets(class) {
-                    candidates.push(Candidate {
-                        snap: snap.clone(),
-                        sel,
-                        class,
-                    });
+                    candidates.push(Candidate { snap, sel, class });
                 }
             }
-            self.last.insert(snap.cookie, snap);
         }
-        self.departures(&present, now_ns)?;
+        self.departures(tick, now_ns)?;
         let report = self.nets.finish(&policy.guards.networks(), now_ns);
         self.update_hold(&report)?;
         self.enforce(candidates, &selected)?;
@@ -188,19 +178,15 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     }
 
     /// Sockets gone from the kernel map since the last tick: closed, or drained.
-    pub(super) fn departures(
-        &mut self,
-        present: &foldhash::HashSet<u64>,
-        now_ns: u64,
-    ) -> Result<()> {
+    pub(super) fn departures(&mut self, tick: u64, now_ns: u64) -> Result<()> {
         let gone: Vec<u64> = self
             .last
-            .keys()
-            .filter(|c| !present.contains(c))
-            .copied()
+            .iter()
+            .filter(|(_, s)| s.tick != tick)
+            .map(|(c, _)| *c)
             .collect();
         for cookie in gone {
-            let snap = self.last.remove(&cookie).expect("key from map");
+            let Seen { snap, mut sel, .. } = self.last.remove(&cookie).expect("key from map");
             let note = self.closed.remove(&cookie).map(|(ts, _)| ts);
             let stalled =
                 self.tracker.active(cookie).is_some() || self.tracker.active_recv(cookie).is_some();
@@ -223,7 +209,10 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             let last_evidence = self.tracker.evidence(cookie);
             let dep = self.tracker.forget_detailed(cookie, was_closed, t);
             let policy = std::sync::Arc::clone(&self.policy);
-            let sel = select(&policy, &mut self.owners, &snap);
+            let rule =
+                self.selector
+                    .rule(&policy, &mut self.owners, &snap, &mut sel, Instant::now());
+            let sel = policy.selection(rule);
             let rule_name = sel.rule.map(|r| r.name.as_str());
             if let Some(ep) = &dep.recovered {
                 self.record_episode(&sel, rule_name, cookie, ep)?;
@@ -248,6 +237,20 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         };
         if change == HoldChange::Started {
             self.metrics.partition_hold_started();
+        }
+        // Stalls from before a hold's end wait for their sockets' next retransmission
+        // (`guards::waits_after_hold`); not after an expired hold (resets resume).
+        self.hold_ended = match change {
+            HoldChange::Ended => Some((monotonic_ns(), Instant::now())),
+            _ => None,
+        };
+        if change == HoldChange::Ended {
+            // A stall still held now waits for another reason: say it (once) again.
+            for act in self.acts.values_mut() {
+                if act.skipped_guard == Some(event::SkipGuard::PartitionHold) {
+                    act.skipped_guard = None;
+                }
+            }
         }
         log::warn!(
             "partition hold {state}: {} remote networks silent, {} alive",

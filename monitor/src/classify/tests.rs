@@ -88,7 +88,7 @@ impl Sim {
                 rcvbuf: 131072,
                 rcv_wnd: 65535,
                 last_read_ns: start,
-                recent_gaps: Vec::new(),
+                recent_gaps: Default::default(),
                 gap_count: 0,
             },
             k: SockState {

@@ -553,6 +553,7 @@ fn guard_and_reset(req: &ResetRequest, ns: &NetnsRef, target: Target, d: TcpDiag
         // Found out by the destroy itself (`reset_failed`).
         reset_works: true,
         hold: false,
+        after_hold: false,
         dry_run: req.dry_run,
     };
     let subject = guards::Subject {

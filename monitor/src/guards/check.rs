@@ -8,7 +8,9 @@
 //!    from a sock_diag dump; the agent's candidates are stalled in the map by construction);
 //! 3. `reset_unavailable`: the start-up probe of SOCK_DESTROY failed (agent);
 //! 4. `orphan_unsafe`: an orphan, on a kernel where destroying orphans is not safe;
-//! 5. `partition_hold`: (almost) every remote network went silent at once (agent);
+//! 5. `partition_hold`: (almost) every remote network went silent at once (agent); and
+//!    after such a hold ended, a `no_ack` stall from before its end until the socket's own
+//!    next retransmission shows whether its peer is back ([`super::waits_after_hold`]);
 //! 6. `dry_run`;
 //!
 //! all in [`Guards::check`]; then, by the caller, in the kernel:
@@ -52,6 +54,9 @@ pub struct Guards<'a> {
     pub reset_works: bool,
     /// A partition hold is on.
     pub hold: bool,
+    /// A partition hold ended and this stall waits for its socket's next retransmission
+    /// ([`super::waits_after_hold`]).
+    pub after_hold: bool,
     /// `--dry-run`.
     pub dry_run: bool,
 }
@@ -67,6 +72,7 @@ pub enum Skip {
     /// The orphan self-test's detail (empty when the caller has none).
     OrphanUnsafe(String),
     PartitionHold,
+    AfterPartition,
     DryRun,
 }
 
@@ -78,7 +84,7 @@ impl Skip {
             Skip::NotWedged(_) => SkipGuard::NotStalledAnymore,
             Skip::ResetUnavailable => SkipGuard::ResetUnavailable,
             Skip::OrphanUnsafe(_) => SkipGuard::OrphanUnsafe,
-            Skip::PartitionHold => SkipGuard::PartitionHold,
+            Skip::PartitionHold | Skip::AfterPartition => SkipGuard::PartitionHold,
             Skip::DryRun => SkipGuard::DryRun,
         }
     }
@@ -99,6 +105,11 @@ impl Skip {
             Skip::PartitionHold => "ACKs stopped from (almost) every remote network at once: \
                                     the node's own path looks down, so resets wait (see the \
                                     partition_hold event)"
+                .into(),
+            Skip::AfterPartition => "a partition hold ended and this socket went quiet before \
+                                     its end: its next retransmission (the kernel's backoff, \
+                                     at most 2 minutes) shows whether its peer is back; reset \
+                                     only if that goes unanswered"
                 .into(),
             Skip::DryRun => "--dry-run: would have reset".into(),
         };
@@ -137,6 +148,9 @@ impl Guards<'_> {
         }
         if self.hold {
             return Some(Skip::PartitionHold);
+        }
+        if self.after_hold {
+            return Some(Skip::AfterPartition);
         }
         if self.dry_run {
             return Some(Skip::DryRun);

@@ -31,6 +31,12 @@ pub const ALIVE_MEMORY: Duration = Duration::from_secs(5);
 /// thresholds later) are its stragglers, and are reset like the rest instead of waiting on
 /// the budget the episode spent. One budget window, after which the budget has refilled.
 pub const MASS_LINGER: Duration = Duration::from_secs(60);
+/// After a partition hold ended, stalls from before its end wait at most this long for
+/// their sockets' next retransmission: the kernel's longest backoff (`TCP_RTO_MAX`, 2 min)
+/// and some slack.
+pub const AFTER_HOLD_MAX: Duration = Duration::from_secs(130);
+/// A retransmission unanswered for this long after a hold ended: the peer is not back.
+pub const RETRANS_ANSWER: Duration = Duration::from_secs(1);
 /// Networks not heard from for this long (and with nothing in flight) are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// At most this many remote networks are remembered (the least recently heard go first).
@@ -140,7 +146,7 @@ pub struct NetReport {
 /// Per remote network: is anybody there still answering?
 #[derive(Debug, Default)]
 pub struct Networks {
-    nets: HashMap<IpNet, Net>,
+    nets: foldhash::HashMap<IpNet, Net>,
 }
 
 /// Partition and mass-disconnect settings (`[guards]`).
@@ -314,6 +320,27 @@ impl Networks {
     pub fn is_empty(&self) -> bool {
         self.nets.is_empty()
     }
+}
+
+/// Whether a `no_ack` stall still waits after a partition hold ended (`ended_ns`,
+/// `since_end` ago): when a partition heals, each connection comes back with its own next
+/// retransmission, seconds or (after a long partition) up to two minutes later, so the
+/// networks do not answer again all in one tick. A stall that began before the end
+/// (`stall_since_ns`: its last progress) waits until its socket retransmitted after the end
+/// (`last_retrans_ns`) and that went unanswered for [`RETRANS_ANSWER`]; at most
+/// [`AFTER_HOLD_MAX`]. A stall that began after the end is not the partition's.
+pub fn waits_after_hold(
+    ended_ns: u64,
+    since_end: Duration,
+    stall_since_ns: u64,
+    last_retrans_ns: u64,
+    now_ns: u64,
+) -> bool {
+    if since_end >= AFTER_HOLD_MAX || stall_since_ns >= ended_ns {
+        return false;
+    }
+    let answered_by = last_retrans_ns.saturating_add(RETRANS_ANSWER.as_nanos() as u64);
+    !(last_retrans_ns > ended_ns && now_ns >= answered_by)
 }
 
 /// The partition hold over time: on while the partition lasts, at most `max_hold`.

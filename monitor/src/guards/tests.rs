@@ -356,6 +356,7 @@ fn the_chain_refuses_with_the_first_guard_in_its_one_order() {
         protect_ports: &ports,
         reset_works: false,
         hold: true,
+        after_hold: true,
         dry_run: true,
     };
     let worst = Subject {
@@ -383,6 +384,7 @@ fn the_chain_refuses_with_the_first_guard_in_its_one_order() {
                 a.orphans_unsafe = None;
             }
             Skip::PartitionHold => g.hold = false,
+            Skip::AfterPartition => g.after_hold = false,
             Skip::DryRun => g.dry_run = false,
         }
     }
@@ -394,6 +396,7 @@ fn the_chain_refuses_with_the_first_guard_in_its_one_order() {
             G::NotStalledAnymore,
             G::ResetUnavailable,
             G::OrphanUnsafe,
+            G::PartitionHold,
             G::PartitionHold,
             G::DryRun
         ]
@@ -431,6 +434,7 @@ fn the_chain_asks_for_a_listener_only_for_a_protected_remote_port() {
         protect_ports: &ports,
         reset_works: true,
         hold: false,
+        after_hold: false,
         dry_run: false,
     };
     let client_from_22 = Subject {
@@ -464,4 +468,33 @@ fn the_chain_asks_for_a_listener_only_for_a_protected_remote_port() {
     };
     assert_eq!(g.check(&plain, &mut a), None);
     assert_eq!(a.asked_listener, 0);
+}
+
+#[test]
+fn after_a_hold_a_stall_from_before_its_end_waits_for_its_next_retransmission() {
+    let end = 100 * S;
+    let soon = Duration::from_secs(3);
+    // Quiet since before the end, no retransmission since: waits.
+    assert!(waits_after_hold(end, soon, 90 * S, 99 * S, 103 * S));
+    // Retransmitted after the end, answered within RETRANS_ANSWER (it would have made
+    // progress and not be a candidate) or not yet due: still waits.
+    assert!(waits_after_hold(
+        end,
+        soon,
+        90 * S,
+        102 * S + S / 2,
+        103 * S
+    ));
+    // Retransmitted after the end and unanswered for a second: its peer is not back.
+    assert!(!waits_after_hold(end, soon, 90 * S, 101 * S, 103 * S));
+    // A stall that began after the end is not the partition's.
+    assert!(!waits_after_hold(end, soon, 100 * S + 1, 0, 103 * S));
+    // At most AFTER_HOLD_MAX.
+    assert!(!waits_after_hold(
+        end,
+        AFTER_HOLD_MAX,
+        90 * S,
+        99 * S,
+        230 * S
+    ));
 }

@@ -82,7 +82,7 @@
 //! | `network_share` | `0.5` | one remote network (IPv4 /24, IPv6 /64) may use at most this share of a rule's budget, so clients of one network cannot spend it for everyone |
 //! | `mass_disconnect_min` | `20` | when at least this many sockets of one remote network (and 90 % of those with data in flight) hear nothing for a second while the node is not partitioned, their peers vanished together: their `no_ack` stalls are reset as they cross their thresholds, outside both budgets (a `mass_disconnect` event says so once); the episode lasts while they stay 90 % silent and a minute past the last silent one, so the network's stragglers are reset too |
 //! | `partition_min_networks` | `2` | **partition hold**: while at least this many remote networks ... |
-//! | `partition_share` | `0.9` | ... and at least this share of the networks heard from in the last 5 s went silent at once, the node's own path is down, not its peers: no socket is reset (guard `partition_hold`, and a `partition_hold` event when it starts and ends) |
+//! | `partition_share` | `0.9` | ... and at least this share of the networks heard from in the last 5 s went silent at once, the node's own path is down, not its peers: no socket is reset (guard `partition_hold`, and a `partition_hold` event when it starts and ends); after it ends, a `no_ack` stall from before the end waits for its socket's next retransmission to go unanswered (at most 130 s) |
 //! | `partition_max_hold` | `"5m"` | a hold lasts at most this long; then resets resume, under the budgets |
 //!
 //! ## `[[rule]]`
@@ -493,7 +493,18 @@ impl Policy {
     /// Which rule (if any) selects this socket, the thresholds to classify it with, and its
     /// action. The first matching rule wins; with none, `[defaults]` and `Observe`.
     pub fn select(&self, id: &SocketIdentity<'_>) -> Selection<'_> {
-        match self.rules.iter().find(|r| r.selectors.matches(id)) {
+        self.selection(self.select_index(id))
+    }
+
+    /// The index of the first rule that selects `id` (see [`Policy::select`]).
+    pub fn select_index(&self, id: &SocketIdentity<'_>) -> Option<usize> {
+        self.rules.iter().position(|r| r.selectors.matches(id))
+    }
+
+    /// The selection of rule `index` (from [`Policy::select_index`] on this policy), or of
+    /// no rule.
+    pub fn selection(&self, index: Option<usize>) -> Selection<'_> {
+        match index.and_then(|i| self.rules.get(i)) {
             Some(rule) => Selection {
                 rule: Some(rule),
                 thresholds: &rule.thresholds,
