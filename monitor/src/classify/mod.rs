@@ -93,20 +93,9 @@ const DRAIN_SAMPLE_DIVISOR: u64 = 64;
 pub const CALIBRATION_KEEP: usize = 1024;
 
 /// The kinds of wedge tcpstall recognises.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    PartialOrd,
-    Ord,
-    schemars::JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
+#[derive(schemars::JsonSchema)]
 pub enum StallClass {
     /// Data queued, peer window 0, no bytes acked for the threshold (peer alive, not reading).
     ZeroWindow,
