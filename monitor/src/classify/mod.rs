@@ -95,6 +95,7 @@ pub const CALIBRATION_KEEP: usize = 1024;
 /// The kinds of wedge tcpstall recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
+#[derive(schemars::JsonSchema)]
 pub enum StallClass {
     /// Data queued, peer window 0, no bytes acked for the threshold (peer alive, not reading).
     ZeroWindow,
@@ -200,7 +201,7 @@ impl Thresholds {
 }
 
 /// Why a socket is (or would be) judged stalled when it is: the numbers behind the decision.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Evidence {
     /// Recovered episodes seen for this socket over its life (also across drains).
     pub recovered_episodes: u32,

@@ -1,6 +1,7 @@
-//! The README's "Event format" section, rendered from the schema table ([`schema_markdown`]).
+//! The README's "Event format" section, rendered from the schema generated from the event types
+//! ([`schema_markdown`]).
 
-use super::schema::{schema, Field, FieldType, HEADER_FIELDS, SOCKET_FIELDS};
+use super::schema::{header_fields, schema, socket_fields, Field, FieldType};
 use super::SCHEMA_VERSION;
 use std::fmt::Write as _;
 
@@ -13,9 +14,12 @@ fn table_rows(out: &mut String, prefix: &str, fields: &[Field]) {
             field.ty.describe(),
             field.doc
         );
-        let nested = match field.ty {
+        let nested = match &field.ty {
             FieldType::Object(inner) => Some((format!("{name}."), inner)),
-            FieldType::Array(FieldType::Object(inner)) => Some((format!("{name}[]."), *inner)),
+            FieldType::Array(item) => match &**item {
+                FieldType::Object(inner) => Some((format!("{name}[]."), inner)),
+                _ => None,
+            },
             _ => None,
         };
         if let Some((prefix, inner)) = nested {
@@ -43,22 +47,22 @@ pub fn schema_markdown() -> String {
          no other fields appear. Integers are unsigned unless typed `i32`.\n\n\
          ### Common header (every line)\n"
     );
-    table(&mut out, HEADER_FIELDS);
+    table(&mut out, header_fields());
     out.push_str(
         "### Socket object\n\nSocket events (`stall_started`, `stall_cleared`, `stall_closed`, \
          `socket_reset`, `reset_failed`, `reset_skipped`) carry these fields at the top level \
          of the line:\n\n",
     );
-    table(&mut out, SOCKET_FIELDS);
+    table(&mut out, socket_fields());
     for es in schema() {
         let _ = writeln!(out, "### `{}`\n\n{}\n", es.event, es.doc);
         match (es.socket, es.fields.is_empty()) {
             (true, true) => out.push_str("Fields: the socket object only.\n\n"),
             (true, false) => {
                 out.push_str("Fields: the socket object, plus:\n\n");
-                table(&mut out, es.fields);
+                table(&mut out, &es.fields);
             }
-            (false, _) => table(&mut out, es.fields),
+            (false, _) => table(&mut out, &es.fields),
         }
     }
     out.truncate(out.trim_end().len());

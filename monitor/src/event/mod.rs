@@ -8,13 +8,16 @@
 //! * `"ts"` — RFC 3339 UTC with millisecond precision, e.g. `2026-11-23T11:02:03.123Z`,
 //!
 //! followed by the fields of that event type. The typed [`Event`] is the only way the agent
-//! produces lines; [`schema()`] is the hand-written description of the same format (rendered
-//! for the README by [`schema_markdown`]), and [`validate`] checks a parsed line against that
-//! description. The unit tests (`tests.rs`) serialize every [`Event`] variant and run it
-//! through [`validate`], so code and documentation cannot drift apart silently.
+//! produces lines, and it is also the documentation: `schemars` derives a JSON Schema from the
+//! types and their `///` comments ([`json_schema`]), [`schema()`] reads that into the documented
+//! format (rendered for the README by [`schema_markdown`]), and [`validate`] checks a parsed line
+//! against it. The unit tests (`tests.rs`) serialize every [`Event`] variant and run it through
+//! [`validate`], and check the README against [`schema_markdown`], so code, validator and
+//! documentation cannot drift apart.
 //!
 //! This file holds the typed events; `writer.rs` the output ([`EventWriter`]), `schema.rs` the
-//! documented schema, `validate.rs` the validator and `markdown.rs` the README rendering.
+//! schema generated from the types, `validate.rs` the validator and `markdown.rs` the README
+//! rendering.
 
 mod markdown;
 mod schema;
@@ -25,12 +28,13 @@ mod writer;
 
 pub use markdown::schema_markdown;
 pub use schema::{
-    event_schema, schema, EventSchema, Field, FieldType, HEADER_FIELDS, SOCKET_FIELDS,
+    event_schema, header_fields, json_schema, schema, socket_fields, EventSchema, Field, FieldType,
 };
 pub use validate::{validate, validate_line};
 pub use writer::{open_output, EventWriter};
 
 use crate::classify::{Evidence, StallClass};
+use schemars::JsonSchema;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,7 +47,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 // ---------------------------------------------------------------------------------------------
 
 /// Address family of a socket, as reported in `family`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Family {
     /// AF_INET.
@@ -69,7 +73,7 @@ impl Family {
 pub use crate::policy::Action;
 
 /// How the agent runs, reported in `agent_started.mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Detect and report; never reset.
@@ -96,7 +100,7 @@ impl Mode {
 }
 
 /// Why a reset the policy asked for was not performed, reported as `reset_skipped.guard`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipGuard {
     /// The agent runs with `--dry-run`.
@@ -153,230 +157,234 @@ impl SkipGuard {
 }
 
 /// How one kernel hook is attached, in `agent_started.hooks`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct HookReport {
-    /// The hook: `send`, `send_wait`, `send_pages`, `ack`, `retransmit`, `read`, `state`.
+    /// Hook name
+    #[schemars(schema_with = "schema::hook_name")]
     pub hook: String,
-    /// The attach point used, e.g. `tp_btf/tcp_probe` or `fentry/tcp_sendmsg_locked`;
-    /// `None` when the hook is not attached (not needed on this kernel, or unavailable).
+    /// Attach point used (`tp_btf/…`, `fentry/…`, `kprobe/…`); null = not attached
     pub attach: Option<String>,
-    /// Why this attach point (or none), e.g. `tracepoint tcp_sendmsg_locked absent:
-    /// fentry tcp_sendmsg_locked`.
+    /// Why this attach point, or why none
     pub why: String,
 }
 
 /// Whether destroying an orphaned socket is handled correctly by this kernel (start-up
 /// self-test on an orphan of the agent's own).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct OrphanReset {
-    /// `true`: orphans may be reset; `false`: orphans are never reset (guard `orphan_unsafe`).
+    /// Destroying an orphan (app-closed socket) left nothing behind; false = orphans are never
+    /// reset
     pub safe: bool,
-    /// What the self-test saw.
+    /// What the self-test saw
     pub detail: String,
 }
 
 /// What the agent took over from the previous one (restart or upgrade), in
 /// `agent_started.state`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct StateReport {
-    /// The previous agent's pinned kernel map was adopted: stall clocks and the kernel's
-    /// gap rings carry on.
+    /// The previous agent's pinned kernel map was adopted: stall clocks carry on
     pub adopted: bool,
-    /// The previous agent's state file was read back: cadence histories, rate-limit
-    /// windows, reset decisions.
+    /// The previous agent's state file was read back: cadence histories, rate-limit windows, reset
+    /// decisions
     pub restored: bool,
-    /// What was kept and where it lives, or why the agent started fresh.
+    /// What was kept and where it lives, or why the agent started fresh
     pub detail: String,
 }
 
 /// Whether the SOCK_DESTROY reset path was found working at startup.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ResetPath {
-    /// `true` when a probe reset of a test socket succeeded.
+    /// A probe reset of a test socket succeeded
     pub works: bool,
-    /// Human-readable result of the probe (what was tried, what failed and how to fix it).
+    /// What was tried; on failure, why and how to fix it
     pub detail: String,
 }
 
 /// The socket object shared by every socket event, flattened into the top level of the line.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct SocketFields {
-    /// Kernel socket cookie (stable for the socket's life, unique per boot).
+    /// Kernel socket cookie (unique per boot)
     pub cookie: u64,
-    /// Network namespace inode number.
+    /// Network namespace inode
     pub netns: u32,
-    /// Address family.
+    /// Address family
     pub family: Family,
-    /// Local address, `ip:port` or `[v6]:port`.
+    /// Local address
+    #[schemars(extend("format" = "socket-address"))]
     pub local: SocketAddr,
-    /// Remote address, `ip:port` or `[v6]:port`.
+    /// Remote address
+    #[schemars(extend("format" = "socket-address"))]
     pub remote: SocketAddr,
-    /// Process that last wrote to the socket; `None` until seen in process context.
+    /// Process that last wrote to the socket; null = not yet known
     pub pid: Option<u32>,
-    /// That process's command name.
+    /// That process's command name
     pub comm: Option<String>,
-    /// cgroup v2 id of that process.
+    /// cgroup v2 id of that process
     pub cgroup_id: Option<u64>,
-    /// cgroup v2 path of that process, when it could be resolved.
+    /// cgroup v2 path of that process, when resolvable
     pub cgroup: Option<String>,
-    /// Container of that process, when its cgroup path shows one (Kubernetes, Docker,
-    /// Podman layouts).
+    /// Container of that process, when its cgroup path shows one (Kubernetes systemd/cgroupfs
+    /// drivers, Docker, Podman)
     pub container_id: Option<String>,
-    /// `containerd`, `cri-o`, `docker`, `podman` or `kubernetes` (cgroupfs-driver pods).
+    /// `containerd`, `cri-o`, `docker`, `podman`, or `kubernetes` (a cgroupfs-driver pod, runtime
+    /// not named)
     pub container_runtime: Option<String>,
-    /// Kubernetes pod UID, when the cgroup path shows a pod.
+    /// Kubernetes pod UID, when the cgroup path shows a pod
     pub pod_uid: Option<String>,
-    /// The pod's namespace and name, from the kubelet's `/var/log/pods` directories.
+    /// The pod's namespace, from the kubelet's `/var/log/pods/<ns>_<name>_<uid>` (no API call)
     pub pod_namespace: Option<String>,
+    /// The pod's name, from the same directory
     pub pod_name: Option<String>,
-    /// Kind of stall.
+    /// Kind of stall
     pub class: StallClass,
-    /// Bytes written by the app and not yet acked by the peer.
+    /// Bytes written by the app, not yet acked by the peer
     pub queued_bytes: u64,
-    /// Bytes sent on the wire and not yet acked.
+    /// Bytes sent on the wire, not yet acked
     pub unacked_bytes: u64,
-    /// Peer's advertised send window.
+    /// Peer's advertised window
     pub snd_wnd: u32,
-    /// Retransmissions of the current unacked segment.
+    /// Retransmissions of the current unacked segment
     pub retransmits: u32,
-    /// How long the socket has been without progress, in milliseconds.
+    /// Time without progress, ms
     pub stalled_for_ms: u64,
-    /// Name of the policy rule that selected the socket; `None` = policy defaults.
+    /// Policy rule that selected the socket; null = policy defaults
     pub rule: Option<String>,
-    /// What the policy decided.
+    /// What the policy decided
     pub action: Action,
-    /// The numbers behind the classification.
+    /// The numbers behind the classification
+    #[schemars(schema_with = "schema::evidence")]
     pub evidence: Evidence,
-    /// Received bytes the local app has not read.
+    /// Received bytes the local app has not read
     pub recv_unread: u64,
 }
 
 /// Cumulative enforcement counters in `stats.resets`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ResetCounts {
-    /// Sockets reset (`socket_reset` events).
+    /// Sockets reset
     pub done: u64,
-    /// Resets the kernel refused (`reset_failed` events).
+    /// Resets the kernel refused
     pub failed: u64,
-    /// Resets a guard prevented (`reset_skipped` events).
+    /// Resets a guard prevented
     pub skipped: u64,
-    /// Attempts that failed with a transient error and were scheduled again.
+    /// Attempts that failed with a transient error and were scheduled again
     pub retried: u64,
 }
 
 /// Distribution of observed stall durations for one (rule, class) pair, used to calibrate
 /// thresholds before enabling enforcement. Read back from recordings by `tcpstall policy check
 /// --events`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 pub struct CalibrationEntry {
-    /// Policy rule name; `None` = policy defaults.
+    /// Policy rule; null = policy defaults
     pub rule: Option<String>,
-    /// Stall class.
+    /// Stall class
     pub class: StallClass,
-    /// Stall episodes observed.
+    /// Stall episodes observed
     pub count: u64,
-    /// Longest episode, in milliseconds.
+    /// Longest episode, ms
     pub max_ms: u64,
-    /// Median episode length, in milliseconds.
+    /// Median episode, ms
     pub p50_ms: u64,
-    /// 99th percentile episode length, in milliseconds.
+    /// 99th percentile episode, ms
     pub p99_ms: u64,
 }
 
 /// Body of the periodic `stats` event.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct StatsFields {
-    /// Sockets currently in the tracking map.
+    /// Sockets currently in the tracking map
     pub sockets_tracked: u64,
-    /// Capacity of the tracking map.
+    /// Capacity of the tracking map
     pub map_capacity: u32,
-    /// Inserts refused because the map was full (cumulative).
+    /// Inserts refused because the map was full (cumulative)
     pub map_full: u64,
-    /// Entries the agent removed to make room in a (nearly) full map (cumulative).
+    /// Entries removed to make room in a (nearly) full map (cumulative)
     pub map_evicted: u64,
-    /// Entries removed because their socket was gone or had nothing queued any more while
-    /// the map still held it (cumulative).
+    /// Entries removed because their socket was gone or had nothing queued any more (cumulative)
     pub map_stale: u64,
-    /// Network namespaces the reset path holds a netlink socket in (released when idle).
+    /// Network namespaces the reset path holds a netlink socket in
     pub netns_cached: u64,
-    /// Resets are held: ACKs stopped from (almost) every remote network at once.
+    /// Resets are held: ACKs stopped from (almost) every remote network at once
     pub partition_hold: bool,
-    /// Socket-close notifications lost (cumulative).
+    /// Socket-close notifications lost (cumulative)
     pub close_notes_lost: u64,
-    /// Events the agent failed to write (cumulative).
+    /// Events the agent failed to write (cumulative)
     pub events_lost: u64,
-    /// Lines written before this one since `agent_started` (which is line 0): in a complete
-    /// stream this is the line's own 0-based position, so a gap or repeat shows up here.
+    /// Lines written before this one since `agent_started` (line 0): in a complete stream, this
+    /// line's own 0-based position
     pub events_written: u64,
-    /// Sockets currently stalled.
+    /// Sockets currently stalled
     pub stalls_active: u64,
-    /// Wall-clock cost of the last tick, in microseconds.
+    /// Wall-clock cost of the last tick, µs
     pub sweep_us: u64,
-    /// Agent CPU time (user + system) since start, in milliseconds.
+    /// Agent CPU time (user + system) since start, ms
     pub cpu_ms: u64,
-    /// In-kernel run time of the agent's BPF programs, in nanoseconds; `None` unless
-    /// `kernel.bpf_stats_enabled` is on.
+    /// In-kernel run time of the agent's BPF programs, ns; null unless `kernel.bpf_stats_enabled=1`
     pub bpf_run_ns: Option<u64>,
-    /// Cumulative enforcement counters.
+    /// Enforcement counters (cumulative)
     pub resets: ResetCounts,
-    /// Observed stall durations per (rule, class).
+    /// Observed stall durations per (rule, class)
     pub calibration: Vec<CalibrationEntry>,
 }
 
 /// One socket of a `reset_intent` line: enough to find it in the `socket_reset` /
 /// `reset_failed` lines that follow, or in the kernel (`ss -e`) if they never came.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct IntentSocket {
-    /// Kernel socket cookie.
+    /// Kernel socket cookie
     pub cookie: u64,
-    /// Network namespace inode number.
+    /// Network namespace inode
     pub netns: u32,
-    /// Local address.
+    /// Local address
+    #[schemars(extend("format" = "socket-address"))]
     pub local: SocketAddr,
-    /// Remote address.
+    /// Remote address
+    #[schemars(extend("format" = "socket-address"))]
     pub remote: SocketAddr,
-    /// Stall class that led to the reset.
+    /// Stall class that led to the reset
     pub class: StallClass,
-    /// Policy rule that asked for it; `None` = policy defaults.
+    /// Policy rule that asked for the reset
     pub rule: Option<String>,
 }
 
 /// One line of agent output. Serializes (internally tagged by `"event"`) to the body of the
 /// line; [`Event::to_json_line`] adds the `schema` and `ts` header.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// The agent is up: hooks attached, policy loaded.
+    /// Once at startup, after the hooks are attached and the policy is loaded.
     AgentStarted {
-        /// Agent version.
+        /// Agent version
         version: String,
-        /// Agent process id.
+        /// Agent process id
         pid: u32,
-        /// Kernel release (`uname -r`).
+        /// Kernel release (`uname -r`)
         kernel: String,
-        /// Per hook, the attach point the running kernel offered and why.
+        /// Per hook: the attach point the kernel offered, and why
         hooks: Vec<HookReport>,
-        /// What detection lost on this kernel because a hook could not be attached (empty:
-        /// nothing lost).
+        /// What detection lost because a hook could not be attached; empty = nothing
         degraded: Vec<String>,
-        /// How the kernel side keys sockets: `cookie`, or `address` where the programs
-        /// cannot read socket cookies (tracing programs before Linux 5.12; kprobes always).
+        /// How the kernel side keys sockets (`address` before Linux 5.12, or when a kprobe is
+        /// attached)
+        #[schemars(extend("enum" = ["cookie", "address"]))]
         socket_key: String,
-        /// Where the kernel struct offsets came from.
+        /// Where kernel struct offsets came from
         offsets_source: String,
-        /// Run mode.
+        /// Run mode
         mode: Mode,
-        /// Result of the startup reset-path probe.
+        /// Result of the startup SOCK_DESTROY probe
         reset_path: ResetPath,
-        /// Result of the startup orphan-reset self-test.
+        /// Result of the startup self-test of destroying an orphaned socket
         orphan_reset: OrphanReset,
-        /// Policy file in use; `None` = built-in defaults.
+        /// Policy file path; null = built-in defaults
         policy: Option<String>,
-        /// Tick period in milliseconds.
+        /// Tick period, ms
         tick_ms: u64,
-        /// Capacity of the per-socket tracking map.
+        /// Capacity of the per-socket tracking map
         max_sockets: u32,
-        /// What was kept from the previous agent.
+        /// What was kept from the previous agent (restart, upgrade); see Operations
         state: StateReport,
     },
     /// A socket crossed its stall threshold.
@@ -385,130 +393,136 @@ pub enum Event {
     StallCleared(SocketFields),
     /// A stalled socket was closed (by the application or the kernel) while stalled.
     StallClosed(SocketFields),
-    /// The agent destroyed a stalled socket.
+    /// Enforcement: written (one `write(2)`) right before a batch of SOCK_DESTROY requests (at most
+    /// 64 sockets) goes to the kernel. Each socket's `socket_reset` or `reset_failed` follows the
+    /// batch; if the agent dies in between, this line is the record of what it was resetting.
+    ResetIntent {
+        /// The sockets about to be reset, in request order
+        sockets: Vec<IntentSocket>,
+    },
+    /// Enforcement: the agent destroyed a stalled socket.
     SocketReset {
         /// The socket, as judged at decision time.
         #[serde(flatten)]
         socket: SocketFields,
-        /// Bytes that were still queued when the socket was destroyed (lost data).
+        /// Bytes still queued when the socket was destroyed (lost data)
         bytes_still_queued: u64,
-        /// Microseconds from the reset decision to the kernel's acknowledgement.
+        /// From the reset decision to the kernel's acknowledgement, µs
         reset_latency_us: u64,
     },
-    /// The kernel refused to destroy a stalled socket.
+    /// Enforcement: the kernel refused to destroy a stalled socket.
     ResetFailed {
         /// The socket.
         #[serde(flatten)]
         socket: SocketFields,
-        /// errno returned by SOCK_DESTROY.
+        /// errno from SOCK_DESTROY
         errno: i32,
-        /// Symbolic errno name, e.g. `ENOENT`.
+        /// Symbolic errno name, e.g. `ENOENT`
         error: String,
-        /// What this errno means here and what to do about it.
+        /// What the errno means here and what to do
         meaning: String,
-        /// A transient error: the reset is tried again in this many ms. `None`: final.
+        /// Transient error (ENOBUFS, EAGAIN, ETIMEDOUT, EMFILE, ...): tried again in this many ms;
+        /// null = final
         retry_in_ms: Option<u64>,
     },
-    /// A reset the policy asked for was not performed because a guard stopped it.
+    /// Enforcement: the policy asked for a reset but a guard stopped it.
     ResetSkipped {
         /// The socket.
         #[serde(flatten)]
         socket: SocketFields,
-        /// Which guard.
+        /// Which guard
         guard: SkipGuard,
-        /// Specifics (which port, the limit, what changed).
+        /// Specifics (which port, the limit, what changed)
         detail: String,
     },
-    /// Written (one `write(2)`) right before a batch of SOCK_DESTROY requests goes to the
-    /// kernel: the sockets about to be reset. Their `socket_reset` / `reset_failed` lines
-    /// follow the batch.
-    ResetIntent {
-        /// The sockets of the batch, in request order.
-        sockets: Vec<IntentSocket>,
-    },
-    /// Periodic agent health and calibration counters.
+    /// Periodically: agent health and calibration counters.
     Stats(StatsFields),
-    /// ACKs stopped from (almost) every remote network at once (the node's own path is
-    /// down, not its peers): resets are held; or the hold ended.
+    /// ACKs stopped from (almost) every remote network at once — the node's own path is down, not
+    /// its peers: resets are held so a transient outage does not become a mass reset; or the hold
+    /// ended.
     PartitionHold {
-        /// `started`, `ended` (ACKs came back) or `expired` (held for
-        /// `partition_max_hold`; resets resume under the budgets).
+        /// `started`; `ended` (ACKs came back); `expired` (held for `partition_max_hold`, resets
+        /// resume under the budgets)
+        #[schemars(extend("enum" = ["started", "ended", "expired"]))]
         state: String,
-        /// Remote networks with data in flight and no ACK for a second.
+        /// Remote networks with data in flight and no ACK for a second
         silent_networks: u64,
-        /// Remote networks that answered within the last 5 s.
+        /// Remote networks that answered within the last 5 s
         alive_networks: u64,
-        /// Silent networks with their silent socket counts, largest first (at most 16).
+        /// Silent networks with their silent socket counts, largest first (at most 16)
         networks: Vec<String>,
-        /// Resets held during this hold (on `ended` / `expired`).
+        /// Resets held during this hold (on `ended` / `expired`)
         resets_held: u64,
     },
-    /// Many peers of one remote network went silent together while the rest of the node is
-    /// fine: their `no_ack` stalls are reset as they cross their thresholds, outside the
-    /// rule and network budgets. Once per episode.
+    /// Many peers of one remote network went silent together while the rest of the node is fine:
+    /// their `no_ack` stalls are reset as they cross their thresholds, outside the rule and network
+    /// budgets. Once per episode.
     MassDisconnect {
-        /// The remote network (IPv4 /24, IPv6 /64).
+        /// The remote network (IPv4 /24, IPv6 /64)
         network: String,
-        /// Its silent sockets at detection.
+        /// Its silent sockets at detection
         silent_sockets: u64,
     },
-    /// A threshold looks mis-set for the observed traffic (calibration aid).
+    /// A threshold looks mis-set for the observed traffic: compare `observed_ms` with
+    /// `threshold_ms`, and see whether enforcement would have reset the socket.
     ThresholdWarning {
-        /// Policy rule name; `None` = policy defaults.
+        /// Policy rule; null = policy defaults
         rule: Option<String>,
-        /// Stall class.
+        /// Stall class
         class: StallClass,
-        /// Threshold in effect, in milliseconds.
+        /// Threshold in effect, ms
         threshold_ms: u64,
-        /// Stall duration observed, in milliseconds.
+        /// Stall duration observed, ms
         observed_ms: u64,
-        /// The socket that triggered the warning.
+        /// Socket that triggered the warning
         cookie: u64,
-        /// Whether enforcement would have reset this socket.
+        /// Whether enforcement would have reset this socket
         would_reset: bool,
-        /// What to change, in words.
+        /// What to change
         advice: String,
     },
-    /// Writing to the event output failed and works again: how many events were lost.
-    /// Written right after the first line that could be written again.
+    /// Writing to the event output failed (disk full, closed pipe) and works again: written right
+    /// after the first line that could be written again. The agent never stops over a failed write;
+    /// it keeps enforcing and counts what it lost.
     EventsLost {
-        /// Events lost since the last `events_lost` line (or since the start).
+        /// Events lost since the previous `events_lost` line (or since the start)
         count: u64,
-        /// Events lost since the start (as `stats.events_lost`).
+        /// Events lost since the start (as `stats.events_lost`)
         total: u64,
     },
-    /// SIGHUP: the `--output` file was reopened (log rotation). On success this is the
-    /// first line of the new file; on failure the agent keeps writing to the old one.
+    /// SIGHUP: the `--output` file was reopened (log rotation). On success this is the first line
+    /// of the new file; on failure the agent keeps writing to the old file and says why here.
     OutputReopened {
-        /// The output path.
+        /// The output path
         output: String,
-        /// Whether the path could be opened.
+        /// Whether the path could be opened
         ok: bool,
-        /// Why not (what failed, why, what to do); `None` on success.
+        /// What failed, why, what to do; null on success
         error: Option<String>,
     },
-    /// SIGHUP: the policy file was read again. A valid file replaces the policy in force
-    /// (per-socket state is kept); an invalid one is refused and the old policy stays.
+    /// SIGHUP: the policy file was read and validated again. A valid file replaces the policy in
+    /// force, keeping every socket's state (stalls, history, budgets); an invalid one is refused
+    /// and the old policy stays in force.
     PolicyReload {
-        /// The policy file; `None` when the agent runs without `--policy` (nothing to reload).
+        /// Policy file; null = the agent runs without `--policy` (nothing to reload)
         policy: Option<String>,
-        /// Whether the new policy is in force.
+        /// Whether the new policy is in force
         ok: bool,
-        /// Why it was refused: one `FILE:LINE:COL: …` line per problem, as `policy check`
-        /// prints them. Empty when `ok`.
+        /// Why it was refused: one `FILE:LINE:COL: …` line per problem, as `policy check` prints
+        /// them; empty when `ok`
         problems: Vec<String>,
-        /// Valid but dangerous settings in the new file (`policy check` warnings).
+        /// Valid but dangerous settings in the file, as `policy check` prints them
         warnings: Vec<String>,
-        /// Run mode in force after the reload.
+        /// Run mode in force after the reload
         mode: Mode,
-        /// What changed, or what did not take effect.
+        /// What changed, or what does not take effect until a restart
         detail: String,
     },
-    /// The agent is exiting.
+    /// Once at exit.
     AgentStopped {
-        /// Why (signal, error message).
+        /// Why (signal, error message)
         reason: String,
-        /// Time since `agent_started`, in milliseconds.
+        /// Time since `agent_started`, ms
         uptime_ms: u64,
     },
 }

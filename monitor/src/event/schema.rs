@@ -1,31 +1,41 @@
-//! The documented event schema: [`FieldType`], [`Field`], [`EventSchema`] and the table of
-//! every event type's fields, which the README section and [`validate`](super::validate) use.
+//! The documented event schema, generated from the event types: [`json_schema`] is the JSON
+//! Schema `schemars` derives from [`Event`] (field docs are the types' `///` comments), and
+//! [`schema`] reads it into [`EventSchema`] / [`Field`] / [`FieldType`], which the README section
+//! and [`validate`](super::validate) use.
+
+use super::Event;
+use crate::classify::Evidence;
+use schemars::generate::SchemaSettings;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde_json::{Map, Value};
+use std::sync::OnceLock;
 
 /// JSON type of a documented field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FieldType {
-    /// Integer in 0..=u32::MAX.
+    /// Integer in 0..=u32::MAX (`"format": "uint32"`).
     U32,
-    /// Integer in 0..=u64::MAX.
+    /// Integer in 0..=u64::MAX (`"format": "uint64"`).
     U64,
-    /// Integer in i32::MIN..=i32::MAX.
+    /// Integer in i32::MIN..=i32::MAX (`"format": "int32"`).
     I32,
     /// `true` or `false`.
     Bool,
     /// Any string.
     Str,
-    /// Socket address string: `ip:port` or `[v6]:port`.
+    /// Socket address string: `ip:port` or `[v6]:port` (`"format": "socket-address"`).
     Addr,
-    /// RFC 3339 UTC timestamp with millisecond precision (`2026-11-23T11:02:03.123Z`).
+    /// RFC 3339 UTC timestamp with millisecond precision (`2026-11-23T11:02:03.123Z`;
+    /// `"format": "date-time"`).
     Timestamp,
     /// One of the listed strings.
-    Enum(&'static [&'static str]),
+    Enum(Vec<String>),
     /// Object with exactly these fields.
-    Object(&'static [Field]),
+    Object(Vec<Field>),
     /// Array whose elements all have this type.
-    Array(&'static FieldType),
+    Array(Box<FieldType>),
     /// The inner type or `null`.
-    Nullable(&'static FieldType),
+    Nullable(Box<FieldType>),
 }
 
 impl FieldType {
@@ -45,7 +55,7 @@ impl FieldType {
                 .collect::<Vec<_>>()
                 .join(" \\| "),
             FieldType::Object(_) => "object".into(),
-            FieldType::Array(inner) => match inner {
+            FieldType::Array(inner) => match &**inner {
                 FieldType::Object(_) => "array of objects".into(),
                 other => format!("array of {}", other.describe()),
             },
@@ -55,690 +65,303 @@ impl FieldType {
 }
 
 /// One documented field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {
     /// JSON key.
-    pub name: &'static str,
+    pub name: String,
     /// JSON type.
     pub ty: FieldType,
-    /// Meaning, one line.
-    pub doc: &'static str,
-}
-
-const fn f(name: &'static str, ty: FieldType, doc: &'static str) -> Field {
-    Field { name, ty, doc }
+    /// Meaning, one line (the field's `///` comment).
+    pub doc: String,
 }
 
 /// Documentation of one event type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventSchema {
     /// The `"event"` value.
-    pub event: &'static str,
-    /// When the agent emits it.
-    pub doc: &'static str,
-    /// Whether the [`SOCKET_FIELDS`] are part of this event (before `fields`).
+    pub event: String,
+    /// When the agent emits it (the variant's `///` comment).
+    pub doc: String,
+    /// Whether the [`socket_fields`] are part of this event (before `fields`).
     pub socket: bool,
     /// Fields specific to this event type.
-    pub fields: &'static [Field],
+    pub fields: Vec<Field>,
 }
 
 impl EventSchema {
     /// Every required field of this event type besides the header: the socket fields (for
     /// socket events) followed by the type's own fields.
-    pub fn all_fields(&self) -> impl Iterator<Item = &'static Field> {
-        let socket: &'static [Field] = if self.socket { SOCKET_FIELDS } else { &[] };
+    pub fn all_fields(&self) -> impl Iterator<Item = &Field> {
+        let socket = if self.socket { socket_fields() } else { &[] };
         socket.iter().chain(self.fields.iter())
     }
 }
 
-pub(super) const CLASSES: &[&str] = &["zero_window", "no_ack", "slow_drain", "recv_backlog"];
-pub(super) const FAMILIES: &[&str] = &["inet", "inet6"];
-pub(super) const ACTIONS: &[&str] = &["observe", "reset"];
-pub(super) const MODES: &[&str] = &["observe", "enforce", "dry_run"];
-pub(super) const GUARDS: &[&str] = &[
-    "dry_run",
-    "protected_port",
-    "rate_limit",
-    "not_stalled_anymore",
-    "reset_unavailable",
-    "identity_changed",
-    "orphan_unsafe",
-    "network_limit",
-    "partition_hold",
-];
+/// The common header of every line, for the schema only: [`Event::to_json_line`] writes
+/// `schema` and `ts`, and `event` is [`Event`]'s serde tag.
+#[derive(JsonSchema)]
+#[allow(dead_code)] // never built: it documents what `Line` and the tag produce
+struct Header {
+    /// Format version, always 1 for this document
+    schema: u32,
+    /// Event type (see below)
+    event: String,
+    /// When the agent wrote the event, e.g. `2026-11-23T11:02:03.123Z`
+    #[schemars(extend("format" = "date-time"))]
+    ts: String,
+}
 
-/// Fields on every line.
-pub const HEADER_FIELDS: &[Field] = &[
-    f(
-        "schema",
-        FieldType::U32,
-        "Format version, always 1 for this document",
-    ),
-    f("event", FieldType::Str, "Event type (see below)"),
-    f(
-        "ts",
-        FieldType::Timestamp,
-        "When the agent wrote the event, e.g. `2026-11-23T11:02:03.123Z`",
-    ),
-];
+/// `schema_with` of `hooks[].hook`: one of the hook names the agent knows.
+pub(super) fn hook_name(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "enum": crate::attach::HOOK_NAMES })
+}
 
-const EVIDENCE_FIELDS: &[Field] = &[
-    f(
+/// What the README says about [`Evidence`]'s fields (`classify` documents them for its own
+/// readers); [`evidence`] puts these into the schema, and panics if they and the type differ.
+const EVIDENCE_DOCS: [(&str, &str); 5] = [
+    (
         "recovered_episodes",
-        FieldType::U32,
         "Earlier no-progress episodes on this socket that recovered on their own",
     ),
-    f(
-        "longest_gap_ms",
-        FieldType::U64,
-        "Longest recovered gap, ms (0 when none)",
-    ),
-    f(
+    ("longest_gap_ms", "Longest recovered gap, ms (0 when none)"),
+    (
         "bytes_acked_last_window",
-        FieldType::U64,
         "Bytes the peer acked during the last measurement window",
     ),
-    f(
+    (
         "effective_threshold_ms",
-        FieldType::U64,
         "Threshold actually applied to this socket, ms",
     ),
-    f(
-        "threshold_reason",
-        FieldType::Str,
-        "Why the threshold has that value",
-    ),
+    ("threshold_reason", "Why the threshold has that value"),
 ];
 
-/// The socket object shared by all socket events, at the top level of the line.
-pub const SOCKET_FIELDS: &[Field] = &[
-    f(
-        "cookie",
-        FieldType::U64,
-        "Kernel socket cookie (unique per boot)",
-    ),
-    f("netns", FieldType::U32, "Network namespace inode"),
-    f("family", FieldType::Enum(FAMILIES), "Address family"),
-    f("local", FieldType::Addr, "Local address"),
-    f("remote", FieldType::Addr, "Remote address"),
-    f(
-        "pid",
-        FieldType::Nullable(&FieldType::U32),
-        "Process that last wrote to the socket; null = not yet known",
-    ),
-    f(
-        "comm",
-        FieldType::Nullable(&FieldType::Str),
-        "That process's command name",
-    ),
-    f(
-        "cgroup_id",
-        FieldType::Nullable(&FieldType::U64),
-        "cgroup v2 id of that process",
-    ),
-    f(
-        "cgroup",
-        FieldType::Nullable(&FieldType::Str),
-        "cgroup v2 path of that process, when resolvable",
-    ),
-    f(
-        "container_id",
-        FieldType::Nullable(&FieldType::Str),
-        "Container of that process, when its cgroup path shows one (Kubernetes systemd/cgroupfs drivers, Docker, Podman)",
-    ),
-    f(
-        "container_runtime",
-        FieldType::Nullable(&FieldType::Str),
-        "`containerd`, `cri-o`, `docker`, `podman`, or `kubernetes` (a cgroupfs-driver pod, runtime not named)",
-    ),
-    f(
-        "pod_uid",
-        FieldType::Nullable(&FieldType::Str),
-        "Kubernetes pod UID, when the cgroup path shows a pod",
-    ),
-    f(
-        "pod_namespace",
-        FieldType::Nullable(&FieldType::Str),
-        "The pod's namespace, from the kubelet's `/var/log/pods/<ns>_<name>_<uid>` (no API call)",
-    ),
-    f(
-        "pod_name",
-        FieldType::Nullable(&FieldType::Str),
-        "The pod's name, from the same directory",
-    ),
-    f("class", FieldType::Enum(CLASSES), "Kind of stall"),
-    f(
-        "queued_bytes",
-        FieldType::U64,
-        "Bytes written by the app, not yet acked by the peer",
-    ),
-    f(
-        "unacked_bytes",
-        FieldType::U64,
-        "Bytes sent on the wire, not yet acked",
-    ),
-    f("snd_wnd", FieldType::U32, "Peer's advertised window"),
-    f(
-        "retransmits",
-        FieldType::U32,
-        "Retransmissions of the current unacked segment",
-    ),
-    f(
-        "stalled_for_ms",
-        FieldType::U64,
-        "Time without progress, ms",
-    ),
-    f(
-        "rule",
-        FieldType::Nullable(&FieldType::Str),
-        "Policy rule that selected the socket; null = policy defaults",
-    ),
-    f(
-        "action",
-        FieldType::Enum(ACTIONS),
-        "What the policy decided",
-    ),
-    f(
-        "evidence",
-        FieldType::Object(EVIDENCE_FIELDS),
-        "The numbers behind the classification",
-    ),
-    f(
-        "recv_unread",
-        FieldType::U64,
-        "Received bytes the local app has not read",
-    ),
-];
+/// `schema_with` of `evidence`: [`Evidence`]'s generated schema with the [`EVIDENCE_DOCS`].
+pub(super) fn evidence(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = Evidence::json_schema(generator);
+    let props = schema
+        .get_mut("properties")
+        .and_then(Value::as_object_mut)
+        .expect("Evidence is a struct");
+    let names: Vec<&str> = props.keys().map(String::as_str).collect();
+    let mut documented: Vec<&str> = EVIDENCE_DOCS.iter().map(|(name, _)| *name).collect();
+    documented.sort_unstable();
+    assert_eq!(
+        names, documented,
+        "EVIDENCE_DOCS must name Evidence's fields"
+    );
+    for (name, doc) in EVIDENCE_DOCS {
+        if let Some(Value::Object(prop)) = props.get_mut(name) {
+            prop.insert("description".into(), doc.into());
+        }
+    }
+    schema
+}
 
-const INTENT_FIELDS: &[Field] = &[
-    f("cookie", FieldType::U64, "Kernel socket cookie"),
-    f("netns", FieldType::U32, "Network namespace inode"),
-    f("local", FieldType::Addr, "Local address"),
-    f("remote", FieldType::Addr, "Remote address"),
-    f(
-        "class",
-        FieldType::Enum(CLASSES),
-        "Stall class that led to the reset",
-    ),
-    f(
-        "rule",
-        FieldType::Nullable(&FieldType::Str),
-        "Policy rule that asked for the reset",
-    ),
-];
+fn generator() -> SchemaGenerator {
+    // Serialize contract: `Option` fields are required (written as `null`), as the agent writes
+    // them. Inlined: no `$ref`s to follow.
+    SchemaSettings::draft2020_12()
+        .for_serialize()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+}
 
-const HOOK_FIELDS: &[Field] = &[
-    f(
-        "hook",
-        FieldType::Enum(crate::attach::HOOK_NAMES),
-        "Hook name",
-    ),
-    f(
-        "attach",
-        FieldType::Nullable(&FieldType::Str),
-        "Attach point used (`tp_btf/…`, `fentry/…`, `kprobe/…`); null = not attached",
-    ),
-    f("why", FieldType::Str, "Why this attach point, or why none"),
-];
+/// The JSON Schema of the event body (a `oneOf` over the event types, each tagged by `event`),
+/// generated from [`Event`].
+pub fn json_schema() -> Schema {
+    generator().into_root_schema_for::<Event>()
+}
 
-const STATE_FIELDS: &[Field] = &[
-    f(
-        "adopted",
-        FieldType::Bool,
-        "The previous agent's pinned kernel map was adopted: stall clocks carry on",
-    ),
-    f(
-        "restored",
-        FieldType::Bool,
-        "The previous agent's state file was read back: cadence histories, rate-limit windows, reset decisions",
-    ),
-    f(
-        "detail",
-        FieldType::Str,
-        "What was kept and where it lives, or why the agent started fresh",
-    ),
-];
+/// The documented schema, read once from the generated JSON Schemas.
+struct Documented {
+    header: Vec<Field>,
+    socket: Vec<Field>,
+    events: Vec<EventSchema>,
+}
 
-const ORPHAN_RESET_FIELDS: &[Field] = &[
-    f(
-        "safe",
-        FieldType::Bool,
-        "Destroying an orphan (app-closed socket) left nothing behind; false = orphans are never reset",
-    ),
-    f("detail", FieldType::Str, "What the self-test saw"),
-];
+fn documented() -> &'static Documented {
+    static DOC: OnceLock<Documented> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let header = fields(generator().into_root_schema_for::<Header>().as_value());
+        let socket = fields(
+            generator()
+                .into_root_schema_for::<super::SocketFields>()
+                .as_value(),
+        );
+        let root = json_schema();
+        let variants = root
+            .get("oneOf")
+            .and_then(Value::as_array)
+            .expect("Event's schema is a oneOf over its variants");
+        let events = variants.iter().map(|v| event(v, &socket)).collect();
+        Documented {
+            header,
+            socket,
+            events,
+        }
+    })
+}
 
-const RESET_PATH_FIELDS: &[Field] = &[
-    f(
-        "works",
-        FieldType::Bool,
-        "A probe reset of a test socket succeeded",
-    ),
-    f(
-        "detail",
-        FieldType::Str,
-        "What was tried; on failure, why and how to fix it",
-    ),
-];
+/// One variant of the `oneOf`: its tag, doc and fields (less the socket fields it starts with).
+fn event(variant: &Value, socket: &[Field]) -> EventSchema {
+    let mut fields = fields(variant);
+    let tag = fields.remove(0);
+    let event = match (&*tag.name, &tag.ty) {
+        ("event", FieldType::Enum(names)) if names.len() == 1 => names[0].clone(),
+        _ => panic!("event variant without an `event` tag first: {variant}"),
+    };
+    let is_socket = fields.len() >= socket.len() && fields[..socket.len()] == *socket;
+    if is_socket {
+        fields.drain(..socket.len());
+    }
+    EventSchema {
+        event,
+        doc: doc(variant),
+        socket: is_socket,
+        fields,
+    }
+}
 
-const RESET_COUNT_FIELDS: &[Field] = &[
-    f("done", FieldType::U64, "Sockets reset"),
-    f("failed", FieldType::U64, "Resets the kernel refused"),
-    f("skipped", FieldType::U64, "Resets a guard prevented"),
-    f(
-        "retried",
-        FieldType::U64,
-        "Attempts that failed with a transient error and were scheduled again",
-    ),
-];
+/// The `description`, with the doc comment's line breaks joined into one line.
+fn doc(schema: &Value) -> String {
+    let text = schema
+        .get("description")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("undocumented schema (add a `///` comment): {schema}"));
+    text.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+}
 
-const CALIBRATION_FIELDS: &[Field] = &[
-    f(
-        "rule",
-        FieldType::Nullable(&FieldType::Str),
-        "Policy rule; null = policy defaults",
-    ),
-    f("class", FieldType::Enum(CLASSES), "Stall class"),
-    f("count", FieldType::U64, "Stall episodes observed"),
-    f("max_ms", FieldType::U64, "Longest episode, ms"),
-    f("p50_ms", FieldType::U64, "Median episode, ms"),
-    f("p99_ms", FieldType::U64, "99th percentile episode, ms"),
-];
+/// An object schema's fields, in declaration order (the order of `required`: every field is
+/// always present).
+fn fields(schema: &Value) -> Vec<Field> {
+    let props = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| panic!("object schema without properties: {schema}"));
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        required.len(),
+        props.len(),
+        "every field is always present: {schema}"
+    );
+    required
+        .iter()
+        .map(|name| {
+            let prop = props
+                .get(*name)
+                .unwrap_or_else(|| panic!("required `{name}` without a property: {schema}"));
+            Field {
+                name: (*name).to_string(),
+                ty: field_type(prop),
+                doc: if *name == "event" && prop.get("const").is_some() {
+                    String::new() // the variant tag, documented by the variant
+                } else {
+                    doc(prop)
+                },
+            }
+        })
+        .collect()
+}
 
-static SCHEMA: &[EventSchema] = &[
-    EventSchema {
-        event: "agent_started",
-        doc: "Once at startup, after the hooks are attached and the policy is loaded.",
-        socket: false,
-        fields: &[
-            f("version", FieldType::Str, "Agent version"),
-            f("pid", FieldType::U32, "Agent process id"),
-            f("kernel", FieldType::Str, "Kernel release (`uname -r`)"),
-            f(
-                "hooks",
-                FieldType::Array(&FieldType::Object(HOOK_FIELDS)),
-                "Per hook: the attach point the kernel offered, and why",
-            ),
-            f(
-                "degraded",
-                FieldType::Array(&FieldType::Str),
-                "What detection lost because a hook could not be attached; empty = nothing",
-            ),
-            f(
-                "socket_key",
-                FieldType::Enum(&["cookie", "address"]),
-                "How the kernel side keys sockets (`address` before Linux 5.12, or when a kprobe is attached)",
-            ),
-            f(
-                "offsets_source",
-                FieldType::Str,
-                "Where kernel struct offsets came from",
-            ),
-            f("mode", FieldType::Enum(MODES), "Run mode"),
-            f(
-                "reset_path",
-                FieldType::Object(RESET_PATH_FIELDS),
-                "Result of the startup SOCK_DESTROY probe",
-            ),
-            f(
-                "orphan_reset",
-                FieldType::Object(ORPHAN_RESET_FIELDS),
-                "Result of the startup self-test of destroying an orphaned socket",
-            ),
-            f(
-                "policy",
-                FieldType::Nullable(&FieldType::Str),
-                "Policy file path; null = built-in defaults",
-            ),
-            f("tick_ms", FieldType::U64, "Tick period, ms"),
-            f(
-                "max_sockets",
-                FieldType::U32,
-                "Capacity of the per-socket tracking map",
-            ),
-            f(
-                "state",
-                FieldType::Object(STATE_FIELDS),
-                "What was kept from the previous agent (restart, upgrade); see Operations",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "stall_started",
-        doc: "A socket crossed its stall threshold.",
-        socket: true,
-        fields: &[],
-    },
-    EventSchema {
-        event: "stall_cleared",
-        doc: "A stalled socket made progress again.",
-        socket: true,
-        fields: &[],
-    },
-    EventSchema {
-        event: "stall_closed",
-        doc: "A stalled socket was closed (by the application or the kernel) while stalled.",
-        socket: true,
-        fields: &[],
-    },
-    EventSchema {
-        event: "reset_intent",
-        doc: "Enforcement: written (one `write(2)`) right before a batch of SOCK_DESTROY \
-              requests (at most 64 sockets) goes to the kernel. Each socket's `socket_reset` or \
-              `reset_failed` follows the batch; if the agent dies in between, this line is the \
-              record of what it was resetting.",
-        socket: false,
-        fields: &[f(
-            "sockets",
-            FieldType::Array(&FieldType::Object(INTENT_FIELDS)),
-            "The sockets about to be reset, in request order",
-        )],
-    },
-    EventSchema {
-        event: "socket_reset",
-        doc: "Enforcement: the agent destroyed a stalled socket.",
-        socket: true,
-        fields: &[
-            f(
-                "bytes_still_queued",
-                FieldType::U64,
-                "Bytes still queued when the socket was destroyed (lost data)",
-            ),
-            f(
-                "reset_latency_us",
-                FieldType::U64,
-                "From the reset decision to the kernel's acknowledgement, µs",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "reset_failed",
-        doc: "Enforcement: the kernel refused to destroy a stalled socket.",
-        socket: true,
-        fields: &[
-            f("errno", FieldType::I32, "errno from SOCK_DESTROY"),
-            f(
-                "error",
-                FieldType::Str,
-                "Symbolic errno name, e.g. `ENOENT`",
-            ),
-            f(
-                "meaning",
-                FieldType::Str,
-                "What the errno means here and what to do",
-            ),
-            f(
-                "retry_in_ms",
-                FieldType::Nullable(&FieldType::U64),
-                "Transient error (ENOBUFS, EAGAIN, ETIMEDOUT, EMFILE, ...): tried again in this many ms; null = final",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "reset_skipped",
-        doc: "Enforcement: the policy asked for a reset but a guard stopped it.",
-        socket: true,
-        fields: &[
-            f("guard", FieldType::Enum(GUARDS), "Which guard"),
-            f(
-                "detail",
-                FieldType::Str,
-                "Specifics (which port, the limit, what changed)",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "stats",
-        doc: "Periodically: agent health and calibration counters.",
-        socket: false,
-        fields: &[
-            f(
-                "sockets_tracked",
-                FieldType::U64,
-                "Sockets currently in the tracking map",
-            ),
-            f(
-                "map_capacity",
-                FieldType::U32,
-                "Capacity of the tracking map",
-            ),
-            f(
-                "map_full",
-                FieldType::U64,
-                "Inserts refused because the map was full (cumulative)",
-            ),
-            f(
-                "map_evicted",
-                FieldType::U64,
-                "Entries removed to make room in a (nearly) full map (cumulative)",
-            ),
-            f(
-                "map_stale",
-                FieldType::U64,
-                "Entries removed because their socket was gone or had nothing queued any more (cumulative)",
-            ),
-            f(
-                "netns_cached",
-                FieldType::U64,
-                "Network namespaces the reset path holds a netlink socket in",
-            ),
-            f(
-                "partition_hold",
-                FieldType::Bool,
-                "Resets are held: ACKs stopped from (almost) every remote network at once",
-            ),
-            f(
-                "close_notes_lost",
-                FieldType::U64,
-                "Socket-close notifications lost (cumulative)",
-            ),
-            f(
-                "events_lost",
-                FieldType::U64,
-                "Events the agent failed to write (cumulative)",
-            ),
-            f(
-                "events_written",
-                FieldType::U64,
-                "Lines written before this one since `agent_started` (line 0): in a complete \
-                 stream, this line's own 0-based position",
-            ),
-            f("stalls_active", FieldType::U64, "Sockets currently stalled"),
-            f(
-                "sweep_us",
-                FieldType::U64,
-                "Wall-clock cost of the last tick, µs",
-            ),
-            f(
-                "cpu_ms",
-                FieldType::U64,
-                "Agent CPU time (user + system) since start, ms",
-            ),
-            f(
-                "bpf_run_ns",
-                FieldType::Nullable(&FieldType::U64),
-                "In-kernel run time of the agent's BPF programs, ns; null unless \
-                 `kernel.bpf_stats_enabled=1`",
-            ),
-            f(
-                "resets",
-                FieldType::Object(RESET_COUNT_FIELDS),
-                "Enforcement counters (cumulative)",
-            ),
-            f(
-                "calibration",
-                FieldType::Array(&FieldType::Object(CALIBRATION_FIELDS)),
-                "Observed stall durations per (rule, class)",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "partition_hold",
-        doc: "ACKs stopped from (almost) every remote network at once — the node's own path \
-              is down, not its peers: resets are held so a transient outage does not become \
-              a mass reset; or the hold ended.",
-        socket: false,
-        fields: &[
-            f(
-                "state",
-                FieldType::Enum(&["started", "ended", "expired"]),
-                "`started`; `ended` (ACKs came back); `expired` (held for `partition_max_hold`, resets resume under the budgets)",
-            ),
-            f(
-                "silent_networks",
-                FieldType::U64,
-                "Remote networks with data in flight and no ACK for a second",
-            ),
-            f(
-                "alive_networks",
-                FieldType::U64,
-                "Remote networks that answered within the last 5 s",
-            ),
-            f(
-                "networks",
-                FieldType::Array(&FieldType::Str),
-                "Silent networks with their silent socket counts, largest first (at most 16)",
-            ),
-            f(
-                "resets_held",
-                FieldType::U64,
-                "Resets held during this hold (on `ended` / `expired`)",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "mass_disconnect",
-        doc: "Many peers of one remote network went silent together while the rest of the \
-              node is fine: their `no_ack` stalls are reset as they cross their thresholds, \
-              outside the rule and network budgets. Once per episode.",
-        socket: false,
-        fields: &[
-            f(
-                "network",
-                FieldType::Str,
-                "The remote network (IPv4 /24, IPv6 /64)",
-            ),
-            f(
-                "silent_sockets",
-                FieldType::U64,
-                "Its silent sockets at detection",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "threshold_warning",
-        doc: "A threshold looks mis-set for the observed traffic: compare `observed_ms` with \
-              `threshold_ms`, and see whether enforcement would have reset the socket.",
-        socket: false,
-        fields: &[
-            f(
-                "rule",
-                FieldType::Nullable(&FieldType::Str),
-                "Policy rule; null = policy defaults",
-            ),
-            f("class", FieldType::Enum(CLASSES), "Stall class"),
-            f("threshold_ms", FieldType::U64, "Threshold in effect, ms"),
-            f("observed_ms", FieldType::U64, "Stall duration observed, ms"),
-            f(
-                "cookie",
-                FieldType::U64,
-                "Socket that triggered the warning",
-            ),
-            f(
-                "would_reset",
-                FieldType::Bool,
-                "Whether enforcement would have reset this socket",
-            ),
-            f("advice", FieldType::Str, "What to change"),
-        ],
-    },
-    EventSchema {
-        event: "events_lost",
-        doc: "Writing to the event output failed (disk full, closed pipe) and works again: \
-              written right after the first line that could be written again. The agent \
-              never stops over a failed write; it keeps enforcing and counts what it lost.",
-        socket: false,
-        fields: &[
-            f(
-                "count",
-                FieldType::U64,
-                "Events lost since the previous `events_lost` line (or since the start)",
-            ),
-            f(
-                "total",
-                FieldType::U64,
-                "Events lost since the start (as `stats.events_lost`)",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "output_reopened",
-        doc: "SIGHUP: the `--output` file was reopened (log rotation). On success this is the \
-              first line of the new file; on failure the agent keeps writing to the old file \
-              and says why here.",
-        socket: false,
-        fields: &[
-            f("output", FieldType::Str, "The output path"),
-            f("ok", FieldType::Bool, "Whether the path could be opened"),
-            f(
-                "error",
-                FieldType::Nullable(&FieldType::Str),
-                "What failed, why, what to do; null on success",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "policy_reload",
-        doc: "SIGHUP: the policy file was read and validated again. A valid file replaces \
-              the policy in force, keeping every socket's state (stalls, history, budgets); an \
-              invalid one is refused and the old policy stays in force.",
-        socket: false,
-        fields: &[
-            f(
-                "policy",
-                FieldType::Nullable(&FieldType::Str),
-                "Policy file; null = the agent runs without `--policy` (nothing to reload)",
-            ),
-            f("ok", FieldType::Bool, "Whether the new policy is in force"),
-            f(
-                "problems",
-                FieldType::Array(&FieldType::Str),
-                "Why it was refused: one `FILE:LINE:COL: …` line per problem, as `policy check` prints them; empty when `ok`",
-            ),
-            f(
-                "warnings",
-                FieldType::Array(&FieldType::Str),
-                "Valid but dangerous settings in the file, as `policy check` prints them",
-            ),
-            f("mode", FieldType::Enum(MODES), "Run mode in force after the reload"),
-            f(
-                "detail",
-                FieldType::Str,
-                "What changed, or what does not take effect until a restart",
-            ),
-        ],
-    },
-    EventSchema {
-        event: "agent_stopped",
-        doc: "Once at exit.",
-        socket: false,
-        fields: &[
-            f("reason", FieldType::Str, "Why (signal, error message)"),
-            f(
-                "uptime_ms",
-                FieldType::U64,
-                "Time since `agent_started`, ms",
-            ),
-        ],
-    },
-];
+/// The [`FieldType`] a (generated) property schema describes.
+fn field_type(schema: &Value) -> FieldType {
+    let obj = schema
+        .as_object()
+        .unwrap_or_else(|| panic!("unexpected schema {schema}"));
+    if let Some(inner) = nullable_inner(obj) {
+        return FieldType::Nullable(Box::new(field_type(&inner)));
+    }
+    if let Some(values) = string_values(obj) {
+        return FieldType::Enum(values);
+    }
+    let format = obj.get("format").and_then(Value::as_str);
+    match (obj.get("type").and_then(Value::as_str), format) {
+        (Some("integer"), Some("uint32")) => FieldType::U32,
+        (Some("integer"), Some("uint64")) => FieldType::U64,
+        (Some("integer"), Some("int32")) => FieldType::I32,
+        (Some("boolean"), None) => FieldType::Bool,
+        (Some("string"), None) => FieldType::Str,
+        (Some("string"), Some("socket-address")) => FieldType::Addr,
+        (Some("string"), Some("date-time")) => FieldType::Timestamp,
+        (Some("object"), None) => FieldType::Object(fields(schema)),
+        (Some("array"), None) => FieldType::Array(Box::new(field_type(
+            obj.get("items")
+                .unwrap_or_else(|| panic!("array without items: {schema}")),
+        ))),
+        _ => panic!("no documented type for schema {schema}"),
+    }
+}
+
+/// `{"type": [T, "null"], ...}` or `{"anyOf": [S, {"type": "null"}]}`: the schema of T or S.
+fn nullable_inner(obj: &Map<String, Value>) -> Option<Value> {
+    if let Some(Value::Array(types)) = obj.get("type") {
+        let null = Value::from("null");
+        let rest: Vec<&Value> = types.iter().filter(|t| **t != null).collect();
+        if rest.len() + 1 == types.len() && rest.len() == 1 {
+            let mut inner = obj.clone();
+            inner.insert("type".into(), rest[0].clone());
+            return Some(Value::Object(inner));
+        }
+        panic!("unsupported type list {types:?}");
+    }
+    match obj
+        .get("anyOf")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
+        Some([inner, null]) if null.get("type") == Some(&Value::from("null")) => {
+            Some(inner.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The strings of an `enum`, a `const`, or a `oneOf` of (documented) constants.
+fn string_values(obj: &Map<String, Value>) -> Option<Vec<String>> {
+    let strings = |values: &Vec<Value>| -> Vec<String> {
+        values
+            .iter()
+            .map(|v| v.as_str().expect("string enum").to_string())
+            .collect()
+    };
+    if let Some(Value::Array(values)) = obj.get("enum") {
+        return Some(strings(values));
+    }
+    if let Some(Value::String(value)) = obj.get("const") {
+        return Some(vec![value.clone()]);
+    }
+    let one_of = obj.get("oneOf").and_then(Value::as_array)?;
+    let mut values = Vec::new();
+    for variant in one_of {
+        match (variant.get("const"), variant.get("enum")) {
+            (Some(Value::String(v)), _) => values.push(v.clone()),
+            (_, Some(Value::Array(vs))) => values.extend(strings(vs)),
+            _ => return None,
+        }
+    }
+    Some(values)
+}
 
 /// The documented schema: for each event type, its required fields and JSON types.
 pub fn schema() -> &'static [EventSchema] {
-    SCHEMA
+    &documented().events
 }
 
 /// Documentation of event type `event`, if it exists.
 pub fn event_schema(event: &str) -> Option<&'static EventSchema> {
-    SCHEMA.iter().find(|s| s.event == event)
+    schema().iter().find(|s| s.event == event)
+}
+
+/// Fields on every line.
+pub fn header_fields() -> &'static [Field] {
+    &documented().header
+}
+
+/// The socket object shared by all socket events, at the top level of the line.
+pub fn socket_fields() -> &'static [Field] {
+    &documented().socket
 }

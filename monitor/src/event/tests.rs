@@ -1,6 +1,5 @@
 //! Unit tests of the event types, writer, schema, validator and README rendering.
 
-use super::schema::{ACTIONS, CLASSES, FAMILIES, GUARDS, MODES};
 use super::*;
 use serde_json::{json, Value};
 use std::io::{self, Write};
@@ -224,7 +223,7 @@ fn every_event_type_serializes_and_validates() {
     for full in [true, false] {
         let events = samples(full);
         let names: Vec<&str> = events.iter().map(Event::name).collect();
-        let documented: Vec<&str> = schema().iter().map(|s| s.event).collect();
+        let documented: Vec<&str> = schema().iter().map(|s| s.event.as_str()).collect();
         assert_eq!(
             names, documented,
             "samples must cover every documented event"
@@ -290,41 +289,51 @@ fn socket_fields_are_flattened_with_exact_values() {
     }
 }
 
+/// The values the generated schema documents for enum field `name` of `fields`.
+fn documented_enum(fields: &[Field], name: &str) -> Vec<String> {
+    match &fields.iter().find(|f| f.name == name).unwrap().ty {
+        FieldType::Enum(values) => values.clone(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
 #[test]
 fn schema_enums_match_serde_spelling() {
+    let fields_of = |event: &str| &event_schema(event).unwrap().fields;
+    let classes = documented_enum(socket_fields(), "class");
     let spelled = |x: &dyn erased::Ser| x.json();
     for c in StallClass::ALL {
-        assert!(CLASSES.contains(&c.as_str()));
+        assert!(classes.iter().any(|v| v == c.as_str()));
         assert_eq!(spelled(&c), c.as_str());
     }
-    assert_eq!(CLASSES.len(), StallClass::ALL.len());
-    let check = |values: &[&str], all: Vec<(String, &str)>| {
+    assert_eq!(classes.len(), StallClass::ALL.len());
+    let check = |values: Vec<String>, all: Vec<(String, &str)>| {
         assert_eq!(values.len(), all.len());
         for (json, as_str) in all {
             assert_eq!(json, as_str);
-            assert!(values.contains(&as_str), "{as_str}");
+            assert!(values.iter().any(|v| v == as_str), "{as_str}");
         }
     };
     check(
-        FAMILIES,
+        documented_enum(socket_fields(), "family"),
         Family::ALL
             .iter()
             .map(|x| (spelled(x), x.as_str()))
             .collect(),
     );
     check(
-        ACTIONS,
+        documented_enum(socket_fields(), "action"),
         Action::ALL
             .iter()
             .map(|x| (spelled(x), x.as_str()))
             .collect(),
     );
     check(
-        MODES,
+        documented_enum(fields_of("agent_started"), "mode"),
         Mode::ALL.iter().map(|x| (spelled(x), x.as_str())).collect(),
     );
     check(
-        GUARDS,
+        documented_enum(fields_of("reset_skipped"), "guard"),
         SkipGuard::ALL
             .iter()
             .map(|x| (spelled(x), x.as_str()))
@@ -551,7 +560,7 @@ fn schema_markdown_mentions_every_event_and_field() {
     let md = schema_markdown();
     for es in schema() {
         assert!(md.contains(&format!("### `{}`", es.event)), "{}", es.event);
-        for field in es.fields {
+        for field in &es.fields {
             assert!(
                 md.contains(&format!("| `{}` |", field.name)),
                 "{}",
@@ -559,7 +568,7 @@ fn schema_markdown_mentions_every_event_and_field() {
             );
         }
     }
-    for field in SOCKET_FIELDS.iter().chain(HEADER_FIELDS) {
+    for field in socket_fields().iter().chain(header_fields()) {
         assert!(
             md.contains(&format!("| `{}` |", field.name)),
             "{}",
@@ -573,15 +582,15 @@ fn schema_markdown_mentions_every_event_and_field() {
 
 #[test]
 fn schema_is_well_formed() {
-    let mut names: Vec<&str> = schema().iter().map(|s| s.event).collect();
+    let mut names: Vec<&str> = schema().iter().map(|s| s.event.as_str()).collect();
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), schema().len(), "duplicate event names");
     for es in schema() {
-        let mut fields: Vec<&str> = HEADER_FIELDS
+        let mut fields: Vec<&str> = header_fields()
             .iter()
             .chain(es.all_fields())
-            .map(|f| f.name)
+            .map(|f| f.name.as_str())
             .collect();
         let n = fields.len();
         fields.sort_unstable();
@@ -797,4 +806,34 @@ fn output_must_be_a_regular_file() {
     // Nothing was created through the dangling link.
     assert!(!dir.join("nowhere").exists());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn schema_is_generated_from_the_types() {
+    let root = json_schema();
+    let variants = root.as_value()["oneOf"].as_array().unwrap();
+    let tags: Vec<&str> = variants
+        .iter()
+        .map(|v| v["properties"]["event"]["const"].as_str().unwrap())
+        .collect();
+    let documented: Vec<&str> = schema().iter().map(|s| s.event.as_str()).collect();
+    assert_eq!(tags, documented);
+    let stall_started = &variants[1]["properties"];
+    assert_eq!(stall_started["local"]["format"], "socket-address");
+    assert_eq!(stall_started["pid"]["type"], json!(["integer", "null"]));
+    assert_eq!(stall_started["pid"]["format"], "uint32");
+    let field = |fields: &[Field], name: &str| fields.iter().find(|f| f.name == name).cloned();
+    assert_eq!(field(socket_fields(), "local").unwrap().ty, FieldType::Addr);
+    assert_eq!(
+        field(socket_fields(), "pid").unwrap().ty,
+        FieldType::Nullable(Box::new(FieldType::U32))
+    );
+    let ts = field(header_fields(), "ts").unwrap();
+    assert_eq!(ts.ty, FieldType::Timestamp);
+    assert_eq!(
+        ts.doc,
+        "When the agent wrote the event, e.g. `2026-11-23T11:02:03.123Z`"
+    );
+    // Multi-line `///` comments become one line.
+    assert!(!event_schema("reset_intent").unwrap().doc.contains('\n'));
 }

@@ -175,7 +175,7 @@ pub use selectors::Selectors;
 
 /// What a rule does to a socket that is stalled in one of its classes; events report it as
 /// `action` (the same type: `crate::event::Action`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Report the stall (events), never touch the socket.
