@@ -102,7 +102,7 @@ pub(crate) fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
             let zero_win = ack.valid && ack.window == 0;
             let rcv_nxt: u32 = M::ld(tp, off!(rcv_nxt));
             let copied: u32 = M::ld(tp, off!(copied_seq));
-            if !(zero_win && write_seq != una) && !(rcv_wnd == 0 && rcv_nxt != copied) {
+            if !(zero_win && write_seq != una || rcv_wnd == 0 && rcv_nxt != copied) {
                 return;
             }
             match track::<M>(tp, key, t, Why::Signature) {

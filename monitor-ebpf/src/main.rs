@@ -42,9 +42,6 @@
 //! [`mode::KEY_BY_ADDR`]: monitor_common::mode::KEY_BY_ADDR
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Clippy first saw this crate when it joined the workspace; these two (`&key` map arguments,
-// negated conjunctions kept as the spec reads) are left for the eBPF code's own rework.
-#![allow(clippy::needless_borrows_for_generic_args, clippy::nonminimal_bool)]
 
 mod ack;
 mod kernel;

@@ -17,8 +17,36 @@ use monitor_common::{counter, SockState, CLOSED_RING_BYTES, DEFAULT_MAX_SOCKETS}
 
 /// The tracked sockets, by key (cookie, or address under `mode::KEY_BY_ADDR`).
 #[map]
-pub(crate) static SOCKS: HashMap<u64, SockState> =
-    HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+// `SOCKS` is used through these, which take the key and the entry by reference. aya's map
+// methods take `impl Borrow`: a key handed over by value is copied to a fresh stack slot at
+// each call (up to 15 more instructions per program), and a `SockState` by value would not
+// fit the 512-byte stack.
+
+/// The entry of `key`, for update.
+#[inline(always)]
+pub(crate) fn sock_ptr(key: &u64) -> Option<*mut SockState> {
+    SOCKS.get_ptr_mut(key)
+}
+
+/// The entry of `key`, read-only.
+#[inline(always)]
+pub(crate) fn sock_get(key: &u64) -> Option<*const SockState> {
+    SOCKS.get_ptr(key)
+}
+
+/// Add (or overwrite) the entry of `key`; an error when the map is full.
+#[inline(always)]
+pub(crate) fn sock_insert(key: &u64, s: &SockState) -> Result<(), i32> {
+    SOCKS.insert(key, s, 0)
+}
+
+/// Remove the entry of `key`; an error when there was none.
+#[inline(always)]
+pub(crate) fn sock_remove(key: &u64) -> Result<(), i32> {
+    SOCKS.remove(key)
+}
 
 /// Close notes for the agent, put here by the state hook before it removes the entry.
 #[map]

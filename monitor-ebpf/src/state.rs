@@ -5,7 +5,7 @@ use aya_ebpf::programs::BtfTracePointContext;
 use monitor_common::{counter, gone, CloseNote};
 
 use crate::kernel::{now, Btf, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
-use crate::maps::{bump, CLOSED, SOCKS};
+use crate::maps::{bump, sock_get, sock_remove, CLOSED};
 use crate::track::key_of;
 
 /// state: a socket leaving ESTABLISHED/CLOSE_WAIT, or reaching CLOSE from any state (an
@@ -25,12 +25,13 @@ pub(crate) fn on_state(ctx: &BtfTracePointContext) {
     let newstate: i32 = ctx.arg(2);
     let was_open = oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT;
     let still_open = newstate == TCP_ESTABLISHED || newstate == TCP_CLOSE_WAIT;
-    if !(was_open && !still_open) && newstate != TCP_CLOSE {
+    // Not leaving ESTABLISHED/CLOSE_WAIT and not reaching CLOSE: nothing to do.
+    if (!was_open || still_open) && newstate != TCP_CLOSE {
         return;
     }
     let sk: *const u8 = ctx.arg(0);
     let key = key_of::<Btf>(sk);
-    let Some(p) = SOCKS.get_ptr(&key) else {
+    let Some(p) = sock_get(&key) else {
         return; // not tracked
     };
     // SAFETY: map value pointer valid for this invocation.
@@ -47,7 +48,7 @@ pub(crate) fn on_state(ctx: &BtfTracePointContext) {
     if CLOSED.output::<CloseNote>(&note, 0).is_err() {
         bump(counter::CLOSE_NOTES_LOST);
     }
-    if SOCKS.remove(&key).is_ok() {
+    if sock_remove(&key).is_ok() {
         bump(counter::CLOSED);
     }
 }

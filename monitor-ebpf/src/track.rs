@@ -10,7 +10,9 @@ use crate::kernel::{
     key_by_addr, off, Mem, AF_INET6, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1,
     TCP_LAST_ACK,
 };
-use crate::maps::{bump, new_generation, under_pressure, SCRATCH, SOCKS};
+use crate::maps::{
+    bump, new_generation, sock_insert, sock_ptr, sock_remove, under_pressure, SCRATCH,
+};
 
 /// Who asks [`track`] for a new entry.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -54,14 +56,14 @@ pub(crate) fn cookie_field<M: Mem>(tp: *const u8, key: u64) -> u64 {
 /// [`mode::KEY_BY_ADDR`]: monitor_common::mode::KEY_BY_ADDR
 #[inline(always)]
 pub(crate) fn lookup<M: Mem>(tp: *const u8, key: u64) -> Option<*mut SockState> {
-    let p = SOCKS.get_ptr_mut(&key)?;
+    let p = sock_ptr(&key)?;
     if key_by_addr() {
         // SAFETY: map value pointer valid for this invocation.
         let s = unsafe { &*p };
         let lport: u16 = M::ld(tp, off!(skc_num));
         let rport: u16 = u16::from_be(M::ld(tp, off!(skc_dport)));
         if s.lport != lport || s.rport != rport {
-            let _ = SOCKS.remove(&key);
+            let _ = sock_remove(&key);
             bump(counter::STALE);
             return None;
         }
@@ -73,7 +75,7 @@ pub(crate) fn lookup<M: Mem>(tp: *const u8, key: u64) -> Option<*mut SockState> 
 #[inline(always)]
 pub(crate) fn drop_if_drained(s: &SockState, key: u64) {
     if s.snd_una == s.write_seq && s.rcv_nxt == s.copied_seq {
-        let _ = SOCKS.remove(&key);
+        let _ = sock_remove(&key);
         bump(counter::DRAINED);
     }
 }
@@ -154,13 +156,13 @@ pub(crate) fn track<M: Mem>(tp: *const u8, key: u64, t: u64, why: Why) -> Option
     s.first_seen_ns = t;
     s.last_progress_ns = t;
     s.last_read_ns = t;
-    if SOCKS.insert(&key, &*s, 0).is_err() {
+    if sock_insert(&key, s).is_err() {
         bump(counter::MAP_FULL);
         return None;
     }
     new_generation(t);
     bump(counter::TRACKED);
-    SOCKS.get_ptr_mut(&key)
+    sock_ptr(&key)
 }
 
 /// The socket's entry, starting to track it if it is not tracked yet (None: map full).
