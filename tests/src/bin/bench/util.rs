@@ -659,6 +659,50 @@ impl Helper {
     }
 }
 
+/// Wait (up to 300 s each) for every `kind` helper's `ready <connections>`; fail unless they
+/// hold `n` connections in all.
+pub fn await_ready(helpers: &mut [Helper], kind: &str, n: usize) -> Result<()> {
+    let mut total = 0;
+    for h in helpers.iter_mut() {
+        let got: usize = h
+            .expect("ready", Duration::from_secs(300))?
+            .parse()
+            .map_err(|e| anyhow!("{kind} {}: bad ready line: {e}", h.name))?;
+        total += got;
+    }
+    if total != n {
+        bail!("{kind}s established {total} connections, wanted {n}");
+    }
+    Ok(())
+}
+
+/// Send `cmd` to every `kind` helper and add up their replies (`reply` and then exactly `N`
+/// numbers), number by number; each reply within `timeout`.
+pub fn sum_replies<const N: usize>(
+    helpers: &mut [Helper],
+    kind: &str,
+    cmd: &str,
+    reply: &str,
+    timeout: Duration,
+) -> Result<[u64; N]> {
+    let mut sum = [0u64; N];
+    for h in helpers.iter_mut() {
+        h.send(cmd)?;
+        let line = h.expect(reply, timeout)?;
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() != N {
+            bail!("{kind} {}: bad {cmd} reply {line:?}", h.name);
+        }
+        for (s, v) in sum.iter_mut().zip(f) {
+            *s += v;
+        }
+    }
+    Ok(sum)
+}
+
 impl Drop for Helper {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
