@@ -22,6 +22,7 @@ pub mod stream;
 pub mod traffic;
 pub mod ws;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Stall thresholds the test policies use.
@@ -88,4 +89,19 @@ pub fn reset_rule(name: &str, ports: &[u16], classes: &[&str]) -> String {
         ports.join(", "),
         classes.join(", ")
     )
+}
+
+/// Make `cmd`'s child receive `sig` when this test process dies, so no agent or server
+/// outlives a killed test run.
+pub fn die_with_parent(cmd: &mut Command, sig: libc::c_int) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

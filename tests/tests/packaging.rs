@@ -865,20 +865,8 @@ fn run_with_caps(caps: &[&str], dir: &Scratch) -> CapRun {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&err_path).expect("stderr file"));
-    // SAFETY: prctl is async-signal-safe; the agent must not outlive the test.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+    // The agent must not outlive the test.
+    tests::die_with_parent(&mut cmd, libc::SIGKILL);
     let mut child = cmd.spawn().expect("starting setpriv + tcpstall");
     let events = Stream::from_reader(child.stdout.take().expect("piped"), true);
     let started = events.wait_for(START_WITHIN, |e| is_event(e, "agent_started"));
@@ -1569,20 +1557,7 @@ fn container_image_builds_and_runs() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     eprintln!("{run:?}");
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        run.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+    tests::die_with_parent(&mut run, libc::SIGTERM);
     let mut child = run.spawn().expect("podman run");
     let events = Stream::from_reader(child.stdout.take().expect("piped"), true);
     let mut stderr = child.stderr.take().expect("piped");
