@@ -389,14 +389,7 @@ fn idle_socket_is_refused() {
         "{detail}"
     );
     // Still alive both ways.
-    use std::io::{Read, Write};
-    server.write_all(b"ping").unwrap();
-    let mut b = [0u8; 4];
-    client
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
-    client.read_exact(&mut b).unwrap();
-    assert_eq!(&b, b"ping");
+    assert_talks(&mut server, &mut client);
     assert!(server.take_error().unwrap().is_none());
 }
 
