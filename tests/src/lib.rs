@@ -91,8 +91,8 @@ pub fn reset_rule(name: &str, ports: &[u16], classes: &[&str]) -> String {
     )
 }
 
-/// Make `cmd`'s child receive `sig` when this test process dies, so no agent or server
-/// outlives a killed test run.
+/// Make `cmd`'s child receive `sig` when the thread that spawns it dies (spawn from the main
+/// thread), so no agent, server or benchmark helper outlives a killed run.
 pub fn die_with_parent(cmd: &mut Command, sig: libc::c_int) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.

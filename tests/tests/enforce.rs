@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tests::agent::{is_event, is_socket_event, Agent, AgentOpts};
 use tests::check::{
     assert_identity, assert_still_blocked, expect_event_within, expect_reset, kernel_view,
-    own_netns, GRACE,
+    own_netns, wedge_in as wedge, GRACE,
 };
 use tests::netns::NetNs;
 use tests::shapes::HealthyShapes;
@@ -36,19 +36,6 @@ fn assert_enforcing(agent: &Agent) {
         .expect("agent_started");
     assert_eq!(started["mode"], "enforce", "{started}");
     assert_eq!(started["reset_path"]["works"], true, "{started}");
-}
-
-/// Connect a client that never reads (from `client_ns`), start the writer, and wait for it
-/// to block. Returns the connection and the moment its writer blocked.
-fn wedge(l: &Listener, client_ns: Option<&NetNs>, opts: ConnOpts, seed: u64) -> (Conn, Instant) {
-    let mut c = l.connect(client_ns, opts).expect("connecting");
-    c.start(Some(WriteMode::Stream), ReadMode::Never, seed)
-        .expect("starting the writer");
-    let blocked = c
-        .writer()
-        .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
-        .expect("the writer to a non-reading client never blocked");
-    (c, blocked)
 }
 
 /// Fields every socket_reset must carry for a zero-window wedge of `c`.

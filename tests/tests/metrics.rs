@@ -7,10 +7,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tests::agent::{is_event, Agent, AgentOpts};
-use tests::check::expect_reset;
+use tests::check::{expect_reset, wedge};
 use tests::http;
 use tests::prometheus::{self, Prometheus};
-use tests::traffic::{Conn, ConnOpts, Listener, ReadMode, WriteMode};
+use tests::traffic::Listener;
 use tests::{policy, require_root, reset_rule};
 
 const MAX_SOCKETS: u32 = 4096;
@@ -20,18 +20,6 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
-}
-
-/// A writer to a client that never reads, blocked in `send()`.
-fn wedge(l: &Listener) -> (Conn, Instant) {
-    let mut c = l.connect(None, ConnOpts::default()).expect("connecting");
-    c.start(Some(WriteMode::Stream), ReadMode::Never, 1)
-        .expect("starting the writer");
-    let blocked = c
-        .writer()
-        .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
-        .expect("the writer to a non-reading client never blocked");
-    (c, blocked)
 }
 
 /// GET `path` until `pred` holds for the reply, at most `timeout`; the last reply (or
@@ -160,7 +148,7 @@ fn prometheus_scrapes_a_reset() {
     );
 
     let prom = Prometheus::start(metrics);
-    let (c, blocked) = wedge(&l);
+    let (c, blocked) = wedge(&l, 1);
     expect_reset(&agent, &c, blocked, "never-reading client");
 
     let version = env!("CARGO_PKG_VERSION");

@@ -14,26 +14,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tests::agent::{binary, is_event, is_socket_event, Agent, AgentOpts};
-use tests::check::{expect_reset, GRACE};
-use tests::traffic::{Conn, ConnOpts, Listener, Outcome, ReadMode, WriteMode};
+use tests::check::{expect_reset, wedge, GRACE};
+use tests::traffic::{Conn, Listener, Outcome};
 use tests::{detection_bound, die_with_parent, policy, require_root, reset_rule, THRESHOLD};
 
 const WEDGE_CLASSES: &[&str] = &["zero_window", "no_ack"];
 
 fn loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
-}
-
-/// A client that never reads; returns the connection and when its writer blocked.
-fn wedge(l: &Listener, seed: u64) -> (Conn, Instant) {
-    let mut c = l.connect(None, ConnOpts::default()).expect("connecting");
-    c.start(Some(WriteMode::Stream), ReadMode::Never, seed)
-        .expect("starting the writer");
-    let blocked = c
-        .writer()
-        .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
-        .expect("the writer to a non-reading client never blocked");
-    (c, blocked)
 }
 
 /// The blocked writer of `c` fails with ECONNABORTED within the detection bound: the agent

@@ -1,4 +1,4 @@
-use super::test_support::{assert_talks, require_root, write_until_error};
+use super::test_support::{assert_talks, require_root, run_ip, write_until_error};
 use super::*;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -485,22 +485,6 @@ impl Drop for TestNetns {
             let _ = c.wait();
         }
         let _ = run_ip(&["netns", "del", &self.name]);
-    }
-}
-
-fn run_ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
     }
 }
 

@@ -3,7 +3,6 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -512,17 +511,7 @@ impl Drop for Sysctls {
 
 /// Make `cmd`'s process receive `sig` when the spawning thread dies, so no helper outlives the
 /// benchmark even if it is killed with SIGKILL. Spawn from the main thread only.
-pub fn die_with_parent(cmd: &mut Command, sig: libc::c_int) {
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
+pub use ::tests::die_with_parent;
 
 /// Send `sig` to a child and reap it within `grace`; SIGKILL after that.
 pub fn stop_child(
