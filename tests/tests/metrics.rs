@@ -343,18 +343,8 @@ fn enforce_intent_without_a_reset_path_is_alive_but_not_ready() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls between fork and exec. Dropping CAP_NET_ADMIN
-    // from the bounding set removes it from the exec'd agent (root keeps everything else).
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            const CAP_NET_ADMIN: libc::c_ulong = 12;
-            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_NET_ADMIN, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Without CAP_NET_ADMIN (root keeps everything else).
+    tests::drop_net_admin(&mut cmd);
     // The agent dies with this test process.
     tests::die_with_parent(&mut cmd, libc::SIGKILL);
     struct Kill(std::process::Child, std::path::PathBuf);

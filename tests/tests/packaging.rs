@@ -35,7 +35,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tests::agent::{binary, is_event};
 use tests::netns::NetNs;
-use tests::{policy, require_root, reset_rule};
+use tests::{policy, require_root, reset_rule, workspace as repo};
 
 /// The unit's capabilities (checked against the unit file and the DaemonSet below).
 const CAPS: [&str; 5] = [
@@ -56,13 +56,6 @@ const START_WITHIN: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------------
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the repository")
-        .to_path_buf()
-}
 
 fn packaging(rel: &str) -> PathBuf {
     repo().join("packaging").join(rel)
@@ -322,17 +315,8 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// Poll `f` every 100 ms until it returns Some, up to `timeout`.
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    tests::poll(timeout, Duration::from_millis(100), f)
 }
 
 /// /health endpoints: 200 on /healthz and, once the first tick is done, on /readyz; the
