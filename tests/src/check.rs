@@ -210,3 +210,22 @@ pub fn wedge_in(
 pub fn wedge(l: &Listener, seed: u64) -> (Conn, Instant) {
     wedge_in(l, None, ConnOpts::default(), seed)
 }
+
+/// A peer in `ns` connected to `l` and reading a paced stream until data flows, then
+/// blackholed with its window open: the connection and the moment the peer went silent.
+pub fn blackholed(l: &Listener, ns: &NetNs) -> (Conn, Instant) {
+    let mut c = l.connect(Some(ns), ConnOpts::default()).unwrap();
+    // Paced so that the reader keeps the window open: the peer dies with an open window
+    // (had it advertised 0 just before, the kernel would be probing a zero window instead).
+    c.start(Some(WriteMode::Paced(8 << 20)), ReadMode::Fast, 2)
+        .unwrap();
+    assert!(
+        crate::wait_until(Duration::from_secs(5), || c.reader().report().bytes > 0),
+        "the peer read nothing before the blackhole"
+    );
+    ns.blackhole().unwrap();
+    let dead = Instant::now();
+    let (wnd, _, _) = kernel_view(&c);
+    assert!(wnd > 0, "test bug: the window was {wnd} when the peer died");
+    (c, dead)
+}
