@@ -15,6 +15,19 @@ pub const DEFAULT_MAX_SOCKETS: u32 = 32_768;
 /// Size of the ring buffer that carries socket-gone notes to the agent.
 pub const CLOSED_RING_BYTES: u32 = 1024 * 1024;
 
+/// The hooks the programs attach (each by the first candidate the kernel takes), in the
+/// order the agent's `agent_started.hooks` documents them. Also what `cargo xtask vm-test`
+/// expects every kernel line to report.
+pub const HOOK_NAMES: &[&str] = &[
+    "send",
+    "send_wait",
+    "send_pages",
+    "ack",
+    "retransmit",
+    "read",
+    "state",
+];
+
 /// `SockState::flags` bits.
 pub mod flags {
     /// The last ACK seen from the peer advertised a zero receive window.

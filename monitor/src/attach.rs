@@ -317,15 +317,7 @@ pub const HOOKS: &[Hook] = &[
 ];
 
 /// Every hook's name, in the order `agent_started.hooks` documents them.
-pub const HOOK_NAMES: &[&str] = &[
-    "send",
-    "send_wait",
-    "send_pages",
-    "ack",
-    "retransmit",
-    "read",
-    "state",
-];
+pub use monitor_common::HOOK_NAMES;
 
 /// The running kernel, as [`select`] sees it.
 pub trait Kernel {

@@ -1,7 +1,9 @@
-//! Assertions shared by the test files: event identity, timing bounds, reset outcomes.
+//! Assertions shared by the test files: event identity, timing bounds, reset outcomes; and
+//! the wedged connection most of them start from.
 
 use crate::agent::{is_socket_event, Agent, Received};
-use crate::traffic::{Conn, Outcome, WRITER_COMM};
+use crate::netns::NetNs;
+use crate::traffic::{Conn, ConnOpts, Listener, Outcome, ReadMode, WriteMode, WRITER_COMM};
 use crate::{detection_bound, sock};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -184,4 +186,46 @@ pub fn active_stalls(events: &[Value]) -> std::collections::BTreeSet<(u64, Strin
         }
     }
     active
+}
+
+/// Connect a client that never reads (from `client_ns`), start the writer, and wait for it
+/// to block. Returns the connection and the moment its writer blocked.
+pub fn wedge_in(
+    l: &Listener,
+    client_ns: Option<&NetNs>,
+    opts: ConnOpts,
+    seed: u64,
+) -> (Conn, Instant) {
+    let mut c = l.connect(client_ns, opts).expect("connecting");
+    c.start(Some(WriteMode::Stream), ReadMode::Never, seed)
+        .expect("starting the writer");
+    let blocked = c
+        .writer()
+        .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
+        .expect("the writer to a non-reading client never blocked");
+    (c, blocked)
+}
+
+/// [`wedge_in`] from this namespace with default options.
+pub fn wedge(l: &Listener, seed: u64) -> (Conn, Instant) {
+    wedge_in(l, None, ConnOpts::default(), seed)
+}
+
+/// A peer in `ns` connected to `l` and reading a paced stream until data flows, then
+/// blackholed with its window open: the connection and the moment the peer went silent.
+pub fn blackholed(l: &Listener, ns: &NetNs) -> (Conn, Instant) {
+    let mut c = l.connect(Some(ns), ConnOpts::default()).unwrap();
+    // Paced so that the reader keeps the window open: the peer dies with an open window
+    // (had it advertised 0 just before, the kernel would be probing a zero window instead).
+    c.start(Some(WriteMode::Paced(8 << 20)), ReadMode::Fast, 2)
+        .unwrap();
+    assert!(
+        crate::wait_until(Duration::from_secs(5), || c.reader().report().bytes > 0),
+        "the peer read nothing before the blackhole"
+    );
+    ns.blackhole().unwrap();
+    let dead = Instant::now();
+    let (wnd, _, _) = kernel_view(&c);
+    assert!(wnd > 0, "test bug: the window was {wnd} when the peer died");
+    (c, dead)
 }

@@ -22,6 +22,8 @@ pub mod stream;
 pub mod traffic;
 pub mod ws;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Stall thresholds the test policies use.
@@ -54,16 +56,30 @@ pub fn require_root() {
 /// Wait for `cond` to hold, polling every 20 ms, for at most `timeout`: `false` if it never
 /// did. Tests wait on the condition they need instead of sleeping a fixed time.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    poll(timeout, Duration::from_millis(20), || cond().then_some(())).is_some()
+}
+
+/// Call `f` every `every` until it returns `Some`, for at most `timeout`: `None` if it never
+/// did.
+pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
-        if cond() {
-            return true;
+        if let Some(v) = f() {
+            return Some(v);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
+}
+
+/// The workspace (repository) root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives inside the workspace")
+        .to_path_buf()
 }
 
 /// A policy with the suite's thresholds and tick, followed by `extra` (guards, rules).
@@ -88,4 +104,35 @@ pub fn reset_rule(name: &str, ports: &[u16], classes: &[&str]) -> String {
         ports.join(", "),
         classes.join(", ")
     )
+}
+
+/// Make `cmd`'s child receive `sig` when the thread that spawns it dies (spawn from the main
+/// thread), so no agent, server or benchmark helper outlives a killed run.
+pub fn die_with_parent(cmd: &mut Command, sig: libc::c_int) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Drop CAP_NET_ADMIN from `cmd`'s bounding set: the exec'd child (root) keeps every other
+/// capability.
+pub fn drop_net_admin(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            const CAP_NET_ADMIN: libc::c_ulong = 12;
+            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_NET_ADMIN, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

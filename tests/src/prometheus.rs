@@ -80,23 +80,7 @@ impl Prometheus {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
         // Never outlive the test process.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::die_with_parent(&mut cmd, libc::SIGKILL);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {}: {e}", binary().display()));

@@ -128,38 +128,11 @@ pub fn connect(
     rcvbuf: Option<usize>,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain syscall; the fd is owned right away.
-    let fd = cvt(unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
+    let (fd, in_progress) = begin_connect(addr, |fd| match rcvbuf {
+        Some(b) => set_rcvbuf(fd, b),
+        None => Ok(()),
     })?;
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if let Some(b) = rcvbuf {
-        set_rcvbuf(&fd, b)?;
-    }
-    let (ss, len) = sockaddr(&addr);
-    // SAFETY: ss/len describe a valid socket address.
-    let r = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            &ss as *const _ as *const libc::sockaddr,
-            len,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
+    if in_progress {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -213,6 +186,20 @@ pub fn connect(
 /// that many retransmits, and fails the connect with ETIMEDOUT (SYNCNT 1: after ~3 s).
 /// The socket lives in the network namespace of the calling thread.
 pub fn start_connect(addr: SocketAddr, syncnt: Option<i32>) -> io::Result<OwnedFd> {
+    let (fd, _) = begin_connect(addr, |fd| match syncnt {
+        Some(n) => setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_SYNCNT, &n),
+        None => Ok(()),
+    })?;
+    Ok(fd)
+}
+
+/// A fresh non-blocking TCP socket of `addr`'s family, set up by `prepare`, with a connect
+/// to `addr` started: `true` while the handshake is still in progress. The socket lives in
+/// the network namespace of the calling thread.
+fn begin_connect(
+    addr: SocketAddr,
+    prepare: impl FnOnce(&OwnedFd) -> io::Result<()>,
+) -> io::Result<(OwnedFd, bool)> {
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -228,25 +215,40 @@ pub fn start_connect(addr: SocketAddr, syncnt: Option<i32>) -> io::Result<OwnedF
     })?;
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if let Some(n) = syncnt {
-        setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_SYNCNT, &n)?;
+    prepare(&fd)?;
+    match connect_to(&fd, addr) {
+        Ok(()) => Ok((fd, false)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((fd, true)),
+        Err(e) => Err(e),
     }
+}
+
+/// `connect(2)` of `fd` to `addr` (blocking or not, as `fd` is).
+pub fn connect_to(fd: &impl AsRawFd, addr: SocketAddr) -> io::Result<()> {
     let (ss, len) = sockaddr(&addr);
     // SAFETY: ss/len describe a valid socket address.
-    let r = unsafe {
+    cvt(unsafe {
         libc::connect(
             fd.as_raw_fd(),
             &ss as *const _ as *const libc::sockaddr,
             len,
         )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
-    }
-    Ok(fd)
+    })
+    .map(drop)
+}
+
+/// `bind(2)` of `fd` to `addr`.
+pub fn bind(fd: &impl AsRawFd, addr: SocketAddr) -> io::Result<()> {
+    let (ss, len) = sockaddr(&addr);
+    // SAFETY: ss/len describe a valid socket address.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &ss as *const _ as *const libc::sockaddr,
+            len,
+        )
+    })
+    .map(drop)
 }
 
 /// Name the calling thread (`prctl(PR_SET_NAME)`), which is the `comm` the kernel reports

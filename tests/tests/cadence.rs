@@ -41,6 +41,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tests::workspace;
 
 /// The websockets release the Python scripts are written and measured against.
 const WEBSOCKETS_VERSION: &str = "17.4";
@@ -66,13 +67,6 @@ fn require_root() {
         root,
         "the cadence tests need root (eBPF, SOCK_DESTROY): run them as root, e.g. `cargo xtask test`"
     );
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests crate lives inside the workspace")
-        .to_path_buf()
 }
 
 fn py_script(name: &str) -> PathBuf {

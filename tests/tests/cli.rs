@@ -2,7 +2,6 @@
 //! is attached, and a node where resets cannot work runs observe-only and says so.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tests::agent::binary;
@@ -91,17 +90,8 @@ fn without_cap_net_admin_the_agent_says_so_and_runs_observe_only() {
         .args(["--duration", "20s"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls between fork and exec. Dropping CAP_NET_ADMIN
-    // from the bounding set removes it from the exec'd agent (root keeps everything else).
-    unsafe {
-        cmd.pre_exec(|| {
-            const CAP_NET_ADMIN: libc::c_ulong = 12;
-            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_NET_ADMIN, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Without CAP_NET_ADMIN (root keeps everything else).
+    tests::drop_net_admin(&mut cmd);
     let mut child = cmd.spawn().expect("spawn tcpstall");
     let stdout = child.stdout.take().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

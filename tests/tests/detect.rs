@@ -7,13 +7,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tests::agent::{is_event, is_socket_event, AgentOpts};
 use tests::check::{
-    active_stalls, assert_identity, assert_no_recv_backlog, expect_event_within, kernel_view,
-    own_netns,
+    active_stalls, assert_identity, assert_no_recv_backlog, blackholed, expect_event_within,
+    kernel_view, own_netns,
 };
 use tests::netns::NetNs;
 use tests::shapes::HealthyShapes;
 use tests::traffic::{ConnOpts, Listener, ReadMode, WriteMode};
-use tests::{policy, require_root, wait_until, THRESHOLD};
+use tests::{policy, require_root, THRESHOLD};
 
 /// Observe-only policy: no rules.
 fn observe_policy() -> String {
@@ -87,17 +87,7 @@ fn no_ack_from_a_blackholed_peer() {
     let ns = NetNs::linked_to_host().unwrap();
     let l = Listener::bind(SocketAddr::from((ns.peer_addr(), 0))).unwrap();
     let agent = AgentOpts::new(observe_policy()).start();
-    let mut c = l.connect(Some(&ns), ConnOpts::default()).unwrap();
-    c.start(Some(WriteMode::Paced(8 << 20)), ReadMode::Fast, 2)
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || c.reader().report().bytes > 0),
-        "the peer read nothing before the blackhole"
-    );
-    ns.blackhole().unwrap();
-    let dead = Instant::now();
-    let (wnd, _, _) = kernel_view(&c);
-    assert!(wnd > 0, "test bug: the window was {wnd} when the peer died");
+    let (c, dead) = blackholed(&l, &ns);
 
     let ev = expect_event_within(
         &agent,

@@ -10,13 +10,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tests::agent::{is_event, is_socket_event, Agent, AgentOpts};
 use tests::check::{
-    assert_identity, assert_still_blocked, expect_event_within, expect_reset, kernel_view,
-    own_netns, GRACE,
+    assert_identity, assert_still_blocked, blackholed, expect_event_within, expect_reset,
+    own_netns, wedge_in as wedge, GRACE,
 };
 use tests::netns::NetNs;
 use tests::shapes::HealthyShapes;
 use tests::traffic::{Conn, ConnOpts, Listener, Outcome, ReadMode, WriteMode};
-use tests::{detection_bound, policy, require_root, reset_rule, wait_until, ws, THRESHOLD};
+use tests::{detection_bound, policy, require_root, reset_rule, ws, THRESHOLD};
 
 const WEDGE_CLASSES: &[&str] = &["zero_window", "no_ack"];
 
@@ -36,19 +36,6 @@ fn assert_enforcing(agent: &Agent) {
         .expect("agent_started");
     assert_eq!(started["mode"], "enforce", "{started}");
     assert_eq!(started["reset_path"]["works"], true, "{started}");
-}
-
-/// Connect a client that never reads (from `client_ns`), start the writer, and wait for it
-/// to block. Returns the connection and the moment its writer blocked.
-fn wedge(l: &Listener, client_ns: Option<&NetNs>, opts: ConnOpts, seed: u64) -> (Conn, Instant) {
-    let mut c = l.connect(client_ns, opts).expect("connecting");
-    c.start(Some(WriteMode::Stream), ReadMode::Never, seed)
-        .expect("starting the writer");
-    let blocked = c
-        .writer()
-        .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
-        .expect("the writer to a non-reading client never blocked");
-    (c, blocked)
 }
 
 /// Fields every socket_reset must carry for a zero-window wedge of `c`.
@@ -97,19 +84,7 @@ fn resets_a_blackholed_peer() {
     let l = Listener::bind(SocketAddr::from((ns.peer_addr(), 0))).unwrap();
     let agent = AgentOpts::new(reset_policy(&[l.port()])).start();
     assert_enforcing(&agent);
-    let mut c = l.connect(Some(&ns), ConnOpts::default()).unwrap();
-    // Paced so that the reader keeps the window open: the peer dies with an open window
-    // (had it advertised 0 just before, the kernel would be probing a zero window instead).
-    c.start(Some(WriteMode::Paced(8 << 20)), ReadMode::Fast, 2)
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || c.reader().report().bytes > 0),
-        "the peer read nothing before the blackhole"
-    );
-    ns.blackhole().unwrap();
-    let dead = Instant::now();
-    let (wnd, _, _) = kernel_view(&c);
-    assert!(wnd > 0, "test bug: the window was {wnd} when the peer died");
+    let (c, dead) = blackholed(&l, &ns);
     let ev = expect_reset(&agent, &c, dead, "blackholed peer");
     assert_reset_event(&ev, &c, own_netns(), "no_ack", "blackholed peer");
     assert!(ev["retransmits"].as_u64() > Some(0), "{ev}");

@@ -306,17 +306,8 @@ fn d_idle_and_healthy_connections_are_left_alone() {
 }
 
 /// Poll `f` every 50 ms for up to `timeout` until it returns Some.
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    tests::poll(timeout, Duration::from_millis(50), f)
 }
 
 /// The TCP state of the socket with this cookie in our namespace (None: gone).

@@ -12,10 +12,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 use tests::agent::{is_event, Agent, AgentOpts};
-use tests::check::{expect_reset, GRACE};
+use tests::check::{expect_reset, wedge, GRACE};
 use tests::netns::{run_cmd, NetNs};
 use tests::sock;
-use tests::traffic::{Conn, ConnOpts, Listener, Outcome, ReadMode, WriteMode};
+use tests::traffic::{Conn, ConnOpts, Listener, Outcome};
 use tests::{detection_bound, policy, require_root, reset_rule};
 
 /// Failed connects in all.
@@ -220,18 +220,6 @@ impl Drop for KillOrphans {
             let _ = run_cmd("ss", &args, None);
         }
     }
-}
-
-/// Connect a client that never reads and start a writer; returns once the writer blocked.
-fn wedge(l: &Listener, seed: u64) -> (Conn, Instant) {
-    let mut c = l.connect(None, ConnOpts::default()).expect("connecting");
-    c.start(Some(WriteMode::Stream), ReadMode::Never, seed)
-        .expect("starting the writer");
-    let blocked = c
-        .writer()
-        .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
-        .expect("the writer to a non-reading client never blocked");
-    (c, blocked)
 }
 
 fn tracked(ev: &Value) -> u64 {

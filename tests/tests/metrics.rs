@@ -7,10 +7,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tests::agent::{is_event, Agent, AgentOpts};
-use tests::check::expect_reset;
+use tests::check::{expect_reset, wedge};
 use tests::http;
 use tests::prometheus::{self, Prometheus};
-use tests::traffic::{Conn, ConnOpts, Listener, ReadMode, WriteMode};
+use tests::traffic::Listener;
 use tests::{policy, require_root, reset_rule};
 
 const MAX_SOCKETS: u32 = 4096;
@@ -20,18 +20,6 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
-}
-
-/// A writer to a client that never reads, blocked in `send()`.
-fn wedge(l: &Listener) -> (Conn, Instant) {
-    let mut c = l.connect(None, ConnOpts::default()).expect("connecting");
-    c.start(Some(WriteMode::Stream), ReadMode::Never, 1)
-        .expect("starting the writer");
-    let blocked = c
-        .writer()
-        .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
-        .expect("the writer to a non-reading client never blocked");
-    (c, blocked)
 }
 
 /// GET `path` until `pred` holds for the reply, at most `timeout`; the last reply (or
@@ -160,7 +148,7 @@ fn prometheus_scrapes_a_reset() {
     );
 
     let prom = Prometheus::start(metrics);
-    let (c, blocked) = wedge(&l);
+    let (c, blocked) = wedge(&l, 1);
     expect_reset(&agent, &c, blocked, "never-reading client");
 
     let version = env!("CARGO_PKG_VERSION");
@@ -355,27 +343,10 @@ fn enforce_intent_without_a_reset_path_is_alive_but_not_ready() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls between fork and exec. Dropping CAP_NET_ADMIN
-    // from the bounding set removes it from the exec'd agent (root keeps everything else);
-    // the agent dies with this test process.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            const CAP_NET_ADMIN: libc::c_ulong = 12;
-            if libc::prctl(libc::PR_CAPBSET_DROP, CAP_NET_ADMIN, 0, 0, 0) != 0
-                || libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Without CAP_NET_ADMIN (root keeps everything else).
+    tests::drop_net_admin(&mut cmd);
+    // The agent dies with this test process.
+    tests::die_with_parent(&mut cmd, libc::SIGKILL);
     struct Kill(std::process::Child, std::path::PathBuf);
     impl Drop for Kill {
         fn drop(&mut self) {

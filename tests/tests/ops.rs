@@ -10,31 +10,18 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tests::agent::{binary, is_event, is_socket_event, Agent, AgentOpts};
-use tests::check::{expect_reset, GRACE};
-use tests::traffic::{Conn, ConnOpts, Listener, Outcome, ReadMode, WriteMode};
-use tests::{detection_bound, policy, require_root, reset_rule, THRESHOLD};
+use tests::check::{expect_reset, wedge, GRACE};
+use tests::traffic::{Conn, Listener, Outcome};
+use tests::{detection_bound, die_with_parent, policy, require_root, reset_rule, THRESHOLD};
 
 const WEDGE_CLASSES: &[&str] = &["zero_window", "no_ack"];
 
 fn loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
-}
-
-/// A client that never reads; returns the connection and when its writer blocked.
-fn wedge(l: &Listener, seed: u64) -> (Conn, Instant) {
-    let mut c = l.connect(None, ConnOpts::default()).expect("connecting");
-    c.start(Some(WriteMode::Stream), ReadMode::Never, seed)
-        .expect("starting the writer");
-    let blocked = c
-        .writer()
-        .wait_blocked(Duration::from_millis(300), Duration::from_secs(10))
-        .expect("the writer to a non-reading client never blocked");
-    (c, blocked)
 }
 
 /// The blocked writer of `c` fails with ECONNABORTED within the detection bound: the agent
@@ -103,7 +90,7 @@ fn run_bounded(args: &[&str], limit: Duration) -> (Output, Duration) {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    die_with_parent(&mut cmd);
+    die_with_parent(&mut cmd, libc::SIGKILL);
     let mut child = cmd.spawn().expect("spawn tcpstall");
     // Drain both pipes in threads so a chatty child cannot block on a full pipe.
     let out = child.stdout.take().unwrap();
@@ -137,25 +124,6 @@ fn run_bounded(args: &[&str], limit: Duration) -> (Output, Duration) {
         stderr: e.join().unwrap(),
     };
     (output, took)
-}
-
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -340,7 +308,7 @@ fn a_closed_stdout_never_stops_enforcement() {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::null());
-    die_with_parent(&mut cmd);
+    die_with_parent(&mut cmd, libc::SIGKILL);
     let mut child = Killed(cmd.spawn().unwrap());
     let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
     let mut first = String::new();

@@ -35,7 +35,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tests::agent::{binary, is_event};
 use tests::netns::NetNs;
-use tests::{policy, require_root, reset_rule};
+use tests::{policy, require_root, reset_rule, workspace as repo};
 
 /// The unit's capabilities (checked against the unit file and the DaemonSet below).
 const CAPS: [&str; 5] = [
@@ -56,13 +56,6 @@ const START_WITHIN: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------------
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the repository")
-        .to_path_buf()
-}
 
 fn packaging(rel: &str) -> PathBuf {
     repo().join("packaging").join(rel)
@@ -322,17 +315,8 @@ fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 /// Poll `f` every 100 ms until it returns Some, up to `timeout`.
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    tests::poll(timeout, Duration::from_millis(100), f)
 }
 
 /// /health endpoints: 200 on /healthz and, once the first tick is done, on /readyz; the
@@ -865,20 +849,8 @@ fn run_with_caps(caps: &[&str], dir: &Scratch) -> CapRun {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&err_path).expect("stderr file"));
-    // SAFETY: prctl is async-signal-safe; the agent must not outlive the test.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+    // The agent must not outlive the test.
+    tests::die_with_parent(&mut cmd, libc::SIGKILL);
     let mut child = cmd.spawn().expect("starting setpriv + tcpstall");
     let events = Stream::from_reader(child.stdout.take().expect("piped"), true);
     let started = events.wait_for(START_WITHIN, |e| is_event(e, "agent_started"));
@@ -1569,20 +1541,7 @@ fn container_image_builds_and_runs() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     eprintln!("{run:?}");
-    // SAFETY: prctl is async-signal-safe.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        run.pre_exec(|| {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
+    tests::die_with_parent(&mut run, libc::SIGTERM);
     let mut child = run.spawn().expect("podman run");
     let events = Stream::from_reader(child.stdout.take().expect("piped"), true);
     let mut stderr = child.stderr.take().expect("piped");

@@ -85,23 +85,7 @@ fn bound_socket(local: SocketAddr, dev: Option<&str>) -> OwnedFd {
             ))
             .expect("SO_BINDTODEVICE");
         }
-        let SocketAddr::V4(a) = local else {
-            panic!("IPv4 only")
-        };
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: a.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.ip().octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        cvt(libc::bind(
-            fd.as_raw_fd(),
-            &sin as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        ))
-        .unwrap_or_else(|e| panic!("bind {local}: {e}"));
+        sock::bind(&fd, local).unwrap_or_else(|e| panic!("bind {local}: {e}"));
         fd
     }
 }
@@ -117,26 +101,7 @@ fn listen_on(local: SocketAddr, dev: Option<&str>) -> TcpListener {
 fn connect_from(local: SocketAddr, to: SocketAddr) -> TcpStream {
     let fd = bound_socket(local, None);
     sock::set_rcvbuf(&fd, 16 * 1024).unwrap();
-    let SocketAddr::V4(a) = to else {
-        panic!("IPv4 only")
-    };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(a.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: valid address for a blocking connect.
-    cvt(unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            &sin as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })
-    .unwrap_or_else(|e| panic!("connect {local} -> {to}: {e}"));
+    sock::connect_to(&fd, to).unwrap_or_else(|e| panic!("connect {local} -> {to}: {e}"));
     TcpStream::from(fd)
 }
 

@@ -15,6 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
+// The hooks of `agent_started.hooks`, in table order.
+use monitor_common::HOOK_NAMES as HOOKS;
 use serde_json::{json, Value};
 
 use crate::{capture, run, say};
@@ -55,16 +57,6 @@ const AGENT_LOADS: &[&str] = &["inet_diag", "tcp_diag"];
 const HOST_PROGRAMS: &[&str] = &["ip", "nft", "ss"];
 /// Marker of the lines the guest's /init prints.
 const MARK: &str = "TCPSTALL-VM";
-/// The hooks of `agent_started.hooks`, in table order.
-pub const HOOKS: &[&str] = &[
-    "send",
-    "send_wait",
-    "send_pages",
-    "ack",
-    "retransmit",
-    "read",
-    "state",
-];
 
 /// How one kernel line's packages are named and what the agent must attach there.
 #[derive(Debug)]

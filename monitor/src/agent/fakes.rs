@@ -176,40 +176,29 @@ impl Buf {
 
 pub(super) fn diag(cookie: u64, send_q: u32) -> TcpDiag {
     TcpDiag {
-        family: 2,
-        state: TCP_ESTABLISHED,
-        cookie,
-        local: "10.0.0.1:8080".parse().unwrap(),
-        remote: "10.9.0.2:40000".parse().unwrap(),
-        ifindex: 0,
-        uid: 0,
         inode: 1,
         timer: 1,
         timer_retrans: 3,
         timer_expires_ms: 100,
-        recv_q: 0,
         send_q,
-        tcp_info_len: 0,
-        ca_state: 0,
         retransmits: 3,
-        probes: 0,
         backoff: 3,
         rto_us: 1_600_000,
         snd_mss: 1448,
         unacked: 3,
-        lost: 0,
         retrans: 1,
         last_data_sent_ms: 100,
         last_ack_recv_ms: 60_000,
         rtt_us: 100,
         snd_cwnd: 1,
         total_retrans: 3,
-        bytes_acked: 0,
-        bytes_received: 0,
-        bytes_sent: 0,
-        bytes_retrans: 0,
-        notsent_bytes: 0,
-        snd_wnd: 0,
+        ..TcpDiag::new(
+            2,
+            TCP_ESTABLISHED,
+            cookie,
+            "10.0.0.1:8080".parse().unwrap(),
+            "10.9.0.2:40000".parse().unwrap(),
+        )
     }
 }
 

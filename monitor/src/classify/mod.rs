@@ -315,6 +315,32 @@ pub struct ActiveStall {
     pub floor_bps: u64,
 }
 
+impl ActiveStall {
+    /// The `Cleared` transition of this stall: it ended at `progress_ns` when that came after
+    /// its start (capped at `now`), else now.
+    fn cleared(&self, progress_ns: Option<u64>, now: u64) -> Transition {
+        let end = match progress_ns {
+            Some(p) if p > self.since_ns => p.min(now),
+            _ => now,
+        };
+        Transition::Cleared {
+            class: self.class,
+            stalled_for_ms: end.saturating_sub(self.since_ns) / NS_PER_MS,
+        }
+    }
+
+    /// Make this stall the active one in `slot`; the `Started` transition that says so.
+    fn start(self, slot: &mut Option<ActiveStall>, stalled_for_ms: u64) -> Transition {
+        let started = Transition::Started {
+            class: self.class,
+            stalled_for_ms,
+            evidence: self.evidence.clone(),
+        };
+        *slot = Some(self);
+        started
+    }
+}
+
 fn dur_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

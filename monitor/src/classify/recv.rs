@@ -16,15 +16,7 @@ pub(super) fn step_recv(
     let now = snap.now_ns;
     if let Some(a) = &live.recv {
         if snap.recv_unread == 0 || snap.last_read_ns > a.progress_mark {
-            let end = if snap.last_read_ns > a.since_ns {
-                snap.last_read_ns.min(now)
-            } else {
-                now
-            };
-            let tr = Transition::Cleared {
-                class: StallClass::RecvBacklog,
-                stalled_for_ms: end.saturating_sub(a.since_ns) / NS_PER_MS,
-            };
+            let tr = a.cleared(Some(snap.last_read_ns), now);
             live.recv = None;
             return Some(tr);
         }
@@ -36,19 +28,15 @@ pub(super) fn step_recv(
         return None;
     }
     let (_, evidence) = class_evidence(StallClass::RecvBacklog, history, snap.into(), t, drain);
-    live.recv = Some(ActiveStall {
+    let stall = ActiveStall {
         class: StallClass::RecvBacklog,
         since_ns: snap.last_read_ns,
-        evidence: evidence.clone(),
+        evidence,
         progress_mark: snap.last_read_ns,
         decided_ns: now,
         last_progress_ns: snap.last_read_ns,
         session_ns: snap.first_seen_ns,
         floor_bps: 0,
-    });
-    Some(Transition::Started {
-        class: StallClass::RecvBacklog,
-        stalled_for_ms: unread_since / NS_PER_MS,
-        evidence,
-    })
+    };
+    Some(stall.start(&mut live.recv, unread_since / NS_PER_MS))
 }

@@ -22,15 +22,8 @@ pub(super) fn step_send(
             _ => snap.last_progress_ns > a.last_progress_ns || snap.bytes_acked > a.progress_mark,
         };
         if cleared {
-            let end = if a.class != StallClass::SlowDrain && snap.last_progress_ns > a.since_ns {
-                snap.last_progress_ns.min(now)
-            } else {
-                now
-            };
-            let t = Transition::Cleared {
-                class: a.class,
-                stalled_for_ms: end.saturating_sub(a.since_ns) / NS_PER_MS,
-            };
+            let progress = (a.class != StallClass::SlowDrain).then_some(snap.last_progress_ns);
+            let t = a.cleared(progress, now);
             live.send = None;
             return Some(t);
         }
@@ -42,21 +35,17 @@ pub(super) fn step_send(
         }
     }
     let stalled_for_ms = now.saturating_sub(since_ns) / NS_PER_MS;
-    live.send = Some(ActiveStall {
+    let stall = ActiveStall {
         class,
         since_ns,
-        evidence: evidence.clone(),
+        evidence,
         progress_mark: snap.bytes_acked,
         decided_ns: now,
         last_progress_ns: snap.last_progress_ns,
         session_ns: snap.first_seen_ns,
         floor_bps: t.slow_drain_floor_bps,
-    });
-    Some(Transition::Started {
-        class,
-        stalled_for_ms,
-        evidence,
-    })
+    };
+    Some(stall.start(&mut live.send, stalled_for_ms))
 }
 
 /// The highest-precedence send-side class that holds now, with its start and evidence.

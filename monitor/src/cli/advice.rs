@@ -407,6 +407,22 @@ fn advise_one(policy: &Policy, o: &Observed) -> Advice {
     } else {
         "would have reported it as stalled (this class is observed only, nothing is reset)"
     };
+    // Advice on a known threshold: everything but the verdict and what to write.
+    let judged = |verdict, recommended_ms, write, summary| Advice {
+        rule: o.rule.clone(),
+        class: o.class,
+        knob,
+        threshold_ms: Some(thr),
+        resets,
+        observed: o.clone(),
+        verdict,
+        margin,
+        recommended_ms,
+        section,
+        write,
+        cadence,
+        summary,
+    };
     if thr > max {
         let summary = match margin {
             Some(m) => format!(
@@ -419,21 +435,7 @@ fn advise_one(policy: &Policy, o: &Observed) -> Advice {
                 fmt_ms(thr)
             ),
         };
-        return Advice {
-            rule: o.rule.clone(),
-            class: o.class,
-            knob,
-            threshold_ms: Some(thr),
-            resets,
-            observed: o.clone(),
-            verdict: Verdict::Safe,
-            margin,
-            recommended_ms: None,
-            section,
-            write: Vec::new(),
-            cadence,
-            summary,
-        };
+        return judged(Verdict::Safe, None, Vec::new(), summary);
     }
     let rec = recommended_threshold_ms(max);
     let mut write = vec![format!(
@@ -460,21 +462,7 @@ fn advise_one(policy: &Policy, o: &Observed) -> Advice {
     if o.rule.is_none() {
         summary.push_str("; rules that do not set it themselves inherit [defaults]");
     }
-    Advice {
-        rule: o.rule.clone(),
-        class: o.class,
-        knob,
-        threshold_ms: Some(thr),
-        resets,
-        observed: o.clone(),
-        verdict: Verdict::Unsafe,
-        margin,
-        recommended_ms: Some(rec),
-        section,
-        write,
-        cadence,
-        summary,
-    }
+    judged(Verdict::Unsafe, Some(rec), write, summary)
 }
 
 /// A (rule, class) the policy resets that the recording has no recovered episode for.

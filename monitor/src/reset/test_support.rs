@@ -74,6 +74,34 @@ pub(crate) fn outq(s: &TcpStream) -> usize {
     n as usize
 }
 
+/// Write to `w` until a write fails (the peer never reads, so it blocks first after a few
+/// MB): the error, or one of its own after 1 GiB without blocking.
+pub(crate) fn write_until_error(w: &mut TcpStream) -> io::Error {
+    let chunk = vec![1u8; 256 * 1024];
+    let mut total = 0usize;
+    loop {
+        if total > 1 << 30 {
+            return io::Error::other("wrote 1 GiB without blocking");
+        }
+        match w.write(&chunk) {
+            Ok(n) => total += n,
+            Err(e) => return e,
+        }
+    }
+}
+
+/// `server` and `client` still talk: a ping from the server arrives at the client.
+pub(crate) fn assert_talks(server: &mut TcpStream, client: &mut TcpStream) {
+    use std::io::Read;
+    server.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    client
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    client.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping");
+}
+
 /// A wedged connection: the client never reads, a writer thread on the server side is
 /// blocked in `write` with the send queue full. Dropping it unblocks and joins the
 /// writer and closes everything.
@@ -92,19 +120,7 @@ impl Wedged {
         let (tx, rx) = mpsc::channel();
         let mut w = server.try_clone().expect("clone server");
         let handle = std::thread::spawn(move || {
-            let chunk = vec![1u8; 256 * 1024];
-            let mut total = 0usize;
-            // Bounded: the peer never reads, so this blocks after a few MB.
-            let err = loop {
-                if total > 1 << 30 {
-                    break io::Error::other("wrote 1 GiB without blocking");
-                }
-                match w.write(&chunk) {
-                    Ok(n) => total += n,
-                    Err(e) => break e,
-                }
-            };
-            let _ = tx.send(err);
+            let _ = tx.send(write_until_error(&mut w));
         });
         let wedged = Wedged {
             _listener: listener,

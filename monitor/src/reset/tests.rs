@@ -1,4 +1,4 @@
-use super::test_support::require_root;
+use super::test_support::{assert_talks, require_root, run_ip, write_until_error};
 use super::*;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -264,18 +264,7 @@ fn blocked_writer_gets_econnaborted() {
     let (tx, rx) = mpsc::channel();
     let mut wsock = server.try_clone().unwrap();
     let handle = std::thread::spawn(move || {
-        let chunk = vec![1u8; 256 * 1024];
-        let mut total = 0usize;
-        // Bounded: the peer never reads, so this blocks after a few MB.
-        let err = loop {
-            if total > 1 << 30 {
-                break io::Error::other("wrote 1 GiB without blocking");
-            }
-            match wsock.write(&chunk) {
-                Ok(n) => total += n,
-                Err(e) => break e,
-            }
-        };
+        let err = write_until_error(&mut wsock);
         let _ = tx.send((err, Instant::now()));
     });
     let _writer = Writer {
@@ -336,13 +325,7 @@ fn wrong_cookie_does_not_kill() {
     assert!(server.take_error().unwrap().is_none());
     let info = d.lookup(&t).unwrap().expect("socket still there");
     assert_eq!(info.state, 1);
-    server.write_all(b"ping").unwrap();
-    let mut b = [0u8; 4];
-    client
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .unwrap();
-    client.read_exact(&mut b).unwrap();
-    assert_eq!(&b, b"ping");
+    assert_talks(&mut server, &mut client);
     // And the right cookie still works.
     d.destroy(&t).unwrap();
     assert_aborted(&server);
@@ -502,22 +485,6 @@ impl Drop for TestNetns {
             let _ = c.wait();
         }
         let _ = run_ip(&["netns", "del", &self.name]);
-    }
-}
-
-fn run_ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
     }
 }
 

@@ -130,6 +130,53 @@ pub(super) const TI_BYTES_RETRANS: usize = 208;
 pub(super) const TI_SND_WND: usize = 228;
 
 impl TcpDiag {
+    /// A socket known by its identity only: every count, queue, timer and `tcp_info` field 0
+    /// (no `tcp_info`).
+    pub fn new(
+        family: u16,
+        state: u8,
+        cookie: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> TcpDiag {
+        TcpDiag {
+            family,
+            state,
+            cookie,
+            local,
+            remote,
+            ifindex: 0,
+            uid: 0,
+            inode: 0,
+            timer: 0,
+            timer_retrans: 0,
+            timer_expires_ms: 0,
+            recv_q: 0,
+            send_q: 0,
+            tcp_info_len: 0,
+            ca_state: 0,
+            retransmits: 0,
+            probes: 0,
+            backoff: 0,
+            rto_us: 0,
+            snd_mss: 0,
+            unacked: 0,
+            lost: 0,
+            retrans: 0,
+            last_data_sent_ms: 0,
+            last_ack_recv_ms: 0,
+            rtt_us: 0,
+            snd_cwnd: 0,
+            total_retrans: 0,
+            bytes_acked: 0,
+            bytes_received: 0,
+            bytes_sent: 0,
+            bytes_retrans: 0,
+            notsent_bytes: 0,
+            snd_wnd: 0,
+        }
+    }
+
     /// Whether the kernel's `tcp_info` is new enough to carry `tcpi_snd_wnd`.
     pub fn has_snd_wnd(&self) -> bool {
         self.tcp_info_len >= TI_SND_WND + 4
@@ -413,11 +460,6 @@ pub(super) fn parse_diag(p: &[u8]) -> Result<TcpDiag, ResetError> {
     let cookie_hi = rd_u32(id, 44).unwrap_or(0);
     let tail = 4 + SOCKID_LEN;
     let mut d = TcpDiag {
-        family: u16::from(family),
-        state: p[1],
-        cookie: u64::from(cookie_lo) | (u64::from(cookie_hi) << 32),
-        local: addr_from_wire(family, &id[4..20], sport),
-        remote: addr_from_wire(family, &id[20..36], dport),
         ifindex: rd_u32(id, 36).unwrap_or(0),
         uid: rd_u32(p, tail + 12).unwrap_or(0),
         inode: rd_u32(p, tail + 16).unwrap_or(0),
@@ -426,27 +468,13 @@ pub(super) fn parse_diag(p: &[u8]) -> Result<TcpDiag, ResetError> {
         timer_expires_ms: rd_u32(p, tail).unwrap_or(0),
         recv_q: rd_u32(p, tail + 4).unwrap_or(0),
         send_q: rd_u32(p, tail + 8).unwrap_or(0),
-        tcp_info_len: 0,
-        ca_state: 0,
-        retransmits: 0,
-        probes: 0,
-        backoff: 0,
-        rto_us: 0,
-        snd_mss: 0,
-        unacked: 0,
-        lost: 0,
-        retrans: 0,
-        last_data_sent_ms: 0,
-        last_ack_recv_ms: 0,
-        rtt_us: 0,
-        snd_cwnd: 0,
-        total_retrans: 0,
-        bytes_acked: 0,
-        bytes_received: 0,
-        bytes_sent: 0,
-        bytes_retrans: 0,
-        notsent_bytes: 0,
-        snd_wnd: 0,
+        ..TcpDiag::new(
+            u16::from(family),
+            p[1],
+            u64::from(cookie_lo) | (u64::from(cookie_hi) << 32),
+            addr_from_wire(family, &id[4..20], sport),
+            addr_from_wire(family, &id[20..36], dport),
+        )
     };
     for attr in NlasIterator::new(&p[align4(DIAG_MSG_LEN).min(p.len())..]) {
         let attr = attr.map_err(|_| malformed("attribute length out of bounds"))?;

@@ -9,6 +9,7 @@
 //!   ioctl(SIOCOUTQ) over every server-side socket, with the thread CPU time it took
 //! - `quit` or end of stdin -> exit
 
+use crate::helper::{connect_batched, linger_zero, parse_flags, Commands, Epoll};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,8 +18,6 @@ use std::time::{Duration, Instant};
 
 /// Bytes of one busy-mode message.
 const BUSY_MSG: usize = 64;
-/// Connections set up per connect/accept batch (below any listen backlog).
-const BATCH: usize = 100;
 
 /// Arguments of `bench holder`.
 pub struct Args {
@@ -35,45 +34,20 @@ pub fn parse_args(args: &[String]) -> Result<Args> {
     let mut listen = None;
     let mut count = None;
     let mut max_life = Duration::from_secs(3600);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().ok_or_else(|| anyhow!("{a} needs a value"));
-        match a.as_str() {
-            "--listen" => listen = Some(val()?.parse().context("--listen")?),
-            "--count" => count = Some(val()?.parse().context("--count")?),
-            "--max-life-s" => {
-                max_life = Duration::from_secs(val()?.parse().context("--max-life-s")?)
-            }
-            other => bail!("holder: unknown argument {other:?}"),
+    parse_flags(args, "holder", |f| {
+        match f.key {
+            "--listen" => listen = Some(f.parse()?),
+            "--count" => count = Some(f.parse()?),
+            "--max-life-s" => max_life = Duration::from_secs(f.parse()?),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     Ok(Args {
         listen: listen.ok_or_else(|| anyhow!("holder needs --listen"))?,
         count: count.ok_or_else(|| anyhow!("holder needs --count"))?,
         max_life,
     })
-}
-
-/// SO_LINGER {on, 0}: close sends RST, so tearing down 100k connections leaves no TIME_WAIT.
-pub fn linger_zero(fd: RawFd) -> Result<()> {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid socket fd and a correctly sized option value.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        bail!("setsockopt(SO_LINGER): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// One poll of a socket the way an in-app watchdog would: TCP_INFO and the send queue.
@@ -101,59 +75,6 @@ pub fn poll_socket(fd: RawFd) -> Result<u32> {
     Ok(outq as u32)
 }
 
-/// An epoll instance (also used by the streaming helper).
-pub struct Epoll(pub RawFd);
-
-impl Epoll {
-    /// A new epoll fd (close-on-exec).
-    pub fn new() -> Result<Epoll> {
-        // SAFETY: plain syscall.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            bail!("epoll_create1: {}", std::io::Error::last_os_error());
-        }
-        Ok(Epoll(fd))
-    }
-
-    /// Watch `fd` for input (level-triggered).
-    pub fn add(&self, fd: RawFd, token: u64) -> Result<()> {
-        self.add_events(fd, libc::EPOLLIN as u32, token)
-    }
-
-    /// Watch `fd` for `events` (`EPOLL*` bits).
-    pub fn add_events(&self, fd: RawFd, events: u32, token: u64) -> Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: valid fds and event struct.
-        if unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
-            bail!("epoll_ctl(ADD): {}", std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Wait up to `timeout_ms` for events; `None` when a signal interrupted the wait.
-    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> Result<Option<usize>> {
-        // SAFETY: events buffer valid for its length.
-        let n = unsafe {
-            libc::epoll_wait(self.0, events.as_mut_ptr(), events.len() as i32, timeout_ms)
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                return Ok(None);
-            }
-            bail!("epoll_wait: {e}");
-        }
-        Ok(Some(n as usize))
-    }
-}
-
-impl Drop for Epoll {
-    fn drop(&mut self) {
-        // SAFETY: our own fd.
-        unsafe { libc::close(self.0) };
-    }
-}
-
 const STDIN_TOKEN: u64 = u64::MAX;
 
 /// The holder's main: set up, then serve commands until `quit`, EOF or `max_life`.
@@ -162,28 +83,20 @@ pub fn main(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let listener =
         TcpListener::bind(a.listen).with_context(|| format!("holder: binding {}", a.listen))?;
-    let mut clients: Vec<TcpStream> = Vec::with_capacity(a.count);
-    let mut servers: Vec<TcpStream> = Vec::with_capacity(a.count);
-    while clients.len() < a.count {
-        let n = BATCH.min(a.count - clients.len());
-        for _ in 0..n {
-            let c = TcpStream::connect(a.listen).with_context(|| {
-                format!("holder: connection {} to {}", clients.len() + 1, a.listen)
-            })?;
+    let (clients, servers) = connect_batched(
+        &listener,
+        a.listen,
+        a.count,
+        "holder",
+        || {
+            let c = TcpStream::connect(a.listen)?;
             linger_zero(c.as_raw_fd())?;
-            clients.push(c);
-        }
-        for _ in 0..n {
-            let (s, _) = listener.accept().context("holder: accept")?;
-            linger_zero(s.as_raw_fd())?;
-            servers.push(s);
-        }
-    }
+            Ok(c)
+        },
+        |s| linger_zero(s.as_raw_fd()),
+    )?;
     drop(listener);
-    for c in &clients {
-        c.set_nonblocking(true)?;
-    }
-    for s in &servers {
+    for s in clients.iter().chain(&servers) {
         s.set_nonblocking(true)?;
     }
     let ep = Epoll::new()?;
@@ -202,7 +115,7 @@ pub fn main(args: &[String]) -> Result<()> {
     let interval = Duration::from_secs(1) / busy_idx.len().max(1) as u32;
     let msg = [0x42u8; BUSY_MSG];
     let mut rbuf = [0u8; 4096];
-    let mut line = Vec::<u8>::new();
+    let mut commands = Commands::default();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     loop {
         if started.elapsed() > a.max_life {
@@ -224,16 +137,10 @@ pub fn main(args: &[String]) -> Result<()> {
         };
         for ev in &events[..n] {
             if ev.u64 == STDIN_TOKEN {
-                // SAFETY: reading into a valid buffer from stdin.
-                let r =
-                    unsafe { libc::read(0, rbuf.as_mut_ptr() as *mut libc::c_void, rbuf.len()) };
-                if r <= 0 {
+                let Some(cmds) = commands.read() else {
                     return Ok(()); // EOF: the benchmark is done with us
-                }
-                line.extend_from_slice(&rbuf[..r as usize]);
-                while let Some(pos) = line.iter().position(|&b| b == b'\n') {
-                    let cmd: Vec<u8> = line.drain(..=pos).collect();
-                    let cmd = String::from_utf8_lossy(&cmd).trim().to_string();
+                };
+                for cmd in cmds {
                     match cmd.as_str() {
                         "mode idle" => {
                             busy = false;

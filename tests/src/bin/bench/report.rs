@@ -69,11 +69,13 @@ pub fn median_ci(v: &[f64]) -> Option<(f64, f64, f64)> {
     Some((x[r - 1], x[n - r], 1.0 - 2.0 * cdf(r - 1)))
 }
 
-fn f(v: &Value) -> Option<f64> {
+/// A JSON number as f64.
+pub fn f(v: &Value) -> Option<f64> {
     v.as_f64()
 }
 
-fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+/// `v` with `prec` decimals, `n/a` when absent.
+pub fn fmt_opt(v: Option<f64>, prec: usize) -> String {
     match v {
         Some(x) => format!("{x:.prec$}"),
         None => "n/a".into(),
@@ -250,7 +252,8 @@ fn mb(v: &Value) -> String {
     fmt_opt(f(v).map(|x| x / 1e6), 1)
 }
 
-fn spread(v: &Value, prec: usize) -> String {
+/// A `{median, min, max}` object as `median (min..max)`.
+pub fn spread(v: &Value, prec: usize) -> String {
     format!(
         "{} ({}..{})",
         fmt_opt(f(&v["median"]), prec),

@@ -4,7 +4,7 @@
 
 use crate::agent::Agent;
 use crate::util::{self, Helper, Spread};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,37 +39,14 @@ fn spawn_holders(n: usize, phase: usize, per_holder: usize) -> Result<Vec<Helper
             .collect();
         holders.push(Helper::spawn(&format!("holder-{n}-{h}"), &args)?);
     }
-    let mut total = 0;
-    for h in &mut holders {
-        let got: usize = h
-            .expect("ready", Duration::from_secs(300))?
-            .parse()
-            .map_err(|e| anyhow!("holder {}: bad ready line: {e}", h.name))?;
-        total += got;
-    }
-    if total != n {
-        bail!("holders established {total} connections, wanted {n}");
-    }
+    util::await_ready(&mut holders, "holder", n)?;
     Ok(holders)
 }
 
 /// One poller pass over all holders, one after the other: (sockets, CPU ns, wall ns).
 fn sweep(holders: &mut [Helper]) -> Result<(u64, u64, u64)> {
-    let (mut socks, mut cpu, mut wall) = (0, 0, 0);
-    for h in holders.iter_mut() {
-        h.send("sweep")?;
-        let r = h.expect("swept", Duration::from_secs(60))?;
-        let f: Vec<u64> = r
-            .split_whitespace()
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        if f.len() != 3 {
-            bail!("holder {}: bad sweep reply {r:?}", h.name);
-        }
-        socks += f[0];
-        cpu += f[1];
-        wall += f[2];
-    }
+    let [socks, cpu, wall] =
+        util::sum_replies(holders, "holder", "sweep", "swept", Duration::from_secs(60))?;
     Ok((socks, cpu, wall))
 }
 

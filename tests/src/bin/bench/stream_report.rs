@@ -1,7 +1,7 @@
 //! The streaming-server part of the report: its targets, its REPORT.md section and its
 //! interpretation notes, computed from `results["streaming"]` only.
 
-use crate::report::Verdict;
+use crate::report::{f, fmt_opt, spread, Verdict};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -10,26 +10,6 @@ pub const CPU_TARGET_PCT: f64 = 2.0;
 /// Cost per tracked socket counts as linear when the ratio between the largest and the
 /// smallest N (both within the map) lies in this band.
 pub const LINEAR_BAND: (f64, f64) = (0.5, 2.0);
-
-fn f(v: &Value) -> Option<f64> {
-    v.as_f64()
-}
-
-fn fmt_opt(v: Option<f64>, prec: usize) -> String {
-    match v {
-        Some(x) => format!("{x:.prec$}"),
-        None => "n/a".into(),
-    }
-}
-
-fn spread(v: &Value, prec: usize) -> String {
-    format!(
-        "{} ({}..{})",
-        fmt_opt(f(&v["median"]), prec),
-        fmt_opt(f(&v["min"]), prec),
-        fmt_opt(f(&v["max"]), prec)
-    )
-}
 
 fn runs(results: &Value) -> Vec<&Value> {
     results["streaming"]["results"]

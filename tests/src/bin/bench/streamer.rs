@@ -12,7 +12,9 @@
 //!   `addr` whose server writes until its send buffer is full and whose client never reads
 //! - `quit` or end of stdin -> exit
 
-use crate::holder::{linger_zero, Epoll};
+use crate::helper::{
+    connect_batched, connect_small, linger_zero, parse_flags, setsockopt_int, Commands, Epoll,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,8 +23,6 @@ use std::time::{Duration, Instant};
 
 /// `SO_MAX_PACING_RATE` (asm-generic; not in the libc crate).
 const SO_MAX_PACING_RATE: libc::c_int = 47;
-/// Connections set up per connect/accept batch (below any listen backlog).
-const BATCH: usize = 100;
 const STDIN_TOKEN: u64 = u64::MAX;
 
 /// Arguments of `bench streamer`.
@@ -63,80 +63,26 @@ pub fn parse_args(args: &[String]) -> Result<Args> {
         max_life: Duration::from_secs(3600),
     };
     let mut listen = None;
-    let mut it = args.iter();
-    while let Some(k) = it.next() {
-        let v = it.next().ok_or_else(|| anyhow!("{k} needs a value"))?;
-        let num = |what: &str| -> Result<u64> { v.parse().with_context(|| what.to_string()) };
-        match k.as_str() {
-            "--listen" => listen = Some(v.parse().context("--listen")?),
-            "--count" => a.count = num("--count")? as usize,
-            "--rate" => a.rate = num("--rate")? as u32,
-            "--mss" => a.mss = num("--mss")? as u32,
-            "--sndbuf" => a.sndbuf = num("--sndbuf")? as u32,
-            "--rcvbuf" => a.rcvbuf = num("--rcvbuf")? as u32,
-            "--chunk" => a.chunk = num("--chunk")? as usize,
-            "--period-ms" => a.period = Duration::from_millis(num("--period-ms")?),
-            "--max-life-s" => a.max_life = Duration::from_secs(num("--max-life-s")?),
-            other => bail!("streamer: unknown argument {other:?}"),
+    parse_flags(args, "streamer", |f| {
+        match f.key {
+            "--listen" => listen = Some(f.parse()?),
+            "--count" => a.count = f.parse()?,
+            "--rate" => a.rate = f.parse()?,
+            "--mss" => a.mss = f.parse()?,
+            "--sndbuf" => a.sndbuf = f.parse()?,
+            "--rcvbuf" => a.rcvbuf = f.parse()?,
+            "--chunk" => a.chunk = f.parse()?,
+            "--period-ms" => a.period = Duration::from_millis(f.parse()?),
+            "--max-life-s" => a.max_life = Duration::from_secs(f.parse()?),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     a.listen = listen.ok_or_else(|| anyhow!("streamer needs --listen"))?;
     if a.count == 0 || a.rate == 0 || a.mss < 88 || a.chunk == 0 || a.period.is_zero() {
         bail!("streamer: --count, --rate, --chunk, --period-ms must be positive and --mss at least 88");
     }
     Ok(a)
-}
-
-fn set_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, v: u32, what: &str) -> Result<()> {
-    let v = v as libc::c_uint;
-    // SAFETY: valid socket fd and a correctly sized option value.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            &v as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        bail!("setsockopt({what}): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A blocking IPv4 connect from a socket whose SO_RCVBUF is set first, so the window it
-/// announces in its SYN (and so the sender's segment size goal) is small from the start.
-fn connect_small(addr: SocketAddr, rcvbuf: u32) -> Result<TcpStream> {
-    let SocketAddr::V4(v4) = addr else {
-        bail!("streamer: IPv4 addresses only ({addr})");
-    };
-    // SAFETY: plain syscalls on a socket we own; `sa` is a valid sockaddr_in.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            bail!("socket: {}", std::io::Error::last_os_error());
-        }
-        let stream = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        set_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf, "SO_RCVBUF")?;
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*v4.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        if libc::connect(
-            fd,
-            &sa as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        ) != 0
-        {
-            bail!("connect to {addr}: {}", std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
 }
 
 /// `n` connections to a new listener at `listen` (MSS `mss` if given, client SO_RCVBUF
@@ -153,7 +99,7 @@ fn connect_pairs(
         TcpListener::bind(listen).with_context(|| format!("streamer: binding {listen}"))?;
     if let Some(mss) = mss {
         // Inherited by the accepted sockets and announced in the SYN-ACK: both directions.
-        set_int(
+        setsockopt_int(
             listener.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_MAXSEG,
@@ -161,30 +107,30 @@ fn connect_pairs(
             "TCP_MAXSEG",
         )?;
     }
-    let mut clients = Vec::with_capacity(n);
-    let mut servers = Vec::with_capacity(n);
-    while clients.len() < n {
-        let b = BATCH.min(n - clients.len());
-        for _ in 0..b {
-            let c = connect_small(listen, rcvbuf).with_context(|| {
-                format!("streamer: connection {} to {listen}", clients.len() + 1)
-            })?;
+    let SocketAddr::V4(v4) = listen else {
+        bail!("streamer: IPv4 addresses only ({listen})");
+    };
+    let (clients, servers) = connect_batched(
+        &listener,
+        listen,
+        n,
+        "streamer",
+        || {
+            let c = connect_small(v4, rcvbuf)?;
             linger_zero(c.as_raw_fd())?;
-            clients.push(c);
-        }
-        for _ in 0..b {
-            let (s, _) = listener.accept().context("streamer: accept")?;
+            Ok(c)
+        },
+        |s| {
             linger_zero(s.as_raw_fd())?;
-            set_int(
+            setsockopt_int(
                 s.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_SNDBUF,
                 sndbuf,
                 "SO_SNDBUF",
-            )?;
-            servers.push(s);
-        }
-    }
+            )
+        },
+    )?;
     for s in clients.iter().chain(&servers) {
         s.set_nonblocking(true)?;
     }
@@ -281,7 +227,7 @@ pub fn main(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let (clients, servers) = connect_pairs(a.listen, a.count, Some(a.mss), a.rcvbuf, a.sndbuf)?;
     for s in &servers {
-        set_int(
+        setsockopt_int(
             s.as_raw_fd(),
             libc::SOL_SOCKET,
             SO_MAX_PACING_RATE,
@@ -301,7 +247,7 @@ pub fn main(args: &[String]) -> Result<()> {
 
     let wbuf = vec![0x53u8; a.chunk];
     let mut rbuf = vec![0u8; 64 * 1024];
-    let mut line = Vec::<u8>::new();
+    let mut commands = Commands::default();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut dead = vec![false; servers.len()];
     let (mut read_total, mut written_total) = (0u64, 0u64);
@@ -360,15 +306,10 @@ pub fn main(args: &[String]) -> Result<()> {
                 }
                 continue;
             }
-            // SAFETY: reading into a valid buffer from stdin.
-            let r = unsafe { libc::read(0, rbuf.as_mut_ptr() as *mut libc::c_void, 4096) };
-            if r <= 0 {
+            let Some(cmds) = commands.read() else {
                 return Ok(()); // EOF: the benchmark is done with us
-            }
-            line.extend_from_slice(&rbuf[..r as usize]);
-            while let Some(pos) = line.iter().position(|&b| b == b'\n') {
-                let cmd: Vec<u8> = line.drain(..=pos).collect();
-                let cmd = String::from_utf8_lossy(&cmd).trim().to_string();
+            };
+            for cmd in cmds {
                 let words: Vec<&str> = cmd.split_whitespace().collect();
                 match words.as_slice() {
                     ["stats"] => writeln!(

@@ -7,7 +7,7 @@
 
 use crate::agent::{Agent, Event};
 use crate::util::{self, Helper, Spread};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -91,37 +91,19 @@ fn spawn_streamers(cfg: &Config, n: usize, phase: usize) -> Result<Vec<Helper>> 
         ];
         helpers.push(Helper::spawn(&format!("streamer-{n}-{h}"), &args)?);
     }
-    let mut total = 0;
-    for h in &mut helpers {
-        let got: usize = h
-            .expect("ready", Duration::from_secs(300))?
-            .parse()
-            .map_err(|e| anyhow!("streamer {}: bad ready line: {e}", h.name))?;
-        total += got;
-    }
-    if total != n {
-        bail!("streamers established {total} connections, wanted {n}");
-    }
+    util::await_ready(&mut helpers, "streamer", n)?;
     Ok(helpers)
 }
 
 /// Sum of the streamers' counters: (bytes read, bytes written, dead connections).
 fn load_stats(helpers: &mut [Helper]) -> Result<(u64, u64, u64)> {
-    let (mut r, mut w, mut d) = (0, 0, 0);
-    for h in helpers.iter_mut() {
-        h.send("stats")?;
-        let line = h.expect("stats", Duration::from_secs(30))?;
-        let f: Vec<u64> = line
-            .split_whitespace()
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        if f.len() != 4 {
-            bail!("streamer {}: bad stats reply {line:?}", h.name);
-        }
-        r += f[0];
-        w += f[1];
-        d += f[2];
-    }
+    let [r, w, d, _cpu] = util::sum_replies(
+        helpers,
+        "streamer",
+        "stats",
+        "stats",
+        Duration::from_secs(30),
+    )?;
     Ok((r, w, d))
 }
 

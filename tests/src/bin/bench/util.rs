@@ -3,7 +3,6 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -512,17 +511,7 @@ impl Drop for Sysctls {
 
 /// Make `cmd`'s process receive `sig` when the spawning thread dies, so no helper outlives the
 /// benchmark even if it is killed with SIGKILL. Spawn from the main thread only.
-pub fn die_with_parent(cmd: &mut Command, sig: libc::c_int) {
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
+pub use ::tests::die_with_parent;
 
 /// Send `sig` to a child and reap it within `grace`; SIGKILL after that.
 pub fn stop_child(
@@ -657,6 +646,50 @@ impl Helper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Wait (up to 300 s each) for every `kind` helper's `ready <connections>`; fail unless they
+/// hold `n` connections in all.
+pub fn await_ready(helpers: &mut [Helper], kind: &str, n: usize) -> Result<()> {
+    let mut total = 0;
+    for h in helpers.iter_mut() {
+        let got: usize = h
+            .expect("ready", Duration::from_secs(300))?
+            .parse()
+            .map_err(|e| anyhow!("{kind} {}: bad ready line: {e}", h.name))?;
+        total += got;
+    }
+    if total != n {
+        bail!("{kind}s established {total} connections, wanted {n}");
+    }
+    Ok(())
+}
+
+/// Send `cmd` to every `kind` helper and add up their replies (`reply` and then exactly `N`
+/// numbers), number by number; each reply within `timeout`.
+pub fn sum_replies<const N: usize>(
+    helpers: &mut [Helper],
+    kind: &str,
+    cmd: &str,
+    reply: &str,
+    timeout: Duration,
+) -> Result<[u64; N]> {
+    let mut sum = [0u64; N];
+    for h in helpers.iter_mut() {
+        h.send(cmd)?;
+        let line = h.expect(reply, timeout)?;
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        if f.len() != N {
+            bail!("{kind} {}: bad {cmd} reply {line:?}", h.name);
+        }
+        for (s, v) in sum.iter_mut().zip(f) {
+            *s += v;
+        }
+    }
+    Ok(sum)
 }
 
 impl Drop for Helper {

@@ -8,12 +8,12 @@
 //!   <bytes>` line per socket, then `done <count>`. Times are CLOCK_REALTIME ns; errno 0 means
 //!   the writer hit the deadline without an error.
 
-use crate::holder::linger_zero;
+use crate::helper::{connect_batched, connect_small, linger_zero, parse_flags, setsockopt_int};
 use crate::util::wall_ns;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,9 @@ pub struct Args {
     /// Wedged connections.
     pub count: usize,
     /// SO_SNDBUF of the server sockets (small, to bound memory at thousands of wedges).
-    pub sndbuf: i32,
+    pub sndbuf: u32,
     /// SO_RCVBUF of the client sockets.
-    pub rcvbuf: i32,
+    pub rcvbuf: u32,
     /// Writers give up after this long.
     pub timeout: Duration,
 }
@@ -41,74 +41,24 @@ pub fn parse_args(args: &[String]) -> Result<Args> {
         timeout: Duration::from_secs(60),
     };
     let mut listen = false;
-    let mut it = args.iter();
-    while let Some(k) = it.next() {
-        let v = it.next().ok_or_else(|| anyhow!("{k} needs a value"))?;
-        match k.as_str() {
+    parse_flags(args, "wedge", |f| {
+        match f.key {
             "--listen" => {
-                a.listen = v.parse().context("--listen")?;
+                a.listen = f.parse()?;
                 listen = true;
             }
-            "--count" => a.count = v.parse().context("--count")?,
-            "--sndbuf" => a.sndbuf = v.parse().context("--sndbuf")?,
-            "--rcvbuf" => a.rcvbuf = v.parse().context("--rcvbuf")?,
-            "--timeout-s" => a.timeout = Duration::from_secs(v.parse().context("--timeout-s")?),
-            other => bail!("wedge: unknown argument {other:?}"),
+            "--count" => a.count = f.parse()?,
+            "--sndbuf" => a.sndbuf = f.parse()?,
+            "--rcvbuf" => a.rcvbuf = f.parse()?,
+            "--timeout-s" => a.timeout = Duration::from_secs(f.parse()?),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     if !listen || a.count == 0 {
         bail!("wedge needs --listen and --count > 0");
     }
     Ok(a)
-}
-
-fn setsockopt_int(fd: RawFd, level: i32, opt: i32, v: i32, what: &str) -> Result<()> {
-    // SAFETY: valid fd, int-sized option.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            &v as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        bail!("setsockopt({what}): {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A client socket with SO_RCVBUF set before connect (so the advertised window stays small).
-fn connect_small(to: SocketAddrV4, rcvbuf: i32) -> Result<TcpStream> {
-    // SAFETY: plain syscall; the fd is wrapped in OwnedFd right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        bail!("socket(): {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf, "SO_RCVBUF")?;
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: to.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*to.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: valid sockaddr_in of the given length.
-    let r = unsafe {
-        libc::connect(
-            fd,
-            &sa as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        bail!("connect({to}): {}", std::io::Error::last_os_error());
-    }
-    Ok(TcpStream::from(owned))
 }
 
 /// What one writer observed.
@@ -207,18 +157,17 @@ pub fn main(args: &[String]) -> Result<()> {
     let a = parse_args(args)?;
     let listener =
         TcpListener::bind(a.listen).with_context(|| format!("wedge: binding {}", a.listen))?;
-    let mut clients = Vec::with_capacity(a.count);
-    let mut servers = Vec::with_capacity(a.count);
-    while clients.len() < a.count {
-        let n = 100.min(a.count - clients.len());
-        for _ in 0..n {
-            let c = connect_small(a.listen, a.rcvbuf)
-                .with_context(|| format!("wedge: connection {}", clients.len() + 1))?;
+    let (clients, servers) = connect_batched(
+        &listener,
+        a.listen,
+        a.count,
+        "wedge",
+        || {
+            let c = connect_small(a.listen, a.rcvbuf)?;
             linger_zero(c.as_raw_fd())?;
-            clients.push(c);
-        }
-        for _ in 0..n {
-            let (s, _) = listener.accept().context("wedge: accept")?;
+            Ok(c)
+        },
+        |s| {
             setsockopt_int(
                 s.as_raw_fd(),
                 libc::SOL_SOCKET,
@@ -226,10 +175,9 @@ pub fn main(args: &[String]) -> Result<()> {
                 a.sndbuf,
                 "SO_SNDBUF",
             )?;
-            s.set_write_timeout(Some(a.timeout))?;
-            servers.push(s);
-        }
-    }
+            Ok(s.set_write_timeout(Some(a.timeout))?)
+        },
+    )?;
     // Each server's peer, as the agent will print it (`remote`).
     let peers: Vec<SocketAddr> = servers
         .iter()
