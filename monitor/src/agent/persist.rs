@@ -21,6 +21,8 @@ pub(super) struct Persist {
     /// The state file; None: not kept.
     pub(super) file: Option<PathBuf>,
     pub(super) last_save: Option<Instant>,
+    /// How long the last save took (it sets the next one's delay, [`state::save_interval`]).
+    pub(super) last_cost: Duration,
     /// The last save failed (said once until one works again).
     pub(super) failing: bool,
     /// Sockets were left out of the file (said once).
@@ -86,7 +88,7 @@ impl Persist {
         self.file.is_some()
             && self
                 .last_save
-                .is_none_or(|t| t.elapsed() >= state::SAVE_EVERY)
+                .is_none_or(|t| t.elapsed() >= state::save_interval(self.last_cost))
     }
 }
 
@@ -283,7 +285,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             &acts,
             state::MAX_STATE_BYTES,
         );
-        match state::write_atomic(&path, &data) {
+        let written = state::write_atomic(&path, &data);
+        self.persist.last_cost = now.elapsed();
+        match written {
             Ok(()) => {
                 if self.persist.failing {
                     log::info!("state saved to {} again", path.display());
