@@ -1,18 +1,12 @@
 //! One tick of the read-side state machine: `recv_backlog`.
 
 use super::cadence::class_evidence;
-use super::tracker::{Drain, History, Live};
-use super::{dur_ns, ActiveStall, StallClass, Thresholds, Transition, NS_PER_MS};
-use crate::snapshot::Snapshot;
+use super::tracker::{Live, TickInput};
+use super::{dur_ns, ActiveStall, StallClass, Transition, NS_PER_MS};
 
 /// One tick of the read-side state machine.
-pub(super) fn step_recv(
-    live: &mut Live,
-    history: &History,
-    snap: &Snapshot,
-    t: &Thresholds,
-    drain: Option<Drain>,
-) -> Option<Transition> {
+pub(super) fn step_recv(live: &mut Live, input: &TickInput<'_>) -> Option<Transition> {
+    let snap = input.snap;
     let now = snap.now_ns;
     if let Some(a) = &live.recv {
         if snap.recv_unread == 0 || snap.last_read_ns > a.progress_mark {
@@ -24,10 +18,16 @@ pub(super) fn step_recv(
     }
     let unread_since = now.saturating_sub(snap.last_read_ns);
     let full = snap.rcv_wnd == 0 || (snap.rcvbuf > 0 && snap.recv_unread >= snap.rcvbuf as u64 / 2);
-    if snap.recv_unread == 0 || !full || unread_since < dur_ns(t.recv_backlog_after) {
+    if snap.recv_unread == 0 || !full || unread_since < dur_ns(input.t.recv_backlog_after) {
         return None;
     }
-    let (_, evidence) = class_evidence(StallClass::RecvBacklog, history, snap.into(), t, drain);
+    let (_, evidence) = class_evidence(
+        StallClass::RecvBacklog,
+        input.history,
+        snap.into(),
+        input.t,
+        input.drain,
+    );
     let stall = ActiveStall {
         class: StallClass::RecvBacklog,
         since_ns: snap.last_read_ns,

@@ -1,20 +1,20 @@
 //! One tick of the send-side state machine: `zero_window` > `no_ack` > `slow_drain`.
 
 use super::cadence::class_evidence;
-use super::tracker::{Drain, History, Live};
+use super::tracker::{Drain, History, Live, TickInput};
 use super::{
     dur_ns, ActiveStall, Evidence, StallClass, Thresholds, Transition, NS_PER_MS, NS_PER_SEC,
 };
 use crate::snapshot::Snapshot;
 
 /// One tick of the send-side state machine.
-pub(super) fn step_send(
-    live: &mut Live,
-    history: &History,
-    snap: &Snapshot,
-    t: &Thresholds,
-    drain: Option<Drain>,
-) -> Option<Transition> {
+pub(super) fn step_send(live: &mut Live, input: &TickInput<'_>) -> Option<Transition> {
+    let TickInput {
+        history,
+        snap,
+        t,
+        drain,
+    } = *input;
     let now = snap.now_ns;
     if let Some(a) = &live.send {
         let cleared = match a.class {

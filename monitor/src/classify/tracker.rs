@@ -151,6 +151,16 @@ impl Live {
     }
 }
 
+/// What one tick's state machines (`send.rs`, `recv.rs`) read besides the session they
+/// step: the socket's history, its snapshot, its rule's thresholds and the drain rate.
+#[derive(Clone, Copy)]
+pub(super) struct TickInput<'a> {
+    pub(super) history: &'a History,
+    pub(super) snap: &'a Snapshot,
+    pub(super) t: &'a Thresholds,
+    pub(super) drain: Option<Drain>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct Entry {
     pub(super) history: History,
@@ -244,14 +254,20 @@ impl Tracker {
         let window_ns = dur_ns(t.slow_drain_window);
         let drain = live.drain(now, snap.bytes_acked, window_ns);
 
+        let input = TickInput {
+            history,
+            snap,
+            t,
+            drain,
+        };
         // 3. Send side.
         if !send_done {
-            obs.transition = step_send(live, history, snap, t, drain);
+            obs.transition = step_send(live, &input);
         }
 
         // 4. Read side.
         if !recv_done {
-            obs.recv_transition = step_recv(live, history, snap, t, drain);
+            obs.recv_transition = step_recv(live, &input);
         }
 
         // 5. Bookkeeping for the next tick.

@@ -10,6 +10,8 @@
 
 #[path = "bench/agent.rs"]
 mod agent;
+#[path = "bench/floor.rs"]
+mod floor;
 #[path = "bench/helper.rs"]
 mod helper;
 #[path = "bench/holder.rs"]

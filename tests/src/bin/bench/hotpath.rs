@@ -121,6 +121,12 @@ fn measure(
 /// only; BPF statistics themselves add a little overhead, so this run is not in the ratios).
 fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
     let agent = Agent::start(&cfg.policy, true, workdir, &format!("hot-{size}-bpfstats"))?;
+    let tracepoints = agent
+        .events()
+        .iter()
+        .find(|e| e.name() == "agent_started")
+        .map(|e| crate::floor::agent_tracepoints(&e.v))
+        .unwrap_or_default();
     util::sleep_checked(Duration::from_millis(300))?;
     let (r0, c0) = agent.bpf_run()?;
     let t = throughput(size, cfg.duration)?;
@@ -129,7 +135,9 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
     let writes = t.bytes as f64 / size as f64;
     let bpf_ns = (r1 - r0) as f64;
     let runs = (c1 - c0) as f64;
+    let floor = floor_context(&tracepoints, size, cfg.duration)?;
     Ok(json!({
+        "floor": floor,
         "bytes_per_s": t.bytes_per_s,
         "secs": t.secs,
         "bpf_runs_per_write": runs / writes,
@@ -137,6 +145,28 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
         "bpf_ns_per_write": bpf_ns / writes,
         "bpf_ns_per_mb": bpf_ns / (t.bytes as f64 / 1e6),
         "bpf_share_of_thread_cpu": bpf_ns / (t.cpu_ns_per_mb * t.bytes as f64 / 1e6),
+    }))
+}
+
+/// The same transfer with empty programs at the agent's tracepoints instead of the agent
+/// (the attach floor, [`crate::floor`]); null when the agent attached no tracepoint.
+fn floor_context(tracepoints: &[String], size: usize, duration: Duration) -> Result<Value> {
+    if tracepoints.is_empty() {
+        return Ok(Value::Null);
+    }
+    let floor = crate::floor::Floor::attach(tracepoints)?;
+    let (r0, c0) = floor.runs()?;
+    let t = throughput(size, duration)?;
+    let (r1, c1) = floor.runs()?;
+    let writes = t.bytes as f64 / size as f64;
+    let (ns, runs) = ((r1 - r0) as f64, (c1 - c0) as f64);
+    Ok(json!({
+        "tracepoints": floor.tracepoints(),
+        "bytes_per_s": t.bytes_per_s,
+        "runs_per_write": runs / writes,
+        "ns_per_run": if runs > 0.0 { ns / runs } else { 0.0 },
+        "ns_per_write": ns / writes,
+        "share_of_thread_cpu": ns / (t.cpu_ns_per_mb * t.bytes as f64 / 1e6),
     }))
 }
 

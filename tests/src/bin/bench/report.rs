@@ -570,6 +570,27 @@ pub fn interpret(results: &Value) -> Vec<String> {
                 f(&sz["loss_pct_median"]).unwrap_or(f64::NAN),
                 f(&sz["cpu_overhead_pct_median"]).unwrap_or(f64::NAN),
             ));
+            let fl = &c["floor"];
+            if let (Some(f_runs), Some(f_ns), Some(f_share)) = (
+                f(&fl["runs_per_write"]),
+                f(&fl["ns_per_run"]),
+                f(&fl["share_of_thread_cpu"]),
+            ) {
+                let tps: Vec<&str> = fl["tracepoints"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                notes.push(format!(
+                    "Hot path, {size} B writes, attach floor: empty programs (`r0 = 0; exit`) at the same tracepoints ({}) \
+                     ran {f_runs:.1} times per write at {f_ns:.0} ns per run ({:.0} ns per write), {:.1}% of the sender+receiver \
+                     CPU per byte: the cost of a hook firing there at all, before any logic. The agent's programs cost {:.0} ns per \
+                     run more than that.",
+                    tps.join(", "),
+                    f_runs * f_ns,
+                    f_share * 100.0,
+                    ns_run - f_ns,
+                ));
+            }
         }
     }
 
