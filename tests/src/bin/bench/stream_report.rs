@@ -27,6 +27,32 @@ fn within_map(r: &Value) -> bool {
     cap > 0 && n <= cap
 }
 
+/// Where a streaming run's agent CPU goes: the BPF part by program runs against the
+/// streams' writes, the process part per tracked socket.
+fn cost_parts(r: &Value, period_ms: Option<f64>) -> Option<String> {
+    let runs: Vec<f64> = r["rounds"]
+        .as_array()?
+        .iter()
+        .filter_map(|x| f(&x["agent_bpf_runs_per_s"]))
+        .collect();
+    let runs = crate::util::median(&runs)?;
+    let bpf_ms = f(&r["agent_bpf_ms_per_s"]["median"])?;
+    let proc_ms = f(&r["agent_process_cpu_ms_per_s"]["median"])?;
+    let n = f(&r["connections"])?;
+    let writes = period_ms.filter(|p| *p > 0.0).map(|p| n * 1000.0 / p)?;
+    let per_socket_us = tracked(r)
+        .filter(|t| *t > 0.0)
+        .map(|t| proc_ms * 1000.0 / t)?;
+    Some(format!(
+        "Streaming N={n}: the BPF part, {bpf_ms:.2} ms/s, is {runs:.0} program runs per second at {:.0} ns per run, \
+         {:.1} runs per write of the streams ({writes:.0} writes per second): the hooks fire on the streams' traffic \
+         (writes, ACKs and reads at both ends, which share this node), so that part grows with traffic, not with the \
+         sockets tracked. The process part, {proc_ms:.2} ms/s, is {per_socket_us:.3} µs per tracked socket per second.",
+        if runs > 0.0 { bpf_ms * 1e6 / runs } else { 0.0 },
+        runs / writes,
+    ))
+}
+
 fn tracked(r: &Value) -> Option<f64> {
     f(&r["sockets_tracked"]["median"])
 }
@@ -354,6 +380,12 @@ pub fn interpret(results: &Value) -> Vec<String> {
                 fmt_opt(f(&a["agent_us_per_tracked_socket_per_s"]["median"]), 3),
                 fmt_opt(f(&b["agent_us_per_tracked_socket_per_s"]["median"]), 3),
             ));
+        }
+    }
+    let period_ms = f(&results["streaming"]["write_period_ms"]);
+    for r in &fit {
+        if let Some(note) = cost_parts(r, period_ms) {
+            notes.push(note);
         }
     }
     for r in rs.iter().filter(|r| !within_map(r)) {
