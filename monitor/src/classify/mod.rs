@@ -201,17 +201,23 @@ impl Thresholds {
 }
 
 /// Why a socket is (or would be) judged stalled when it is: the numbers behind the decision.
+///
+/// The field docs are the event schema's (README) words. In more detail:
+/// `recovered_episodes` counts over the socket's life, also across drains;
+/// `longest_gap_ms` is the longest of the last [`HISTORY_EPISODES`];
+/// `bytes_acked_last_window` is over the last `slow_drain_window` (or since first
+/// observed, if shorter).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Evidence {
-    /// Recovered episodes seen for this socket over its life (also across drains).
+    /// Earlier no-progress episodes on this socket that recovered on their own
     pub recovered_episodes: u32,
-    /// Longest of the last [`HISTORY_EPISODES`] recovered episodes (0 without history).
+    /// Longest recovered gap, ms (0 when none)
     pub longest_gap_ms: u64,
-    /// Bytes acked over the last `slow_drain_window` (or since first observed, if shorter).
+    /// Bytes the peer acked during the last measurement window
     pub bytes_acked_last_window: u64,
-    /// The threshold the socket was judged against.
+    /// Threshold actually applied to this socket, ms
     pub effective_threshold_ms: u64,
-    /// How the effective threshold was chosen, in words.
+    /// Why the threshold has that value
     pub threshold_reason: String,
 }
 

@@ -253,7 +253,6 @@ pub struct SocketFields {
     /// What the policy decided
     pub action: Action,
     /// The numbers behind the classification
-    #[schemars(schema_with = "schema::evidence")]
     pub evidence: Evidence,
     /// Received bytes the local app has not read
     pub recv_unread: u64,

@@ -4,7 +4,6 @@
 //! and [`validate`](super::validate) use.
 
 use super::Event;
-use crate::classify::Evidence;
 use schemars::generate::SchemaSettings;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value};
@@ -114,47 +113,6 @@ struct Header {
 /// `schema_with` of `hooks[].hook`: one of the hook names the agent knows.
 pub(super) fn hook_name(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "string", "enum": crate::attach::HOOK_NAMES })
-}
-
-/// What the README says about [`Evidence`]'s fields (`classify` documents them for its own
-/// readers); [`evidence`] puts these into the schema, and panics if they and the type differ.
-const EVIDENCE_DOCS: [(&str, &str); 5] = [
-    (
-        "recovered_episodes",
-        "Earlier no-progress episodes on this socket that recovered on their own",
-    ),
-    ("longest_gap_ms", "Longest recovered gap, ms (0 when none)"),
-    (
-        "bytes_acked_last_window",
-        "Bytes the peer acked during the last measurement window",
-    ),
-    (
-        "effective_threshold_ms",
-        "Threshold actually applied to this socket, ms",
-    ),
-    ("threshold_reason", "Why the threshold has that value"),
-];
-
-/// `schema_with` of `evidence`: [`Evidence`]'s generated schema with the [`EVIDENCE_DOCS`].
-pub(super) fn evidence(generator: &mut SchemaGenerator) -> Schema {
-    let mut schema = Evidence::json_schema(generator);
-    let props = schema
-        .get_mut("properties")
-        .and_then(Value::as_object_mut)
-        .expect("Evidence is a struct");
-    let names: Vec<&str> = props.keys().map(String::as_str).collect();
-    let mut documented: Vec<&str> = EVIDENCE_DOCS.iter().map(|(name, _)| *name).collect();
-    documented.sort_unstable();
-    assert_eq!(
-        names, documented,
-        "EVIDENCE_DOCS must name Evidence's fields"
-    );
-    for (name, doc) in EVIDENCE_DOCS {
-        if let Some(Value::Object(prop)) = props.get_mut(name) {
-            prop.insert("description".into(), doc.into());
-        }
-    }
-    schema
 }
 
 fn generator() -> SchemaGenerator {
