@@ -43,11 +43,20 @@ fn cost_parts(r: &Value, period_ms: Option<f64>) -> Option<String> {
     let per_socket_us = tracked(r)
         .filter(|t| *t > 0.0)
         .map(|t| proc_ms * 1000.0 / t)?;
+    let fl = &r["floor"];
+    let floor = match (f(&fl["bpf_ms_per_s"]), f(&fl["runs_per_s"]), f(&fl["ns_per_run"])) {
+        (Some(ms), Some(rps), Some(ns)) => format!(
+            " Empty programs at the same tracepoints, on the same streams right after the agent stopped (the attach \
+             floor): {ms:.2} ms/s, {rps:.0} runs per second at {ns:.0} ns per run."
+        ),
+        _ => String::new(),
+    };
     Some(format!(
         "Streaming N={n}: the BPF part, {bpf_ms:.2} ms/s, is {runs:.0} program runs per second at {:.0} ns per run, \
          {:.1} runs per write of the streams ({writes:.0} writes per second): the hooks fire on the streams' traffic \
          (writes, ACKs and reads at both ends, which share this node), so that part grows with traffic, not with the \
-         sockets tracked. The process part, {proc_ms:.2} ms/s, is {per_socket_us:.3} µs per tracked socket per second.",
+         sockets tracked.{floor} The process part, {proc_ms:.2} ms/s, is {per_socket_us:.3} µs per tracked socket per \
+         second.",
         if runs > 0.0 { bpf_ms * 1e6 / runs } else { 0.0 },
         runs / writes,
     ))

@@ -144,6 +144,28 @@ fn server_sockets_stalled(events: &[Event], addr: &str) -> usize {
     c.len()
 }
 
+/// The attach floor of the streams' traffic ([`crate::floor`]): empty programs at
+/// `tracepoints`, their run time and runs per second over one window; null without any.
+fn floor_window(tracepoints: &[String], window: Duration) -> Result<Value> {
+    if tracepoints.is_empty() {
+        return Ok(Value::Null);
+    }
+    let floor = crate::floor::Floor::attach(tracepoints)?;
+    util::sleep_checked(Duration::from_millis(500))?;
+    let (r0, c0) = floor.runs()?;
+    let t0 = Instant::now();
+    util::sleep_checked(window)?;
+    let (r1, c1) = floor.runs()?;
+    let dt = t0.elapsed().as_secs_f64();
+    let runs = (c1 - c0) as f64;
+    Ok(json!({
+        "tracepoints": floor.tracepoints(),
+        "bpf_ms_per_s": (r1 - r0) as f64 / 1e6 / dt,
+        "runs_per_s": runs / dt,
+        "ns_per_run": if runs > 0.0 { (r1 - r0) as f64 / runs } else { 0.0 },
+    }))
+}
+
 /// Measure one N.
 fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> {
     let t_setup = Instant::now();
@@ -298,9 +320,18 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let maps = agent.bpf_maps()?;
     let map_bytes: u64 = maps.iter().map(|(_, b)| b).sum();
     let startup_s = agent.startup.as_secs_f64();
+    let tracepoints = agent
+        .events()
+        .iter()
+        .find(|e| e.name() == "agent_started")
+        .map(|e| crate::floor::agent_tracepoints(&e.v))
+        .unwrap_or_default();
     let events = agent
         .stop()
         .with_context(|| format!("stopping the agent after streaming N={n}"))?;
+    // The same streams with empty programs at the agent's tracepoints instead (the attach
+    // floor of the BPF part): one window, while the helpers still stream.
+    let floor = floor_window(&tracepoints, cfg.window)?;
     for h in helpers {
         h.finish(Duration::from_secs(30));
     }
@@ -412,6 +443,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         "agent_rss_kib": rss,
         "bpf_maps": maps.iter().map(|(n, b)| json!({"name": n, "memlock_bytes": b})).collect::<Vec<_>>(),
         "bpf_maps_memlock_bytes": map_bytes,
+        "floor": floor,
         "stall_started_streaming": streaming_stalls.len(),
         "stall_started_streaming_by_class": by_class,
         "stall_cleared": events.iter().filter(|e| e.name() == "stall_cleared").count(),
