@@ -280,9 +280,35 @@ impl Drop for Agent {
     }
 }
 
+impl Agent {
+    /// The agent's BPF programs with their running totals: (name, run_time_ns, run_cnt),
+    /// names from `bpftool prog show -j` when available, else `prog_<id>`.
+    pub fn bpf_programs(&self) -> Result<Vec<(String, u64, u64)>> {
+        let fds = util::proc_bpf_fds(self.pid)?;
+        let names = bpftool_names("prog");
+        Ok(fds
+            .iter()
+            .filter(|f| !f.is_map)
+            .map(|f| {
+                let name = names
+                    .iter()
+                    .find(|(id, _)| *id == f.id)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_else(|| format!("prog_{}", f.id));
+                (name, f.run_time_ns, f.run_cnt)
+            })
+            .collect())
+    }
+}
+
 fn bpftool_map_names() -> Vec<(u64, String)> {
+    bpftool_names("map")
+}
+
+/// (id, name) of every BPF `kind` (`map` or `prog`) bpftool lists.
+fn bpftool_names(kind: &str) -> Vec<(u64, String)> {
     let Ok(out) = Command::new("bpftool")
-        .args(["map", "show", "-j"])
+        .args([kind, "show", "-j"])
         .stderr(Stdio::null())
         .output()
     else {

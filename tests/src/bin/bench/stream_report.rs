@@ -51,6 +51,30 @@ fn cost_parts(r: &Value, period_ms: Option<f64>) -> Option<String> {
         ),
         _ => String::new(),
     };
+    let progs: Vec<String> = r["bpf_programs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| {
+                    Some(format!(
+                        "{} {:.2} ms/s ({:.0} runs/s at {:.0} ns)",
+                        p["name"].as_str()?,
+                        f(&p["ms_per_s"])?,
+                        f(&p["runs_per_s"])?,
+                        f(&p["ns_per_run"])?
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let floor = if progs.is_empty() {
+        floor
+    } else {
+        format!(
+            "{floor} By program, over the whole load window: {}.",
+            progs.join(", ")
+        )
+    };
     Some(format!(
         "Streaming N={n}: the BPF part, {bpf_ms:.2} ms/s, is {runs:.0} program runs per second at {:.0} ns per run, \
          {:.1} runs per write of the streams ({writes:.0} writes per second): the hooks fire on the streams' traffic \

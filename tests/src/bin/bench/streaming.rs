@@ -144,6 +144,31 @@ fn server_sockets_stalled(events: &[Event], addr: &str) -> usize {
     c.len()
 }
 
+/// Each program's runs per second, ns per run and ms per second between two readings
+/// `dt` apart (only programs that ran).
+fn per_program(before: &[(String, u64, u64)], after: &[(String, u64, u64)], dt: Duration) -> Value {
+    let secs = dt.as_secs_f64().max(1e-9);
+    let mut out: Vec<Value> = after
+        .iter()
+        .filter_map(|(name, ns1, c1)| {
+            let (_, ns0, c0) = before.iter().find(|(n, _, _)| n == name)?;
+            let (ns, runs) = (
+                ns1.saturating_sub(*ns0) as f64,
+                c1.saturating_sub(*c0) as f64,
+            );
+            (runs > 0.0).then(|| {
+                json!({"name": name, "runs_per_s": runs / secs, "ns_per_run": ns / runs,
+                       "ms_per_s": ns / 1e6 / secs})
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        let k = |v: &Value| v["ms_per_s"].as_f64().unwrap_or(0.0);
+        k(b).total_cmp(&k(a))
+    });
+    Value::Array(out)
+}
+
 /// The attach floor of the streams' traffic ([`crate::floor`]): empty programs at
 /// `tracepoints`, their run time and runs per second over one window; null without any.
 fn floor_window(tracepoints: &[String], window: Duration) -> Result<Value> {
@@ -225,6 +250,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let helper_pids: Vec<u32> = helpers.iter().map(Helper::pid).collect();
     let (read0, _, _) = load_stats(&mut helpers)?;
     let (load_t0, load_w0) = (Instant::now(), util::wall_ns());
+    let progs0 = agent.bpf_programs()?;
     let mut rounds = Vec::new();
     for r in 0..cfg.rounds {
         let pre = util::wait_quiet(&own, &pids, Duration::from_secs(2))?;
@@ -320,6 +346,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let maps = agent.bpf_maps()?;
     let map_bytes: u64 = maps.iter().map(|(_, b)| b).sum();
     let startup_s = agent.startup.as_secs_f64();
+    let programs = per_program(&progs0, &agent.bpf_programs()?, load_t0.elapsed());
     let tracepoints = agent
         .events()
         .iter()
@@ -444,6 +471,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         "bpf_maps": maps.iter().map(|(n, b)| json!({"name": n, "memlock_bytes": b})).collect::<Vec<_>>(),
         "bpf_maps_memlock_bytes": map_bytes,
         "floor": floor,
+        "bpf_programs": programs,
         "stall_started_streaming": streaming_stalls.len(),
         "stall_started_streaming_by_class": by_class,
         "stall_cleared": events.iter().filter(|e| e.name() == "stall_cleared").count(),
