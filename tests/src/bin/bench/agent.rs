@@ -281,6 +281,15 @@ impl Drop for Agent {
 }
 
 impl Agent {
+    /// The tracepoints among the agent's attach points (from its `agent_started` line).
+    pub fn tracepoints(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .find(|e| e.name() == "agent_started")
+            .map(|e| crate::floor::agent_tracepoints(&e.v))
+            .unwrap_or_default()
+    }
+
     /// The agent's BPF programs with their running totals: (name, run_time_ns, run_cnt),
     /// names from `bpftool prog show -j` when available, else `prog_<id>`.
     pub fn bpf_programs(&self) -> Result<Vec<(String, u64, u64)>> {

@@ -121,12 +121,7 @@ fn measure(
 /// only; BPF statistics themselves add a little overhead, so this run is not in the ratios).
 fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
     let agent = Agent::start(&cfg.policy, true, workdir, &format!("hot-{size}-bpfstats"))?;
-    let tracepoints = agent
-        .events()
-        .iter()
-        .find(|e| e.name() == "agent_started")
-        .map(|e| crate::floor::agent_tracepoints(&e.v))
-        .unwrap_or_default();
+    let tracepoints = agent.tracepoints();
     util::sleep_checked(Duration::from_millis(300))?;
     let (r0, c0) = agent.bpf_run()?;
     let t = throughput(size, cfg.duration)?;

@@ -347,12 +347,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let map_bytes: u64 = maps.iter().map(|(_, b)| b).sum();
     let startup_s = agent.startup.as_secs_f64();
     let programs = per_program(&progs0, &agent.bpf_programs()?, load_t0.elapsed());
-    let tracepoints = agent
-        .events()
-        .iter()
-        .find(|e| e.name() == "agent_started")
-        .map(|e| crate::floor::agent_tracepoints(&e.v))
-        .unwrap_or_default();
+    let tracepoints = agent.tracepoints();
     let events = agent
         .stop()
         .with_context(|| format!("stopping the agent after streaming N={n}"))?;
