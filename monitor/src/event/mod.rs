@@ -386,7 +386,9 @@ pub enum Event {
         /// What was kept from the previous agent (restart, upgrade); see Operations
         state: StateReport,
     },
-    /// A socket crossed its stall threshold.
+    /// A socket crossed its stall threshold. On the send side also when a stall escalates
+    /// to a class of higher precedence (`slow_drain` < `no_ack` < `zero_window`): a second
+    /// `stall_started` with the new class, without a `stall_cleared` between.
     StallStarted(SocketFields),
     /// A stalled socket made progress again.
     StallCleared(SocketFields),
