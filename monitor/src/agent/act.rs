@@ -164,10 +164,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// lookup of the socket itself.
     pub(super) fn static_guard(&mut self, c: &Candidate<'_>) -> Option<(event::SkipGuard, String)> {
         let after_hold = c.class == StallClass::NoAck
-            && self.hold_ended.is_some_and(|(ended_ns, at)| {
+            && self.hold_ended.is_some_and(|ended_ns| {
                 guards::waits_after_hold(
                     ended_ns,
-                    at.elapsed(),
                     c.snap.last_progress_ns,
                     c.snap.last_retrans_ns,
                     c.snap.now_ns,

@@ -125,8 +125,8 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     orphans_safe: bool,
     budgets: Budgets,
     nets: Networks,
-    /// When the last partition hold ended (CLOCK_MONOTONIC ns, and as an `Instant`).
-    hold_ended: Option<(u64, Instant)>,
+    /// When the last partition hold ended (CLOCK_MONOTONIC ns).
+    hold_ended: Option<u64>,
     hold: Hold,
     counts: ResetCounts,
     /// Last snapshot of every socket present in the kernel map at the previous tick.

@@ -410,8 +410,8 @@ fn every_network_silent_at_once_holds_resets() {
             .unwrap()
             .contains("next retransmission")));
     // Two seconds later (as if): each retransmitted after the end, a second ago, unanswered.
-    let (ended_ns, at) = r.agent.hold_ended.unwrap();
-    r.agent.hold_ended = Some((ended_ns - 2 * S, at - Duration::from_secs(2)));
+    let ended_ns = r.agent.hold_ended.unwrap();
+    r.agent.hold_ended = Some(ended_ns - 2 * S);
     for st in r.map.0.lock().unwrap().states.iter_mut() {
         if st.raddr[1] == 1 {
             st.last_retrans_ns = ended_ns - S;

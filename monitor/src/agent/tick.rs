@@ -241,7 +241,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         // Stalls from before a hold's end wait for their sockets' next retransmission
         // (`guards::waits_after_hold`); not after an expired hold (resets resume).
         self.hold_ended = match change {
-            HoldChange::Ended => Some((monotonic_ns(), Instant::now())),
+            HoldChange::Ended => Some(monotonic_ns()),
             _ => None,
         };
         if change == HoldChange::Ended {

@@ -322,8 +322,8 @@ impl Networks {
     }
 }
 
-/// Whether a `no_ack` stall still waits after a partition hold ended (`ended_ns`,
-/// `since_end` ago): when a partition heals, each connection comes back with its own next
+/// Whether a `no_ack` stall still waits after a partition hold ended at `ended_ns` (now
+/// `now_ns`, both CLOCK_MONOTONIC): when a partition heals, each connection comes back with its own next
 /// retransmission, seconds or (after a long partition) up to two minutes later, so the
 /// networks do not answer again all in one tick. A stall that began before the end
 /// (`stall_since_ns`: its last progress) waits until its socket retransmitted after the end
@@ -331,12 +331,12 @@ impl Networks {
 /// [`AFTER_HOLD_MAX`]. A stall that began after the end is not the partition's.
 pub fn waits_after_hold(
     ended_ns: u64,
-    since_end: Duration,
     stall_since_ns: u64,
     last_retrans_ns: u64,
     now_ns: u64,
 ) -> bool {
-    if since_end >= AFTER_HOLD_MAX || stall_since_ns >= ended_ns {
+    let since_end = now_ns.saturating_sub(ended_ns);
+    if since_end >= AFTER_HOLD_MAX.as_nanos() as u64 || stall_since_ns >= ended_ns {
         return false;
     }
     let answered_by = last_retrans_ns.saturating_add(RETRANS_ANSWER.as_nanos() as u64);

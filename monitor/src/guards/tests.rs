@@ -473,28 +473,17 @@ fn the_chain_asks_for_a_listener_only_for_a_protected_remote_port() {
 #[test]
 fn after_a_hold_a_stall_from_before_its_end_waits_for_its_next_retransmission() {
     let end = 100 * S;
-    let soon = Duration::from_secs(3);
     // Quiet since before the end, no retransmission since: waits.
-    assert!(waits_after_hold(end, soon, 90 * S, 99 * S, 103 * S));
+    assert!(waits_after_hold(end, 90 * S, 99 * S, 103 * S));
     // Retransmitted after the end, answered within RETRANS_ANSWER (it would have made
     // progress and not be a candidate) or not yet due: still waits.
-    assert!(waits_after_hold(
-        end,
-        soon,
-        90 * S,
-        102 * S + S / 2,
-        103 * S
-    ));
+    assert!(waits_after_hold(end, 90 * S, 102 * S + S / 2, 103 * S));
     // Retransmitted after the end and unanswered for a second: its peer is not back.
-    assert!(!waits_after_hold(end, soon, 90 * S, 101 * S, 103 * S));
+    assert!(!waits_after_hold(end, 90 * S, 101 * S, 103 * S));
     // A stall that began after the end is not the partition's.
-    assert!(!waits_after_hold(end, soon, 100 * S + 1, 0, 103 * S));
+    assert!(!waits_after_hold(end, 100 * S + 1, 0, 103 * S));
     // At most AFTER_HOLD_MAX.
-    assert!(!waits_after_hold(
-        end,
-        AFTER_HOLD_MAX,
-        90 * S,
-        99 * S,
-        230 * S
-    ));
+    let max = AFTER_HOLD_MAX.as_nanos() as u64;
+    assert!(waits_after_hold(end, 90 * S, 99 * S, end + max - 1));
+    assert!(!waits_after_hold(end, 90 * S, 99 * S, end + max));
 }
