@@ -1,47 +1,39 @@
 //! What the benchmark's helper processes (`holder`, `streamer`, `wedge`) share: their
-//! `--key value` arguments, the commands on their stdin, socket options, a small-window
+//! `--key value` arguments (clap), the commands on their stdin, socket options, a small-window
 //! connect, batched loopback connection set-up and epoll.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::str::FromStr;
+use std::time::Duration;
 
 /// Connections set up per connect/accept batch (below any listen backlog).
 const BATCH: usize = 100;
 
-/// One `--key value` argument of a helper process.
-pub struct Flag<'a> {
-    /// The key, with its dashes.
-    pub key: &'a str,
-    value: &'a str,
+/// Parse a helper's `--key value` arguments into its clap-derived `A`; `who` names the helper
+/// in usage and errors.
+pub fn parse_args<A: clap::Parser>(who: &str, args: &[String]) -> Result<A> {
+    A::try_parse_from(std::iter::once(who).chain(args.iter().map(String::as_str)))
+        .map_err(|e| anyhow!("{who}: {}", e.render().to_string().trim_end()))
 }
 
-impl Flag<'_> {
-    /// The value parsed; the error names the key.
-    pub fn parse<T: FromStr>(&self) -> Result<T>
-    where
-        T::Err: std::error::Error + Send + Sync + 'static,
-    {
-        self.value.parse().context(self.key.to_string())
-    }
+/// A positive count or size.
+pub fn positive_usize() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
-/// Walk `args` as `--key value` pairs; `set` takes each and answers `false` for a key it does
-/// not know (`<who>: unknown argument`).
-pub fn parse_flags(
-    args: &[String],
-    who: &str,
-    mut set: impl FnMut(&Flag) -> Result<bool>,
-) -> Result<()> {
-    let mut it = args.iter();
-    while let Some(k) = it.next() {
-        let v = it.next().ok_or_else(|| anyhow!("{k} needs a value"))?;
-        if !set(&Flag { key: k, value: v })? {
-            bail!("{who}: unknown argument {k:?}");
-        }
+/// A `--…-s` value: whole seconds.
+pub fn secs(v: &str) -> Result<Duration, std::num::ParseIntError> {
+    v.parse().map(Duration::from_secs)
+}
+
+/// A `--…-ms` value: positive whole milliseconds.
+pub fn positive_ms(v: &str) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(0) => Err("must be positive".into()),
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(e) => Err(e.to_string()),
     }
-    Ok(())
 }
 
 /// The command lines arriving on stdin (fd 0, which the caller watches with epoll).

@@ -9,8 +9,8 @@
 //!   ioctl(SIOCOUTQ) over every server-side socket, with the thread CPU time it took
 //! - `quit` or end of stdin -> exit
 
-use crate::helper::{connect_batched, linger_zero, parse_flags, Commands, Epoll};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::helper::{connect_batched, linger_zero, parse_args, secs, Commands, Epoll};
+use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,34 +20,17 @@ use std::time::{Duration, Instant};
 const BUSY_MSG: usize = 64;
 
 /// Arguments of `bench holder`.
+#[derive(clap::Parser)]
 pub struct Args {
     /// Address to listen on (distinct per holder, so ephemeral ports never run out).
+    #[arg(long)]
     pub listen: SocketAddr,
     /// Connections to hold.
+    #[arg(long)]
     pub count: usize,
     /// Exit after this long whatever happens.
+    #[arg(long = "max-life-s", default_value = "3600", value_parser = secs)]
     pub max_life: Duration,
-}
-
-/// Parse `--listen A --count N [--max-life-s S]`.
-pub fn parse_args(args: &[String]) -> Result<Args> {
-    let mut listen = None;
-    let mut count = None;
-    let mut max_life = Duration::from_secs(3600);
-    parse_flags(args, "holder", |f| {
-        match f.key {
-            "--listen" => listen = Some(f.parse()?),
-            "--count" => count = Some(f.parse()?),
-            "--max-life-s" => max_life = Duration::from_secs(f.parse()?),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    })?;
-    Ok(Args {
-        listen: listen.ok_or_else(|| anyhow!("holder needs --listen"))?,
-        count: count.ok_or_else(|| anyhow!("holder needs --count"))?,
-        max_life,
-    })
 }
 
 /// One poll of a socket the way an in-app watchdog would: TCP_INFO and the send queue.
@@ -79,7 +62,7 @@ const STDIN_TOKEN: u64 = u64::MAX;
 
 /// The holder's main: set up, then serve commands until `quit`, EOF or `max_life`.
 pub fn main(args: &[String]) -> Result<()> {
-    let a = parse_args(args)?;
+    let a: Args = parse_args("holder", args)?;
     let started = Instant::now();
     let listener =
         TcpListener::bind(a.listen).with_context(|| format!("holder: binding {}", a.listen))?;

@@ -13,9 +13,10 @@
 //! - `quit` or end of stdin -> exit
 
 use crate::helper::{
-    connect_batched, connect_small, linger_zero, parse_flags, setsockopt_int, Commands, Epoll,
+    connect_batched, connect_small, linger_zero, parse_args, positive_ms, positive_usize, secs,
+    setsockopt_int, Commands, Epoll,
 };
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,63 +27,35 @@ const SO_MAX_PACING_RATE: libc::c_int = 47;
 const STDIN_TOKEN: u64 = u64::MAX;
 
 /// Arguments of `bench streamer`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, clap::Parser)]
 pub struct Args {
     /// Address to listen on (distinct per helper, so ephemeral ports never run out).
+    #[arg(long)]
     pub listen: SocketAddr,
     /// Connections to hold.
+    #[arg(long, value_parser = positive_usize())]
     pub count: usize,
     /// Pacing rate of each server socket, bytes per second.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: u32,
     /// MSS of the connections (TCP_MAXSEG on the listener).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(88..))]
     pub mss: u32,
     /// SO_SNDBUF of the server sockets (the kernel doubles it).
+    #[arg(long, default_value_t = 8192)]
     pub sndbuf: u32,
     /// SO_RCVBUF of the client sockets (the kernel doubles it).
+    #[arg(long, default_value_t = 8192)]
     pub rcvbuf: u32,
     /// Bytes per write.
+    #[arg(long, default_value_t = 2048, value_parser = positive_usize())]
     pub chunk: usize,
     /// One write per stream every this long.
+    #[arg(long = "period-ms", default_value = "500", value_parser = positive_ms)]
     pub period: Duration,
     /// Exit after this long whatever happens.
+    #[arg(long = "max-life-s", default_value = "3600", value_parser = secs)]
     pub max_life: Duration,
-}
-
-/// Parse `--listen A --count N [--rate B] [--mss B] [--sndbuf B] [--rcvbuf B] [--chunk B]
-/// [--period-ms MS] [--max-life-s S]`.
-pub fn parse_args(args: &[String]) -> Result<Args> {
-    let mut a = Args {
-        listen: "127.0.0.1:0".parse().expect("literal"),
-        count: 0,
-        rate: 2048,
-        mss: 1024,
-        sndbuf: 8192,
-        rcvbuf: 8192,
-        chunk: 2048,
-        period: Duration::from_millis(500),
-        max_life: Duration::from_secs(3600),
-    };
-    let mut listen = None;
-    parse_flags(args, "streamer", |f| {
-        match f.key {
-            "--listen" => listen = Some(f.parse()?),
-            "--count" => a.count = f.parse()?,
-            "--rate" => a.rate = f.parse()?,
-            "--mss" => a.mss = f.parse()?,
-            "--sndbuf" => a.sndbuf = f.parse()?,
-            "--rcvbuf" => a.rcvbuf = f.parse()?,
-            "--chunk" => a.chunk = f.parse()?,
-            "--period-ms" => a.period = Duration::from_millis(f.parse()?),
-            "--max-life-s" => a.max_life = Duration::from_secs(f.parse()?),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    })?;
-    a.listen = listen.ok_or_else(|| anyhow!("streamer needs --listen"))?;
-    if a.count == 0 || a.rate == 0 || a.mss < 88 || a.chunk == 0 || a.period.is_zero() {
-        bail!("streamer: --count, --rate, --chunk, --period-ms must be positive and --mss at least 88");
-    }
-    Ok(a)
 }
 
 /// `n` connections to a new listener at `listen` (MSS `mss` if given, client SO_RCVBUF
@@ -223,7 +196,7 @@ fn wedge(addr: SocketAddr, k: usize, a: &Args) -> Result<(Vec<TcpStream>, u64)> 
 /// The streamer's main: set up, then stream and serve commands until `quit`, EOF or
 /// `max_life`.
 pub fn main(args: &[String]) -> Result<()> {
-    let a = parse_args(args)?;
+    let a: Args = parse_args("streamer", args)?;
     let started = Instant::now();
     let (clients, servers) = connect_pairs(a.listen, a.count, Some(a.mss), a.rcvbuf, a.sndbuf)?;
     for s in &servers {
@@ -338,17 +311,23 @@ pub fn main(args: &[String]) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_string).collect()
+    fn parse(s: &str) -> Result<Args> {
+        let args: Vec<String> = s.split_whitespace().map(str::to_string).collect();
+        parse_args("streamer", &args)
     }
 
     #[test]
     fn streamer_args() {
-        let a = parse_args(&args("--listen 127.3.0.1:7300 --count 10 --rate 4096")).unwrap();
+        let a = parse("--listen 127.3.0.1:7300 --count 10 --rate 4096").unwrap();
         assert_eq!((a.count, a.rate, a.mss, a.chunk), (10, 4096, 1024, 2048));
-        assert!(parse_args(&args("--count 10")).is_err());
-        assert!(parse_args(&args("--listen 127.0.0.1:1 --count 0")).is_err());
-        assert!(parse_args(&args("--listen 127.0.0.1:1 --count 1 --mss 10")).is_err());
-        assert!(parse_args(&args("--listen 127.0.0.1:1 --frob 1")).is_err());
+        assert_eq!(
+            (a.period, a.max_life),
+            (Duration::from_millis(500), Duration::from_secs(3600))
+        );
+        assert!(parse("--count 10").is_err());
+        assert!(parse("--listen 127.0.0.1:1 --count 0").is_err());
+        assert!(parse("--listen 127.0.0.1:1 --count 1 --mss 10").is_err());
+        assert!(parse("--listen 127.0.0.1:1 --count 1 --period-ms 0").is_err());
+        assert!(parse("--listen 127.0.0.1:1 --frob 1").is_err());
     }
 }

@@ -8,7 +8,9 @@
 //!   <bytes>` line per socket, then `done <count>`. Times are CLOCK_REALTIME ns; errno 0 means
 //!   the writer hit the deadline without an error.
 
-use crate::helper::{connect_batched, connect_small, linger_zero, parse_flags, setsockopt_int};
+use crate::helper::{
+    connect_batched, connect_small, linger_zero, parse_args, positive_usize, secs, setsockopt_int,
+};
 use crate::util::wall_ns;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, Write};
@@ -18,47 +20,23 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Arguments of `bench wedge`.
+#[derive(clap::Parser)]
 pub struct Args {
     /// Listen address (its port is the one the policy resets).
+    #[arg(long)]
     pub listen: SocketAddrV4,
     /// Wedged connections.
+    #[arg(long, value_parser = positive_usize())]
     pub count: usize,
     /// SO_SNDBUF of the server sockets (small, to bound memory at thousands of wedges).
+    #[arg(long, default_value_t = 8192)]
     pub sndbuf: u32,
     /// SO_RCVBUF of the client sockets.
+    #[arg(long, default_value_t = 8192)]
     pub rcvbuf: u32,
     /// Writers give up after this long.
+    #[arg(long = "timeout-s", default_value = "60", value_parser = secs)]
     pub timeout: Duration,
-}
-
-/// Parse `--listen A --count N [--sndbuf B] [--rcvbuf B] [--timeout-s S]`.
-pub fn parse_args(args: &[String]) -> Result<Args> {
-    let mut a = Args {
-        listen: "127.0.0.1:0".parse().expect("literal"),
-        count: 0,
-        sndbuf: 8192,
-        rcvbuf: 8192,
-        timeout: Duration::from_secs(60),
-    };
-    let mut listen = false;
-    parse_flags(args, "wedge", |f| {
-        match f.key {
-            "--listen" => {
-                a.listen = f.parse()?;
-                listen = true;
-            }
-            "--count" => a.count = f.parse()?,
-            "--sndbuf" => a.sndbuf = f.parse()?,
-            "--rcvbuf" => a.rcvbuf = f.parse()?,
-            "--timeout-s" => a.timeout = Duration::from_secs(f.parse()?),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    })?;
-    if !listen || a.count == 0 {
-        bail!("wedge needs --listen and --count > 0");
-    }
-    Ok(a)
 }
 
 /// What one writer observed.
@@ -154,7 +132,7 @@ fn write_until_error(fd: RawFd, deadline: Instant) -> Outcome {
 
 /// The wedge helper's main.
 pub fn main(args: &[String]) -> Result<()> {
-    let a = parse_args(args)?;
+    let a: Args = parse_args("wedge", args)?;
     let listener =
         TcpListener::bind(a.listen).with_context(|| format!("wedge: binding {}", a.listen))?;
     let (clients, servers) = connect_batched(
