@@ -190,10 +190,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 .map(|r| event::CalibrationEntry {
                     rule: (r.rule != NO_RULE).then_some(r.rule),
                     class: r.class,
-                    count: r.count,
-                    max_ms: r.max_ms,
-                    p50_ms: r.p50_ms,
-                    p99_ms: r.p99_ms,
+                    episodes: r.episodes,
                 })
                 .collect(),
         }));

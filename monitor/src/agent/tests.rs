@@ -151,7 +151,12 @@ fn a_close_noted_after_the_map_read_is_no_recovery() {
         r.out.events()
     );
     assert_eq!(r.out.named("stall_closed").len(), 1);
-    assert!(r.agent.calibration.rows().iter().all(|c| c.count == 0));
+    assert!(r
+        .agent
+        .calibration
+        .rows()
+        .iter()
+        .all(|c| c.episodes.count == 0));
 }
 
 #[test]

@@ -33,9 +33,23 @@ pub struct Calibration {
 pub struct CalibrationRow {
     pub rule: String,
     pub class: StallClass,
+    #[serde(flatten)]
+    pub episodes: Episodes,
+}
+
+/// How long the recovered stall episodes of one (rule, class) lasted: the numbers of a
+/// calibration row, in `stats.calibration` and in `tcpstall policy check --events`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct Episodes {
+    /// Stall episodes observed
     pub count: u64,
+    /// Longest episode, ms
     pub max_ms: u64,
+    /// Median episode, ms
     pub p50_ms: u64,
+    /// 99th percentile episode, ms
     pub p99_ms: u64,
 }
 
@@ -122,10 +136,12 @@ impl Calibration {
                 CalibrationRow {
                     rule: rule.clone(),
                     class: *class,
-                    count: k.count,
-                    max_ms: k.max_ms,
-                    p50_ms: percentile(&d, 50),
-                    p99_ms: percentile(&d, 99),
+                    episodes: Episodes {
+                        count: k.count,
+                        max_ms: k.max_ms,
+                        p50_ms: percentile(&d, 50),
+                        p99_ms: percentile(&d, 99),
+                    },
                 }
             })
             .collect()

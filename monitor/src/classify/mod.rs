@@ -72,7 +72,7 @@ mod recv;
 mod send;
 mod tracker;
 
-pub use calibration::{Calibration, CalibrationRow, ThresholdWarning};
+pub use calibration::{Calibration, CalibrationRow, Episodes, ThresholdWarning};
 pub use fmt::{fmt_factor, fmt_ms};
 pub use tracker::{Imported, SavedSocket, Tracker, SAVED_SAMPLES_MAX};
 

@@ -954,18 +954,22 @@ fn calibration_percentiles_and_max() {
             CalibrationRow {
                 rule: "(defaults)".into(),
                 class: StallClass::NoAck,
-                count: 1,
-                max_ms: 700,
-                p50_ms: 700,
-                p99_ms: 700
+                episodes: Episodes {
+                    count: 1,
+                    max_ms: 700,
+                    p50_ms: 700,
+                    p99_ms: 700
+                }
             },
             CalibrationRow {
                 rule: "web".into(),
                 class: StallClass::ZeroWindow,
-                count: 100,
-                max_ms: 100_000,
-                p50_ms: 50_000,
-                p99_ms: 99_000
+                episodes: Episodes {
+                    count: 100,
+                    max_ms: 100_000,
+                    p50_ms: 50_000,
+                    p99_ms: 99_000
+                }
             },
         ]
     );
@@ -987,7 +991,7 @@ fn calibration_percentiles_and_max() {
             &episode(StallClass::ZeroWindow, 1000),
         );
     }
-    let row = &c.rows()[0];
+    let row = &c.rows()[0].episodes;
     assert_eq!(
         (row.count, row.max_ms, row.p99_ms),
         (CALIBRATION_KEEP as u64 + 1, 5_000_000, 1000)
@@ -1083,7 +1087,7 @@ fn calibration_warns_when_a_threshold_is_below_an_observed_recovery() {
         ),
         None
     );
-    assert_eq!(c.rows().iter().map(|r| r.count).sum::<u64>(), 6);
+    assert_eq!(c.rows().iter().map(|r| r.episodes.count).sum::<u64>(), 6);
 }
 
 /// Dormant histories are bounded by age and count; live sockets are untouched.
@@ -1199,10 +1203,12 @@ fn evidence_serializes_for_events() {
     let row = CalibrationRow {
         rule: "r".into(),
         class: StallClass::NoAck,
-        count: 1,
-        max_ms: 1,
-        p50_ms: 1,
-        p99_ms: 1,
+        episodes: Episodes {
+            count: 1,
+            max_ms: 1,
+            p50_ms: 1,
+            p99_ms: 1,
+        },
     };
     assert_eq!(serde_json::to_value(&row).unwrap()["class"], "no_ack");
 }

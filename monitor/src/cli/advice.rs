@@ -392,14 +392,14 @@ fn advise_one(policy: &Policy, o: &Observed) -> Advice {
                          define; its sockets are now judged by whichever rule selects them. \
                          Record again with this policy to judge it (longest recovery seen: \
                          {})",
-                        fmt_ms(o.max_ms)
+                        fmt_ms(o.episodes.max_ms)
                     ),
                 };
             }
         },
     };
     let thr = ms_of(thresholds.threshold_for(o.class));
-    let max = o.max_ms;
+    let max = o.episodes.max_ms;
     let margin = (max > 0 && thr > 0).then(|| thr as f64 / max as f64);
     let cadence = cadence_note(o.class, thresholds, max);
     let acts = if resets {
@@ -555,11 +555,16 @@ pub fn render_advice(
         let o = &a.observed;
         let mut seen = format!(
             "{} episode(s) recovered by themselves, longest {}",
-            o.count,
-            fmt_ms(o.max_ms)
+            o.episodes.count,
+            fmt_ms(o.episodes.max_ms)
         );
-        if o.count > 0 {
-            let _ = write!(seen, ", p50 {}, p99 {}", fmt_ms(o.p50_ms), fmt_ms(o.p99_ms));
+        if o.episodes.count > 0 {
+            let _ = write!(
+                seen,
+                ", p50 {}, p99 {}",
+                fmt_ms(o.episodes.p50_ms),
+                fmt_ms(o.episodes.p99_ms)
+            );
         }
         if o.warnings > 0 {
             let _ = write!(
@@ -577,7 +582,7 @@ pub fn render_advice(
                 "  write:     under {}: {}   (>= 1.5 x {}, whole seconds)",
                 a.section,
                 a.write.join("; "),
-                fmt_ms(o.max_ms)
+                fmt_ms(o.episodes.max_ms)
             );
         }
         if !a.cadence.is_empty() {

@@ -2,7 +2,7 @@
 //! `tcpstall policy check --events`: calibration rows and threshold warnings.
 
 use super::advice::{DEFAULTS_LABEL, MAX_LINE, SKIP_EXAMPLES};
-use crate::classify::StallClass;
+use crate::classify::{Episodes, StallClass};
 use crate::event::{self, CalibrationEntry};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -12,31 +12,21 @@ use std::path::Path;
 /// Key of the aggregation: rule name (`None` = policy defaults) and class.
 pub(super) type Key = (Option<String>, StallClass);
 
-/// One `stats.calibration` row.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Row {
-    pub(super) count: u64,
-    pub(super) max_ms: u64,
-    pub(super) p50_ms: u64,
-    pub(super) p99_ms: u64,
-}
-
-/// Rows of finished agent runs, combined.
+/// Rows of finished agent runs, combined: counts summed, longest and percentiles the largest
+/// per run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Combined {
-    pub(super) count: u64,
-    pub(super) max_ms: u64,
-    pub(super) p50_ms: u64,
-    pub(super) p99_ms: u64,
+    pub(super) episodes: Episodes,
     pub(super) runs: u32,
 }
 
 impl Combined {
-    pub(super) fn add(&mut self, r: &Row) {
-        self.count += r.count;
-        self.max_ms = self.max_ms.max(r.max_ms);
-        self.p50_ms = self.p50_ms.max(r.p50_ms);
-        self.p99_ms = self.p99_ms.max(r.p99_ms);
+    pub(super) fn add(&mut self, r: &Episodes) {
+        let e = &mut self.episodes;
+        e.count += r.count;
+        e.max_ms = e.max_ms.max(r.max_ms);
+        e.p50_ms = e.p50_ms.max(r.p50_ms);
+        e.p99_ms = e.p99_ms.max(r.p99_ms);
         self.runs += 1;
     }
 }
@@ -56,14 +46,10 @@ pub struct Observed {
     pub rule: Option<String>,
     /// Stall class.
     pub class: StallClass,
-    /// Recovered episodes (summed over agent runs).
-    pub count: u64,
-    /// Longest recovered episode, ms (calibration rows and threshold warnings).
-    pub max_ms: u64,
-    /// Median episode, ms (the largest per-run median when the recording spans runs).
-    pub p50_ms: u64,
-    /// 99th percentile episode, ms (the largest per-run value across runs).
-    pub p99_ms: u64,
+    /// Recovered episodes: the count summed over agent runs, the median and 99th percentile
+    /// the largest per run, the longest over calibration rows and threshold warnings.
+    #[serde(flatten)]
+    pub episodes: Episodes,
     /// Agent runs that contributed calibration rows.
     pub runs: u32,
     /// `threshold_warning` events.
@@ -93,7 +79,7 @@ pub struct Recording {
     /// `stats` events seen.
     pub stats_events: u64,
     pub(super) finished: BTreeMap<Key, Combined>,
-    pub(super) current: BTreeMap<Key, Row>,
+    pub(super) current: BTreeMap<Key, Episodes>,
     pub(super) warnings: BTreeMap<Key, Warnings>,
 }
 
@@ -150,7 +136,7 @@ impl Recording {
             }
             Some("stats") => {
                 self.stats_events += 1;
-                let rows: Vec<(Key, Row)> = v
+                let rows: Vec<(Key, Episodes)> = v
                     .get("calibration")
                     .and_then(|c| c.as_array())
                     .into_iter()
@@ -158,15 +144,7 @@ impl Recording {
                     .filter_map(|e| {
                         let e = CalibrationEntry::deserialize(e).ok()?;
                         let rule = e.rule.filter(|r| r != DEFAULTS_LABEL);
-                        Some((
-                            (rule, e.class),
-                            Row {
-                                count: e.count,
-                                max_ms: e.max_ms,
-                                p50_ms: e.p50_ms,
-                                p99_ms: e.p99_ms,
-                            },
-                        ))
+                        Some(((rule, e.class), e.episodes))
                     })
                     .collect();
                 // Rows are cumulative within a run; a count going down means the agent
@@ -216,10 +194,10 @@ impl Recording {
                 Observed {
                     rule: k.0,
                     class: k.1,
-                    count: c.count,
-                    max_ms: c.max_ms.max(w.max_observed_ms),
-                    p50_ms: c.p50_ms,
-                    p99_ms: c.p99_ms,
+                    episodes: Episodes {
+                        max_ms: c.episodes.max_ms.max(w.max_observed_ms),
+                        ..c.episodes
+                    },
                     runs: c.runs,
                     warnings: w.count,
                     warned_max_ms: w.max_observed_ms,

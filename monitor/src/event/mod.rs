@@ -33,7 +33,7 @@ pub use schema::{
 pub use validate::{validate, validate_line};
 pub use writer::{open_output, EventWriter};
 
-use crate::classify::{Evidence, StallClass};
+use crate::classify::{Episodes, Evidence, StallClass};
 use schemars::JsonSchema;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -280,14 +280,8 @@ pub struct CalibrationEntry {
     pub rule: Option<String>,
     /// Stall class
     pub class: StallClass,
-    /// Stall episodes observed
-    pub count: u64,
-    /// Longest episode, ms
-    pub max_ms: u64,
-    /// Median episode, ms
-    pub p50_ms: u64,
-    /// 99th percentile episode, ms
-    pub p99_ms: u64,
+    #[serde(flatten)]
+    pub episodes: Episodes,
 }
 
 /// Body of the periodic `stats` event.

@@ -145,19 +145,18 @@ fn samples(full: bool) -> Vec<Event> {
                 vec![CalibrationEntry {
                     rule: Some("web".into()),
                     class: StallClass::NoAck,
-                    count: 5,
-                    max_ms: 9_000,
-                    p50_ms: 1_200,
-                    p99_ms: 8_800,
+                    episodes: Episodes {
+                        count: 5,
+                        max_ms: 9_000,
+                        p50_ms: 1_200,
+                        p99_ms: 8_800,
+                    },
                 }]
             } else {
                 vec![CalibrationEntry {
                     rule: None,
                     class: StallClass::RecvBacklog,
-                    count: 0,
-                    max_ms: 0,
-                    p50_ms: 0,
-                    p99_ms: 0,
+                    episodes: Episodes::default(),
                 }]
             },
         }),

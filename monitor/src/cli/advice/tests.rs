@@ -1,4 +1,5 @@
 use super::*;
+use crate::classify::Episodes;
 use crate::cli::test_tmp_dir as tmp_dir;
 use crate::event::{self, CalibrationEntry, Event, StatsFields};
 use std::time::SystemTime;
@@ -73,10 +74,12 @@ fn stats(rows: &[CalRow<'_>]) -> Event {
             .map(|(rule, class, count, max, p50, p99)| CalibrationEntry {
                 rule: rule.map(str::to_string),
                 class: *class,
-                count: *count,
-                max_ms: *max,
-                p50_ms: *p50,
-                p99_ms: *p99,
+                episodes: Episodes {
+                    count: *count,
+                    max_ms: *max,
+                    p50_ms: *p50,
+                    p99_ms: *p99,
+                },
             })
             .collect(),
         ..StatsFields::default()
@@ -140,17 +143,27 @@ fn last_calibration_row_per_run_and_warnings_are_aggregated() {
     assert_eq!(obs.len(), 3, "{obs:?}");
     // Sorted: defaults (None) first.
     assert_eq!((obs[0].rule.as_deref(), obs[0].class), (None, NoAck));
-    assert_eq!((obs[0].count, obs[0].max_ms, obs[0].runs), (2, 900, 1));
+    assert_eq!(
+        (obs[0].episodes.count, obs[0].episodes.max_ms, obs[0].runs),
+        (2, 900, 1)
+    );
     assert_eq!(obs[1].rule.as_deref(), Some("gone"));
     assert_eq!(
-        (obs[1].count, obs[1].max_ms, obs[1].warnings),
+        (
+            obs[1].episodes.count,
+            obs[1].episodes.max_ms,
+            obs[1].warnings
+        ),
         (0, 31_000, 1)
     );
     let ws = &obs[2];
     assert_eq!((ws.rule.as_deref(), ws.class), (Some("ws"), ZeroWindow));
-    assert_eq!(ws.count, 10 + 5 + 1);
+    assert_eq!(ws.episodes.count, 10 + 5 + 1);
     assert_eq!(ws.runs, 3);
-    assert_eq!((ws.max_ms, ws.p50_ms, ws.p99_ms), (12_500, 2500, 12_000));
+    assert_eq!(
+        (ws.episodes.max_ms, ws.episodes.p50_ms, ws.episodes.p99_ms),
+        (12_500, 2500, 12_000)
+    );
     assert_eq!(
         (ws.warnings, ws.warned_max_ms, ws.warned_would_reset),
         (1, 12_500, true)
@@ -174,10 +187,12 @@ fn observed(rule: Option<&str>, class: StallClass, max_ms: u64) -> Observed {
     Observed {
         rule: rule.map(str::to_string),
         class,
-        count: 7,
-        max_ms,
-        p50_ms: max_ms / 4,
-        p99_ms: max_ms,
+        episodes: Episodes {
+            count: 7,
+            max_ms,
+            p50_ms: max_ms / 4,
+            p99_ms: max_ms,
+        },
         runs: 1,
         warnings: 0,
         warned_max_ms: 0,
