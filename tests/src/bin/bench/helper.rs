@@ -62,6 +62,20 @@ impl Commands {
     }
 }
 
+/// send(2) of `buf` on `fd` with MSG_NOSIGNAL and `flags`: the byte count, or -1 with errno
+/// set (the helpers read errno themselves, to tell EAGAIN from a reset).
+pub fn send(fd: RawFd, buf: &[u8], flags: libc::c_int) -> isize {
+    // SAFETY: `buf` is a valid buffer of `buf.len()` bytes for the duration of the call.
+    unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            flags | libc::MSG_NOSIGNAL,
+        )
+    }
+}
+
 /// setsockopt of an int-sized option; `what` names it in the error.
 pub fn setsockopt_int(
     fd: RawFd,

@@ -9,7 +9,7 @@
 //!   ioctl(SIOCOUTQ) over every server-side socket, with the thread CPU time it took
 //! - `quit` or end of stdin -> exit
 
-use crate::helper::{connect_batched, linger_zero, parse_args, secs, Commands, Epoll};
+use crate::helper::{connect_batched, linger_zero, parse_args, secs, send, Commands, Epoll};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -174,15 +174,7 @@ pub fn main(args: &[String]) -> Result<()> {
             let mut done = 0;
             while Instant::now() >= next_write && done < busy_idx.len() {
                 let s = &servers[busy_idx[cursor]];
-                // SAFETY: valid fd and buffer.
-                let r = unsafe {
-                    libc::send(
-                        s.as_raw_fd(),
-                        msg.as_ptr() as *const libc::c_void,
-                        msg.len(),
-                        libc::MSG_NOSIGNAL,
-                    )
-                };
+                let r = send(s.as_raw_fd(), &msg, 0);
                 if r < 0 {
                     let e = std::io::Error::last_os_error();
                     if e.kind() != std::io::ErrorKind::WouldBlock {

@@ -14,7 +14,7 @@
 
 use crate::helper::{
     connect_batched, connect_small, linger_zero, parse_args, positive_ms, positive_usize, secs,
-    setsockopt_int, Commands, Epoll,
+    send, setsockopt_int, Commands, Epoll,
 };
 use anyhow::{bail, Context, Result};
 use std::io::Write;
@@ -122,15 +122,7 @@ enum Io {
 fn write_all_nb(fd: RawFd, buf: &[u8]) -> Io {
     let mut n = 0u64;
     loop {
-        // SAFETY: valid fd and buffer.
-        let r = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr() as *const libc::c_void,
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
+        let r = send(fd, buf, 0);
         if r > 0 {
             n += r as u64;
             continue;
@@ -234,15 +226,7 @@ pub fn main(args: &[String]) -> Result<()> {
                 if dead[i] {
                     continue;
                 }
-                // SAFETY: valid fd and buffer.
-                let r = unsafe {
-                    libc::send(
-                        s.as_raw_fd(),
-                        wbuf.as_ptr() as *const libc::c_void,
-                        wbuf.len(),
-                        libc::MSG_NOSIGNAL,
-                    )
-                };
+                let r = send(s.as_raw_fd(), &wbuf, 0);
                 if r > 0 {
                     written_total += r as u64;
                 } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {

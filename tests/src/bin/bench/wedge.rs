@@ -9,7 +9,8 @@
 //!   the writer hit the deadline without an error.
 
 use crate::helper::{
-    connect_batched, connect_small, linger_zero, parse_args, positive_usize, secs, setsockopt_int,
+    connect_batched, connect_small, linger_zero, parse_args, positive_usize, secs, send,
+    setsockopt_int,
 };
 use crate::util::wall_ns;
 use anyhow::{anyhow, bail, Context, Result};
@@ -62,15 +63,7 @@ fn write_until_error(fd: RawFd, deadline: Instant) -> Outcome {
     let mut o = Outcome::default();
     // Phase 1: fill (bounded: the buffers hold far less than 100,000 x 64 KiB).
     for _ in 0..100_000 {
-        // SAFETY: valid fd and buffer.
-        let r = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr() as *const libc::c_void,
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
+        let r = send(fd, &buf, libc::MSG_DONTWAIT);
         if r > 0 {
             o.bytes += r as u64;
             o.last_progress_ns = wall_ns();
@@ -91,15 +84,7 @@ fn write_until_error(fd: RawFd, deadline: Instant) -> Outcome {
     let mut pending: Option<u64> = None;
     while Instant::now() < deadline {
         let t0 = wall_ns();
-        // SAFETY: valid fd and buffer.
-        let r = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr() as *const libc::c_void,
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
+        let r = send(fd, &buf, 0);
         let t1 = wall_ns();
         if r > 0 {
             o.bytes += r as u64;
