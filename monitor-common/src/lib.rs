@@ -137,13 +137,8 @@ pub struct SockState {
     pub _pad2: u32,
     /// Bytes acked by the peer since tracking began (sum of snd_una advances seen).
     pub bytes_acked: u64,
-    pub first_seen_ns: u64,
-    pub last_send_ns: u64,
-    /// Last ACK received from the peer (any ACK, progress or not).
-    pub last_ack_ns: u64,
-    /// Last time snd_una advanced (or tracking began).
-    pub last_progress_ns: u64,
-    pub last_retrans_ns: u64,
+    /// When each event was last seen on this socket.
+    pub times: Times,
 
     // Receive side (read-side mirror).
     pub rcv_nxt: u32,
@@ -178,6 +173,23 @@ pub struct Gap {
     pub acked: u32,
     /// 1 if the peer's window was zero when the gap ended (a zero-window episode), else 0.
     pub zero_window: u32,
+}
+
+/// When the kernel side last saw each event on a tracked socket (`bpf_ktime_get_ns()`,
+/// CLOCK_MONOTONIC). Part of [`SockState`]; the agent's decoded snapshot keeps it as is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Times {
+    /// Tracking began: a new tracking session when a socket drained and was tracked again.
+    pub first_seen_ns: u64,
+    /// Last write while tracked.
+    pub last_send_ns: u64,
+    /// Last ACK received from the peer (any ACK, progress or not).
+    pub last_ack_ns: u64,
+    /// Last time snd_una advanced (or tracking began).
+    pub last_progress_ns: u64,
+    /// Last retransmission seen; 0 when none was.
+    pub last_retrans_ns: u64,
 }
 
 impl SockState {

@@ -40,13 +40,13 @@ pub fn record_progress(s: &mut SockState, una: u32, t: u64) {
     }
     let acked = una.wrapping_sub(s.snd_una);
     s.bytes_acked = s.bytes_acked.wrapping_add(acked as u64);
-    let gap = t.saturating_sub(s.last_progress_ns);
+    let gap = t.saturating_sub(s.times.last_progress_ns);
     if gap >= MIN_GAP_NS {
         let slot = (s.gap_count as usize) % GAP_SLOTS;
         // `slot` is always < GAP_SLOTS; the bound check keeps the verifier happy.
         if let Some(g) = s.gaps.get_mut(slot) {
             *g = Gap {
-                start_ns: s.last_progress_ns,
+                start_ns: s.times.last_progress_ns,
                 end_ns: t,
                 acked,
                 zero_window: (s.flags & (flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN) != 0) as u32,
@@ -55,7 +55,7 @@ pub fn record_progress(s: &mut SockState, una: u32, t: u64) {
         s.gap_count = s.gap_count.wrapping_add(1);
     }
     s.snd_una = una;
-    s.last_progress_ns = t;
+    s.times.last_progress_ns = t;
     s.flags &= !flags::ZERO_WINDOW_SEEN;
 }
 

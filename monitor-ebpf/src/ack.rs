@@ -132,7 +132,7 @@ pub(crate) fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
         } else {
             s.snd_wnd = M::ld(tp, off!(snd_wnd));
         }
-        s.last_ack_ns = t;
+        s.times.last_ack_ns = t;
     } else {
         progress_before = una; // nothing to learn about the send side
     }

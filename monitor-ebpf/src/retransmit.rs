@@ -23,7 +23,7 @@ pub(crate) fn on_retransmit<M: Mem>(sk: *const u8) {
     let una: u32 = M::ld(tp, off!(snd_una));
     refresh_send::<M>(s, tp, t, una);
     s.retransmits = s.retransmits.wrapping_add(1);
-    s.last_retrans_ns = t;
+    s.times.last_retrans_ns = t;
     // No ACK is being processed here, so the socket's window is current.
     s.snd_wnd = M::ld(tp, off!(snd_wnd));
     set_zero_window(s, s.snd_wnd == 0);

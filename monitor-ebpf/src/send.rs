@@ -63,6 +63,6 @@ pub(crate) fn on_send<M: Mem>(sk: *const u8) {
     // SAFETY: map value pointer valid for this invocation.
     let s = unsafe { &mut *p };
     refresh_send::<M>(s, tp, t, una);
-    s.last_send_ns = t;
+    s.times.last_send_ns = t;
     set_writer(s);
 }

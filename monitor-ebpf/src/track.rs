@@ -153,8 +153,8 @@ pub(crate) fn track<M: Mem>(tp: *const u8, key: u64, t: u64, why: Why) -> Option
     if s.rcv_nxt != s.copied_seq {
         s.flags |= flags::RECV_BACKLOG;
     }
-    s.first_seen_ns = t;
-    s.last_progress_ns = t;
+    s.times.first_seen_ns = t;
+    s.times.last_progress_ns = t;
     s.last_read_ns = t;
     if sock_insert(&key, s).is_err() {
         bump(counter::MAP_FULL);

@@ -152,7 +152,7 @@ fn cached_cookie(
     s: &SockState,
 ) -> Option<u64> {
     match cookies.get(&s.key) {
-        Some(&(first, c)) if first == s.first_seen_ns => Some(c),
+        Some(&(first, c)) if first == s.times.first_seen_ns => Some(c),
         _ => None,
     }
 }
@@ -402,7 +402,7 @@ impl Probes {
         let mut v = self.read_raw();
         if self.key_by_addr {
             let present: std::collections::HashSet<(u64, u64)> =
-                v.iter().map(|s| (s.key, s.first_seen_ns)).collect();
+                v.iter().map(|s| (s.key, s.times.first_seen_ns)).collect();
             self.cookies
                 .retain(|k, (first, _)| present.contains(&(*k, *first)));
             v.retain_mut(|s| {
@@ -411,7 +411,7 @@ impl Probes {
                         Some(c) => s.cookie = c,
                         None => match resolve(s) {
                             Some(c) => {
-                                self.cookies.insert(s.key, (s.first_seen_ns, c));
+                                self.cookies.insert(s.key, (s.times.first_seen_ns, c));
                                 s.cookie = c;
                             }
                             None => return false,
@@ -551,7 +551,7 @@ impl Probes {
             Some(s.cookie)
         } else {
             cached
-                .filter(|&(first, _)| first == s.first_seen_ns)
+                .filter(|&(first, _)| first == s.times.first_seen_ns)
                 .map(|(_, c)| c)
         };
         owner == Some(cookie) && self.socks.remove(&key).is_ok()

@@ -2,7 +2,7 @@
 //! monotonic time it was read at. Everything downstream (classification, policy, events)
 //! works on this plain type, so it can be unit-tested without a kernel.
 
-use monitor_common::{flags, Gap, SockState, GAP_SLOTS};
+use monitor_common::{flags, Gap, SockState, Times, GAP_SLOTS};
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -77,12 +77,8 @@ pub struct Snapshot {
     pub zero_window_acks: u32,
     /// Cumulative bytes acked since tracking began.
     pub bytes_acked: u64,
-    pub first_seen_ns: u64,
-    pub last_send_ns: u64,
-    pub last_ack_ns: u64,
-    pub last_progress_ns: u64,
-    /// 0 when no retransmit was seen.
-    pub last_retrans_ns: u64,
+    /// When the kernel side last saw each event (as in the kernel's record).
+    pub times: Times,
 
     /// Received bytes the local app has not read yet (rcv_nxt - copied_seq).
     pub recv_unread: u64,
@@ -144,11 +140,7 @@ impl Snapshot {
             backoff: s.backoff,
             zero_window_acks: s.zero_window_acks,
             bytes_acked: s.bytes_acked,
-            first_seen_ns: s.first_seen_ns,
-            last_send_ns: s.last_send_ns,
-            last_ack_ns: s.last_ack_ns,
-            last_progress_ns: s.last_progress_ns,
-            last_retrans_ns: s.last_retrans_ns,
+            times: s.times,
             recv_unread: s.rcv_nxt.wrapping_sub(s.copied_seq) as u64,
             rcvbuf: s.rcvbuf,
             rcv_wnd: s.rcv_wnd,
@@ -162,14 +154,15 @@ impl Snapshot {
     /// The last time a hook touched the entry: a write, an ACK, a retransmit, or tracking
     /// began.
     pub fn last_activity_ns(&self) -> u64 {
-        self.last_send_ns
-            .max(self.last_ack_ns)
-            .max(self.last_retrans_ns)
-            .max(self.first_seen_ns)
+        self.times
+            .last_send_ns
+            .max(self.times.last_ack_ns)
+            .max(self.times.last_retrans_ns)
+            .max(self.times.first_seen_ns)
     }
 
     pub fn since_progress_ms(&self) -> u64 {
-        self.now_ns.saturating_sub(self.last_progress_ns) / 1_000_000
+        self.now_ns.saturating_sub(self.times.last_progress_ns) / 1_000_000
     }
 
     pub fn family_name(&self) -> &'static str {

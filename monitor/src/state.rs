@@ -133,11 +133,11 @@ fn layout_hash() -> u32 {
         offset_of!(SockState, backoff),
         offset_of!(SockState, zero_window_acks),
         offset_of!(SockState, bytes_acked),
-        offset_of!(SockState, first_seen_ns),
-        offset_of!(SockState, last_send_ns),
-        offset_of!(SockState, last_ack_ns),
-        offset_of!(SockState, last_progress_ns),
-        offset_of!(SockState, last_retrans_ns),
+        offset_of!(SockState, times.first_seen_ns),
+        offset_of!(SockState, times.last_send_ns),
+        offset_of!(SockState, times.last_ack_ns),
+        offset_of!(SockState, times.last_progress_ns),
+        offset_of!(SockState, times.last_retrans_ns),
         offset_of!(SockState, rcv_nxt),
         offset_of!(SockState, copied_seq),
         offset_of!(SockState, rcvbuf),
@@ -780,8 +780,8 @@ mod tests {
             st.family = 2;
             st.write_seq = 10_000;
             st.flags = monitor_common::flags::ZERO_WINDOW;
-            st.first_seen_ns = now - 100 * S;
-            st.last_progress_ns = now - 60 * S;
+            st.times.first_seen_ns = now - 100 * S;
+            st.times.last_progress_ns = now - 60 * S;
             tr.observe(&Snapshot::from_state(&st, now), &Thresholds::default());
         }
         let sockets = tr.export();

@@ -9,8 +9,8 @@ const T0: u64 = 1_000_000 * MS;
 fn sock(una: u32) -> SockState {
     let mut s = SockState::zeroed();
     s.snd_una = una;
-    s.first_seen_ns = T0;
-    s.last_progress_ns = T0;
+    s.times.first_seen_ns = T0;
+    s.times.last_progress_ns = T0;
     s
 }
 
@@ -34,7 +34,7 @@ fn a_gap_is_recorded_only_from_min_gap_ns() {
     // Just under the minimum: progress, no gap.
     record_progress(&mut s, 1100, T0 + MIN_GAP_NS - 1);
     assert_eq!((s.snd_una, s.bytes_acked, s.gap_count), (1100, 100, 0));
-    assert_eq!(s.last_progress_ns, T0 + MIN_GAP_NS - 1);
+    assert_eq!(s.times.last_progress_ns, T0 + MIN_GAP_NS - 1);
     assert_eq!(s.gaps, [Gap::default(); GAP_SLOTS]);
     // Exactly the minimum after that progress: a gap.
     let end = T0 + 2 * MIN_GAP_NS - 1;
@@ -49,7 +49,7 @@ fn a_gap_is_recorded_only_from_min_gap_ns() {
             zero_window: 0,
         }
     );
-    assert_eq!(s.last_progress_ns, end);
+    assert_eq!(s.times.last_progress_ns, end);
 }
 
 #[test]
@@ -61,7 +61,12 @@ fn no_progress_changes_nothing() {
     record_progress(&mut s, 1000, T0 + 10 * MIN_GAP_NS);
     record_progress(&mut s, 900, T0 + 10 * MIN_GAP_NS);
     assert_eq!(
-        (s.snd_una, s.bytes_acked, s.gap_count, s.last_progress_ns),
+        (
+            s.snd_una,
+            s.bytes_acked,
+            s.gap_count,
+            s.times.last_progress_ns
+        ),
         (before.snd_una, 0, 0, T0)
     );
     assert_eq!(s.flags, flags::ZERO_WINDOW_SEEN, "still sticky");

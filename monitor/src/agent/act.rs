@@ -167,8 +167,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             && self.hold_ended.is_some_and(|ended_ns| {
                 guards::waits_after_hold(
                     ended_ns,
-                    c.snap.last_progress_ns,
-                    c.snap.last_retrans_ns,
+                    c.snap.times.last_progress_ns,
+                    c.snap.times.last_retrans_ns,
                     c.snap.now_ns,
                 )
             });

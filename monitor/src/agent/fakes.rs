@@ -219,19 +219,19 @@ pub(super) fn stalled(cookie: u64, remote: &str, class: StallClass) -> SockState
     s.write_seq = 5000;
     s.snd_una = 1000;
     s.snd_nxt = 5000;
-    s.first_seen_ns = now - 20 * S;
-    s.last_progress_ns = now - 10 * S;
+    s.times.first_seen_ns = now - 20 * S;
+    s.times.last_progress_ns = now - 10 * S;
     match class {
         StallClass::NoAck => {
             s.snd_wnd = 65535;
-            s.last_ack_ns = now - 10 * S;
-            s.last_retrans_ns = now - S;
+            s.times.last_ack_ns = now - 10 * S;
+            s.times.last_retrans_ns = now - S;
             s.retransmits = 5;
             s.backoff = 4;
         }
         _ => {
             s.flags = flags::ZERO_WINDOW | flags::ZERO_WINDOW_SEEN;
-            s.last_ack_ns = now - S / 10;
+            s.times.last_ack_ns = now - S / 10;
             s.zero_window_acks = 8;
         }
     }
@@ -242,9 +242,9 @@ pub(super) fn stalled(cookie: u64, remote: &str, class: StallClass) -> SockState
 pub(super) fn healthy(cookie: u64, remote: &str) -> SockState {
     let mut s = stalled(cookie, remote, StallClass::NoAck);
     let now = monotonic_ns();
-    s.last_progress_ns = now;
-    s.last_ack_ns = now;
-    s.last_retrans_ns = 0;
+    s.times.last_progress_ns = now;
+    s.times.last_ack_ns = now;
+    s.times.last_retrans_ns = 0;
     s.backoff = 0;
     s.retransmits = 0;
     s

@@ -162,7 +162,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                         }
                     }
                 }
-                sessions.insert(snap.cookie, snap.first_seen_ns);
+                sessions.insert(snap.cookie, snap.times.first_seen_ns);
                 self.last
                     .insert(snap.cookie, super::Seen::new(snap, self.ticks));
             }

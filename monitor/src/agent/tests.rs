@@ -297,8 +297,8 @@ fn a_mass_disconnect_resets_its_stragglers_that_cross_later_outside_the_spent_bu
         let now = monotonic_ns();
         for s in r.map.0.lock().unwrap().states.iter_mut() {
             if s.cookie < 100 {
-                s.last_ack_ns = now;
-                s.last_progress_ns = now;
+                s.times.last_ack_ns = now;
+                s.times.last_progress_ns = now;
             }
         }
     };
@@ -419,7 +419,7 @@ fn every_network_silent_at_once_holds_resets() {
     r.agent.hold_ended = Some(ended_ns - 2 * S);
     for st in r.map.0.lock().unwrap().states.iter_mut() {
         if st.raddr[1] == 1 {
-            st.last_retrans_ns = ended_ns - S;
+            st.times.last_retrans_ns = ended_ns - S;
         }
     }
     r.agent.tick().unwrap();
@@ -515,10 +515,10 @@ fn a_full_map_makes_room_without_dropping_a_stall() {
     for i in 0..19u64 {
         let mut s = healthy(100 + i, &format!("10.7.0.2:{}", 10000 + i));
         // Older activity for higher cookies.
-        let t = s.last_ack_ns - i * S;
-        s.last_ack_ns = t;
-        s.last_progress_ns = t;
-        s.first_seen_ns = t - S;
+        let t = s.times.last_ack_ns - i * S;
+        s.times.last_ack_ns = t;
+        s.times.last_progress_ns = t;
+        s.times.first_seen_ns = t - S;
         r.add(s, true);
     }
     r.agent.tick().unwrap();

@@ -127,8 +127,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 &Peer {
                     remote: snap.remote.ip(),
                     unacked_bytes: snap.unacked_bytes,
-                    last_ack_ns: snap.last_ack_ns,
-                    first_seen_ns: snap.first_seen_ns,
+                    last_ack_ns: snap.times.last_ack_ns,
+                    first_seen_ns: snap.times.first_seen_ns,
                 },
                 now_ns,
             );

@@ -72,10 +72,10 @@ pub fn verify_live(snap: &Snapshot, class: StallClass, d: &TcpDiag) -> Result<()
             d.snd_wnd
         )),
         StallClass::NoAck => {
-            let seen = if snap.last_ack_ns > 0 {
-                snap.last_ack_ns
+            let seen = if snap.times.last_ack_ns > 0 {
+                snap.times.last_ack_ns
             } else {
-                snap.first_seen_ns
+                snap.times.first_seen_ns
             };
             let map_age_ms = snap.now_ns.saturating_sub(seen) / 1_000_000;
             let live_ms = u64::from(d.last_ack_recv_ms);

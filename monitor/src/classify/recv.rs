@@ -35,7 +35,7 @@ pub(super) fn step_recv(live: &mut Live, input: &TickInput<'_>) -> Option<Transi
         progress_mark: snap.last_read_ns,
         decided_ns: now,
         last_progress_ns: snap.last_read_ns,
-        session_ns: snap.first_seen_ns,
+        session_ns: snap.times.first_seen_ns,
         floor_bps: 0,
     };
     Some(stall.start(&mut live.recv, unread_since / NS_PER_MS))

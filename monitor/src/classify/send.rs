@@ -19,10 +19,14 @@ pub(super) fn step_send(live: &mut Live, input: &TickInput<'_>) -> Option<Transi
     if let Some(a) = &live.send {
         let cleared = match a.class {
             StallClass::SlowDrain => !slow_drain_holds(snap, t, drain),
-            _ => snap.last_progress_ns > a.last_progress_ns || snap.bytes_acked > a.progress_mark,
+            _ => {
+                snap.times.last_progress_ns > a.last_progress_ns
+                    || snap.bytes_acked > a.progress_mark
+            }
         };
         if cleared {
-            let progress = (a.class != StallClass::SlowDrain).then_some(snap.last_progress_ns);
+            let progress =
+                (a.class != StallClass::SlowDrain).then_some(snap.times.last_progress_ns);
             let t = a.cleared(progress, now);
             live.send = None;
             return Some(t);
@@ -41,8 +45,8 @@ pub(super) fn step_send(live: &mut Live, input: &TickInput<'_>) -> Option<Transi
         evidence,
         progress_mark: snap.bytes_acked,
         decided_ns: now,
-        last_progress_ns: snap.last_progress_ns,
-        session_ns: snap.first_seen_ns,
+        last_progress_ns: snap.times.last_progress_ns,
+        session_ns: snap.times.first_seen_ns,
         floor_bps: t.slow_drain_floor_bps,
     };
     Some(stall.start(&mut live.send, stalled_for_ms))
@@ -55,18 +59,19 @@ pub(super) fn send_candidate(
     t: &Thresholds,
     drain: Option<Drain>,
 ) -> Option<(StallClass, u64, Evidence)> {
-    let since = snap.now_ns.saturating_sub(snap.last_progress_ns);
+    let since = snap.now_ns.saturating_sub(snap.times.last_progress_ns);
     if snap.queued_bytes > 0 && snap.zero_window {
         let (eff, ev) = class_evidence(StallClass::ZeroWindow, history, snap.into(), t, drain);
         if since >= eff {
-            return Some((StallClass::ZeroWindow, snap.last_progress_ns, ev));
+            return Some((StallClass::ZeroWindow, snap.times.last_progress_ns, ev));
         }
     }
-    let retransmitting = snap.last_retrans_ns > snap.last_progress_ns || snap.backoff > 0;
+    let retransmitting =
+        snap.times.last_retrans_ns > snap.times.last_progress_ns || snap.backoff > 0;
     if snap.unacked_bytes > 0 && !snap.zero_window && retransmitting {
         let (eff, ev) = class_evidence(StallClass::NoAck, history, snap.into(), t, drain);
         if since >= eff {
-            return Some((StallClass::NoAck, snap.last_progress_ns, ev));
+            return Some((StallClass::NoAck, snap.times.last_progress_ns, ev));
         }
     }
     if slow_drain_starts(snap, t, drain) {

@@ -11,6 +11,7 @@ use crate::snapshot::Snapshot;
 use monitor_common::progress;
 use monitor_common::Gap;
 use monitor_common::SockState;
+use monitor_common::Times;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -79,11 +80,13 @@ impl Sim {
                 backoff: 0,
                 zero_window_acks: 0,
                 bytes_acked: 0,
-                first_seen_ns: start,
-                last_send_ns: start,
-                last_ack_ns: start,
-                last_progress_ns: start,
-                last_retrans_ns: 0,
+                times: Times {
+                    first_seen_ns: start,
+                    last_send_ns: start,
+                    last_ack_ns: start,
+                    last_progress_ns: start,
+                    last_retrans_ns: 0,
+                },
                 recv_unread: 0,
                 rcvbuf: 131072,
                 rcv_wnd: 65535,
@@ -93,8 +96,11 @@ impl Sim {
             },
             k: SockState {
                 snd_una: SIM_SND_UNA,
-                first_seen_ns: start,
-                last_progress_ns: start,
+                times: Times {
+                    first_seen_ns: start,
+                    last_progress_ns: start,
+                    ..Times::default()
+                },
                 ..SockState::zeroed()
             },
         }
@@ -125,7 +131,7 @@ impl Sim {
         let s = &mut self.s;
         s.queued_bytes = s.queued_bytes.saturating_sub(bytes);
         s.unacked_bytes = s.unacked_bytes.min(s.queued_bytes);
-        s.last_ack_ns = t;
+        s.times.last_ack_ns = t;
     }
 
     /// The kernel entry's gap ring starts afresh (a new tracking session, or a restart that
@@ -138,8 +144,8 @@ impl Sim {
     fn retransmit(&mut self, t: u64) {
         self.s.retransmits += 1;
         self.s.backoff += 1;
-        self.s.last_retrans_ns = t;
-        self.s.last_send_ns = t;
+        self.s.times.last_retrans_ns = t;
+        self.s.times.last_send_ns = t;
     }
 
     fn snap(&mut self, now: u64) -> Snapshot {
@@ -148,7 +154,7 @@ impl Sim {
         s.now_ns = now;
         s.zero_window = k.zero_window;
         s.bytes_acked = k.bytes_acked;
-        s.last_progress_ns = k.last_progress_ns;
+        s.times.last_progress_ns = k.times.last_progress_ns;
         s.recent_gaps = k.recent_gaps;
         s.gap_count = k.gap_count;
         s.clone()
@@ -865,7 +871,7 @@ fn still_stalled_reverifies_against_the_freshest_snapshot() {
     assert_eq!((a.progress_mark, a.decided_ns), (0, at(3.0)));
     assert!(tr.still_stalled(&sim.snap(at(4.2))));
     // A zero-window probe answered (ACK without progress): still stalled.
-    sim.s.last_ack_ns = at(4.3);
+    sim.s.times.last_ack_ns = at(4.3);
     sim.s.zero_window_acks += 1;
     assert!(tr.still_stalled(&sim.snap(at(4.4))));
     // Progress between the decision and the reset: abort.
@@ -1283,8 +1289,8 @@ fn a_session_that_ended_while_saved_keeps_only_its_history() {
     // A new tracking session of the same socket: judged with the cadence, and the saved
     // session's end is no recovery.
     sim.fresh_ring();
-    sim.s.first_seen_ns = at(10.0);
-    sim.k.last_progress_ns = at(10.0);
+    sim.s.times.first_seen_ns = at(10.0);
+    sim.k.times.last_progress_ns = at(10.0);
     let obs = run(&mut back, &mut sim, &t, 10.0, 15.0, 0.5, |_, _| {});
     let trs = transitions(&obs);
     assert_eq!(trs.len(), 1, "{trs:?}");

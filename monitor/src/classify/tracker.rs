@@ -203,7 +203,7 @@ impl Tracker {
         if entry
             .live
             .as_ref()
-            .is_some_and(|l| l.session_ns != snap.first_seen_ns)
+            .is_some_and(|l| l.session_ns != snap.times.first_seen_ns)
         {
             let old = entry.live.take().expect("checked above");
             let dep = depart(&mut entry.history, old, false, now);
@@ -215,7 +215,7 @@ impl Tracker {
         let recv_done = obs.recv_transition.is_some();
 
         let Entry { history, live, .. } = entry;
-        let live = live.get_or_insert_with(|| Live::new(snap.first_seen_ns));
+        let live = live.get_or_insert_with(|| Live::new(snap.times.first_seen_ns));
 
         // 1. Newly recovered gaps from the kernel ring.
         let growth = live
@@ -292,7 +292,7 @@ impl Tracker {
         live.last = Some(LastTick {
             now_ns: now,
             bytes_acked: snap.bytes_acked,
-            last_progress_ns: snap.last_progress_ns,
+            last_progress_ns: snap.times.last_progress_ns,
             queued_bytes: snap.queued_bytes,
             zero_window: snap.zero_window,
         });
@@ -410,7 +410,7 @@ impl Tracker {
         let Some(a) = self.active(snap.cookie) else {
             return false;
         };
-        if snap.first_seen_ns != a.session_ns {
+        if snap.times.first_seen_ns != a.session_ns {
             return false;
         }
         let acked_since = snap.bytes_acked.saturating_sub(a.progress_mark);
@@ -418,7 +418,7 @@ impl Tracker {
             StallClass::ZeroWindow | StallClass::NoAck => {
                 snap.queued_bytes > 0
                     && acked_since == 0
-                    && snap.last_progress_ns <= a.last_progress_ns
+                    && snap.times.last_progress_ns <= a.last_progress_ns
             }
             StallClass::SlowDrain => {
                 let elapsed = snap.now_ns.saturating_sub(a.decided_ns).max(NS_PER_SEC);
