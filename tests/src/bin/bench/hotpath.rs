@@ -117,6 +117,10 @@ fn measure(
     ))
 }
 
+/// Tracepoints that fire only on trouble (a retransmission) or a state change, never per
+/// write or per segment: the hooks a trouble-only design keeps.
+const TROUBLE_ONLY: [&str; 2] = ["tcp_retransmit_skb", "inet_sock_set_state"];
+
 /// BPF cost per write with the agent on, from one extra transfer with `--bpf-stats` (context
 /// only; BPF statistics themselves add a little overhead, so this run is not in the ratios).
 fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
@@ -131,8 +135,17 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
     let bpf_ns = (r1 - r0) as f64;
     let runs = (c1 - c0) as f64;
     let floor = floor_context(&tracepoints, size, cfg.duration)?;
+    // The trouble-only design's hooks: the ones of the agent's that fire on trouble or a
+    // state change only, never per write or per segment.
+    let trouble: Vec<String> = tracepoints
+        .iter()
+        .filter(|t| TROUBLE_ONLY.contains(&t.as_str()))
+        .cloned()
+        .collect();
+    let trouble_floor = floor_context(&trouble, size, cfg.duration)?;
     Ok(json!({
         "floor": floor,
+        "trouble_floor": trouble_floor,
         "bytes_per_s": t.bytes_per_s,
         "secs": t.secs,
         "bpf_runs_per_write": runs / writes,
