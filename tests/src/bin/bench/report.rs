@@ -605,7 +605,7 @@ pub fn interpret(results: &Value) -> Vec<String> {
                     tps.join(", "),
                     t_share * 100.0,
                     if t_runs < 0.001 && t_share < 0.0001 {
-                        ": under one run per thousand writes (connection set-up and close) and under 0.01% of the CPU, so a \
+                        ": under one run per thousand writes and under 0.01% of the CPU, so a \
                          design that keeps only those hooks adds nothing measurable to the write path"
                     } else {
                         ""
