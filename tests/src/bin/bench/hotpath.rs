@@ -121,6 +121,9 @@ fn measure(
 /// write or per segment: the hooks a trouble-only design keeps.
 const TROUBLE_ONLY: [&str; 2] = ["tcp_retransmit_skb", "inet_sock_set_state"];
 
+/// The tracepoints that fire once per write (`sendmsg`).
+const PER_WRITE: [&str; 2] = ["tcp_sendmsg_locked", "tcp_sendmsg"];
+
 /// BPF cost per write with the agent on, from one extra transfer with `--bpf-stats` (context
 /// only; BPF statistics themselves add a little overhead, so this run is not in the ratios).
 fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
@@ -143,9 +146,18 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
         .cloned()
         .collect();
     let trouble_floor = floor_context(&trouble, size, cfg.duration)?;
+    // Every hook but the per-write one: a design that learns about writes from the segments
+    // and reads that follow them.
+    let no_send: Vec<String> = tracepoints
+        .iter()
+        .filter(|t| !PER_WRITE.contains(&t.as_str()))
+        .cloned()
+        .collect();
+    let no_send_floor = floor_context(&no_send, size, cfg.duration)?;
     Ok(json!({
         "floor": floor,
         "trouble_floor": trouble_floor,
+        "no_send_floor": no_send_floor,
         "bytes_per_s": t.bytes_per_s,
         "secs": t.secs,
         "bpf_runs_per_write": runs / writes,

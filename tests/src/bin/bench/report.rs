@@ -591,6 +591,23 @@ pub fn interpret(results: &Value) -> Vec<String> {
                     ns_run - f_ns,
                 ));
             }
+            let nf = &c["no_send_floor"];
+            if let (Some(n_runs), Some(n_ns), Some(n_share)) = (
+                f(&nf["runs_per_write"]),
+                f(&nf["ns_per_run"]),
+                f(&nf["share_of_thread_cpu"]),
+            ) {
+                let tps: Vec<&str> = nf["tracepoints"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                notes.push(format!(
+                    "Hot path, {size} B writes, attach floor without the per-write hook: empty programs at {} ran \
+                     {n_runs:.2} times per write at {n_ns:.0} ns per run, {:.1}% of the sender+receiver CPU per byte.",
+                    tps.join(", "),
+                    n_share * 100.0,
+                ));
+            }
             let tf = &c["trouble_floor"];
             if let (Some(t_runs), Some(t_share)) =
                 (f(&tf["runs_per_write"]), f(&tf["share_of_thread_cpu"]))
