@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 /// utime + stime of this process, ms.
 pub fn cpu_ms() -> u64 {
-    // SAFETY: rusage is plain data.
-    unsafe {
-        let mut r: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut r);
-        let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-        (us(r.ru_utime) + us(r.ru_stime)) / 1000
-    }
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|r| (r.user_time() + r.system_time()).num_milliseconds().max(0) as u64)
+        .unwrap_or(0)
 }
 
 /// How the live view names a socket's owner: pod, else container, else cgroup path.

@@ -9,18 +9,11 @@ use std::time::Instant;
 
 /// The running kernel's release (`uname -r`), if it can be read.
 pub fn uname_release() -> Option<String> {
-    // SAFETY: uname fills the zero-initialised struct; each field is NUL-terminated.
-    unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut u) != 0 {
-            return None;
-        }
-        Some(
-            std::ffi::CStr::from_ptr(u.release.as_ptr())
-                .to_string_lossy()
-                .into_owned(),
-        )
-    }
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    (!release.is_empty()).then_some(release)
 }
 
 /// The running kernel's release (`uname -r`), or a placeholder if it cannot be read.

@@ -87,18 +87,16 @@ pub fn open_netns(ino: u32, pid_hint: Option<u32>) -> Result<(OwnedFd, PathBuf),
             }
         }
     }
-    if let Some(dir) = list("/proc", &mut last_err) {
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let p = PathBuf::from(format!("/proc/{name}/ns/net"));
-            if let Some(fd) = try_path(&p, &mut last_err) {
-                return Ok((fd, p));
+    match pids() {
+        Ok(pids) => {
+            for pid in pids {
+                let p = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                if let Some(fd) = try_path(&p, &mut last_err) {
+                    return Ok((fd, p));
+                }
             }
         }
+        Err(e) => last_err = Some((PathBuf::from("/proc"), e)),
     }
     Err(match last_err {
         Some((p, e)) => ResetError::new(
@@ -245,30 +243,38 @@ pub fn all_netns() -> Vec<NetnsRef> {
     if let Ok(own) = own_netns() {
         add(own.path, &mut out);
     }
-    for (dir, pids_only) in [(Path::new("/run/netns"), false), (Path::new("/proc"), true)] {
-        let Ok(entries) = fs::read_dir(dir) else {
-            continue;
-        };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| !pids_only || (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
-            .collect();
-        if pids_only {
-            names.sort_by_key(|n| n.parse::<u64>().unwrap_or(u64::MAX));
-        } else {
-            names.sort();
-        }
-        for name in names {
-            let path = if pids_only {
-                dir.join(name).join("ns/net")
-            } else {
-                dir.join(name)
-            };
+    if let Ok(entries) = fs::read_dir("/run/netns") {
+        let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        names.sort();
+        for path in names {
             add(path, &mut out);
         }
     }
+    for pid in pids().unwrap_or_default() {
+        add(PathBuf::from(format!("/proc/{pid}/ns/net")), &mut out);
+    }
     out
+}
+
+/// The processes in `/proc` (procfs), in ascending pid order. A process that exits while
+/// listed is left out; any other error (EMFILE, an unreadable `/proc`) is returned, so it is
+/// never taken for "no such namespace".
+fn pids() -> io::Result<Vec<i32>> {
+    let to_io = |e: procfs::ProcError| match e {
+        procfs::ProcError::Io(e, _) => e,
+        procfs::ProcError::PermissionDenied(_) => io::Error::from_raw_os_error(libc::EACCES),
+        other => io::Error::other(other.to_string()),
+    };
+    let mut pids = Vec::new();
+    for p in procfs::process::all_processes().map_err(to_io)? {
+        match p {
+            Ok(p) => pids.push(p.pid),
+            Err(procfs::ProcError::NotFound(_)) => {}
+            Err(e) => return Err(to_io(e)),
+        }
+    }
+    pids.sort_unstable();
+    Ok(pids)
 }
 
 /// The network namespace that the file at `path` refers to (`/run/netns/NAME`,
