@@ -216,6 +216,42 @@ pub struct CloseNote {
     pub new_state: u32,
 }
 
+/// One socket with send data outstanding (`write_seq != snd_una`), as the `iter/tcp` scan
+/// program (`monitor-ebpf/src/scan.rs`) writes it to its seq_file, one fixed-size record per
+/// socket. Only the benchmark loads that program (the tick-time scan design of issue 14); the
+/// agent never does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanRecord {
+    /// The socket's kernel address (its identity for the life of the socket).
+    pub sk: u64,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6 (network byte order).
+    pub laddr: [u8; 16],
+    /// Remote address, same layout as `laddr`.
+    pub raddr: [u8; 16],
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Local port, host byte order.
+    pub lport: u16,
+    /// Remote port, host byte order.
+    pub rport: u16,
+    /// TCP state (`skc_state`).
+    pub state: u8,
+    /// `icsk_backoff`: RTO / persist-timer backoff (rises while retransmits or zero-window
+    /// probes go unanswered).
+    pub backoff: u8,
+    pub write_seq: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    /// Peer's advertised window (bytes, scaled); 0 = the peer is not reading.
+    pub snd_wnd: u32,
+}
+
+impl ScanRecord {
+    /// Size of one record on the wire.
+    pub const SIZE: usize = core::mem::size_of::<ScanRecord>();
+}
+
 /// Kernel structure field offsets, read from the running kernel's BTF at start-up and handed
 /// to the programs as the global `OFFSETS`. `magic` must equal [`Offsets::MAGIC`] or every
 /// program does nothing.
@@ -308,4 +344,5 @@ mod user {
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::CloseNote {}
+    unsafe impl aya::Pod for super::ScanRecord {}
 }

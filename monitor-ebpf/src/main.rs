@@ -19,6 +19,8 @@
 //! - read (`tcp_rcv_space_adjust`): the local app read data (read-side progress).
 //! - state (`inet_sock_set_state`): a tracked socket leaving ESTABLISHED/CLOSE_WAIT, or
 //!   reaching CLOSE from any state, is dropped and a close note goes to the agent.
+//! - scan (`iter/tcp`, [`scan`]): a TCP socket iterator for the tick-time scan design;
+//!   only the benchmark loads it.
 //!
 //! An entry is created (by `track`, from the send, ack and retransmit hooks) only for a socket
 //! in a state that can wedge: ESTABLISHED, CLOSE_WAIT, FIN_WAIT1, CLOSING, LAST_ACK. A socket
@@ -49,6 +51,7 @@ mod maps;
 mod read;
 mod refresh;
 mod retransmit;
+mod scan;
 mod send;
 mod state;
 mod track;
@@ -178,6 +181,15 @@ pub fn tcpstall_read_kprobe(ctx: ProbeContext) -> u32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     on_state(&ctx);
+    0
+}
+
+/// The tick-time scan (`iter/tcp`, see [`scan`]): loaded and attached by the benchmark
+/// only, never by the agent.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn tcpstall_scan(ctx: *mut core::ffi::c_void) -> i32 {
+    scan::on_scan(ctx as *const scan::IterTcp);
     0
 }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod policy;
 pub mod probes;
 pub mod reset;
+pub mod scan;
 pub mod snapshot;
 pub mod state;
 pub mod status;

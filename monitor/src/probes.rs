@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 
 /// The embedded eBPF object (built by `cargo xtask build-ebpf`).
 #[cfg(tcpstall_ebpf_obj)]
-static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TCPSTALL_EBPF_OBJ_PATH"));
+pub(crate) static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TCPSTALL_EBPF_OBJ_PATH"));
 #[cfg(not(tcpstall_ebpf_obj))]
-static EBPF_OBJ: &[u8] = &[];
+pub(crate) static EBPF_OBJ: &[u8] = &[];
 
 /// Kernel-side counters (cumulative since load), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

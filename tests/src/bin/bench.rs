@@ -1,11 +1,12 @@
 //! tcpstall benchmark: hot-path cost, cost at scale against `ss` and an in-app poller,
 //! reaction time to thousands of simultaneous wedges, and the cost of a streaming server whose
-//! sockets always have data queued. Writes `results.json` (raw) and `REPORT.md` (tables,
+//! sockets always have data queued, and the cost of a tick-time socket scan (no per-write hook). Writes `results.json` (raw) and `REPORT.md` (tables,
 //! targets, interpretation).
 //!
-//! Usage: `bench [--quick] [--only hot,scale,reaction,streaming] [--pairs N] [--hot-secs S]
+//! Usage: `bench [--quick] [--only hot,scale,reaction,streaming,scan] [--pairs N] [--hot-secs S]
 //! [--scale-n 1000,10000,100000] [--rounds N] [--window-s S] [--wedges 1,100,5000]
-//! [--stream-n 10000,30000,40000] [--stream-max-sockets N] [--out DIR]`, `bench report [--out DIR]` (re-render REPORT.md from results.json).
+//! [--stream-n 10000,30000,40000] [--stream-max-sockets N] [--scan-n 1000,10000,100000]
+//! [--scan-stream-n N] [--out DIR]`, `bench report [--out DIR]` (re-render REPORT.md from results.json).
 //! The agent binary is `$TCPSTALL_BIN` or `<workspace>/target/release/tcpstall`. Needs root.
 
 #[path = "bench/agent.rs"]
@@ -24,6 +25,10 @@ mod reaction;
 mod report;
 #[path = "bench/scale.rs"]
 mod scale;
+#[path = "bench/scan.rs"]
+mod scan;
+#[path = "bench/scan_report.rs"]
+mod scan_report;
 #[path = "bench/stream_report.rs"]
 mod stream_report;
 #[path = "bench/streamer.rs"]
@@ -41,8 +46,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: bench [--quick] [--only hot,scale,reaction,streaming] [--pairs N] [--hot-secs S] \
-[--scale-n LIST] [--rounds N] [--window-s S] [--wedges LIST] [--stream-n LIST] [--stream-max-sockets N] [--out DIR]\n       bench report [--out DIR]";
+const USAGE: &str = "usage: bench [--quick] [--only hot,scale,reaction,streaming,scan] [--pairs N] [--hot-secs S] \
+[--scale-n LIST] [--rounds N] [--window-s S] [--wedges LIST] [--stream-n LIST] [--stream-max-sockets N] [--scan-n LIST] [--scan-stream-n N] [--out DIR]\n       bench report [--out DIR]";
 
 /// Benchmark options.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,11 +62,13 @@ struct Opts {
     wedges: Vec<usize>,
     stream_n: Vec<usize>,
     stream_max_sockets: Option<u32>,
+    scan_n: Vec<usize>,
+    scan_stream_n: usize,
     out: PathBuf,
 }
 
 /// Every section, in run order.
-const SECTIONS: [&str; 4] = ["hot", "scale", "reaction", "streaming"];
+const SECTIONS: [&str; 5] = ["hot", "scale", "reaction", "streaming", "scan"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -96,6 +103,8 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             wedges: vec![1, 20],
             stream_n: vec![2000],
             stream_max_sockets: None,
+            scan_n: vec![1000],
+            scan_stream_n: 2000,
             out: workspace().join("target/bench-quick"),
         }
     } else {
@@ -110,6 +119,8 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             wedges: vec![1, 100, 5000],
             stream_n: vec![10_000, 30_000, 40_000],
             stream_max_sockets: None,
+            scan_n: vec![1000, 10_000, 100_000],
+            scan_stream_n: 30_000,
             out: workspace().join("bench"),
         }
     };
@@ -139,6 +150,8 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
             "--stream-max-sockets" => {
                 o.stream_max_sockets = Some(val()?.parse().context("--stream-max-sockets")?)
             }
+            "--scan-n" => o.scan_n = parse_list(val()?, "--scan-n")?,
+            "--scan-stream-n" => o.scan_stream_n = val()?.parse().context("--scan-stream-n")?,
             "--out" => o.out = PathBuf::from(val()?),
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
@@ -152,6 +165,9 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     }
     if o.scale_n.iter().any(|&n| n > 1_000_000) || o.wedges.iter().any(|&w| w > 20_000) {
         bail!("--scale-n is limited to 1,000,000 and --wedges to 20,000");
+    }
+    if o.scan_n.iter().any(|&n| n > 1_000_000) || o.scan_stream_n > 200_000 {
+        bail!("--scan-n is limited to 1,000,000 and --scan-stream-n to 200,000");
     }
     if o.stream_n.iter().any(|&n| n > 200_000) {
         bail!("--stream-n is limited to 200,000");
@@ -250,6 +266,28 @@ fn write_outputs(out: &Path, results: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The streaming section's settings (the scan section reuses its streamers).
+fn streaming_config(o: &Opts, workdir: &Path) -> streaming::Config {
+    streaming::Config {
+        ns: o.stream_n.clone(),
+        rounds: o.rounds,
+        window: Duration::from_secs_f64(o.window_s),
+        per_process: 8000,
+        // Longer than the agent's longest default threshold (30 s), so a false
+        // stall would show; the quick run is a smoke test only.
+        observe: Duration::from_secs(if o.quick { 10 } else { 40 }),
+        // Their threshold is the default 30 s: only in the full run.
+        wedges: if o.quick { 0 } else { 5 },
+        rate: 2048,
+        mss: 1024,
+        buf: 4096,
+        chunk: 2048,
+        period: Duration::from_millis(500),
+        policy: workdir.join("policy-streaming.toml"),
+        max_sockets: o.stream_max_sockets,
+    }
+}
+
 fn run(o: &Opts) -> Result<bool> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -280,6 +318,7 @@ fn run(o: &Opts) -> Result<bool> {
         json!({"pairs": o.pairs, "hot_secs": o.hot_secs, "scale_n": o.scale_n, "rounds": o.rounds,
                "window_s": o.window_s, "wedges": o.wedges, "stream_n": o.stream_n,
                "stream_max_sockets": o.stream_max_sockets,
+               "scan_n": o.scan_n, "scan_stream_n": o.scan_stream_n,
                "sections": o.sections}),
     );
     let mut errors = Map::new();
@@ -318,28 +357,19 @@ fn run(o: &Opts) -> Result<bool> {
                 &workdir,
             )
             .map(|v| ("reaction", v)),
-            "streaming" => streaming::run(
-                &streaming::Config {
-                    ns: o.stream_n.clone(),
-                    rounds: o.rounds,
-                    window: Duration::from_secs_f64(o.window_s),
-                    per_process: 8000,
-                    // Longer than the agent's longest default threshold (30 s), so a false
-                    // stall would show; the quick run is a smoke test only.
-                    observe: Duration::from_secs(if o.quick { 10 } else { 40 }),
-                    // Their threshold is the default 30 s: only in the full run.
-                    wedges: if o.quick { 0 } else { 5 },
-                    rate: 2048,
-                    mss: 1024,
-                    buf: 4096,
-                    chunk: 2048,
-                    period: Duration::from_millis(500),
-                    policy: workdir.join("policy-streaming.toml"),
-                    max_sockets: o.stream_max_sockets,
-                },
-                &workdir,
-            )
-            .map(|v| ("streaming", v)),
+            "streaming" => {
+                streaming::run(&streaming_config(o, &workdir), &workdir).map(|v| ("streaming", v))
+            }
+            "scan" => scan::run(&scan::Config {
+                ns: o.scan_n.clone(),
+                stream_n: o.scan_stream_n,
+                passes: if o.quick { 10 } else { 15 },
+                per_holder: 8500,
+                hot_pairs: o.pairs,
+                hot_duration: Duration::from_secs_f64(o.hot_secs),
+                streaming: streaming_config(o, &workdir),
+            })
+            .map(|v| ("scan", v)),
             _ => unreachable!("validated in parse_opts"),
         };
         match r {
@@ -484,8 +514,23 @@ mod tests {
             (st.sections.as_slice(), st.stream_n.as_slice()),
             (&["streaming".to_string()][..], &[2000, 4000][..])
         );
+        assert_eq!(
+            (full.scan_n.as_slice(), full.scan_stream_n),
+            (&[1000, 10_000, 100_000][..], 30_000)
+        );
+        let sc = parse_opts(&args("--quick --only scan --scan-n 500 --scan-stream-n 0")).unwrap();
+        assert_eq!(
+            (
+                sc.sections.as_slice(),
+                sc.scan_n.as_slice(),
+                sc.scan_stream_n
+            ),
+            (&["scan".to_string()][..], &[500][..], 0)
+        );
         for bad in [
             "--only nope",
+            "--scan-n 0",
+            "--scan-stream-n 300000",
             "--pairs 0",
             "--scale-n 0",
             "--wedges x",

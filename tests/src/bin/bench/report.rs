@@ -510,6 +510,7 @@ pub fn markdown(results: &Value) -> String {
     }
 
     crate::stream_report::markdown(results, &mut s);
+    crate::scan_report::markdown(results, &mut s);
 
     if let Some(notes) = results["interpretation"].as_array() {
         let _ = writeln!(s, "\n## Interpretation\n");
@@ -525,7 +526,7 @@ pub fn markdown(results: &Value) -> String {
 pub fn interpret(results: &Value) -> Vec<String> {
     let mut notes = Vec::new();
     let vs = verdicts(results);
-    if vs.is_empty() {
+    if vs.is_empty() && results["scan"].is_null() {
         notes.push("No section produced results; see the errors above.".into());
     }
     let missed = |prefix: &str| vs.iter().any(|v| !v.met && v.what.starts_with(prefix));
@@ -729,6 +730,7 @@ pub fn interpret(results: &Value) -> Vec<String> {
     }
 
     notes.extend(crate::stream_report::interpret(results));
+    notes.extend(crate::scan_report::interpret(results));
     for v in vs.iter().filter(|v| !v.met && !v.unresolved()) {
         notes.push(format!(
             "Missed: {} — {} against {} (by {}).",

@@ -24,7 +24,7 @@ pub struct Config {
 }
 
 /// Start the holders for `n` connections of phase `phase` and wait until all are established.
-fn spawn_holders(n: usize, phase: usize, per_holder: usize) -> Result<Vec<Helper>> {
+pub fn spawn_holders(n: usize, phase: usize, per_holder: usize) -> Result<Vec<Helper>> {
     let count = n.div_ceil(per_holder);
     if count > 250 || phase > 200 {
         bail!("too many holder processes ({count}) or phases ({phase}) for the 127.0.X.Y address plan");

@@ -62,7 +62,7 @@ fn longest_default_threshold() -> Duration {
         .max(t.recv_backlog_after)
 }
 
-fn spawn_streamers(cfg: &Config, n: usize, phase: usize) -> Result<Vec<Helper>> {
+pub fn spawn_streamers(cfg: &Config, n: usize, phase: usize) -> Result<Vec<Helper>> {
     let count = n.div_ceil(cfg.per_process);
     if count > 240 || phase > 200 {
         bail!("too many streamer processes ({count}) or phases ({phase}) for the 127.3.X.Y address plan");
