@@ -351,6 +351,22 @@ fn hot_path(scan: &mut Scan, chunk: usize, pairs: usize, duration: Duration) -> 
 
 /// CPU ns per socket walked beyond the baseline pass (the walk's fixed part, mostly empty
 /// hash buckets, taken out).
+/// Run `f` on a new thread that has left for a new, empty network namespace
+/// (`unshare(CLONE_NEWNET)`: only that thread moves; the namespace goes with it).
+fn in_new_netns<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            // SAFETY: plain syscall; affects only this thread's namespaces.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                anyhow::bail!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the new-namespace thread panicked"))?
+    })
+}
+
 fn marginal_ns(base: &Value, cost: &Value) -> Option<f64> {
     let cpu = |v: &Value| v["pass_cpu_ms"]["median"].as_f64();
     let socks = |v: &Value| v["sockets_walked"].as_f64();
@@ -382,6 +398,25 @@ pub fn run(cfg: &Config) -> Result<Value> {
                 measure(&mut scan, cfg.passes, &format!("idle N={n}"), &pids)
             })
             .and_then(|(cost, _)| {
+                // At the largest N: the same passes made from a new, empty network namespace.
+                // The iterator only hands its program the sockets of the namespace it was
+                // opened in; this measures what each further namespace on a node would cost.
+                let other = if largest {
+                    let pids: Vec<u32> = holders.iter().map(Helper::pid).collect();
+                    Some(in_new_netns(|| {
+                        measure(
+                            &mut scan,
+                            cfg.passes,
+                            &format!("idle N={n}, from an empty netns"),
+                            &pids,
+                        )
+                    })?)
+                } else {
+                    None
+                };
+                Ok((cost, other))
+            })
+            .and_then(|(cost, other)| {
                 // At the largest N the hot path again, the idle sockets present in both arms
                 // (each pass now walks them all).
                 let hot = if largest && cfg.hot_pairs > 0 {
@@ -389,16 +424,17 @@ pub fn run(cfg: &Config) -> Result<Value> {
                 } else {
                     None
                 };
-                Ok((cost, hot))
+                Ok((cost, other, hot))
             });
         for h in holders {
             h.finish(Duration::from_secs(30));
         }
-        let (cost, hot) = r?;
+        let (cost, other, hot) = r?;
         let marginal = marginal_ns(&base, &cost);
         idle.push(
             json!({"connections": n, "sockets_on_node_from_helpers": 2 * n, "cost": cost,
-                   "marginal_cpu_ns_per_socket": marginal, "hot_path": hot}),
+                   "marginal_cpu_ns_per_socket": marginal, "hot_path": hot,
+                   "from_empty_netns": other.map(|(c, _)| c)}),
         );
     }
     // The hot path with no helper sockets (passes cost their fixed part only).

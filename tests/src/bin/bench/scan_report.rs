@@ -14,6 +14,13 @@ fn cases(sc: &Value) -> Vec<(String, Option<u64>, &Value)> {
     }
     for r in sc["idle"].as_array().into_iter().flatten() {
         v.push(("idle".to_string(), r["connections"].as_u64(), r));
+        if r["from_empty_netns"].is_object() {
+            v.push((
+                "idle, passes from an empty network namespace".to_string(),
+                r["connections"].as_u64(),
+                &r["from_empty_netns"],
+            ));
+        }
     }
     if sc["streaming"].is_object() {
         let r = &sc["streaming"];
@@ -92,7 +99,7 @@ pub fn markdown(results: &Value, s: &mut String) {
         let c = cost(r);
         // The no-helper pass is the walk's fixed part: per socket it means nothing.
         let per = |k: &str| {
-            if n.is_some() {
+            if n.is_some() && c["sockets_walked"].as_u64().unwrap_or(0) > 1 {
                 fmt_opt(f(&c[k]), 0)
             } else {
                 "—".into()
@@ -222,6 +229,29 @@ pub fn interpret(results: &Value) -> Vec<String> {
         sc["tcp_ehash_entries"],
         parts.join("; "),
     ));
+    for r in sc["idle"].as_array().into_iter().flatten() {
+        let other = &r["from_empty_netns"];
+        if !other.is_object() {
+            continue;
+        }
+        notes.push(format!(
+            "Namespaces: with {} idle connections in the root network namespace, a pass opened from an empty network \
+             namespace cost {} ms of CPU (handing its program {} socket(s)), against {} ms from the namespace that holds \
+             them ({} of it). An iterator only sees the namespace it was opened in, so a scan makes one pass per \
+             namespace and tick.",
+            r["connections"],
+            fmt_opt(f(&other["pass_cpu_ms"]["median"]), 2),
+            other["sockets_walked"],
+            fmt_opt(f(&r["cost"]["pass_cpu_ms"]["median"]), 2),
+            match (
+                f(&other["pass_cpu_ms"]["median"]),
+                f(&r["cost"]["pass_cpu_ms"]["median"]),
+            ) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.0} %", a / b * 100.0),
+                _ => "?".into(),
+            },
+        ));
+    }
     for (what, hp) in hot_runs(sc) {
         notes.push(format!(
             "Hot path ({} B writes) with one scan pass per second against nothing, {what} besides the transfer: \
