@@ -114,15 +114,6 @@ pub(super) fn join<T: fmt::Display>(v: &[T], sep: &str) -> String {
         .join(sep)
 }
 
-pub(super) fn format_factor(x: f64) -> String {
-    let s = x.to_string();
-    if s.contains(['.', 'e', 'i', 'N']) {
-        s
-    } else {
-        format!("{s}.0")
-    }
-}
-
 pub(super) fn describe_thresholds(t: &Thresholds) -> String {
     format!(
         "zero_window_after {}, no_ack_after {}, slow_drain below {} over {}, \
@@ -132,7 +123,7 @@ pub(super) fn describe_thresholds(t: &Thresholds) -> String {
         format_rate(t.slow_drain_floor_bps),
         format_duration(t.slow_drain_window),
         format_duration(t.recv_backlog_after),
-        format_factor(t.cadence_factor),
+        crate::classify::fmt_factor(t.cadence_factor),
         format_duration(t.ceiling),
     )
 }
