@@ -11,7 +11,8 @@ use core::ffi::c_void;
 use aya_ebpf::helpers::generated::bpf_seq_write;
 use monitor_common::{Offsets, ScanRecord};
 
-use crate::kernel::{off, Btf, Mem, AF_INET6};
+use crate::kernel::{off, Btf, Mem};
+use crate::track::read_addrs;
 
 /// `struct bpf_iter__tcp`: the iterator program's context.
 #[repr(C)]
@@ -62,15 +63,7 @@ pub(crate) fn on_scan(ctx: *const IterTcp) {
         laddr: [0; 16],
         raddr: [0; 16],
     };
-    if r.family == AF_INET6 {
-        r.laddr = Btf::ld(tp, off!(skc_v6_rcv_saddr));
-        r.raddr = Btf::ld(tp, off!(skc_v6_daddr));
-    } else {
-        let l: [u8; 4] = Btf::ld(tp, off!(skc_rcv_saddr));
-        let d: [u8; 4] = Btf::ld(tp, off!(skc_daddr));
-        r.laddr[..4].copy_from_slice(&l);
-        r.raddr[..4].copy_from_slice(&d);
-    }
+    read_addrs::<Btf>(tp, r.family, &mut r.laddr, &mut r.raddr);
     // `meta->seq`, the first field of `struct bpf_iter_meta`.
     let seq: u64 = Btf::ld(meta, 0);
     // SAFETY: the record is fully initialised stack memory of the size passed.

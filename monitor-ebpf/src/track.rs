@@ -80,6 +80,26 @@ pub(crate) fn drop_if_drained(s: &SockState, key: u64) {
     }
 }
 
+/// The socket's local and remote addresses into `laddr`/`raddr`: IPv6 whole, IPv4 in the
+/// first 4 bytes (the rest left as they are).
+#[inline(always)]
+pub(crate) fn read_addrs<M: Mem>(
+    tp: *const u8,
+    family: u16,
+    laddr: &mut [u8; 16],
+    raddr: &mut [u8; 16],
+) {
+    if family == AF_INET6 {
+        *laddr = M::ld(tp, off!(skc_v6_rcv_saddr));
+        *raddr = M::ld(tp, off!(skc_v6_daddr));
+    } else {
+        let l: [u8; 4] = M::ld(tp, off!(skc_rcv_saddr));
+        let r: [u8; 4] = M::ld(tp, off!(skc_daddr));
+        laddr[..4].copy_from_slice(&l);
+        raddr[..4].copy_from_slice(&r);
+    }
+}
+
 /// The TCP states in which a socket can wedge, the only ones an entry is created in:
 /// ESTABLISHED and CLOSE_WAIT (the application can still write), and FIN_WAIT1, CLOSING and
 /// LAST_ACK (our FIN not acked yet: an orphan with data in flight to a dead or non-reading
@@ -126,15 +146,7 @@ pub(crate) fn track<M: Mem>(tp: *const u8, key: u64, t: u64, why: Why) -> Option
     s.family = M::ld(tp, off!(skc_family));
     s.lport = M::ld(tp, off!(skc_num));
     s.rport = u16::from_be(M::ld(tp, off!(skc_dport)));
-    if s.family == AF_INET6 {
-        s.laddr = M::ld(tp, off!(skc_v6_rcv_saddr));
-        s.raddr = M::ld(tp, off!(skc_v6_daddr));
-    } else {
-        let l: [u8; 4] = M::ld(tp, off!(skc_rcv_saddr));
-        let r: [u8; 4] = M::ld(tp, off!(skc_daddr));
-        s.laddr[..4].copy_from_slice(&l);
-        s.raddr[..4].copy_from_slice(&r);
-    }
+    read_addrs::<M>(tp, s.family, &mut s.laddr, &mut s.raddr);
     let net: u64 = M::ld(tp, off!(skc_net));
     s.netns = M::ld(net as *const u8, off!(net_ns_inum));
     let dev: i32 = M::ld(tp, off!(skc_bound_dev_if));
