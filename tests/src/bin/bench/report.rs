@@ -577,10 +577,7 @@ pub fn interpret(results: &Value) -> Vec<String> {
                 f(&fl["ns_per_run"]),
                 f(&fl["share_of_thread_cpu"]),
             ) {
-                let tps: Vec<&str> = fl["tracepoints"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
+                let tps = tracepoint_names(&fl["tracepoints"]);
                 notes.push(format!(
                     "Hot path, {size} B writes, attach floor: empty programs (`r0 = 0; exit`) at the same tracepoints ({}) \
                      ran {f_runs:.1} times per write at {f_ns:.0} ns per run ({:.0} ns per write), {:.1}% of the sender+receiver \
@@ -598,10 +595,7 @@ pub fn interpret(results: &Value) -> Vec<String> {
                 f(&nf["ns_per_run"]),
                 f(&nf["share_of_thread_cpu"]),
             ) {
-                let tps: Vec<&str> = nf["tracepoints"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
+                let tps = tracepoint_names(&nf["tracepoints"]);
                 notes.push(format!(
                     "Hot path, {size} B writes, attach floor without the per-write hook: empty programs at {} ran \
                      {n_runs:.2} times per write at {n_ns:.0} ns per run, {:.1}% of the sender+receiver CPU per byte.",
@@ -613,10 +607,7 @@ pub fn interpret(results: &Value) -> Vec<String> {
             if let (Some(t_runs), Some(t_share)) =
                 (f(&tf["runs_per_write"]), f(&tf["share_of_thread_cpu"]))
             {
-                let tps: Vec<&str> = tf["tracepoints"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
+                let tps = tracepoint_names(&tf["tracepoints"]);
                 notes.push(format!(
                     "Hot path, {size} B writes, trouble-only hooks: empty programs at only the tracepoints that fire on trouble \
                      or a state change ({}) ran {t_runs:.4} times per write, {:.3}% of the sender+receiver CPU per byte{}.",
@@ -787,6 +778,13 @@ pub fn splice_readme(readme: &str, table: &str) -> anyhow::Result<String> {
             anyhow::anyhow!("README.md has {README_START:?} but no {README_END:?} after it")
         })?;
     Ok(format!("{}\n{table}{}", &readme[..body], &readme[end..]))
+}
+
+/// The tracepoint names of a floor measurement (its `tracepoints` array).
+fn tracepoint_names(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
