@@ -134,7 +134,10 @@ pub struct SockState {
     pub backoff: u32,
     /// ACKs seen that carried no progress and a zero window (answers to persist probes).
     pub zero_window_acks: u32,
-    pub _pad2: u32,
+    /// Inode number of the socket's file (`socket:[N]` in `/proc/PID/fd`), read when
+    /// tracking starts; 0 for a socket no file refers to (an orphan). The agent finds the
+    /// process holding a socket by it when no write was seen ([`flags::HAVE_WRITER`] unset).
+    pub sock_ino: u32,
     /// Bytes acked by the peer since tracking began (sum of snd_una advances seen).
     pub bytes_acked: u64,
     /// When each event was last seen on this socket.
@@ -300,6 +303,9 @@ pub struct Offsets {
     pub rcv_wnd: u32,
     // struct sk_buff
     pub skb_data: u32,
+    /// `struct socket_alloc` -> `vfs_inode.i_ino`: from a `struct socket *` (the first member
+    /// of `socket_alloc`) to its inode number.
+    pub socket_ino: u32,
 }
 
 impl Offsets {
@@ -334,6 +340,7 @@ impl Offsets {
             copied_seq: 0,
             rcv_wnd: 0,
             skb_data: 0,
+            socket_ino: 0,
         }
     }
 }

@@ -88,13 +88,11 @@ pub(crate) fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
     let p = match lookup::<M>(tp, key) {
         Some(p) => p,
         None => {
-            // Untracked: start tracking only on a wedge signature — the peer has closed its
-            // window while we have data queued, or our own receive window is closed with
-            // data unread.
-            let snd_wnd: u32 = M::ld(tp, off!(snd_wnd));
-            if snd_wnd != 0 && rcv_wnd != 0 {
-                return;
-            }
+            // Untracked: start tracking when data stays queued after this ACK (the socket
+            // has a backlog, the ACKs are the only sign of it without a per-write hook), or
+            // on a wedge signature — the peer has closed its window while we have data
+            // queued, or our own receive window is closed with data unread. An ACK that
+            // covers everything written (request/response traffic) tracks nothing.
             if !have_ack {
                 ack = read_ack::<M>(skb);
                 have_ack = true;
@@ -102,10 +100,13 @@ pub(crate) fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
             let zero_win = ack.valid && ack.window == 0;
             let rcv_nxt: u32 = M::ld(tp, off!(rcv_nxt));
             let copied: u32 = M::ld(tp, off!(copied_seq));
-            if !(zero_win && write_seq != una || rcv_wnd == 0 && rcv_nxt != copied) {
+            let signature = zero_win && write_seq != una || rcv_wnd == 0 && rcv_nxt != copied;
+            let backlog = ack.valid && write_seq != una && ack.seq != write_seq;
+            if !(signature || backlog) {
                 return;
             }
-            match track::<M>(tp, key, t, Why::Signature) {
+            let why = if signature { Why::Signature } else { Why::Send };
+            match track::<M>(tp, key, t, why) {
                 Some(p) => p,
                 None => return,
             }

@@ -7,13 +7,14 @@
 //! tp_btf and fentry, `bpf_probe_read_kernel` from the plain pointer of a kprobe. The agent
 //! probes at start-up which entry point of each hook loads and attaches
 //! (`monitor/src/probes.rs`); the others are never loaded.
-//! - send (`tcp_sendmsg_locked` tracepoint, else fentry/kprobe `tcp_sendmsg_locked`; plus
-//!   fentry/kprobe `sk_stream_wait_memory` (a write about to block on a full buffer) and,
-//!   before 6.5, `do_tcp_sendpages` (sendfile/splice/kTLS)): a process writes; start tracking
-//!   once data is already queued, record who writes and send-buffer fill.
+//! - send (per-write, attached only with `--per-write-hooks`: `tcp_sendmsg_locked`
+//!   tracepoint, else fentry/kprobe `tcp_sendmsg_locked`, and before 6.5 `do_tcp_sendpages`
+//!   (sendfile/splice/kTLS)); and, by default where fentry/kprobes exist, fentry/kprobe
+//!   `sk_stream_wait_memory` (a write finding the send buffer full): a process writes; start
+//!   tracking once data is already queued, record who writes and send-buffer fill.
 //! - ack (`tcp_probe` tracepoint, else fentry/kprobe `tcp_rcv_established`): an incoming
-//!   segment on an established socket; ACK progress, peer window, persist-probe answers,
-//!   read-side backlog.
+//!   segment on an established socket; starts tracking when data stays queued after the ACK
+//!   or on a zero window; ACK progress, peer window, persist-probe answers, read-side backlog.
 //! - retransmit (`tcp_retransmit_skb`): retransmit count/time (the dead-peer signal); starts
 //!   tracking too.
 //! - read (`tcp_rcv_space_adjust`): the local app read data (read-side progress).
@@ -22,7 +23,9 @@
 //! - scan (`iter/tcp`, [`scan`]): a TCP socket iterator for the tick-time scan design;
 //!   only the benchmark loads it.
 //!
-//! An entry is created (by `track`, from the send, ack and retransmit hooks) only for a socket
+//! An entry (which records the socket's inode number, so the agent can find the process
+//! holding it when no hook saw the writer) is created (by `track`, from the send, ack and
+//! retransmit hooks) only for a socket
 //! in a state that can wedge: ESTABLISHED, CLOSE_WAIT, FIN_WAIT1, CLOSING, LAST_ACK. A socket
 //! leaves the map when everything is acked and nothing is unread (drained), when it closes
 //! (its close note is on the ring before the entry goes), or when the agent removes it.

@@ -7,8 +7,8 @@ use aya_ebpf::helpers::generated::bpf_get_socket_cookie;
 use monitor_common::{counter, flags, progress::set_zero_window, SockState};
 
 use crate::kernel::{
-    key_by_addr, off, Mem, AF_INET6, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1,
-    TCP_LAST_ACK,
+    key_by_addr, off, rd, Mem, AF_INET6, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED,
+    TCP_FIN_WAIT1, TCP_LAST_ACK,
 };
 use crate::maps::{
     bump, new_generation, sock_insert, sock_ptr, sock_remove, under_pressure, SCRATCH,
@@ -17,7 +17,8 @@ use crate::maps::{
 /// Who asks [`track`] for a new entry.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Why {
-    /// A write with data already queued: no wedge signature yet.
+    /// Data queued (a write with data already queued, or data left after an ACK): no
+    /// wedge signature yet.
     Send,
     /// A wedge signature: a zero window, our closed receive window, a retransmit.
     Signature,
@@ -100,6 +101,19 @@ pub(crate) fn read_addrs<M: Mem>(
     }
 }
 
+/// The inode number of the socket's file (`socket:[N]` in `/proc/PID/fd`), 0 when no file
+/// refers to it (an orphan). `struct socket` is the first member of `struct socket_alloc`,
+/// whose `vfs_inode` lies beyond `struct socket`: a checked read, not a typed load.
+#[inline(always)]
+fn sock_ino<M: Mem>(tp: *const u8) -> u32 {
+    let socket: u64 = M::ld(tp, off!(sk_socket));
+    if socket == 0 {
+        return 0;
+    }
+    let ino: u64 = rd(socket as *const u8, off!(socket_ino));
+    ino as u32
+}
+
 /// The TCP states in which a socket can wedge, the only ones an entry is created in:
 /// ESTABLISHED and CLOSE_WAIT (the application can still write), and FIN_WAIT1, CLOSING and
 /// LAST_ACK (our FIN not acked yet: an orphan with data in flight to a dead or non-reading
@@ -165,6 +179,7 @@ pub(crate) fn track<M: Mem>(tp: *const u8, key: u64, t: u64, why: Why) -> Option
     if s.rcv_nxt != s.copied_seq {
         s.flags |= flags::RECV_BACKLOG;
     }
+    s.sock_ino = sock_ino::<M>(tp);
     s.times.first_seen_ns = t;
     s.times.last_progress_ns = t;
     s.last_read_ns = t;

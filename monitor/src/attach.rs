@@ -102,6 +102,30 @@ pub enum Need {
     UnlessTracepoint(&'static str),
     /// Only when the kernel has this function at all (else the path it covers does not exist).
     IfFunction(&'static str),
+    /// Not attached: a per-write hook while per-write hooks are off ([`hooks`]).
+    Off,
+}
+
+/// Why a per-write hook is not attached by default (`agent_started.hooks[].why`).
+pub const PER_WRITE_OFF: &str = "off: a per-write hook (it runs on every write to every TCP \
+    socket, 6-9 % of the CPU of a small-write sender); sockets are tracked from ACKs, \
+    retransmits and blocked writes, and a writer not seen writing is found in /proc. \
+    --per-write-hooks turns it on";
+
+/// The hooks to attach: [`HOOKS`], with the per-write ones ([`Hook::per_write`]) off unless
+/// `per_write`.
+pub fn hooks(per_write: bool) -> Vec<Hook> {
+    HOOKS
+        .iter()
+        .map(|h| Hook {
+            need: if h.per_write && !per_write {
+                Need::Off
+            } else {
+                h.need
+            },
+            ..*h
+        })
+        .collect()
 }
 
 /// One kernel hook.
@@ -116,6 +140,9 @@ pub struct Hook {
     pub lost: &'static str,
     /// Why the hook is not needed when its [`Need`] says so.
     pub not_needed: &'static str,
+    /// It fires on every write (not only on trouble): attached only with per-write hooks on
+    /// ([`hooks`]).
+    pub per_write: bool,
 }
 
 const SOCK: &str = "struct sock *";
@@ -151,6 +178,7 @@ pub const HOOKS: &[Hook] = &[
         }],
         lost: "",
         not_needed: "",
+        per_write: false,
     },
     Hook {
         name: "ack",
@@ -181,6 +209,7 @@ pub const HOOKS: &[Hook] = &[
         ],
         lost: "",
         not_needed: "",
+        per_write: false,
     },
     Hook {
         name: "send",
@@ -205,9 +234,10 @@ pub const HOOKS: &[Hook] = &[
                 shape: ARG0_SOCK,
             },
         ],
-        lost: "writer identity (pid, comm, cgroup): rules selecting by comm or cgroup never \
-               match; wedges are still found from ACKs and retransmits",
+        lost: "the writer seen as it writes: a writer is found in /proc instead, once its \
+               socket stays tracked for a tick",
         not_needed: "",
+        per_write: true,
     },
     Hook {
         name: "send_wait",
@@ -226,10 +256,11 @@ pub const HOOKS: &[Hook] = &[
                 shape: ARG0_SOCK,
             },
         ],
-        lost: "the writer of a first write that blocks at once is not identified until it \
-               writes again",
+        // Without it a blocked writer is found in /proc (identity/holders.rs): nothing lost.
+        lost: "",
         not_needed: "not needed: the tcp_sendmsg_locked tracepoint also fires inside a write \
                      that blocks",
+        per_write: false,
     },
     Hook {
         name: "send_pages",
@@ -248,9 +279,11 @@ pub const HOOKS: &[Hook] = &[
                 shape: ARG0_SOCK,
             },
         ],
-        lost: "writers using sendfile/splice/kTLS are not identified (pid, comm, cgroup)",
+        // Only with per-write hooks on; without it those writers are found in /proc.
+        lost: "",
         not_needed: "not needed: no do_tcp_sendpages on this kernel (since 6.5 sendfile, \
                      splice and kTLS write through tcp_sendmsg_locked)",
+        per_write: true,
     },
     Hook {
         name: "retransmit",
@@ -283,6 +316,7 @@ pub const HOOKS: &[Hook] = &[
         lost: "retransmit counts (no_ack evidence) and tracking of dead peers whose writer \
                stopped writing",
         not_needed: "",
+        per_write: false,
     },
     Hook {
         name: "read",
@@ -313,6 +347,7 @@ pub const HOOKS: &[Hook] = &[
         ],
         lost: "read-side progress: recv_backlog stalls clear only when the peer sends again",
         not_needed: "",
+        per_write: false,
     },
 ];
 
@@ -388,12 +423,18 @@ fn walk(kernel: &mut dyn Kernel, hooks: &[Hook], only: Option<Kind>) -> Result<S
                         .is_some_and(|a| a.starts_with(Kind::TpBtf.prefix()))
             }),
             Need::IfFunction(f) => kernel.params(Site::Function(f))?.is_some(),
+            Need::Off => false,
         };
         if !needed {
+            let why = if hook.need == Need::Off {
+                PER_WRITE_OFF
+            } else {
+                hook.not_needed
+            };
             sel.reports.push(HookReport {
                 hook: hook.name.into(),
                 attach: None,
-                why: hook.not_needed.into(),
+                why: why.into(),
             });
             continue;
         }
@@ -454,6 +495,14 @@ fn walk(kernel: &mut dyn Kernel, hooks: &[Hook], only: Option<Kind>) -> Result<S
                 hook.name,
                 reasons.join("; ")
             ),
+            // A hook whose absence loses nothing (its job is done another way there).
+            None if hook.lost.is_empty() => {
+                sel.reports.push(HookReport {
+                    hook: hook.name.into(),
+                    attach: None,
+                    why: reasons.join("; "),
+                });
+            }
             None => {
                 sel.degraded.push(format!(
                     "{} hook not attached ({}): {}",
@@ -604,7 +653,7 @@ mod tests {
     #[test]
     fn old_kernel_falls_back_to_fentry_for_send() {
         let mut k = Fake::old();
-        let sel = select(&mut k, HOOKS, None).unwrap();
+        let sel = select(&mut k, &hooks(true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("fentry/tcp_sendmsg_locked")
@@ -640,7 +689,7 @@ mod tests {
     #[test]
     fn host_kernel_uses_tracepoints_and_skips_companions() {
         let mut k = Fake::host();
-        let sel = select(&mut k, HOOKS, None).unwrap();
+        let sel = select(&mut k, &hooks(true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("tp_btf/tcp_sendmsg_locked")
@@ -654,12 +703,46 @@ mod tests {
     }
 
     #[test]
+    fn per_write_hooks_are_off_by_default_and_blocked_writes_still_hooked() {
+        // 5.10/6.1: no per-write hook; the blocked-write companion attaches (fentry).
+        let mut k = Fake::old();
+        let sel = select(&mut k, &hooks(false), None).unwrap();
+        for hook in ["send", "send_pages"] {
+            assert_eq!(attach_of(&sel, hook), None, "{hook}");
+            assert_eq!(why_of(&sel, hook), PER_WRITE_OFF, "{hook}");
+        }
+        assert_eq!(
+            attach_of(&sel, "send_wait").as_deref(),
+            Some("fentry/sk_stream_wait_memory")
+        );
+        assert!(sel.degraded.is_empty(), "{:?}", sel.degraded);
+        assert_eq!(sel.attached.len(), 5);
+        assert!(!k.attached.iter().any(|a| a.contains("tcp_sendmsg_locked")));
+        // This VM: tracepoints only, so no blocked-write hook either, and that is no
+        // degradation (writers are found in /proc).
+        let mut k = Fake::host();
+        let sel = select(&mut k, &hooks(false), None).unwrap();
+        assert_eq!(attach_of(&sel, "send"), None);
+        assert_eq!(attach_of(&sel, "send_wait"), None);
+        assert!(why_of(&sel, "send_wait").contains("refused"));
+        assert!(sel.degraded.is_empty(), "{:?}", sel.degraded);
+        assert_eq!(k.attached.len(), 4, "{:?}", k.attached);
+        // Turned on, the per-write hook is the tracepoint again.
+        let mut k = Fake::host();
+        let sel = select(&mut k, &hooks(true), None).unwrap();
+        assert_eq!(
+            attach_of(&sel, "send").as_deref(),
+            Some("tp_btf/tcp_sendmsg_locked")
+        );
+    }
+
+    #[test]
     fn a_missing_optional_hook_degrades_and_says_what_is_lost() {
         // No tracepoint, fentry refused and no kprobes: send has no attach point.
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
         k.refuse.push(Kind::KProbe);
-        let sel = select(&mut k, HOOKS, None).unwrap();
+        let sel = select(&mut k, &hooks(true), None).unwrap();
         assert_eq!(attach_of(&sel, "send"), None);
         let why = why_of(&sel, "send");
         assert!(
@@ -670,7 +753,7 @@ mod tests {
         assert!(
             sel.degraded
                 .iter()
-                .any(|d| d.starts_with("send hook not attached") && d.contains("comm or cgroup")),
+                .any(|d| d.starts_with("send hook not attached") && d.contains("/proc")),
             "{:?}",
             sel.degraded
         );
@@ -684,7 +767,7 @@ mod tests {
         k.sites.remove("tp:tcp_probe");
         k.refuse.push(Kind::FEntry);
         k.refuse.push(Kind::KProbe);
-        let err = select(&mut k, HOOKS, None).unwrap_err().to_string();
+        let err = select(&mut k, &hooks(true), None).unwrap_err().to_string();
         assert!(err.contains("ack hook"), "{err}");
         assert!(err.contains("tracepoint tcp_probe absent"), "{err}");
         assert!(err.contains("fentry tcp_rcv_established refused"), "{err}");
@@ -697,7 +780,7 @@ mod tests {
         let mut k = Fake::old();
         // A kernel whose tcp_probe tracepoint passes something else as its second argument.
         k.sites.insert("tp:tcp_probe".into(), p(&[SOCK, "int"]));
-        let sel = select(&mut k, HOOKS, None).unwrap();
+        let sel = select(&mut k, &hooks(true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "ack").as_deref(),
             Some("fentry/tcp_rcv_established")
@@ -715,7 +798,7 @@ mod tests {
         let mut k = Fake::old();
         k.sites
             .insert("tp:tcp_retransmit_skb".into(), p(&[SOCK, SKB, "int"]));
-        let sel = select(&mut k, HOOKS, None).unwrap();
+        let sel = select(&mut k, &hooks(true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "retransmit").as_deref(),
             Some("tp_btf/tcp_retransmit_skb")
@@ -727,7 +810,7 @@ mod tests {
         // arm64 before 6.0: tracepoints, no fentry, kprobes.
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
-        let sel = select(&mut k, HOOKS, None).unwrap();
+        let sel = select(&mut k, &hooks(true), None).unwrap();
         for (hook, f) in [
             ("send", "tcp_sendmsg_locked"),
             ("send_wait", "sk_stream_wait_memory"),
@@ -757,7 +840,7 @@ mod tests {
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
         k.by_addr = true;
-        let sel = select(&mut k, HOOKS, None).unwrap();
+        let sel = select(&mut k, &hooks(true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("kprobe/tcp_sendmsg_locked")
@@ -768,7 +851,7 @@ mod tests {
     #[test]
     fn without_kprobes_cookie_keys_stay() {
         let mut k = Fake::old();
-        let sel = select(&mut k, HOOKS, None).unwrap();
+        let sel = select(&mut k, &hooks(true), None).unwrap();
         assert!(!sel.needs_addr_keys());
         assert_eq!(k.rekeys, 0);
         assert!(!k.by_addr);

@@ -101,6 +101,12 @@ struct RunArgs {
     /// Enable kernel BPF run-time accounting and report our programs' time in `stats`.
     #[arg(long)]
     bpf_stats: bool,
+    /// Also attach the per-write hooks (tcp_sendmsg_locked, do_tcp_sendpages): every writer is
+    /// then seen as it writes, at a cost on every write to every TCP socket. Off by default:
+    /// sockets are tracked from ACKs, retransmits and blocked writes, and a writer not seen
+    /// writing is found in /proc.
+    #[arg(long, env = "TCPSTALL_PER_WRITE_HOOKS", value_parser = clap::builder::BoolishValueParser::new())]
+    per_write_hooks: bool,
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -154,6 +160,7 @@ fn run(args: RunArgs) -> ExitCode {
         dry_run: args.dry_run,
         max_sockets: args.max_sockets,
         bpf_stats: args.bpf_stats,
+        per_write_hooks: args.per_write_hooks,
         duration: args.duration,
         status_socket: monitor::status::socket_path(&args.status_socket),
         state: (!args.no_state).then_some(monitor::state::StatePaths {

@@ -190,6 +190,7 @@ impl Probes {
         offsets: &Offsets,
         max_sockets: u32,
         bpf_stats: bool,
+        per_write_hooks: bool,
         pin_dir: Option<&Path>,
     ) -> Result<Probes> {
         if EBPF_OBJ.is_empty() {
@@ -251,7 +252,7 @@ impl Probes {
             release,
             pin_dir,
         };
-        let selection = attach::select(&mut loader, attach::HOOKS, only)?;
+        let selection = attach::select(&mut loader, &attach::hooks(per_write_hooks), only)?;
         let key_by_addr = loader.key_by_addr;
         let mut ebpf = loader
             .ebpf

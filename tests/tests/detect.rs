@@ -314,7 +314,7 @@ fn sigterm_detaches_every_hook() {
         .filter(|h| !h["attach"].is_null())
         .count();
     assert!(
-        attached >= 5,
+        attached >= 4,
         "fewer hooks attached than expected: {started}"
     );
     assert_eq!(

@@ -35,8 +35,9 @@ use tests::{detection_bound, policy, require_root, reset_rule, THRESHOLD};
 /// Hook names of `agent_started.hooks`, every one of which must be reported.
 use monitor::attach::HOOK_NAMES as HOOKS;
 
-/// What this host (Linux 6.18) attaches: the send tracepoint exists, nothing else needed.
-const HOST_EXPECT: &str = "send=tp_btf/tcp_sendmsg_locked,send_wait=-,send_pages=-,\
+/// What this host (Linux 6.18) attaches by default: tracepoints, no per-write hook, and no
+/// blocked-write companion (fentry is refused here).
+const HOST_EXPECT: &str = "send=-,send_wait=-,send_pages=-,\
 ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=tp_btf/tcp_rcv_space_adjust,\
 state=tp_btf/inet_sock_set_state";
 

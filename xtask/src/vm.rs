@@ -79,21 +79,20 @@ struct Line {
     env: &'static str,
 }
 
-const EXPECT_FENTRY_PAGES: &str =
-    "send=fentry/tcp_sendmsg_locked,send_wait=fentry/sk_stream_wait_memory,\
-send_pages=fentry/do_tcp_sendpages,ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,\
-read=tp_btf/tcp_rcv_space_adjust,state=tp_btf/inet_sock_set_state";
-const EXPECT_FENTRY: &str =
-    "send=fentry/tcp_sendmsg_locked,send_wait=fentry/sk_stream_wait_memory,\
-send_pages=-,ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,\
-read=tp_btf/tcp_rcv_space_adjust,state=tp_btf/inet_sock_set_state";
+/// The default (no per-write hooks) where fentry exists: the blocked-write companion on fentry.
+const EXPECT_FENTRY: &str = "send=-,send_wait=fentry/sk_stream_wait_memory,send_pages=-,\
+ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=tp_btf/tcp_rcv_space_adjust,\
+state=tp_btf/inet_sock_set_state";
 /// Every hook with a kernel function on kprobes (`TCPSTALL_ATTACH=kprobe`), as on a kernel
-/// without fentry; `state` stays on its tracepoint.
+/// without fentry, with the per-write hooks on (`TCPSTALL_PER_WRITE_HOOKS=1`); `state` stays on
+/// its tracepoint.
 const EXPECT_KPROBE: &str =
     "send=kprobe/tcp_sendmsg_locked,send_wait=kprobe/sk_stream_wait_memory,\
 send_pages=kprobe/do_tcp_sendpages,ack=kprobe/tcp_rcv_established,\
 retransmit=kprobe/tcp_retransmit_skb,read=kprobe/tcp_rcv_space_adjust,\
 state=tp_btf/inet_sock_set_state";
+/// Tracepoints only, with the per-write hooks on (`TCPSTALL_PER_WRITE_HOOKS=1`): the send
+/// tracepoint, which also fires inside a blocked write.
 const EXPECT_TP: &str = "send=tp_btf/tcp_sendmsg_locked,send_wait=-,send_pages=-,\
 ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=tp_btf/tcp_rcv_space_adjust,\
 state=tp_btf/inet_sock_set_state";
@@ -130,7 +129,7 @@ const DEBIAN_12: Line = Line {
     suffix: "-cloud-amd64-unsigned",
     mid: digits,
     modules_prefix: None,
-    expect: EXPECT_FENTRY_PAGES,
+    expect: EXPECT_FENTRY,
     env: "",
 };
 
@@ -142,17 +141,18 @@ const LINES: &[Line] = &[
         suffix: "-cloud-amd64-unsigned",
         mid: digits,
         modules_prefix: None,
-        expect: EXPECT_FENTRY_PAGES,
+        expect: EXPECT_FENTRY,
         env: "",
     },
     DEBIAN_12,
     // The same 6.1 kernel with every function hook forced onto kprobes: the third attach
-    // method, which no kernel of the matrix needs on its own (fentry works on all of them).
+    // method, which no kernel of the matrix needs on its own (fentry works on all of them);
+    // with the per-write hooks on, so their kprobe paths run too.
     Line {
         id: "6.1-kprobe",
-        debian: "Debian 12 (bookworm), TCPSTALL_ATTACH=kprobe",
+        debian: "Debian 12 (bookworm), TCPSTALL_ATTACH=kprobe, per-write hooks on",
         expect: EXPECT_KPROBE,
-        env: "TCPSTALL_ATTACH=kprobe",
+        env: "TCPSTALL_ATTACH=kprobe TCPSTALL_PER_WRITE_HOOKS=1",
         ..DEBIAN_12
     },
     Line {
@@ -167,13 +167,13 @@ const LINES: &[Line] = &[
     },
     Line {
         id: "7.x",
-        debian: "Debian 13 backports (trixie-backports)",
+        debian: "Debian 13 backports (trixie-backports), per-write hooks on",
         prefix: "linux-binary-unsigned-7.",
         suffix: "-cloud-amd64",
         mid: seven_x,
         modules_prefix: Some("linux-modules-"),
         expect: EXPECT_TP,
-        env: "",
+        env: "TCPSTALL_PER_WRITE_HOOKS=1",
     },
 ];
 

@@ -274,6 +274,7 @@ pub(super) fn rig_with(policy: Policy) -> Rig {
         dry_run: false,
         max_sockets: 100_000,
         bpf_stats: false,
+        per_write_hooks: false,
         duration: None,
         status_socket: None,
         state: None,

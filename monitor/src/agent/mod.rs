@@ -73,6 +73,8 @@ pub struct Config {
     pub dry_run: bool,
     pub max_sockets: u32,
     pub bpf_stats: bool,
+    /// Attach the per-write hooks too (`attach::hooks`); off by default.
+    pub per_write_hooks: bool,
     /// Stop after this long (tests, benchmarks); None = until SIGINT/SIGTERM.
     pub duration: Option<Duration>,
     /// The unix socket `tcpstall top` reads the live view from; None = off.
@@ -120,6 +122,8 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     tracker: Tracker,
     calibration: Calibration,
     owners: Owners,
+    /// The processes holding tracked sockets no write was seen on (`identity/holders.rs`).
+    holders: crate::identity::holders::Holders,
     reset_works: bool,
     /// The start-up self-test found destroying orphans safe on this kernel.
     orphans_safe: bool,
@@ -192,6 +196,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             tracker: Tracker::new(),
             calibration: Calibration::new(),
             owners: Owners::default(),
+            holders: Default::default(),
             reset_works,
             orphans_safe,
             budgets: Budgets::default(),

@@ -57,6 +57,7 @@ impl Agent {
             &offsets,
             cfg.max_sockets,
             cfg.bpf_stats,
+            cfg.per_write_hooks,
             pin_dir.as_deref(),
         )?;
         drop(kbtf);

@@ -93,6 +93,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             self.closed.insert(n.cookie, (n.ts_ns, t0));
         }
         let read_us = t0.elapsed().as_micros();
+        self.find_holders(&states, t0);
         let now_ns = monotonic_ns();
         let policy = std::sync::Arc::clone(&self.policy);
         self.selector.begin(&policy);
@@ -103,7 +104,14 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let mut candidates: Vec<Candidate<'_>> = Vec::new();
         self.nets.begin();
         for st in &states {
-            let snap = Snapshot::from_state(st, now_ns);
+            let mut snap = Snapshot::from_state(st, now_ns);
+            if snap.pid.is_none() {
+                if let Some(h) = self.holders.get(snap.cookie) {
+                    snap.pid = Some(h.pid);
+                    snap.comm = Some(h.comm);
+                    snap.cgroup_id = h.cgroup_id;
+                }
+            }
             // One lookup: the socket's record, stamped with this tick, and its rule.
             let seen = match self.last.entry(snap.cookie) {
                 std::collections::hash_map::Entry::Occupied(o) => {
@@ -150,6 +158,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             }
         }
         self.departures(tick, now_ns)?;
+        let last = &self.last;
+        self.holders.retain(|c| last.contains_key(&c));
         let report = self.nets.finish(&policy.guards.networks(), now_ns);
         self.update_hold(&report)?;
         self.enforce(candidates, &selected)?;
@@ -175,6 +185,31 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             self.save_state();
         }
         Ok(())
+    }
+
+    /// Find the processes holding the sockets that stayed in the map since the last tick
+    /// with no write seen (no writer identity from the kernel side): one `/proc` walk for
+    /// all of them, none when there are none (`identity/holders.rs`).
+    fn find_holders(&mut self, states: &[SockState], now: Instant) {
+        let wanted: Vec<(u64, u32)> = states
+            .iter()
+            .filter(|st| {
+                st.flags & monitor_common::flags::HAVE_WRITER == 0
+                    && st.sock_ino != 0
+                    && st.cookie != 0
+                    && self.last.contains_key(&st.cookie)
+                    && self.holders.wanted(st.cookie, now)
+            })
+            .map(|st| (st.cookie, st.sock_ino))
+            .collect();
+        self.holders.find(&wanted, now);
+        if !wanted.is_empty() {
+            log::debug!(
+                "holders: looked for {} socket(s) in /proc in {} us",
+                wanted.len(),
+                self.holders.last_walk_us
+            );
+        }
     }
 
     /// Sockets gone from the kernel map since the last tick: closed, or drained.

@@ -205,6 +205,15 @@ pub(super) const OFFSET_SPECS: &[OffsetSpec] = &[
         size: POINTER_SIZE,
         slot: |o| &mut o.skb_data,
     },
+    OffsetSpec {
+        name: "socket_ino",
+        // A `struct socket *` is the start of its `socket_alloc` (CONTAINMENT), whose inode
+        // number names the socket in `/proc/PID/fd` (`socket:[N]`).
+        struct_name: "socket_alloc",
+        paths: &["vfs_inode.i_ino"],
+        size: POINTER_SIZE,
+        slot: |o| &mut o.socket_ino,
+    },
 ];
 
 /// The socket structs embed one another as their first member; the programs rely on that
@@ -214,6 +223,7 @@ pub(super) const CONTAINMENT: &[(&str, &str)] = &[
     ("inet_connection_sock", "icsk_inet"),
     ("inet_sock", "sk"),
     ("sock", "__sk_common"),
+    ("socket_alloc", "socket"),
 ];
 
 /// Computes every [`Offsets`] field from parsed kernel BTF. Collects all problems before

@@ -358,6 +358,18 @@ fn mini_kernel(v: &Variant) -> Vec<u8> {
             ("data", uchar_ptr, 1600, 0),
         ],
     );
+    let ulong = b.int("long unsigned int", 8);
+    let socket = b.strukt("socket", 128, &[("state", int, 0, 0)]);
+    let inode = b.strukt(
+        "inode",
+        600,
+        &[("i_mode", ushort, 0, 0), ("i_ino", ulong, 64 * 8, 0)],
+    );
+    b.strukt(
+        "socket_alloc",
+        728,
+        &[("socket", socket, 0, 0), ("vfs_inode", inode, 128 * 8, 0)],
+    );
     b.finish()
 }
 
@@ -493,6 +505,7 @@ fn offsets_from_mini_kernel() {
         copied_seq: 1704,
         rcv_wnd: 1708,
         skb_data: 200,
+        socket_ino: 192,
     };
     assert_eq!(o, want);
 

@@ -146,18 +146,17 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
         .cloned()
         .collect();
     let trouble_floor = floor_context(&trouble, size, cfg.duration)?;
-    // Every hook but the per-write one: a design that learns about writes from the segments
-    // and reads that follow them.
-    let no_send: Vec<String> = tracepoints
-        .iter()
-        .filter(|t| !PER_WRITE.contains(&t.as_str()))
-        .cloned()
-        .collect();
-    let no_send_floor = floor_context(&no_send, size, cfg.duration)?;
+    // The agent's hooks plus the per-write one, as `--per-write-hooks` attaches them on this
+    // kernel: what the default (no per-write hook) saves.
+    let mut per_write: Vec<String> = tracepoints.clone();
+    if !per_write.iter().any(|t| PER_WRITE.contains(&t.as_str())) {
+        per_write.push(PER_WRITE[0].to_string());
+    }
+    let per_write_floor = floor_context(&per_write, size, cfg.duration)?;
     Ok(json!({
         "floor": floor,
         "trouble_floor": trouble_floor,
-        "no_send_floor": no_send_floor,
+        "per_write_floor": per_write_floor,
         "bytes_per_s": t.bytes_per_s,
         "secs": t.secs,
         "bpf_runs_per_write": runs / writes,

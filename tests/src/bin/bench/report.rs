@@ -336,7 +336,7 @@ pub fn markdown(results: &Value) -> String {
             "\n## 1. Hot path: loopback throughput, agent off vs on\n\n\
              One sender thread writes fixed-size chunks for {} s to a receiver thread draining with \
              256 KiB reads (Nagle on, default buffers). Arm *on*: `tcpstall run` started for that \
-             measurement (all five hooks attached, 1 s tick), stopped after it. {} pairs per size; \
+             measurement (its default hooks, no per-write hook: see the attach floors below; 1 s tick), stopped after it. {} pairs per size; \
              the order alternates (off,on / on,off) to cancel drift. Before each arm the bench waits \
              (<= 10 s) for a quiet machine; a pair is *contended* if another tcpstall agent was \
              loaded or other processes used > 15% of a core during either arm (this VM is shared \
@@ -589,7 +589,7 @@ pub fn interpret(results: &Value) -> Vec<String> {
                     ns_run - f_ns,
                 ));
             }
-            let nf = &c["no_send_floor"];
+            let nf = &c["per_write_floor"];
             if let (Some(n_runs), Some(n_ns), Some(n_share)) = (
                 f(&nf["runs_per_write"]),
                 f(&nf["ns_per_run"]),
@@ -597,10 +597,19 @@ pub fn interpret(results: &Value) -> Vec<String> {
             ) {
                 let tps = tracepoint_names(&nf["tracepoints"]);
                 notes.push(format!(
-                    "Hot path, {size} B writes, attach floor without the per-write hook: empty programs at {} ran \
-                     {n_runs:.2} times per write at {n_ns:.0} ns per run, {:.1}% of the sender+receiver CPU per byte.",
+                    "Hot path, {size} B writes, attach floor with the per-write hook added (what `--per-write-hooks` \
+                     attaches on this kernel): empty programs at {} ran {n_runs:.2} times per write at {n_ns:.0} ns per run, \
+                     {:.1}% of the sender+receiver CPU per byte{}.",
                     tps.join(", "),
                     n_share * 100.0,
+                    match f(&fl["share_of_thread_cpu"]) {
+                        Some(base) => format!(
+                            ", against {:.1}% without it: the per-write hook alone costs {:.1} percentage points",
+                            base * 100.0,
+                            (n_share - base) * 100.0
+                        ),
+                        None => String::new(),
+                    },
                 ));
             }
             let tf = &c["trouble_floor"];

@@ -2,6 +2,8 @@
 //! kernel side records (cgroup v2: the id is the inode number of the cgroup directory), and
 //! from that path the container and the Kubernetes pod, where the path shows one.
 
+pub mod holders;
+
 use procfs::FromRead;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
