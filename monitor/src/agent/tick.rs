@@ -159,7 +159,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         }
         self.departures(tick, now_ns)?;
         let last = &self.last;
-        self.holders.retain(|c| last.contains_key(&c));
+        self.holders.prune(|c| last.contains_key(&c), t0);
         let report = self.nets.finish(&policy.guards.networks(), now_ns);
         self.update_hold(&report)?;
         self.enforce(candidates, &selected)?;
@@ -197,8 +197,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 st.flags & monitor_common::flags::HAVE_WRITER == 0
                     && st.sock_ino != 0
                     && st.cookie != 0
-                    && self.last.contains_key(&st.cookie)
                     && self.holders.wanted(st.cookie, now)
+                    && self.last.contains_key(&st.cookie)
             })
             .map(|st| (st.cookie, st.sock_ino))
             .collect();
@@ -209,6 +209,15 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 wanted.len(),
                 self.holders.last_walk_us
             );
+            if self.holders.last_walk_us >= 50_000 {
+                log::info!(
+                    "looking for the processes holding {} tracked socket(s) took {} ms (one \
+                     walk of /proc/*/fd; walk {} of this agent)",
+                    wanted.len(),
+                    self.holders.last_walk_us / 1000,
+                    self.holders.walks
+                );
+            }
         }
     }
 

@@ -5,9 +5,11 @@
 //!
 //! A walk costs a `readlink` per open file on the node, so it is made only for sockets that
 //! stayed tracked from one tick to the next (a socket with data queued for a moment never
-//! causes one), at most once per tick, and its answers are kept per socket cookie until the
-//! socket leaves the map. A socket no process holds (an orphan, or one whose holder exited
-//! meanwhile) is looked for again after [`RETRY_MISS`].
+//! causes one), at most once per tick, and its answers are kept per socket cookie (cookies
+//! are never reused) while the socket is tracked and for [`LINGER`] after it left the map,
+//! so a stream that drains and fills again is not looked for again. A socket no process
+//! holds (an orphan, or one whose holder exited meanwhile) is looked for again after
+//! [`RETRY_MISS`]. At most [`MAX_KEPT`] answers are kept.
 //!
 //! The first process found holding the socket (lowest pid) is reported; a socket shared by
 //! several processes (inherited across fork) names one of them. Its name (`comm`) is that
@@ -22,6 +24,10 @@ use std::time::{Duration, Instant};
 
 /// A socket that no process held at a walk is looked for again after this long.
 pub const RETRY_MISS: Duration = Duration::from_secs(30);
+/// An answer is kept this long after its socket left the map.
+pub const LINGER: Duration = Duration::from_secs(60);
+/// Answers kept at most; past it, those of sockets not in the map are dropped.
+pub const MAX_KEPT: usize = 1 << 18;
 
 /// The process holding a socket, in the terms events and policies use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,9 +47,10 @@ enum Known {
     Missed(Instant),
 }
 
-/// The answers so far, by socket cookie, and how the walks went.
+/// The answers so far, by socket cookie (with when the socket was last in the map), and how
+/// the walks went.
 pub struct Holders {
-    known: HashMap<u64, Known>,
+    known: foldhash::HashMap<u64, (Known, Instant)>,
     cgroup_root: PathBuf,
     proc_root: PathBuf,
     /// Walks made, for the `stats` event.
@@ -61,7 +68,7 @@ impl Default for Holders {
 impl Holders {
     pub fn new(proc_root: impl Into<PathBuf>, cgroup_root: impl Into<PathBuf>) -> Holders {
         Holders {
-            known: HashMap::new(),
+            known: Default::default(),
             cgroup_root: cgroup_root.into(),
             proc_root: proc_root.into(),
             walks: 0,
@@ -72,7 +79,7 @@ impl Holders {
     /// The holder found for socket `cookie`, if a walk found one.
     pub fn get(&self, cookie: u64) -> Option<Holder> {
         match self.known.get(&cookie) {
-            Some(Known::Held(h)) => Some(*h),
+            Some((Known::Held(h), _)) => Some(*h),
             _ => None,
         }
     }
@@ -81,8 +88,8 @@ impl Holders {
     pub fn wanted(&self, cookie: u64, now: Instant) -> bool {
         match self.known.get(&cookie) {
             None => true,
-            Some(Known::Held(_)) => false,
-            Some(Known::Missed(at)) => now.duration_since(*at) >= RETRY_MISS,
+            Some((Known::Held(_), _)) => false,
+            Some((Known::Missed(at), _)) => now.duration_since(*at) >= RETRY_MISS,
         }
     }
 
@@ -99,15 +106,24 @@ impl Holders {
                 Some(h) => Known::Held(*h),
                 None => Known::Missed(now),
             };
-            self.known.insert(cookie, k);
+            self.known.insert(cookie, (k, now));
         }
         self.walks += 1;
         self.last_walk_us = t0.elapsed().as_micros() as u64;
     }
 
-    /// Forget every socket `keep` says no to (it left the map).
-    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
-        self.known.retain(|c, _| keep(*c));
+    /// End of a tick: `tracked` says which sockets are in the map now. The answers of the
+    /// others are forgotten [`LINGER`] after they left, or at once past [`MAX_KEPT`].
+    pub fn prune(&mut self, tracked: impl Fn(u64) -> bool, now: Instant) {
+        let full = self.known.len() > MAX_KEPT;
+        self.known.retain(|c, (_, present)| {
+            if tracked(*c) {
+                *present = now;
+                true
+            } else {
+                !full && now.duration_since(*present) < LINGER
+            }
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -258,8 +274,15 @@ mod tests {
         assert_eq!(h.get(8), None);
         assert!(!h.wanted(8, now));
         assert!(h.wanted(8, now + RETRY_MISS));
-        h.retain(|c| c == 8);
-        assert!(h.wanted(7, now), "forgotten once it left the map");
+        // 7 left the map: its answer stays for LINGER (a stream that drains and fills
+        // again is not looked for again), then goes.
+        h.prune(|c| c == 8, now);
+        assert!(!h.wanted(7, now + LINGER / 2));
+        h.prune(|c| c == 8, now + LINGER);
+        assert!(
+            h.wanted(7, now + LINGER),
+            "forgotten LINGER after it left the map"
+        );
         assert_eq!(h.len(), 1);
     }
 

@@ -44,7 +44,9 @@ pub fn throughput(chunk: usize, duration: Duration) -> Result<Transfer> {
     let addr = listener.local_addr()?;
     let rx_stream = TcpStream::connect(addr).context("connecting over loopback")?;
     let (mut tx_stream, _) = listener.accept().context("accepting over loopback")?;
+    // Sender on one CPU, receiver on the other, every run (see `util::pin_thread`).
     let receiver = std::thread::spawn(move || -> std::io::Result<(u64, Instant, u64)> {
+        util::pin_thread(1);
         let c0 = util::thread_cpu_ns();
         let mut s = rx_stream;
         let mut buf = vec![0u8; 256 * 1024];
@@ -59,6 +61,13 @@ pub fn throughput(chunk: usize, duration: Duration) -> Result<Transfer> {
         }
     });
     let buf = vec![0x5au8; chunk];
+    // The sending thread goes back to every CPU afterwards (it runs the rest of the bench).
+    let mut before: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: reading this thread's affinity into a local cpu_set_t.
+    let saved = unsafe {
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut before) == 0
+    };
+    util::pin_thread(0);
     let c0 = util::thread_cpu_ns();
     let t0 = Instant::now();
     let end = t0 + duration;
@@ -78,6 +87,10 @@ pub fn throughput(chunk: usize, duration: Duration) -> Result<Transfer> {
     }
     tx_stream.shutdown(Shutdown::Write)?;
     let tx_cpu = util::thread_cpu_ns() - c0;
+    if saved {
+        // SAFETY: restoring the affinity read above.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &before) };
+    }
     let (received, t_end, rx_cpu) = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?

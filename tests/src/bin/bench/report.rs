@@ -168,6 +168,27 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
                     miss_by,
                 });
             }
+            // The agent's own CPU per byte as the kernel accounts it: the programs' run time
+            // (BPF run-time statistics, one extra run) over the sender+receiver CPU. Not an
+            // A/B, so it resolves where the A/B ratios cannot (bulk writes on this VM).
+            let c = &s["bpf_context"];
+            if let Some(share) = f(&c["bpf_share_of_thread_cpu"]) {
+                let pct = share * 100.0;
+                out.push(Verdict {
+                    what: format!(
+                        "hot path, {size} B writes: the agent's in-kernel program time per byte"
+                    ),
+                    target: format!("<= {target}%"),
+                    measured: format!(
+                        "{pct:.2}% of the sender+receiver CPU ({:.1} runs per write at {:.0} ns, BPF run-time statistics)",
+                        f(&c["bpf_runs_per_write"]).unwrap_or(f64::NAN),
+                        f(&c["bpf_ns_per_run"]).unwrap_or(f64::NAN)
+                    ),
+                    met: pct <= target,
+                    miss_by: (pct > target)
+                        .then(|| format!("{:.2} percentage points", pct - target)),
+                });
+            }
         }
     }
     if let Some(per_n) = results["scale"]["results"].as_array() {

@@ -33,6 +33,29 @@ pub fn thread_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
+/// Pin the calling thread to CPU `cpu` modulo the CPUs this process may use (best effort:
+/// false when the kernel refused). Loopback throughput depends on whether sender and
+/// receiver share a CPU, which the scheduler decides differently run to run; pinning them
+/// apart takes that spread out of an A/B comparison.
+pub fn pin_thread(cpu: usize) -> bool {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t owned by this frame.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return false;
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        if cpus.is_empty() {
+            return false;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpus[cpu % cpus.len()], &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
 /// Parse the agent's `ts` field (RFC 3339, UTC, e.g. `2026-01-02T03:04:05.678Z`) into
 /// nanoseconds since the Unix epoch. Fractions of any length up to nanoseconds are accepted.
 pub fn parse_rfc3339_ns(s: &str) -> Option<u64> {
