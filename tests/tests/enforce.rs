@@ -513,3 +513,68 @@ fn destroyed_orphans_leave_no_map_entry() {
     );
     agent.stop();
 }
+
+/// With no per-write hook (the default), a rule selecting by `comm` still matches: the
+/// writer is found in /proc (the thread blocked writing to the socket), and a rule naming
+/// another process resets nothing.
+#[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
+fn a_comm_rule_selects_the_writer_found_without_a_write_hook() {
+    require_root();
+    let l = Listener::bind(loopback()).unwrap();
+    let rules = format!(
+        "[[rule]]\nname = \"other\"\ncomm = [\"not-the-writer\"]\naction = \"reset\"\n\
+         classes = [\"zero_window\"]\n\n\
+         [[rule]]\nname = \"wedge\"\ncomm = [\"{}\"]\nlocal_ports = [{}]\naction = \"reset\"\n\
+         classes = [\"zero_window\"]\n\n",
+        tests::traffic::WRITER_COMM,
+        l.port()
+    );
+    let agent = AgentOpts::new(policy(&[22], 1000, &rules)).start();
+    assert_enforcing(&agent);
+    let started = agent
+        .wait_for(|e| is_event(e, "agent_started"), Duration::ZERO)
+        .unwrap();
+    let send = started["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "send")
+        .unwrap()
+        .clone();
+    assert!(send["attach"].is_null(), "per-write hook attached: {send}");
+    let (c, blocked) = wedge(&l, None, ConnOpts::default(), 1);
+    let ev = expect_reset(&agent, &c, blocked, "comm rule");
+    assert_reset_event(&ev, &c, own_netns(), "zero_window", "comm rule");
+    agent.stop();
+
+    // The same wedge under a policy whose only reset rule names another process: observed,
+    // never reset.
+    let l = Listener::bind(loopback()).unwrap();
+    let rules = format!(
+        "[[rule]]\nname = \"other\"\ncomm = [\"not-the-writer\"]\nlocal_ports = [{}]\n\
+         action = \"reset\"\nclasses = [\"zero_window\"]\n\n",
+        l.port()
+    );
+    let agent = AgentOpts::new(policy(&[22], 1000, &rules)).start();
+    let (c, _blocked) = wedge(&l, None, ConnOpts::default(), 1);
+    let ev = agent
+        .wait_for(
+            |e| is_socket_event(e, "stall_started", c.server_cookie),
+            detection_bound() + GRACE,
+        )
+        .unwrap_or_else(|| panic!("no stall_started{}", agent.diagnostics()));
+    assert_eq!(ev["comm"], tests::traffic::WRITER_COMM, "{ev}");
+    assert!(ev["rule"].is_null(), "{ev}");
+    std::thread::sleep(Duration::from_secs(2));
+    let events = agent.stop();
+    assert!(
+        !events
+            .iter()
+            .any(|e| is_socket_event(e, "socket_reset", c.server_cookie)),
+        "a socket no rule selects was reset"
+    );
+}
