@@ -13,6 +13,7 @@ pub mod cli;
 pub mod event;
 pub mod files;
 pub mod guards;
+pub mod heap;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

@@ -286,6 +286,10 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             state::MAX_STATE_BYTES,
         );
         let written = state::write_atomic(&path, &data);
+        drop(data);
+        // The encoded file (up to MAX_STATE_BYTES) and the export it came from: not kept as
+        // resident memory.
+        crate::heap::trim();
         self.persist.last_cost = now.elapsed();
         match written {
             Ok(()) => {

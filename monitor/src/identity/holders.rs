@@ -110,6 +110,8 @@ impl Holders {
         }
         self.walks += 1;
         self.last_walk_us = t0.elapsed().as_micros() as u64;
+        // A walk allocates per process and per file: not kept as resident memory.
+        crate::heap::trim();
     }
 
     /// End of a tick: `tracked` says which sockets are in the map now. The answers of the
