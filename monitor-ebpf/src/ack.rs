@@ -88,18 +88,14 @@ pub(crate) fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
     let p = match lookup::<M>(tp, key) {
         Some(p) => p,
         None => {
-            // Untracked: start tracking when the socket has a backlog — data written that
-            // the network has not taken yet (`write_seq` past `snd_nxt`: no ACK can cover
-            // it; without a per-write hook the ACKs are where a backlog shows) — or on a
-            // wedge signature: the peer has closed its window while we have data queued, or
-            // our own receive window is closed with data unread. Data merely in flight
-            // (request/response traffic) tracks nothing, and costs no header read.
-            let snd_nxt: u32 = M::ld(tp, off!(snd_nxt));
-            let snd_wnd: u32 = M::ld(tp, off!(snd_wnd));
-            let backlog = write_seq != snd_nxt;
-            if snd_wnd != 0 && rcv_wnd != 0 && !backlog {
-                return;
-            }
+            // Untracked: start tracking when data stays queued after this ACK (the ACKs are
+            // where a backlog shows without a per-write hook), or on a wedge signature — the
+            // peer has closed its window while we have data queued, or our own receive window
+            // is closed with data unread. An ACK that covers everything written
+            // (request/response traffic) tracks nothing. (Tracking only sockets with unsent
+            // data, `write_seq` past `snd_nxt`, saves this header read for data in flight; it
+            // was tried and dropped: in one run of the cadence test a consumer that stopped
+            // reading was reset 7.8 s late, its stall clock starting only when tracking began.)
             if !have_ack {
                 ack = read_ack::<M>(skb);
                 have_ack = true;
@@ -108,6 +104,7 @@ pub(crate) fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
             let rcv_nxt: u32 = M::ld(tp, off!(rcv_nxt));
             let copied: u32 = M::ld(tp, off!(copied_seq));
             let signature = zero_win && write_seq != una || rcv_wnd == 0 && rcv_nxt != copied;
+            let backlog = ack.valid && write_seq != una && ack.seq != write_seq;
             if !(signature || backlog) {
                 return;
             }

@@ -356,7 +356,7 @@ pub fn markdown(results: &Value) -> String {
             s,
             "\n## 1. Hot path: loopback throughput, agent off vs on\n\n\
              One sender thread writes fixed-size chunks for {} s to a receiver thread draining with \
-             256 KiB reads (Nagle on, default buffers). Arm *on*: `tcpstall run` started for that \
+             256 KiB reads (Nagle on, default buffers), the two pinned to different CPUs (where they share one, loopback throughput changes run to run). Arm *on*: `tcpstall run` started for that \
              measurement (its default hooks, no per-write hook: see the attach floors below; 1 s tick), stopped after it. {} pairs per size; \
              the order alternates (off,on / on,off) to cancel drift. Before each arm the bench waits \
              (<= 10 s) for a quiet machine; a pair is *contended* if another tcpstall agent was \
