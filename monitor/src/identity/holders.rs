@@ -53,7 +53,7 @@ pub struct Holders {
     known: foldhash::HashMap<u64, (Known, Instant)>,
     cgroup_root: PathBuf,
     proc_root: PathBuf,
-    /// Walks made, for the `stats` event.
+    /// Walks made (named in the agent's log line for a slow walk).
     pub walks: u64,
     /// Duration of the last walk, µs.
     pub last_walk_us: u64,
@@ -160,17 +160,24 @@ fn walk(proc_root: &Path, cgroup_root: &Path, inodes: &HashSet<u64>) -> HashMap<
         if held.is_empty() {
             continue;
         }
-        let Some(comm) = comm_of(&p) else { continue };
-        let cgroup_id = cgroup_id_of(&p, cgroup_root);
+        let dir = proc_root.join(p.pid.to_string());
+        let Some(comm) = comm_at(&dir) else { continue };
+        let cgroup_id = cgroup_id_at(&dir, cgroup_root);
         let writers = blocked_writers(proc_root, &p);
+        // A socket held through several fds (dup, fork) is named by the thread blocked
+        // writing on any of them, whichever fd the listing showed first.
         for (ino, fd) in held {
-            let comm = writers.get(&fd).copied().unwrap_or(comm);
+            let writer = writers.get(&fd).copied();
             let holder = Holder {
                 pid: p.pid as u32,
-                comm,
+                comm: writer.unwrap_or(comm),
                 cgroup_id,
             };
-            found.insert(ino, holder);
+            if writer.is_some() {
+                found.insert(ino, holder);
+            } else {
+                found.entry(ino).or_insert(holder);
+            }
         }
         if found.len() == inodes.len() {
             break;
@@ -212,8 +219,8 @@ fn blocked_writers(proc_root: &Path, p: &procfs::process::Process) -> HashMap<i3
         if !WRITE_SYSCALLS.contains(&nr) {
             continue;
         }
-        if let Some(name) = read_at(&dir, "comm") {
-            out.insert(fd as i32, Comm::from(name.trim_end_matches('\n')));
+        if let Some(comm) = comm_at(&dir) {
+            out.insert(fd as i32, comm);
         }
     }
     out
@@ -223,22 +230,16 @@ fn read_at(dir: &Path, name: &str) -> Option<String> {
     std::fs::read_to_string(dir.join(name)).ok()
 }
 
-fn read(p: &procfs::process::Process, name: &str) -> Option<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    p.open_relative(name).ok()?.read_to_string(&mut text).ok()?;
-    Some(text)
-}
-
-fn comm_of(p: &procfs::process::Process) -> Option<Comm> {
-    let name = read(p, "comm")?;
+/// The `comm` of a process (`/proc/PID`) or thread (`/proc/PID/task/TID`) directory.
+fn comm_at(dir: &Path) -> Option<Comm> {
+    let name = read_at(dir, "comm")?;
     Some(Comm::from(name.trim_end_matches('\n')))
 }
 
-/// The cgroup v2 id of process `p`: the inode of its cgroup directory (`0::/path` in
-/// `/proc/PID/cgroup`) under `cgroup_root`.
-fn cgroup_id_of(p: &procfs::process::Process, cgroup_root: &Path) -> Option<u64> {
-    let text = read(p, "cgroup")?;
+/// The cgroup v2 id of the process at `dir` (`/proc/PID`): the inode of its cgroup directory
+/// (`0::/path` in its `cgroup` file) under `cgroup_root`.
+fn cgroup_id_at(dir: &Path, cgroup_root: &Path) -> Option<u64> {
+    let text = read_at(dir, "cgroup")?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     let dir = cgroup_root.join(path.trim_start_matches('/'));
     std::fs::metadata(dir).ok().map(|m| m.ino())
@@ -295,7 +296,10 @@ mod tests {
         let (server, _) = l.accept().unwrap();
         let ino = ino_of(&server);
         // Never read by the client: the writer fills both buffers and blocks in write(2).
-        let w = server.try_clone().unwrap();
+        // It writes on the original fd; a duplicate, listed after it in /proc/self/fd, is
+        // held idle here: the socket is still named by its blocked writer.
+        let idle = server.try_clone().unwrap();
+        let w = server;
         std::thread::Builder::new()
             .name("tsblocked".into())
             .spawn(move || {
@@ -327,7 +331,7 @@ mod tests {
         h.find(&[(2, ino_of(&l))], Instant::now());
         let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
         assert_eq!(h.get(2).unwrap().comm, Comm::from(comm.trim_end()));
-        drop(server); // the writer's clone stays blocked until the test process exits
+        drop(idle); // the writer stays blocked until the test process exits
     }
 
     #[test]
