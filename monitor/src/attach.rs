@@ -102,7 +102,7 @@ pub enum Need {
     UnlessTracepoint(&'static str),
     /// Only when the kernel has this function at all (else the path it covers does not exist).
     IfFunction(&'static str),
-    /// Not attached: a per-write hook while per-write hooks are off ([`hooks`]).
+    /// Not attached: a per-call hook while that kind is off ([`hooks`]).
     Off,
 }
 
@@ -112,16 +112,31 @@ pub const PER_WRITE_OFF: &str = "off: a per-write hook (it runs on every write t
     retransmits and blocked writes, and a writer not seen writing is found in /proc. \
     --per-write-hooks turns it on";
 
-/// The hooks to attach: [`HOOKS`], with the per-write ones ([`Hook::per_write`]) off unless
-/// `per_write`.
-pub fn hooks(per_write: bool) -> Vec<Hook> {
+/// Why the read hook is not attached by default (`agent_started.hooks[].why`).
+pub const READ_OFF: &str = "off: a per-read hook (it runs on every read of every TCP socket);     a tracked socket's reads are seen at its next segment, and for one whose receive side     looks full the agent asks sock_diag once per tick. --read-hook turns it on";
+
+/// Hooks that run on every call of their kind, not only on trouble: off unless asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerCall {
+    /// Fires on trouble or on the paths of one (ACKs of data queued, retransmits, blocked
+    /// writes, state changes): always wanted.
+    No,
+    /// Every write (`--per-write-hooks`).
+    Write,
+    /// Every read (`--read-hook`).
+    Read,
+}
+
+/// The hooks to attach: [`HOOKS`], with the per-call ones ([`Hook::per_call`]) off unless
+/// `per_write` (writes) or `read_hook` (reads).
+pub fn hooks(per_write: bool, read_hook: bool) -> Vec<Hook> {
     HOOKS
         .iter()
         .map(|h| Hook {
-            need: if h.per_write && !per_write {
-                Need::Off
-            } else {
-                h.need
+            need: match h.per_call {
+                PerCall::Write if !per_write => Need::Off,
+                PerCall::Read if !read_hook => Need::Off,
+                _ => h.need,
             },
             ..*h
         })
@@ -140,9 +155,9 @@ pub struct Hook {
     pub lost: &'static str,
     /// Why the hook is not needed when its [`Need`] says so.
     pub not_needed: &'static str,
-    /// It fires on every write (not only on trouble): attached only with per-write hooks on
+    /// It fires on every write or read (not only on trouble): attached only when asked for
     /// ([`hooks`]).
-    pub per_write: bool,
+    pub per_call: PerCall,
 }
 
 const SOCK: &str = "struct sock *";
@@ -178,7 +193,7 @@ pub const HOOKS: &[Hook] = &[
         }],
         lost: "",
         not_needed: "",
-        per_write: false,
+        per_call: PerCall::No,
     },
     Hook {
         name: "ack",
@@ -209,7 +224,7 @@ pub const HOOKS: &[Hook] = &[
         ],
         lost: "",
         not_needed: "",
-        per_write: false,
+        per_call: PerCall::No,
     },
     Hook {
         name: "send",
@@ -237,7 +252,7 @@ pub const HOOKS: &[Hook] = &[
         lost: "the writer seen as it writes: a writer is found in /proc instead, once its \
                socket stays tracked for a tick",
         not_needed: "",
-        per_write: true,
+        per_call: PerCall::Write,
     },
     Hook {
         name: "send_wait",
@@ -260,7 +275,7 @@ pub const HOOKS: &[Hook] = &[
         lost: "",
         not_needed: "not needed: the tcp_sendmsg_locked tracepoint also fires inside a write \
                      that blocks",
-        per_write: false,
+        per_call: PerCall::No,
     },
     Hook {
         name: "send_pages",
@@ -283,7 +298,7 @@ pub const HOOKS: &[Hook] = &[
         lost: "",
         not_needed: "not needed: no do_tcp_sendpages on this kernel (since 6.5 sendfile, \
                      splice and kTLS write through tcp_sendmsg_locked)",
-        per_write: true,
+        per_call: PerCall::Write,
     },
     Hook {
         name: "retransmit",
@@ -316,7 +331,7 @@ pub const HOOKS: &[Hook] = &[
         lost: "retransmit counts (no_ack evidence) and tracking of dead peers whose writer \
                stopped writing",
         not_needed: "",
-        per_write: false,
+        per_call: PerCall::No,
     },
     Hook {
         name: "read",
@@ -345,9 +360,10 @@ pub const HOOKS: &[Hook] = &[
                 shape: ARG0_SOCK,
             },
         ],
-        lost: "read-side progress: recv_backlog stalls clear only when the peer sends again",
+        lost: "read-side progress from the kernel: reads are seen at the socket's next segment \
+               and, for a receive side that looks full, by a sock_diag lookup per tick",
         not_needed: "",
-        per_write: false,
+        per_call: PerCall::Read,
     },
 ];
 
@@ -426,7 +442,9 @@ fn walk(kernel: &mut dyn Kernel, hooks: &[Hook], only: Option<Kind>) -> Result<S
             Need::Off => false,
         };
         if !needed {
-            let why = if hook.need == Need::Off {
+            let why = if hook.need == Need::Off && hook.per_call == PerCall::Read {
+                READ_OFF
+            } else if hook.need == Need::Off {
                 PER_WRITE_OFF
             } else {
                 hook.not_needed
@@ -653,7 +671,7 @@ mod tests {
     #[test]
     fn old_kernel_falls_back_to_fentry_for_send() {
         let mut k = Fake::old();
-        let sel = select(&mut k, &hooks(true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("fentry/tcp_sendmsg_locked")
@@ -689,7 +707,7 @@ mod tests {
     #[test]
     fn host_kernel_uses_tracepoints_and_skips_companions() {
         let mut k = Fake::host();
-        let sel = select(&mut k, &hooks(true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("tp_btf/tcp_sendmsg_locked")
@@ -703,36 +721,51 @@ mod tests {
     }
 
     #[test]
-    fn per_write_hooks_are_off_by_default_and_blocked_writes_still_hooked() {
-        // 5.10/6.1: no per-write hook; the blocked-write companion attaches (fentry).
+    fn per_call_hooks_are_off_by_default_and_blocked_writes_still_hooked() {
+        // 5.10/6.1: no per-write or read hook; the blocked-write companion attaches (fentry).
         let mut k = Fake::old();
-        let sel = select(&mut k, &hooks(false), None).unwrap();
+        let sel = select(&mut k, &hooks(false, false), None).unwrap();
         for hook in ["send", "send_pages"] {
             assert_eq!(attach_of(&sel, hook), None, "{hook}");
             assert_eq!(why_of(&sel, hook), PER_WRITE_OFF, "{hook}");
         }
+        assert_eq!(attach_of(&sel, "read"), None);
+        assert_eq!(why_of(&sel, "read"), READ_OFF);
         assert_eq!(
             attach_of(&sel, "send_wait").as_deref(),
             Some("fentry/sk_stream_wait_memory")
         );
         assert!(sel.degraded.is_empty(), "{:?}", sel.degraded);
-        assert_eq!(sel.attached.len(), 5);
+        assert_eq!(sel.attached.len(), 4);
         assert!(!k.attached.iter().any(|a| a.contains("tcp_sendmsg_locked")));
+        assert!(!k
+            .attached
+            .iter()
+            .any(|a| a.contains("tcp_rcv_space_adjust")));
         // This VM: tracepoints only, so no blocked-write hook either, and that is no
         // degradation (writers are found in /proc).
         let mut k = Fake::host();
-        let sel = select(&mut k, &hooks(false), None).unwrap();
+        let sel = select(&mut k, &hooks(false, false), None).unwrap();
         assert_eq!(attach_of(&sel, "send"), None);
         assert_eq!(attach_of(&sel, "send_wait"), None);
+        assert_eq!(attach_of(&sel, "read"), None);
         assert!(why_of(&sel, "send_wait").contains("refused"));
         assert!(sel.degraded.is_empty(), "{:?}", sel.degraded);
-        assert_eq!(k.attached.len(), 4, "{:?}", k.attached);
-        // Turned on, the per-write hook is the tracepoint again.
+        assert_eq!(k.attached.len(), 3, "{:?}", k.attached);
+        // Turned on, each per-call hook is the tracepoint again, one without the other.
         let mut k = Fake::host();
-        let sel = select(&mut k, &hooks(true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, false), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("tp_btf/tcp_sendmsg_locked")
+        );
+        assert_eq!(attach_of(&sel, "read"), None);
+        let mut k = Fake::host();
+        let sel = select(&mut k, &hooks(false, true), None).unwrap();
+        assert_eq!(attach_of(&sel, "send"), None);
+        assert_eq!(
+            attach_of(&sel, "read").as_deref(),
+            Some("tp_btf/tcp_rcv_space_adjust")
         );
     }
 
@@ -742,7 +775,7 @@ mod tests {
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
         k.refuse.push(Kind::KProbe);
-        let sel = select(&mut k, &hooks(true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true), None).unwrap();
         assert_eq!(attach_of(&sel, "send"), None);
         let why = why_of(&sel, "send");
         assert!(
@@ -767,7 +800,9 @@ mod tests {
         k.sites.remove("tp:tcp_probe");
         k.refuse.push(Kind::FEntry);
         k.refuse.push(Kind::KProbe);
-        let err = select(&mut k, &hooks(true), None).unwrap_err().to_string();
+        let err = select(&mut k, &hooks(true, true), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ack hook"), "{err}");
         assert!(err.contains("tracepoint tcp_probe absent"), "{err}");
         assert!(err.contains("fentry tcp_rcv_established refused"), "{err}");
@@ -780,7 +815,7 @@ mod tests {
         let mut k = Fake::old();
         // A kernel whose tcp_probe tracepoint passes something else as its second argument.
         k.sites.insert("tp:tcp_probe".into(), p(&[SOCK, "int"]));
-        let sel = select(&mut k, &hooks(true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "ack").as_deref(),
             Some("fentry/tcp_rcv_established")
@@ -798,7 +833,7 @@ mod tests {
         let mut k = Fake::old();
         k.sites
             .insert("tp:tcp_retransmit_skb".into(), p(&[SOCK, SKB, "int"]));
-        let sel = select(&mut k, &hooks(true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "retransmit").as_deref(),
             Some("tp_btf/tcp_retransmit_skb")
@@ -810,7 +845,7 @@ mod tests {
         // arm64 before 6.0: tracepoints, no fentry, kprobes.
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
-        let sel = select(&mut k, &hooks(true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true), None).unwrap();
         for (hook, f) in [
             ("send", "tcp_sendmsg_locked"),
             ("send_wait", "sk_stream_wait_memory"),
@@ -840,7 +875,7 @@ mod tests {
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
         k.by_addr = true;
-        let sel = select(&mut k, &hooks(true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("kprobe/tcp_sendmsg_locked")
@@ -851,7 +886,7 @@ mod tests {
     #[test]
     fn without_kprobes_cookie_keys_stay() {
         let mut k = Fake::old();
-        let sel = select(&mut k, &hooks(true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true), None).unwrap();
         assert!(!sel.needs_addr_keys());
         assert_eq!(k.rekeys, 0);
         assert!(!k.by_addr);

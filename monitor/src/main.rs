@@ -107,6 +107,11 @@ struct RunArgs {
     /// writing is found in /proc.
     #[arg(long, env = "TCPSTALL_PER_WRITE_HOOKS", value_parser = clap::builder::BoolishValueParser::new())]
     per_write_hooks: bool,
+    /// Attach the read hook too (tcp_rcv_space_adjust: it runs on every read of every TCP
+    /// socket). Off by default: a tracked socket's reads are seen at its next segment, and
+    /// for one whose receive side looks full the agent asks sock_diag once per tick.
+    #[arg(long, env = "TCPSTALL_READ_HOOK", value_parser = clap::builder::BoolishValueParser::new())]
+    read_hook: bool,
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -161,6 +166,7 @@ fn run(args: RunArgs) -> ExitCode {
         max_sockets: args.max_sockets,
         bpf_stats: args.bpf_stats,
         per_write_hooks: args.per_write_hooks,
+        read_hook: args.read_hook,
         duration: args.duration,
         status_socket: monitor::status::socket_path(&args.status_socket),
         state: (!args.no_state).then_some(monitor::state::StatePaths {

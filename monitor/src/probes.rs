@@ -191,6 +191,7 @@ impl Probes {
         max_sockets: u32,
         bpf_stats: bool,
         per_write_hooks: bool,
+        read_hook: bool,
         pin_dir: Option<&Path>,
     ) -> Result<Probes> {
         if EBPF_OBJ.is_empty() {
@@ -252,7 +253,11 @@ impl Probes {
             release,
             pin_dir,
         };
-        let selection = attach::select(&mut loader, &attach::hooks(per_write_hooks), only)?;
+        let selection = attach::select(
+            &mut loader,
+            &attach::hooks(per_write_hooks, read_hook),
+            only,
+        )?;
         let key_by_addr = loader.key_by_addr;
         let mut ebpf = loader
             .ebpf
@@ -373,6 +378,14 @@ impl Probes {
     /// Per hook, the attach point used and why.
     pub fn hook_reports(&self) -> &[HookReport] {
         &self.selection.reports
+    }
+
+    /// Whether the read hook is attached (every read reported by the kernel side).
+    pub fn reads_seen(&self) -> bool {
+        self.selection
+            .reports
+            .iter()
+            .any(|r| r.hook == "read" && r.attach.is_some())
     }
 
     /// What detection lost because a hook could not be attached.

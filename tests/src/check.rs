@@ -229,3 +229,79 @@ pub fn blackholed(l: &Listener, ns: &NetNs) -> (Conn, Instant) {
     assert!(wnd > 0, "test bug: the window was {wnd} when the peer died");
     (c, dead)
 }
+
+/// The read side (websockets #105): our own process stops reading what it receives. A
+/// client of `l` reads, pauses 5 s, then reads again while the server keeps streaming; the
+/// pause must be a `recv_backlog` stall on the client socket (reported before the reader
+/// resumes) that its end clears (not before it). With no read hook (the default) the reads
+/// after the pause reach the agent through its per-tick sock_diag lookup: the client sends
+/// nothing, so no segment refreshes its entry. `slack` widens the bounds (emulated guests).
+pub fn paused_reader_is_recv_backlog(agent: &Agent, l: &Listener, slack: Duration) {
+    let mut c = l.connect(None, ConnOpts::default()).unwrap();
+    let (after, pause) = (Duration::from_secs(1), Duration::from_secs(5) + slack);
+    let t0 = Instant::now();
+    c.start(
+        Some(WriteMode::Stream),
+        ReadMode::PausedOnce {
+            chunk: 64 * 1024,
+            every: Duration::from_millis(10),
+            after,
+            pause,
+        },
+        1,
+    )
+    .unwrap();
+    let resumed = t0 + after + pause;
+    let started = agent
+        .wait_for_received(
+            0,
+            |e| is_socket_event(e, "stall_started", c.client_cookie),
+            resumed.saturating_duration_since(Instant::now()) + GRACE,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no stall_started for the paused reader{}",
+                agent.diagnostics()
+            )
+        });
+    assert_eq!(started.json["class"], "recv_backlog", "{}", started.json);
+    assert!(
+        started.json["recv_unread"].as_u64() > Some(0),
+        "{}",
+        started.json
+    );
+    assert!(
+        started.at < resumed,
+        "the stall was reported only after the reader resumed: {}",
+        started.json
+    );
+    let cleared = agent
+        .wait_for_received(
+            0,
+            |e| is_socket_event(e, "stall_cleared", c.client_cookie),
+            resumed.saturating_duration_since(Instant::now()) + Duration::from_secs(4) + slack,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no stall_cleared after the reader resumed{}",
+                agent.diagnostics()
+            )
+        });
+    assert_eq!(cleared.json["class"], "recv_backlog", "{}", cleared.json);
+    // Cleared by the reads after the pause, not before (slack: the reader's own start).
+    assert!(
+        cleared.at + Duration::from_millis(300) >= resumed,
+        "cleared {:?} before the reader resumed: {}",
+        resumed.saturating_duration_since(cleared.at),
+        cleared.json
+    );
+    eprintln!(
+        "recv_backlog started {:?} into the pause, cleared {:?} after it",
+        started.at.saturating_duration_since(t0 + after),
+        cleared.at.saturating_duration_since(resumed)
+    );
+    let n = agent
+        .matching(|e| is_socket_event(e, "stall_started", c.client_cookie))
+        .len();
+    assert_eq!(n, 1, "the paused reader's stall started {n} times");
+}

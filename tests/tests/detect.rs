@@ -116,6 +116,21 @@ fn no_ack_from_a_blackholed_peer() {
     agent.stop();
 }
 
+/// The read side (websockets #105): our own process stops reading what it receives
+/// (`check::paused_reader_is_recv_backlog`).
+#[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
+fn a_reader_that_pauses_is_recv_backlog_until_it_reads_again() {
+    require_root();
+    let l = Listener::bind(loopback()).unwrap();
+    let agent = AgentOpts::new(observe_policy()).start();
+    tests::check::paused_reader_is_recv_backlog(&agent, &l, Duration::ZERO);
+    agent.stop();
+}
+
 #[test]
 #[cfg_attr(
     not(root_tests),
@@ -313,8 +328,9 @@ fn sigterm_detaches_every_hook() {
         .iter()
         .filter(|h| !h["attach"].is_null())
         .count();
+    // At least ack, retransmit and state (no per-call hook by default).
     assert!(
-        attached >= 4,
+        attached >= 3,
         "fewer hooks attached than expected: {started}"
     );
     assert_eq!(

@@ -38,7 +38,7 @@ use monitor::attach::HOOK_NAMES as HOOKS;
 /// What this host (Linux 6.18) attaches by default: tracepoints, no per-write hook, and no
 /// blocked-write companion (fentry is refused here).
 const HOST_EXPECT: &str = "send=-,send_wait=-,send_pages=-,\
-ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=tp_btf/tcp_rcv_space_adjust,\
+ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=-,\
 state=tp_btf/inet_sock_set_state";
 
 /// Allowance on top of [`detection_bound`] for a guest under TCG.
@@ -705,4 +705,20 @@ fn h_a_restart_adopts_the_pinned_map() {
     }
     drop(c);
     b.stop();
+}
+
+/// i. The read side: a reader that pauses is `recv_backlog` until it reads again — with no
+/// read hook (the default), its reads after the pause come from the agent's per-tick
+/// sock_diag lookup; with `TCPSTALL_READ_HOOK=1` (6.1-kprobe, 7.x), from the hook.
+#[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
+fn i_a_paused_reader_is_recv_backlog_until_it_reads_again() {
+    require_root();
+    let l = Listener::bind(loopback()).unwrap();
+    let agent = AgentOpts::new(policy(&[22], 1000, "")).start();
+    tests::check::paused_reader_is_recv_backlog(&agent, &l, EMULATION_SLACK);
+    agent.stop();
 }

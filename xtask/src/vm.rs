@@ -79,20 +79,21 @@ struct Line {
     env: &'static str,
 }
 
-/// The default (no per-write hooks) where fentry exists: the blocked-write companion on fentry.
+/// The default (no per-write hooks, no read hook) where fentry exists: the blocked-write
+/// companion on fentry.
 const EXPECT_FENTRY: &str = "send=-,send_wait=fentry/sk_stream_wait_memory,send_pages=-,\
-ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=tp_btf/tcp_rcv_space_adjust,\
+ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=-,\
 state=tp_btf/inet_sock_set_state";
 /// Every hook with a kernel function on kprobes (`TCPSTALL_ATTACH=kprobe`), as on a kernel
-/// without fentry, with the per-write hooks on (`TCPSTALL_PER_WRITE_HOOKS=1`); `state` stays on
-/// its tracepoint.
+/// without fentry, with the per-write and read hooks on (`TCPSTALL_PER_WRITE_HOOKS=1`,
+/// `TCPSTALL_READ_HOOK=1`); `state` stays on its tracepoint.
 const EXPECT_KPROBE: &str =
     "send=kprobe/tcp_sendmsg_locked,send_wait=kprobe/sk_stream_wait_memory,\
 send_pages=kprobe/do_tcp_sendpages,ack=kprobe/tcp_rcv_established,\
 retransmit=kprobe/tcp_retransmit_skb,read=kprobe/tcp_rcv_space_adjust,\
 state=tp_btf/inet_sock_set_state";
-/// Tracepoints only, with the per-write hooks on (`TCPSTALL_PER_WRITE_HOOKS=1`): the send
-/// tracepoint, which also fires inside a blocked write.
+/// Tracepoints only, with the per-write and read hooks on (`TCPSTALL_PER_WRITE_HOOKS=1`,
+/// `TCPSTALL_READ_HOOK=1`): the send tracepoint, which also fires inside a blocked write.
 const EXPECT_TP: &str = "send=tp_btf/tcp_sendmsg_locked,send_wait=-,send_pages=-,\
 ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=tp_btf/tcp_rcv_space_adjust,\
 state=tp_btf/inet_sock_set_state";
@@ -147,12 +148,12 @@ const LINES: &[Line] = &[
     DEBIAN_12,
     // The same 6.1 kernel with every function hook forced onto kprobes: the third attach
     // method, which no kernel of the matrix needs on its own (fentry works on all of them);
-    // with the per-write hooks on, so their kprobe paths run too.
+    // with the per-write and read hooks on, so their kprobe paths run too.
     Line {
         id: "6.1-kprobe",
-        debian: "Debian 12 (bookworm), TCPSTALL_ATTACH=kprobe, per-write hooks on",
+        debian: "Debian 12 (bookworm), TCPSTALL_ATTACH=kprobe, per-write and read hooks on",
         expect: EXPECT_KPROBE,
-        env: "TCPSTALL_ATTACH=kprobe TCPSTALL_PER_WRITE_HOOKS=1",
+        env: "TCPSTALL_ATTACH=kprobe TCPSTALL_PER_WRITE_HOOKS=1 TCPSTALL_READ_HOOK=1",
         ..DEBIAN_12
     },
     Line {
@@ -167,13 +168,13 @@ const LINES: &[Line] = &[
     },
     Line {
         id: "7.x",
-        debian: "Debian 13 backports (trixie-backports), per-write hooks on",
+        debian: "Debian 13 backports (trixie-backports), per-write and read hooks on",
         prefix: "linux-binary-unsigned-7.",
         suffix: "-cloud-amd64",
         mid: seven_x,
         modules_prefix: Some("linux-modules-"),
         expect: EXPECT_TP,
-        env: "TCPSTALL_PER_WRITE_HOOKS=1",
+        env: "TCPSTALL_PER_WRITE_HOOKS=1 TCPSTALL_READ_HOOK=1",
     },
 ];
 

@@ -30,6 +30,8 @@ pub(super) struct FakeMap {
     pub(super) map_full: u64,
     /// The last pressure flag the agent set.
     pub(super) pressure: bool,
+    /// No read hook (`reads.rs` asks the fake sock_diag); false: every read is reported.
+    pub(super) no_read_hook: bool,
 }
 
 #[derive(Clone, Default)]
@@ -72,6 +74,9 @@ impl SockSource for Src {
     fn set_pressure(&mut self, on: bool) -> anyhow::Result<()> {
         self.0.lock().unwrap().pressure = on;
         Ok(())
+    }
+    fn reads_seen(&self) -> bool {
+        !self.0.lock().unwrap().no_read_hook
     }
 }
 
@@ -275,6 +280,7 @@ pub(super) fn rig_with(policy: Policy) -> Rig {
         max_sockets: 100_000,
         bpf_stats: false,
         per_write_hooks: false,
+        read_hook: false,
         duration: None,
         status_socket: None,
         state: None,

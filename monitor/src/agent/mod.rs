@@ -6,7 +6,7 @@
 //!
 //! One file per part of the tick: `tick.rs` (read, classify, select, transitions), `act.rs`
 //! (guard chain, re-verification, budgets, batched resets, retries), `verify.rs` (what the
-//! kernel says right before acting), `evict.rs` (room in a full map), `stale.rs` (entries
+//! kernel says right before acting), `evict.rs` (room in a full map), `reads.rs` (read progress without a read hook), `stale.rs` (entries
 //! the kernel no longer touches), `persist.rs` (state across restarts), `report.rs` (stats,
 //! metrics, live view), `reload.rs` (SIGHUP), `start.rs` (start-up), `sources.rs` (the two
 //! traits and their production implementations); unit tests in `tests.rs` over the fakes in
@@ -15,6 +15,7 @@
 mod act;
 mod evict;
 mod persist;
+mod reads;
 mod reload;
 mod report;
 mod select;
@@ -75,6 +76,8 @@ pub struct Config {
     pub bpf_stats: bool,
     /// Attach the per-write hooks too (`attach::hooks`); off by default.
     pub per_write_hooks: bool,
+    /// Attach the read hook too (`attach::hooks`); off by default (`reads.rs`).
+    pub read_hook: bool,
     /// Stop after this long (tests, benchmarks); None = until SIGINT/SIGTERM.
     pub duration: Option<Duration>,
     /// The unix socket `tcpstall top` reads the live view from; None = off.
@@ -101,6 +104,11 @@ struct Seen {
     tick: u64,
     /// Its remembered policy selection.
     sel: Option<select::Cached>,
+    /// The process found holding it (`identity/holders.rs`), kept here once found so that a
+    /// tick does not look it up again.
+    holder: Option<crate::identity::holders::Holder>,
+    /// What sock_diag lookups found of its reads (no read hook: `reads.rs`).
+    read_seen: Option<reads::ReadSeen>,
 }
 
 impl Seen {
@@ -109,6 +117,8 @@ impl Seen {
             snap,
             tick,
             sel: None,
+            holder: None,
+            read_seen: None,
         }
     }
 }

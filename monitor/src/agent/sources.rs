@@ -21,6 +21,8 @@ pub trait SockSource {
     /// Tell the kernel side the map is nearly full: writes start no new entries, so the
     /// room left is kept for sockets with a wedge signature.
     fn set_pressure(&mut self, on: bool) -> anyhow::Result<()>;
+    /// Whether a hook reports every read (else `reads.rs` asks sock_diag).
+    fn reads_seen(&self) -> bool;
 }
 
 /// The act stage's kernel interface: sock_diag lookups and SOCK_DESTROY (`Destroyer` in
@@ -55,6 +57,9 @@ impl SockSource for Probes {
     }
     fn set_pressure(&mut self, on: bool) -> anyhow::Result<()> {
         Probes::set_pressure(self, on)
+    }
+    fn reads_seen(&self) -> bool {
+        Probes::reads_seen(self)
     }
 }
 

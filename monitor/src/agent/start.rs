@@ -58,6 +58,7 @@ impl Agent {
             cfg.max_sockets,
             cfg.bpf_stats,
             cfg.per_write_hooks,
+            cfg.read_hook,
             pin_dir.as_deref(),
         )?;
         drop(kbtf);

@@ -736,3 +736,91 @@ fn a_sockets_rule_is_remembered_until_its_writer_or_the_policy_changes() {
     r.agent.tick().unwrap();
     assert_eq!(r.agent.last.len(), 1);
 }
+
+/// A socket of ours whose application stopped reading 10 s ago: 4000 bytes unread, our
+/// receive window closed, nothing queued to send.
+fn not_reading(cookie: u64) -> monitor_common::SockState {
+    let now = monotonic_ns();
+    let mut s = healthy(cookie, "10.9.0.2:40000");
+    s.write_seq = 1000;
+    s.snd_nxt = 1000;
+    s.snd_una = 1000;
+    s.rcv_nxt = 4000;
+    s.copied_seq = 0;
+    s.rcv_wnd = 0;
+    s.rcvbuf = 8000;
+    s.last_read_ns = now - 10 * S;
+    s
+}
+
+fn set_reads(r: &Rig, cookie: u64, recv_q: u32, send_q: u32, bytes_received: u64) {
+    let mut k = r.kern.0.lock().unwrap();
+    let d = k.live.get_mut(&cookie).unwrap();
+    d.recv_q = recv_q;
+    d.send_q = send_q;
+    d.bytes_received = bytes_received;
+    d.tcp_info_len = 232;
+}
+
+#[test]
+fn without_a_read_hook_reads_are_found_by_sock_diag_and_a_drained_socket_leaves() {
+    let policy = Policy::parse(
+        "tick = \"1s\"\n[defaults]\nrecv_backlog_after = \"2s\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let mut r = rig_with(policy);
+    r.map.0.lock().unwrap().no_read_hook = true;
+    r.add(not_reading(5), true);
+    set_reads(&r, 5, 4000, 0, 10_000);
+    // First tick: the kernel's record alone (10 s without a read): recv_backlog.
+    r.agent.tick().unwrap();
+    let started = r.out.named("stall_started");
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0]["class"], "recv_backlog");
+    assert_eq!(
+        r.kern.0.lock().unwrap().lookup_many_calls,
+        0,
+        "not seen before"
+    );
+    // Second tick: looked up, no byte read since: still stalled.
+    r.agent.tick().unwrap();
+    assert_eq!(r.kern.0.lock().unwrap().lookup_many_calls, 1);
+    assert!(r.out.named("stall_cleared").is_empty());
+    // The app read 4000 bytes and the peer sent 4000 more (the map, touched by no segment,
+    // still says what it said): a read, so the stall clears.
+    set_reads(&r, 5, 4000, 0, 14_000);
+    r.agent.tick().unwrap();
+    let cleared = r.out.named("stall_cleared");
+    assert_eq!(cleared.len(), 1, "{:?}", r.out.events());
+    assert_eq!(cleared[0]["class"], "recv_backlog");
+    assert!(r.map.0.lock().unwrap().removed.is_empty());
+    // Everything read, nothing queued: out of the map; the next tick takes it as drained
+    // (no stall_closed).
+    set_reads(&r, 5, 0, 0, 14_000);
+    r.agent.tick().unwrap();
+    assert_eq!(r.map.0.lock().unwrap().removed, vec![5]);
+    r.agent.tick().unwrap();
+    assert!(r.out.named("stall_closed").is_empty());
+    assert_eq!(r.out.named("stall_started").len(), 1);
+}
+
+#[test]
+fn with_a_read_hook_no_lookup_is_made_for_reads() {
+    let policy = Policy::parse(
+        "tick = \"1s\"\n[defaults]\nrecv_backlog_after = \"2s\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let mut r = rig_with(policy);
+    r.add(not_reading(5), true);
+    set_reads(&r, 5, 0, 0, 14_000);
+    for _ in 0..3 {
+        r.agent.tick().unwrap();
+    }
+    assert_eq!(r.kern.0.lock().unwrap().lookup_many_calls, 0);
+    assert!(r.map.0.lock().unwrap().removed.is_empty());
+    // The hook reports reads: what the map says stands.
+    assert_eq!(r.out.named("stall_started").len(), 1);
+    assert!(r.out.named("stall_cleared").is_empty());
+}

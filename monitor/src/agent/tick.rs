@@ -95,6 +95,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let read_us = t0.elapsed().as_micros();
         self.find_holders(&states, t0);
         let now_ns = monotonic_ns();
+        // No read hook: what sock_diag says of sockets that may be waiting on a read.
+        let reads = self.look_up_reads(&states, now_ns);
+        let mut drained: Vec<u64> = Vec::new();
         let policy = std::sync::Arc::clone(&self.policy);
         self.selector.begin(&policy);
         self.ticks += 1;
@@ -105,25 +108,31 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         self.nets.begin();
         for st in &states {
             let mut snap = Snapshot::from_state(st, now_ns);
+            // One lookup: the socket's record, stamped with this tick, and its rule.
+            let seen = match self.last.entry(snap.cookie) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Seen::new(snap.clone(), tick))
+                }
+            };
             if snap.pid.is_none() {
-                if let Some(h) = self.holders.get(snap.cookie) {
+                if seen.holder.is_none() {
+                    seen.holder = self.holders.get(snap.cookie);
+                }
+                if let Some(h) = seen.holder {
                     snap.pid = Some(h.pid);
                     snap.comm = Some(h.comm);
                     snap.cgroup_id = h.cgroup_id;
                 }
             }
-            // One lookup: the socket's record, stamped with this tick, and its rule.
-            let seen = match self.last.entry(snap.cookie) {
-                std::collections::hash_map::Entry::Occupied(o) => {
-                    let seen = o.into_mut();
-                    seen.snap = snap.clone();
-                    seen.tick = tick;
-                    seen
+            if let Some(d) = reads.get(&snap.cookie) {
+                if super::reads::fold(&mut seen.read_seen, &mut snap, d) {
+                    drained.push(snap.cookie);
                 }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Seen::new(snap.clone(), tick))
-                }
-            };
+            }
+            super::reads::apply_seen(&seen.read_seen, &mut snap);
+            seen.snap = snap.clone();
+            seen.tick = tick;
             let rule = self
                 .selector
                 .rule(&policy, &mut self.owners, &seen.snap, &mut seen.sel, t0);
@@ -158,6 +167,11 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             }
         }
         self.departures(tick, now_ns)?;
+        // Read everything and nothing queued (found by `look_up_reads`): out of the map, so
+        // the next tick takes the socket as drained.
+        for cookie in drained {
+            self.src.remove(cookie);
+        }
         let last = &self.last;
         self.holders.prune(|c| last.contains_key(&c), t0);
         let report = self.nets.finish(&policy.guards.networks(), now_ns);
@@ -197,8 +211,11 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 st.flags & monitor_common::flags::HAVE_WRITER == 0
                     && st.sock_ino != 0
                     && st.cookie != 0
+                    && self
+                        .last
+                        .get(&st.cookie)
+                        .is_some_and(|seen| seen.holder.is_none())
                     && self.holders.wanted(st.cookie, now)
-                    && self.last.contains_key(&st.cookie)
             })
             .map(|st| (st.cookie, st.sock_ino))
             .collect();

@@ -1,0 +1,222 @@
+//! Read progress without a read hook (the default, `attach::READ_OFF`: a hook on every read of
+//! every TCP socket costs more than it tells). The kernel side still records reads at each
+//! segment a tracked socket takes in, but a socket whose application stopped reading and
+//! then read everything may take no segment for long. So, for the tracked sockets whose
+//! receive side looks full (what a `recv_backlog` stall waits on) and whose last read the
+//! kernel side saw is older than one tick, the tick asks sock_diag (one batched lookup for
+//! all of them): bytes read so far (`tcpi_bytes_received` − unread) that grew since the last
+//! lookup are a read, seen at this tick; the unread count replaces the map's. A socket found
+//! with nothing unread and nothing queued leaves the map (the next tick takes it as drained).
+//!
+//! Cost: nothing for sockets whose receive side is not full (a server's streams, request /
+//! response traffic); one sock_diag lookup per tick for each that is.
+
+use super::{target_of, Agent, DiagPath, SockSource};
+use crate::reset::{Target, TcpDiag};
+use crate::snapshot::Snapshot;
+use monitor_common::SockState;
+use std::collections::HashMap;
+
+/// What the lookups found of one socket's reads (kept in its `Seen` while it is tracked).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct ReadSeen {
+    /// Bytes the application had read at the last lookup (`tcpi_bytes_received` − unread).
+    bytes_read: u64,
+    /// Unread bytes at the last lookup.
+    recv_q: u32,
+    /// When a lookup last saw the application read (CLOCK_MONOTONIC ns; 0: never).
+    pub(super) read_ns: u64,
+}
+
+/// Whether the kernel's record of a socket shows a receive side a `recv_backlog` stall
+/// could be waiting on (data unread, window closed or half the buffer unread; as in
+/// `classify/recv.rs`) with no read seen for `quiet_ns`.
+pub(super) fn looks_stuck(st: &SockState, now_ns: u64, quiet_ns: u64) -> bool {
+    let unread = st.rcv_nxt.wrapping_sub(st.copied_seq);
+    let full = st.rcv_wnd == 0 || (st.rcvbuf > 0 && unread >= st.rcvbuf / 2);
+    unread != 0 && full && now_ns.saturating_sub(st.last_read_ns) >= quiet_ns
+}
+
+/// Fold one lookup `d` of a socket into its `seen` record and its snapshot `snap` (taken at
+/// `now_ns`). Returns whether the socket has nothing unread and nothing queued (drained).
+pub(super) fn fold(seen: &mut Option<ReadSeen>, snap: &mut Snapshot, d: &TcpDiag) -> bool {
+    let info = d.tcp_info_len > 0;
+    let bytes_read = d.bytes_received.saturating_sub(d.recv_q as u64);
+    let read = match seen {
+        Some(p) if info => bytes_read > p.bytes_read,
+        Some(p) => d.recv_q < p.recv_q,
+        // First lookup: less unread than the kernel side recorded is a read since.
+        None => (d.recv_q as u64) < snap.recv_unread,
+    };
+    let read_ns = if read {
+        snap.now_ns
+    } else {
+        seen.map(|p| p.read_ns).unwrap_or(0)
+    };
+    *seen = Some(ReadSeen {
+        bytes_read,
+        recv_q: d.recv_q,
+        read_ns,
+    });
+    snap.recv_unread = d.recv_q as u64;
+    d.recv_q == 0 && d.send_q == 0
+}
+
+/// A read a lookup saw counts as the socket's last read when the kernel side saw none since.
+pub(super) fn apply_seen(seen: &Option<ReadSeen>, snap: &mut Snapshot) {
+    if let Some(r) = seen {
+        snap.last_read_ns = snap.last_read_ns.max(r.read_ns);
+    }
+}
+
+impl<S: SockSource, K: DiagPath> Agent<S, K> {
+    /// Without a read hook: one batched lookup for the tracked sockets [`looks_stuck`]
+    /// says may be waiting on a read (none with a read hook, none when there are none).
+    /// Only sockets already seen by an earlier tick are asked about.
+    pub(super) fn look_up_reads(
+        &mut self,
+        states: &[SockState],
+        now_ns: u64,
+    ) -> HashMap<u64, TcpDiag> {
+        if self.src.reads_seen() {
+            return HashMap::new();
+        }
+        let quiet = self.cfg.tick.as_nanos() as u64;
+        let asked: Vec<(u64, Target)> = states
+            .iter()
+            .filter(|st| st.cookie != 0 && looks_stuck(st, now_ns, quiet))
+            .filter_map(|st| {
+                let seen = self.last.get(&st.cookie)?;
+                let snap = Snapshot::from_state(st, now_ns);
+                Some((
+                    st.cookie,
+                    Target {
+                        pid_hint: seen.snap.pid,
+                        ..target_of(&snap)
+                    },
+                ))
+            })
+            .collect();
+        if asked.is_empty() {
+            return HashMap::new();
+        }
+        let targets: Vec<Target> = asked.iter().map(|(_, t)| t.clone()).collect();
+        let found = self.kern.lookup_many(&targets);
+        let out: HashMap<u64, TcpDiag> = asked
+            .into_iter()
+            .zip(found)
+            .filter_map(|((cookie, _), r)| match r {
+                Ok(Some(d)) => Some((cookie, d)),
+                _ => None,
+            })
+            .collect();
+        log::debug!(
+            "reads: looked up {} socket(s) whose receive side looks full",
+            targets.len()
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(unread: u64, now_ns: u64) -> Snapshot {
+        let mut st = SockState::zeroed();
+        st.rcv_nxt = unread as u32;
+        st.cookie = 7;
+        let mut s = Snapshot::from_state(&st, now_ns);
+        s.last_read_ns = 1;
+        s
+    }
+
+    fn diag(recv_q: u32, send_q: u32, bytes_received: u64) -> TcpDiag {
+        TcpDiag {
+            recv_q,
+            bytes_received,
+            tcp_info_len: 232,
+            ..super::super::fakes::diag(7, send_q)
+        }
+    }
+
+    #[test]
+    fn stuck_needs_unread_a_full_side_and_no_recent_read() {
+        let mut st = SockState::zeroed();
+        st.rcvbuf = 1000;
+        st.rcv_nxt = 600;
+        st.rcv_wnd = 10;
+        st.last_read_ns = 0;
+        assert!(looks_stuck(&st, 5_000, 1_000));
+        // A read within the quiet time.
+        st.last_read_ns = 4_500;
+        assert!(!looks_stuck(&st, 5_000, 1_000));
+        st.last_read_ns = 0;
+        // Less than half the buffer unread and the window open: not full.
+        st.rcv_nxt = 100;
+        assert!(!looks_stuck(&st, 5_000, 1_000));
+        // Window closed: full whatever the amount.
+        st.rcv_wnd = 0;
+        assert!(looks_stuck(&st, 5_000, 1_000));
+        // Nothing unread.
+        st.rcv_nxt = 0;
+        assert!(!looks_stuck(&st, 5_000, 1_000));
+    }
+
+    #[test]
+    fn a_read_is_bytes_read_growing_between_lookups() {
+        let mut seen = None;
+        // First lookup: as much unread as the kernel side recorded: no read.
+        let mut s = snap(4000, 10);
+        assert!(!fold(&mut seen, &mut s, &diag(4000, 0, 9000)));
+        apply_seen(&seen, &mut s);
+        assert_eq!(s.last_read_ns, 1);
+        assert_eq!(s.recv_unread, 4000);
+        // Same bytes read: still no read.
+        let mut s = snap(4000, 20);
+        fold(&mut seen, &mut s, &diag(4000, 0, 9000));
+        apply_seen(&seen, &mut s);
+        assert_eq!(s.last_read_ns, 1);
+        // The app read 4000 and the peer sent 4000 more: unread unchanged, but a read.
+        let mut s = snap(4000, 30);
+        fold(&mut seen, &mut s, &diag(4000, 0, 13000));
+        apply_seen(&seen, &mut s);
+        assert_eq!(s.last_read_ns, 30);
+        // A later tick without a lookup keeps that read.
+        let mut s = snap(4000, 40);
+        apply_seen(&seen, &mut s);
+        assert_eq!(s.last_read_ns, 30);
+    }
+
+    #[test]
+    fn first_lookup_with_less_unread_is_a_read_and_empty_is_drained() {
+        let mut seen = None;
+        let mut s = snap(4000, 10);
+        assert!(!fold(&mut seen, &mut s, &diag(1000, 5, 9000)));
+        apply_seen(&seen, &mut s);
+        assert_eq!(s.last_read_ns, 10);
+        assert_eq!(s.recv_unread, 1000);
+        // Everything read, nothing queued: drained.
+        let mut s = snap(4000, 20);
+        assert!(fold(&mut seen, &mut s, &diag(0, 0, 9000)));
+        assert_eq!(s.recv_unread, 0);
+        // Unread gone but data still queued to send: stays.
+        let mut seen = None;
+        let mut s = snap(4000, 10);
+        assert!(!fold(&mut seen, &mut s, &diag(0, 10, 9000)));
+    }
+
+    #[test]
+    fn without_tcp_info_a_read_is_unread_shrinking() {
+        let mut seen = None;
+        let mut d = diag(3000, 0, 0);
+        d.tcp_info_len = 0;
+        let mut s = snap(3000, 10);
+        fold(&mut seen, &mut s, &d);
+        d.recv_q = 2000;
+        let mut s = snap(3000, 20);
+        fold(&mut seen, &mut s, &d);
+        apply_seen(&seen, &mut s);
+        assert_eq!(s.last_read_ns, 20);
+    }
+}
