@@ -17,7 +17,9 @@
 //!   or on a zero window; ACK progress, peer window, persist-probe answers, read-side backlog.
 //! - retransmit (`tcp_retransmit_skb`): retransmit count/time (the dead-peer signal); starts
 //!   tracking too.
-//! - read (`tcp_rcv_space_adjust`): the local app read data (read-side progress).
+//! - read (per-read, attached only with `--read-hook`: `tcp_rcv_space_adjust`): the local
+//!   app read data (read-side progress). Without it the agent asks sock_diag about the
+//!   tracked sockets whose receive side looks full (`monitor/src/agent/reads.rs`).
 //! - state (`inet_sock_set_state`): a tracked socket leaving ESTABLISHED/CLOSE_WAIT, or
 //!   reaching CLOSE from any state, is dropped and a close note goes to the agent.
 //! - scan (`iter/tcp`, [`scan`]): a TCP socket iterator for the tick-time scan design;
