@@ -162,6 +162,10 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     started: Instant,
     last_stats: Instant,
     last_sweep_us: u64,
+    /// The last tick's map read, µs (`stats.map_read_us`).
+    last_read_us: u64,
+    /// sock_diag lookups made for reads without a read hook (`stats.read_lookups`).
+    read_lookups: u64,
     /// For the live view (`tcpstall top`).
     mode: event::Mode,
     recent: crate::status::Recent,
@@ -228,6 +232,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             started: Instant::now(),
             last_stats: Instant::now(),
             last_sweep_us: 0,
+            last_read_us: 0,
+            read_lookups: 0,
             mode: event::Mode::Observe,
             recent: crate::status::Recent::default(),
             metrics: Default::default(),

@@ -101,6 +101,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             return HashMap::new();
         }
         let targets: Vec<Target> = asked.iter().map(|(_, t)| t.clone()).collect();
+        self.read_lookups += targets.len() as u64;
         let found = self.kern.lookup_many(&targets);
         let out: HashMap<u64, TcpDiag> = asked
             .into_iter()

@@ -173,6 +173,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             events_written: self.out.events_written(),
             stalls_active: self.tracker.stalled_count() as u64,
             sweep_us: self.last_sweep_us,
+            map_read_us: self.last_read_us,
+            proc_walks: self.holders.walks,
+            read_lookups: self.read_lookups,
             cpu_ms: cpu_ms(),
             bpf_run_ns: self.src.bpf_run_ns(),
             resets: event::ResetCounts {

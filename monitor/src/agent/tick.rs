@@ -93,6 +93,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             self.closed.insert(n.cookie, (n.ts_ns, t0));
         }
         let read_us = t0.elapsed().as_micros();
+        self.last_read_us = read_us as u64;
         self.find_holders(&states, t0);
         let now_ns = monotonic_ns();
         // No read hook: what sock_diag says of sockets that may be waiting on a read.

@@ -312,6 +312,14 @@ pub struct StatsFields {
     pub stalls_active: u64,
     /// Wall-clock cost of the last tick, µs
     pub sweep_us: u64,
+    /// Wall-clock cost of the last tick's read of the tracking map (part of `sweep_us`), µs
+    pub map_read_us: u64,
+    /// Walks of `/proc` made to find the processes holding tracked sockets no write was seen
+    /// on (cumulative)
+    pub proc_walks: u64,
+    /// sock_diag lookups of tracked sockets whose receive side looked full, made because no
+    /// read hook is attached (cumulative)
+    pub read_lookups: u64,
     /// Agent CPU time (user + system) since start, ms
     pub cpu_ms: u64,
     /// In-kernel run time of the agent's BPF programs, ns; null unless `kernel.bpf_stats_enabled=1`

@@ -133,6 +133,9 @@ fn samples(full: bool) -> Vec<Event> {
             events_written: 41,
             stalls_active: 1,
             sweep_us: 250,
+            map_read_us: 40,
+            proc_walks: 2,
+            read_lookups: 3,
             cpu_ms: 40,
             bpf_run_ns: full.then_some(123_456),
             resets: ResetCounts {

@@ -51,6 +51,15 @@ fn cost_parts(r: &Value, period_ms: Option<f64>) -> Option<String> {
         ),
         _ => String::new(),
     };
+    // The tick's map read (the batch read of every tracked entry), from the agent's `stats`.
+    let map_read = match (f(&r["map_read_us"]["p50"]), f(&r["tick_us"]["p50"])) {
+        (Some(read), Some(tick)) if tick > 0.0 => format!(
+            " Of a tick ({tick:.0} µs, p50 of the steady-state `stats` lines), reading the map takes {read:.0} µs \
+             ({:.0} %).",
+            read * 100.0 / tick
+        ),
+        _ => String::new(),
+    };
     let progs: Vec<String> = r["bpf_programs"]
         .as_array()
         .map(|a| {
@@ -80,7 +89,7 @@ fn cost_parts(r: &Value, period_ms: Option<f64>) -> Option<String> {
          {:.1} runs per write of the streams ({writes:.0} writes per second): the hooks fire on the streams' traffic \
          (writes, ACKs and reads at both ends, which share this node), so that part grows with traffic, not with the \
          sockets tracked.{floor} The process part, {proc_ms:.2} ms/s, is {per_socket_us:.3} µs per tracked socket per \
-         second.",
+         second.{map_read}",
         if runs > 0.0 { bpf_ms * 1e6 / runs } else { 0.0 },
         runs / writes,
     ))

@@ -422,6 +422,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let per_round = |k: &str| -> Vec<f64> { rounds.iter().filter_map(|r| r[k].as_f64()).collect() };
     let total = per_round("agent_total_cpu_ms_per_s");
     let ticks: Vec<f64> = col(&steady, "sweep_us");
+    let map_reads: Vec<f64> = col(&steady, "map_read_us");
     let tracked = col(&steady, "sockets_tracked");
     // Growth of a cumulative counter over the steady-state `stats` lines, and their span.
     let delta = |key: &str| -> Value {
@@ -436,7 +437,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         _ => 0.0,
     };
     let proc_ms = util::median(&per_round("agent_process_cpu_ms_per_s"));
-    Ok(json!({
+    let mut out = json!({
         "connections": n,
         "sockets_on_node": 2 * n,
         "streamers": n.div_ceil(cfg.per_process),
@@ -480,7 +481,11 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
             "generator_cpu_ms_per_s": Spread::of(&per_round("load_generator_cpu_ms_per_s")).map(|s| s.json()),
         },
         "contended_rounds": rounds.iter().filter(|r| r["contended"].as_bool() == Some(true)).count(),
-    }))
+    });
+    // The tick's map read (`stats.map_read_us`), apart (the object above is at the json!
+    // macro's recursion limit).
+    out["map_read_us"] = util::latency_json(&map_reads);
+    Ok(out)
 }
 
 /// Run every N in order.
