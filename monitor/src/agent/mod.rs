@@ -166,6 +166,9 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     last_read_us: u64,
     /// sock_diag lookups made for reads without a read hook (`stats.read_lookups`).
     read_lookups: u64,
+    /// A socket is looked up for its reads at most this often (`reads::LOOKUP_EVERY_NS`;
+    /// unit tests that tick back to back set 0).
+    read_lookup_every_ns: u64,
     /// For the live view (`tcpstall top`).
     mode: event::Mode,
     recent: crate::status::Recent,
@@ -234,6 +237,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             last_sweep_us: 0,
             last_read_us: 0,
             read_lookups: 0,
+            read_lookup_every_ns: reads::LOOKUP_EVERY_NS,
             mode: event::Mode::Observe,
             recent: crate::status::Recent::default(),
             metrics: Default::default(),

@@ -26,6 +26,18 @@ pub(super) struct ReadSeen {
     recv_q: u32,
     /// When a lookup last saw the application read (CLOCK_MONOTONIC ns; 0: never).
     pub(super) read_ns: u64,
+    /// When the last lookup was made (CLOCK_MONOTONIC ns).
+    looked_ns: u64,
+}
+
+/// A socket is looked up at most this often, whatever the tick (a 10 ms tick with thousands
+/// of hung readers must not become a lookup storm); a read is then seen within this plus a
+/// tick, against `recv_backlog_after` thresholds of seconds.
+pub(super) const LOOKUP_EVERY_NS: u64 = 1_000_000_000;
+
+/// Whether socket `seen` may be looked up again at `now_ns`, `every_ns` after the last time.
+pub(super) fn due(seen: &Option<ReadSeen>, now_ns: u64, every_ns: u64) -> bool {
+    seen.is_none_or(|r| now_ns.saturating_sub(r.looked_ns) >= every_ns)
 }
 
 /// Whether the kernel's record of a socket shows a receive side a `recv_backlog` stall
@@ -57,14 +69,21 @@ pub(super) fn fold(seen: &mut Option<ReadSeen>, snap: &mut Snapshot, d: &TcpDiag
         bytes_read,
         recv_q: d.recv_q,
         read_ns,
+        looked_ns: snap.now_ns,
     });
     snap.recv_unread = d.recv_q as u64;
     d.recv_q == 0 && d.send_q == 0
 }
 
-/// A read a lookup saw counts as the socket's last read when the kernel side saw none since.
+/// What the last lookup found stands until the kernel side records something newer: a
+/// read it saw counts as the socket's last read, and, while the kernel side has recorded no
+/// read since that lookup, its unread count (a tick between lookups, `LOOKUP_EVERY_NS`,
+/// otherwise shows the map's stale count again).
 pub(super) fn apply_seen(seen: &Option<ReadSeen>, snap: &mut Snapshot) {
     if let Some(r) = seen {
+        if snap.last_read_ns < r.looked_ns {
+            snap.recv_unread = r.recv_q as u64;
+        }
         snap.last_read_ns = snap.last_read_ns.max(r.read_ns);
     }
 }
@@ -72,7 +91,8 @@ pub(super) fn apply_seen(seen: &Option<ReadSeen>, snap: &mut Snapshot) {
 impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// Without a read hook: one batched lookup for the tracked sockets [`looks_stuck`]
     /// says may be waiting on a read (none with a read hook, none when there are none).
-    /// Only sockets already seen by an earlier tick are asked about.
+    /// Only sockets already seen by an earlier tick are asked about, each at most every
+    /// `read_lookup_every_ns` ([`LOOKUP_EVERY_NS`]).
     pub(super) fn look_up_reads(
         &mut self,
         states: &[SockState],
@@ -87,6 +107,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             .filter(|st| st.cookie != 0 && looks_stuck(st, now_ns, quiet))
             .filter_map(|st| {
                 let seen = self.last.get(&st.cookie)?;
+                if !due(&seen.read_seen, now_ns, self.read_lookup_every_ns) {
+                    return None;
+                }
                 let snap = Snapshot::from_state(st, now_ns);
                 Some((
                     st.cookie,
@@ -205,6 +228,26 @@ mod tests {
         let mut seen = None;
         let mut s = snap(4000, 10);
         assert!(!fold(&mut seen, &mut s, &diag(0, 10, 9000)));
+    }
+
+    #[test]
+    fn a_socket_is_looked_up_at_most_every_second_and_its_count_stands_between() {
+        let mut seen = None;
+        let every = LOOKUP_EVERY_NS;
+        assert!(due(&seen, 0, every));
+        let mut s = snap(4000, 10 * LOOKUP_EVERY_NS);
+        fold(&mut seen, &mut s, &diag(1000, 5, 9000));
+        assert!(!due(&seen, 10 * every + every / 2, every));
+        assert!(due(&seen, 11 * every, every));
+        // A tick between lookups: the map still says 4000 unread; the lookup's 1000 stands.
+        let mut s = snap(4000, 10 * LOOKUP_EVERY_NS + LOOKUP_EVERY_NS / 2);
+        apply_seen(&seen, &mut s);
+        assert_eq!(s.recv_unread, 1000);
+        // The kernel side recorded a read after the lookup: its own count is newer.
+        let mut s = snap(3000, 11 * LOOKUP_EVERY_NS);
+        s.last_read_ns = 10 * LOOKUP_EVERY_NS + 1;
+        apply_seen(&seen, &mut s);
+        assert_eq!(s.recv_unread, 3000);
     }
 
     #[test]

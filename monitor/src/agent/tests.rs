@@ -771,6 +771,8 @@ fn without_a_read_hook_reads_are_found_by_sock_diag_and_a_drained_socket_leaves(
     .unwrap();
     let mut r = rig_with(policy);
     r.map.0.lock().unwrap().no_read_hook = true;
+    // Ticks back to back: every tick may look up.
+    r.agent.read_lookup_every_ns = 0;
     r.add(not_reading(5), true);
     set_reads(&r, 5, 4000, 0, 10_000);
     // First tick: the kernel's record alone (10 s without a read): recv_backlog.
@@ -823,4 +825,23 @@ fn with_a_read_hook_no_lookup_is_made_for_reads() {
     // The hook reports reads: what the map says stands.
     assert_eq!(r.out.named("stall_started").len(), 1);
     assert!(r.out.named("stall_cleared").is_empty());
+}
+
+#[test]
+fn a_socket_waiting_on_a_read_is_looked_up_at_most_once_a_second() {
+    let policy = Policy::parse(
+        "tick = \"1s\"\n[defaults]\nrecv_backlog_after = \"2s\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let mut r = rig_with(policy);
+    r.map.0.lock().unwrap().no_read_hook = true;
+    r.add(not_reading(5), true);
+    set_reads(&r, 5, 4000, 0, 10_000);
+    for _ in 0..5 {
+        r.agent.tick().unwrap();
+    }
+    // Tick 1 only records the socket; tick 2 looks it up; ticks 3-5 fall within the second.
+    assert_eq!(r.kern.0.lock().unwrap().lookup_many_calls, 1);
+    assert_eq!(r.agent.read_lookups, 1);
 }
