@@ -442,12 +442,10 @@ fn walk(kernel: &mut dyn Kernel, hooks: &[Hook], only: Option<Kind>) -> Result<S
             Need::Off => false,
         };
         if !needed {
-            let why = if hook.need == Need::Off && hook.per_call == PerCall::Read {
-                READ_OFF
-            } else if hook.need == Need::Off {
-                PER_WRITE_OFF
-            } else {
-                hook.not_needed
+            let why = match (hook.need, hook.per_call) {
+                (Need::Off, PerCall::Read) => READ_OFF,
+                (Need::Off, _) => PER_WRITE_OFF,
+                _ => hook.not_needed,
             };
             sel.reports.push(HookReport {
                 hook: hook.name.into(),

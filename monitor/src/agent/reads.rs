@@ -9,9 +9,10 @@
 //! with nothing unread and nothing queued leaves the map (the next tick takes it as drained).
 //!
 //! Cost: nothing for sockets whose receive side is not full (a server's streams, request /
-//! response traffic); one sock_diag lookup per tick for each that is.
+//! response traffic); for each that is, one sock_diag lookup per tick, at most one a second.
 
 use super::{target_of, Agent, DiagPath, SockSource};
+use crate::classify::recv_side_full;
 use crate::reset::{Target, TcpDiag};
 use crate::snapshot::Snapshot;
 use monitor_common::SockState;
@@ -41,12 +42,13 @@ pub(super) fn due(seen: &Option<ReadSeen>, now_ns: u64, every_ns: u64) -> bool {
 }
 
 /// Whether the kernel's record of a socket shows a receive side a `recv_backlog` stall
-/// could be waiting on (data unread, window closed or half the buffer unread; as in
-/// `classify/recv.rs`) with no read seen for `quiet_ns`.
+/// could be waiting on (data unread and the side full: [`recv_side_full`]) with no read
+/// seen for `quiet_ns`.
 pub(super) fn looks_stuck(st: &SockState, now_ns: u64, quiet_ns: u64) -> bool {
-    let unread = st.rcv_nxt.wrapping_sub(st.copied_seq);
-    let full = st.rcv_wnd == 0 || (st.rcvbuf > 0 && unread >= st.rcvbuf / 2);
-    unread != 0 && full && now_ns.saturating_sub(st.last_read_ns) >= quiet_ns
+    let unread = st.rcv_nxt.wrapping_sub(st.copied_seq) as u64;
+    unread != 0
+        && recv_side_full(unread, st.rcv_wnd, st.rcvbuf)
+        && now_ns.saturating_sub(st.last_read_ns) >= quiet_ns
 }
 
 /// Fold one lookup `d` of a socket into its `seen` record and its snapshot `snap` (taken at
@@ -102,34 +104,26 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             return HashMap::new();
         }
         let quiet = self.cfg.tick.as_nanos() as u64;
-        let asked: Vec<(u64, Target)> = states
+        // The socket's record from the last tick names it (addresses, namespace, interface,
+        // and the holder's pid as a hint).
+        let (cookies, targets): (Vec<u64>, Vec<Target>) = states
             .iter()
             .filter(|st| st.cookie != 0 && looks_stuck(st, now_ns, quiet))
             .filter_map(|st| {
                 let seen = self.last.get(&st.cookie)?;
-                if !due(&seen.read_seen, now_ns, self.read_lookup_every_ns) {
-                    return None;
-                }
-                let snap = Snapshot::from_state(st, now_ns);
-                Some((
-                    st.cookie,
-                    Target {
-                        pid_hint: seen.snap.pid,
-                        ..target_of(&snap)
-                    },
-                ))
+                due(&seen.read_seen, now_ns, self.read_lookup_every_ns)
+                    .then(|| (st.cookie, target_of(&seen.snap)))
             })
-            .collect();
-        if asked.is_empty() {
+            .unzip();
+        if targets.is_empty() {
             return HashMap::new();
         }
-        let targets: Vec<Target> = asked.iter().map(|(_, t)| t.clone()).collect();
         self.read_lookups += targets.len() as u64;
         let found = self.kern.lookup_many(&targets);
-        let out: HashMap<u64, TcpDiag> = asked
+        let out: HashMap<u64, TcpDiag> = cookies
             .into_iter()
             .zip(found)
-            .filter_map(|((cookie, _), r)| match r {
+            .filter_map(|(cookie, r)| match r {
                 Ok(Some(d)) => Some((cookie, d)),
                 _ => None,
             })

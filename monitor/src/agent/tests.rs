@@ -753,6 +753,18 @@ fn not_reading(cookie: u64) -> monitor_common::SockState {
     s
 }
 
+/// A rig whose policy starts `recv_backlog` after 2 s, with or without a read hook.
+fn read_rig(no_read_hook: bool) -> Rig {
+    let policy = Policy::parse(
+        "tick = \"1s\"\n[defaults]\nrecv_backlog_after = \"2s\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let r = rig_with(policy);
+    r.map.0.lock().unwrap().no_read_hook = no_read_hook;
+    r
+}
+
 fn set_reads(r: &Rig, cookie: u64, recv_q: u32, send_q: u32, bytes_received: u64) {
     let mut k = r.kern.0.lock().unwrap();
     let d = k.live.get_mut(&cookie).unwrap();
@@ -764,13 +776,7 @@ fn set_reads(r: &Rig, cookie: u64, recv_q: u32, send_q: u32, bytes_received: u64
 
 #[test]
 fn without_a_read_hook_reads_are_found_by_sock_diag_and_a_drained_socket_leaves() {
-    let policy = Policy::parse(
-        "tick = \"1s\"\n[defaults]\nrecv_backlog_after = \"2s\"\n",
-        "t.toml",
-    )
-    .unwrap();
-    let mut r = rig_with(policy);
-    r.map.0.lock().unwrap().no_read_hook = true;
+    let mut r = read_rig(true);
     // Ticks back to back: every tick may look up.
     r.agent.read_lookup_every_ns = 0;
     r.add(not_reading(5), true);
@@ -809,12 +815,7 @@ fn without_a_read_hook_reads_are_found_by_sock_diag_and_a_drained_socket_leaves(
 
 #[test]
 fn with_a_read_hook_no_lookup_is_made_for_reads() {
-    let policy = Policy::parse(
-        "tick = \"1s\"\n[defaults]\nrecv_backlog_after = \"2s\"\n",
-        "t.toml",
-    )
-    .unwrap();
-    let mut r = rig_with(policy);
+    let mut r = read_rig(false);
     r.add(not_reading(5), true);
     set_reads(&r, 5, 0, 0, 14_000);
     for _ in 0..3 {
@@ -829,13 +830,7 @@ fn with_a_read_hook_no_lookup_is_made_for_reads() {
 
 #[test]
 fn a_socket_waiting_on_a_read_is_looked_up_at_most_once_a_second() {
-    let policy = Policy::parse(
-        "tick = \"1s\"\n[defaults]\nrecv_backlog_after = \"2s\"\n",
-        "t.toml",
-    )
-    .unwrap();
-    let mut r = rig_with(policy);
-    r.map.0.lock().unwrap().no_read_hook = true;
+    let mut r = read_rig(true);
     r.add(not_reading(5), true);
     set_reads(&r, 5, 4000, 0, 10_000);
     for _ in 0..5 {

@@ -74,6 +74,7 @@ mod tracker;
 
 pub use calibration::{Calibration, CalibrationRow, Episodes, ThresholdWarning};
 pub use fmt::{fmt_factor, fmt_ms};
+pub use recv::recv_side_full;
 pub use tracker::{Imported, SavedSocket, Tracker, SAVED_SAMPLES_MAX};
 
 use serde::{Deserialize, Serialize};

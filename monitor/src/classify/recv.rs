@@ -4,6 +4,13 @@ use super::cadence::class_evidence;
 use super::tracker::{Live, TickInput};
 use super::{dur_ns, ActiveStall, StallClass, Transition, NS_PER_MS};
 
+/// Whether a receive side with `unread` bytes unread is full, which a `recv_backlog` stall
+/// waits on: our window closed (`rcv_wnd` 0), or half the receive buffer unread. Also what
+/// the agent asks sock_diag about without a read hook (`agent/reads.rs`).
+pub fn recv_side_full(unread: u64, rcv_wnd: u32, rcvbuf: u32) -> bool {
+    rcv_wnd == 0 || (rcvbuf > 0 && unread >= rcvbuf as u64 / 2)
+}
+
 /// One tick of the read-side state machine.
 pub(super) fn step_recv(live: &mut Live, input: &TickInput<'_>) -> Option<Transition> {
     let snap = input.snap;
@@ -17,7 +24,7 @@ pub(super) fn step_recv(live: &mut Live, input: &TickInput<'_>) -> Option<Transi
         return None;
     }
     let unread_since = now.saturating_sub(snap.last_read_ns);
-    let full = snap.rcv_wnd == 0 || (snap.rcvbuf > 0 && snap.recv_unread >= snap.rcvbuf as u64 / 2);
+    let full = recv_side_full(snap.recv_unread, snap.rcv_wnd, snap.rcvbuf);
     if snap.recv_unread == 0 || !full || unread_since < dur_ns(input.t.recv_backlog_after) {
         return None;
     }
