@@ -17,6 +17,7 @@ pub mod heap;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod prefetch;
 pub mod probes;
 pub mod reset;
 pub mod scan;

@@ -61,6 +61,8 @@ pub struct Probes {
     _stats: Option<OwnedFd>,
     /// The kernel supports BPF_MAP_LOOKUP_BATCH on our map (cleared on the first refusal).
     batch_ok: std::cell::Cell<bool>,
+    /// Entries the last read returned: the next read's buffer starts that large.
+    last_count: std::cell::Cell<usize>,
     /// Under address keys: map key → (first_seen_ns, cookie), for entries whose cookie the
     /// kernel side could not read yet (first_seen_ns tells a later socket at the same
     /// address apart), and cookie → key for [`Probes::get`]. Bounded by the map's entries:
@@ -280,6 +282,7 @@ impl Probes {
             max_sockets,
             _stats: stats,
             batch_ok: std::cell::Cell::new(true),
+            last_count: std::cell::Cell::new(0),
             cookies: Default::default(),
             keys: Default::default(),
             pinning,
@@ -479,13 +482,15 @@ impl Probes {
             flags: u64,
         }
         let fd = self.socks.map().fd().as_fd().as_raw_fd();
-        let mut out: Vec<SockState> = Vec::new();
+        // The kernel writes the values straight into `out` (no copy after), sized like the
+        // last read so that it is not regrown on the way.
+        let mut out: Vec<SockState> = Vec::with_capacity(self.last_count.get() + BATCH);
         let mut keys = vec![0u64; BATCH];
-        let mut vals: Vec<SockState> = vec![SockState::zeroed(); BATCH];
         // Hash maps use a u32 bucket cursor; a u64 holds it.
         let (mut in_batch, mut out_batch) = (0u64, 0u64);
         let mut first = true;
         loop {
+            out.reserve(BATCH);
             let mut attr = BatchAttr {
                 in_batch: if first {
                     0
@@ -494,13 +499,14 @@ impl Probes {
                 },
                 out_batch: &mut out_batch as *mut u64 as u64,
                 keys: keys.as_mut_ptr() as u64,
-                values: vals.as_mut_ptr() as u64,
+                values: out.spare_capacity_mut().as_mut_ptr() as u64,
                 count: BATCH as u32,
                 map_fd: fd as u32,
                 elem_flags: 0,
                 flags: 0,
             };
-            // SAFETY: attr points at buffers of `count` keys and values of the map's sizes.
+            // SAFETY: attr points at room for `count` keys and values of the map's sizes
+            // (`out` has at least BATCH free slots).
             let r = unsafe {
                 libc::syscall(
                     libc::SYS_bpf,
@@ -511,14 +517,18 @@ impl Probes {
             };
             let err = (r < 0).then(std::io::Error::last_os_error);
             let n = (attr.count as usize).min(BATCH);
-            match err {
-                None => out.extend_from_slice(&vals[..n]),
+            let done = match err {
+                None => false,
                 // ENOENT: no more entries; the last part came with it.
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    out.extend_from_slice(&vals[..n]);
-                    return Ok(out);
-                }
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
                 Some(e) => return Err(e),
+            };
+            // SAFETY: the kernel wrote `n` whole values (plain old data) into the spare
+            // capacity; `n` <= BATCH <= its size.
+            unsafe { out.set_len(out.len() + n) };
+            if done {
+                self.last_count.set(out.len());
+                return Ok(out);
             }
             first = false;
             in_batch = out_batch;

@@ -159,6 +159,8 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     /// The pressure flag last set in the kernel (see `evict.rs`).
     pressure: bool,
     last_stale_check: Instant,
+    /// When a tick last swept the holder cache and the dormant histories (`tick::PRUNE_EVERY`).
+    last_prune: Instant,
     started: Instant,
     last_stats: Instant,
     last_sweep_us: u64,
@@ -232,6 +234,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             last_map_full: 0,
             pressure: false,
             last_stale_check: Instant::now(),
+            last_prune: Instant::now(),
             started: Instant::now(),
             last_stats: Instant::now(),
             last_sweep_us: 0,

@@ -16,6 +16,13 @@ use monitor_common::SockState;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The tick prefetches the records of this many sockets at a time before working on them
+/// (`Agent::prefetch`).
+const AHEAD: usize = 8;
+
+/// How often a tick sweeps the holder cache and the dormant histories for entries to drop.
+pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
 /// Close notes not matched to a departed socket are dropped after this long.
 pub(super) const NOTE_KEEP: Duration = Duration::from_secs(30);
 
@@ -107,12 +114,27 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let mut selected: HashMap<&str, u64> = HashMap::new();
         let mut candidates: Vec<Candidate<'_>> = Vec::new();
         self.nets.begin();
-        for st in &states {
+        // Records this tick stamped: when that is all of them, nothing left the map.
+        let mut stamped = 0usize;
+        for (i, st) in states.iter().enumerate() {
+            if i == 0 {
+                self.prefetch(&states[..states.len().min(AHEAD)]);
+            }
+            if i % AHEAD == 0 {
+                // One group ahead: its lines arrive while this group is worked on.
+                let next = states.len().min(i + AHEAD);
+                self.prefetch(&states[next..states.len().min(next + AHEAD)]);
+            }
             let mut snap = Snapshot::from_state(st, now_ns);
             // One lookup: the socket's record, stamped with this tick, and its rule.
             let seen = match self.last.entry(snap.cookie) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    let seen = o.into_mut();
+                    stamped += usize::from(seen.tick != tick);
+                    seen
+                }
                 std::collections::hash_map::Entry::Vacant(v) => {
+                    stamped += 1;
                     v.insert(Seen::new(snap.clone(), tick))
                 }
             };
@@ -132,7 +154,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 }
             }
             super::reads::apply_seen(&seen.read_seen, &mut snap);
-            seen.snap = snap.clone();
+            // The record keeps this tick's snapshot; the rest of the tick reads it there
+            // (copied out only for an event or a reset candidate, which are rare).
+            seen.snap = snap;
             seen.tick = tick;
             let rule = self
                 .selector
@@ -141,6 +165,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             if let Some(r) = sel.rule {
                 *selected.entry(r.name.as_str()).or_default() += 1;
             }
+            let snap = &seen.snap;
             self.nets.observe(
                 &Peer {
                     remote: snap.remote.ip(),
@@ -150,31 +175,47 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 },
                 now_ns,
             );
-            let obs = self.tracker.observe(&snap, sel.thresholds);
+            let obs = self.tracker.observe(snap, sel.thresholds);
+            let cookie = snap.cookie;
             let rule_name = sel.rule.map(|r| r.name.as_str());
+            let candidate = self
+                .tracker
+                .active(cookie)
+                .map(|a| a.class)
+                .filter(|c| sel.resets(*c));
+            let eventful = !obs.recovered.is_empty()
+                || obs.transition.is_some()
+                || obs.recv_transition.is_some();
+            let snap = (eventful || candidate.is_some()).then(|| snap.clone());
             for ep in &obs.recovered {
-                self.record_episode(&sel, rule_name, snap.cookie, ep)?;
+                self.record_episode(&sel, rule_name, cookie, ep)?;
             }
-            for tr in [obs.transition, obs.recv_transition].into_iter().flatten() {
-                self.emit_transition(&snap, tr, rule_name, sel.action, None)?;
-            }
-            self.metrics
-                .count_active(&self.tracker, snap.cookie, rule_name);
-            if let Some(active) = self.tracker.active(snap.cookie) {
-                let class = active.class;
-                if sel.resets(class) {
-                    candidates.push(Candidate { snap, sel, class });
+            if let Some(snap) = &snap {
+                for tr in [obs.transition, obs.recv_transition].into_iter().flatten() {
+                    self.emit_transition(snap, tr, rule_name, sel.action, None)?;
                 }
             }
+            self.metrics.count_active(&self.tracker, cookie, rule_name);
+            if let (Some(class), Some(snap)) = (candidate, snap) {
+                candidates.push(Candidate { snap, sel, class });
+            }
         }
-        self.departures(tick, now_ns)?;
+        if stamped < self.last.len() {
+            self.departures(tick, now_ns)?;
+        }
         // Read everything and nothing queued (found by `look_up_reads`): out of the map, so
         // the next tick takes the socket as drained.
         for cookie in drained {
             self.src.remove(cookie);
         }
-        let last = &self.last;
-        self.holders.prune(|c| last.contains_key(&c), t0);
+        // Whole-table sweeps (forgotten holders, old dormant histories) are not needed
+        // every tick: their bounds hold within PRUNE_EVERY.
+        let prune = self.last_prune.elapsed() >= PRUNE_EVERY;
+        if prune {
+            self.last_prune = t0;
+            let last = &self.last;
+            self.holders.prune(|c| last.contains_key(&c), t0);
+        }
         let report = self.nets.finish(&policy.guards.networks(), now_ns);
         self.update_hold(&report)?;
         self.enforce(candidates, &selected)?;
@@ -184,8 +225,10 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         self.kern.release_idle();
         self.closed.retain(|_, (_, at)| at.elapsed() < NOTE_KEEP);
         self.budgets.prune(Instant::now());
-        self.tracker
-            .prune(now_ns, Duration::from_secs(600), 100_000);
+        if prune {
+            self.tracker
+                .prune(now_ns, Duration::from_secs(600), 100_000);
+        }
         self.last_sweep_us = t0.elapsed().as_micros() as u64;
         log::debug!(
             "tick: {} sockets, map read {read_us} us, whole tick {} us",
@@ -200,6 +243,17 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             self.save_state();
         }
         Ok(())
+    }
+
+    /// Start bringing the agent's and the tracker's records of the next few sockets into
+    /// cache before the tick works on them (`crate::prefetch`).
+    fn prefetch(&self, next: &[SockState]) {
+        for st in next {
+            if let Some(seen) = self.last.get(&st.cookie) {
+                crate::prefetch::record(seen);
+            }
+            self.tracker.prefetch(st.cookie);
+        }
     }
 
     /// Find the processes holding the sockets that stayed in the map since the last tick

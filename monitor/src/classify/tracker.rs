@@ -299,6 +299,20 @@ impl Tracker {
         obs
     }
 
+    /// Start bringing `cookie`'s state into cache (its entry and its newest drain sample),
+    /// for [`Tracker::observe`] shortly after: the tick does this for a handful of sockets
+    /// ahead, so their cache misses overlap instead of coming one after another (at tens of
+    /// thousands of tracked sockets their state is not in cache).
+    pub fn prefetch(&self, cookie: u64) {
+        let Some(e) = self.socks.get(&cookie) else {
+            return;
+        };
+        crate::prefetch::record(e);
+        if let Some(s) = e.live.as_ref().and_then(|l| l.samples.back()) {
+            crate::prefetch::record(s);
+        }
+    }
+
     /// Socket left the kernel map: closed=true (it closed) -> Some(Closed) if it was stalled;
     /// closed=false (drained: everything acked) -> Some(Cleared) if it was stalled. History of
     /// a drained socket is kept (dormant) so a bursty socket that drains between bursts keeps

@@ -60,6 +60,16 @@ fn cost_parts(r: &Value, period_ms: Option<f64>) -> Option<String> {
         ),
         _ => String::new(),
     };
+    let warmup = &r["warmup_round"];
+    let warmup = match (
+        f(&warmup["agent_process_cpu_ms_per_s"]),
+        f(&warmup["agent_bpf_ms_per_s"]),
+    ) {
+        (Some(p), Some(b)) => format!(
+            " The warm-up round (not counted) cost {p:.2} ms/s of process CPU and {b:.2} ms/s of BPF."
+        ),
+        _ => String::new(),
+    };
     let progs: Vec<String> = r["bpf_programs"]
         .as_array()
         .map(|a| {
@@ -89,7 +99,7 @@ fn cost_parts(r: &Value, period_ms: Option<f64>) -> Option<String> {
          {:.1} runs per write of the streams ({writes:.0} writes per second): the hooks fire on the streams' traffic \
          (writes, ACKs and reads at both ends, which share this node), so that part grows with traffic, not with the \
          sockets tracked.{floor} The process part, {proc_ms:.2} ms/s, is {per_socket_us:.3} µs per tracked socket per \
-         second.{map_read}",
+         second.{map_read}{warmup}",
         if runs > 0.0 { bpf_ms * 1e6 / runs } else { 0.0 },
         runs / writes,
     ))
@@ -277,10 +287,11 @@ pub fn markdown(results: &Value, s: &mut String) {
          (EPOLLIN), so its window stays open and only the server end has data queued (on a real \
          node the readers are elsewhere). \
          The agent runs observe-only (no rule, default thresholds, 1 s tick, `--bpf-stats`) and \
-         watches each N for at least {} s. {} rounds of {} s per N: agent process CPU from \
-         schedstat + in-kernel BPF run time from fdinfo. *Per tracked socket* = total / the \
+         watches each N for at least {} s. {} rounds of {} s per N, after one warm-up round of \
+         the same length that is not counted (it holds the agent's one-time start-up work; its \
+         figures are below): agent process CPU from schedstat + in-kernel BPF run time from fdinfo. *Per tracked socket* = total / the \
          median `sockets_tracked` of the `stats` events in that round. *Tick* = `sweep_us` \
-         (wall time of a whole tick) of the `stats` events after the first round started.\n\n\
+         (wall time of a whole tick) of the `stats` events after the first counted round started.\n\n\
          | N | tracked (median) | agent process ms/s | agent BPF ms/s | total ms/s | % of a core | µs per tracked socket per s | tick µs p50 / max | process CPU ms per tick | RSS MiB | BPF maps MiB | contended rounds |\n|---|---|---|---|---|---|---|---|---|---|---|---|",
         st["per_process"],
         st["rate_bytes_per_s"],

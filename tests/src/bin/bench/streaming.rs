@@ -252,7 +252,15 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let (load_t0, load_w0) = (Instant::now(), util::wall_ns());
     let progs0 = agent.bpf_programs()?;
     let mut rounds = Vec::new();
-    for r in 0..cfg.rounds {
+    // Round 0 is a warm-up, kept apart: it holds the agent's one-time start-up work (the
+    // first /proc walk for the holders of every tracked socket, the first policy match of
+    // each), which is not the steady-state cost per tracked socket the rounds measure.
+    let mut warmup = Value::Null;
+    let mut steady_w0 = load_w0;
+    for r in 0..=cfg.rounds {
+        if r == 1 {
+            steady_w0 = util::wall_ns();
+        }
         let pre = util::wait_quiet(&own, &pids, Duration::from_secs(2))?;
         let meter = util::ForeignMeter::start(&pids)?;
         let h0: u64 = helper_pids
@@ -291,9 +299,10 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         };
         let per_sock = tracked.filter(|t| *t > 0.0).map(|t| total / 1e3 / t);
         eprintln!(
-            "bench: streaming N={n} round {}/{}: agent {:.3} ms/s (+bpf {:.3} ms/s), tracked {}, {} µs/socket/s, load generator {:.0} ms/s{}",
-            r + 1,
+            "bench: streaming N={n} round {}/{}{}: agent {:.3} ms/s (+bpf {:.3} ms/s), tracked {}, {} µs/socket/s, load generator {:.0} ms/s{}",
+            r,
             cfg.rounds,
+            if r == 0 { " (warm-up, not counted)" } else { "" },
             proc_ns / 1e6,
             bpf_ns / 1e6,
             tracked.map_or("?".into(), |t| format!("{t:.0}")),
@@ -301,7 +310,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
             (h1 - h0) as f64 / 1e6 / dt,
             if contention.contended() { " (contended)" } else { "" }
         );
-        rounds.push(json!({
+        let round = json!({
             "round": r,
             "window_s": dt,
             "agent_process_cpu_ms_per_s": proc_ns / 1e6,
@@ -314,7 +323,12 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
             "load_generator_cpu_ms_per_s": (h1 - h0) as f64 / 1e6 / dt,
             "contention": contention.json(),
             "contended": contention.contended(),
-        }));
+        });
+        if r == 0 {
+            warmup = round;
+        } else {
+            rounds.push(round);
+        }
     }
 
     // Watch at least `observe` in all, and for the wedges their threshold plus two ticks.
@@ -362,11 +376,11 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     }
 
     let all_stats: Vec<&Event> = events.iter().filter(|e| e.name() == "stats").collect();
-    // Steady state: stats from the first measurement round on.
+    // Steady state: stats from the first measured round (after the warm-up) on.
     let steady: Vec<&Event> = all_stats
         .iter()
         .copied()
-        .filter(|e| e.arrived_ns >= load_w0)
+        .filter(|e| e.arrived_ns >= steady_w0)
         .collect();
     let last = all_stats.last().map(|e| e.v.clone()).unwrap_or(Value::Null);
     let stalls: Vec<&Event> = events
@@ -485,6 +499,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     // The tick's map read (`stats.map_read_us`), apart (the object above is at the json!
     // macro's recursion limit).
     out["map_read_us"] = util::latency_json(&map_reads);
+    out["warmup_round"] = warmup;
     Ok(out)
 }
 
