@@ -63,6 +63,9 @@ pub struct Probes {
     batch_ok: std::cell::Cell<bool>,
     /// Entries the last read returned: the next read's buffer starts that large.
     last_count: std::cell::Cell<usize>,
+    /// The buffer of the last read, handed back by the tick ([`Probes::recycle`]) for the
+    /// next read to fill.
+    spare: std::cell::Cell<Vec<SockState>>,
     /// Under address keys: map key → (first_seen_ns, cookie), for entries whose cookie the
     /// kernel side could not read yet (first_seen_ns tells a later socket at the same
     /// address apart), and cookie → key for [`Probes::get`]. Bounded by the map's entries:
@@ -283,6 +286,7 @@ impl Probes {
             _stats: stats,
             batch_ok: std::cell::Cell::new(true),
             last_count: std::cell::Cell::new(0),
+            spare: std::cell::Cell::new(Vec::new()),
             cookies: Default::default(),
             keys: Default::default(),
             pinning,
@@ -482,9 +486,12 @@ impl Probes {
             flags: u64,
         }
         let fd = self.socks.map().fd().as_fd().as_raw_fd();
-        // The kernel writes the values straight into `out` (no copy after), sized like the
-        // last read so that it is not regrown on the way.
-        let mut out: Vec<SockState> = Vec::with_capacity(self.last_count.get() + BATCH);
+        // The kernel writes the values straight into `out` (no copy after): the last read's
+        // buffer when the tick handed it back, sized like the last read so that it is not
+        // regrown on the way.
+        let mut out: Vec<SockState> = self.spare.take();
+        out.clear();
+        out.reserve(self.last_count.get() + BATCH);
         let mut keys = vec![0u64; BATCH];
         // Hash maps use a u32 bucket cursor; a u64 holds it.
         let (mut in_batch, mut out_batch) = (0u64, 0u64);
@@ -533,6 +540,17 @@ impl Probes {
             first = false;
             in_batch = out_batch;
         }
+    }
+
+    /// Keep `states` (the buffer [`Probes::read_all`] returned) for the next read to fill.
+    /// A buffer four times larger than what it last held (the map emptied after a burst)
+    /// is shrunk, so it does not hold memory for a burst long gone.
+    pub fn recycle(&self, mut states: Vec<SockState>) {
+        let len = states.len();
+        if states.capacity() > 4 * (len + 1024) {
+            states.shrink_to(2 * (len + 1024));
+        }
+        self.spare.set(states);
     }
 
     /// One socket's current state (for re-verification right before acting).

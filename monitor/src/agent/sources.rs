@@ -23,6 +23,8 @@ pub trait SockSource {
     fn set_pressure(&mut self, on: bool) -> anyhow::Result<()>;
     /// Whether a hook reports every read (else `reads.rs` asks sock_diag).
     fn reads_seen(&self) -> bool;
+    /// Hand back the buffer [`SockSource::read_all`] returned, for the next read to fill.
+    fn recycle(&mut self, _states: Vec<SockState>) {}
 }
 
 /// The act stage's kernel interface: sock_diag lookups and SOCK_DESTROY (`Destroyer` in
@@ -60,6 +62,9 @@ impl SockSource for Probes {
     }
     fn reads_seen(&self) -> bool {
         Probes::reads_seen(self)
+    }
+    fn recycle(&mut self, states: Vec<SockState>) {
+        Probes::recycle(self, states)
     }
 }
 

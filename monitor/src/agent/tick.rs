@@ -235,6 +235,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             states.len(),
             self.last_sweep_us
         );
+        // The next read fills the same buffer (no fresh pages to fault in every tick).
+        self.src.recycle(states);
         self.metrics_tick(t0.elapsed());
         if self.last_stats.elapsed() >= self.cfg.stats_interval {
             self.emit_stats()?;
