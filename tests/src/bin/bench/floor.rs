@@ -33,15 +33,31 @@ fn put(attr: &mut [u8; 128], at: usize, bytes: &[u8]) {
 pub struct Floor {
     /// (tracepoint, program fd, attachment fd).
     progs: Vec<(String, OwnedFd, OwnedFd)>,
-    _stats: OwnedFd,
+    _stats: Option<OwnedFd>,
 }
 
 impl Floor {
-    /// Load one empty program per tracepoint and attach it there.
+    /// Load one empty program per tracepoint and attach it there, with BPF run-time
+    /// statistics on (so [`Floor::runs`] counts).
     pub fn attach(tracepoints: &[String]) -> Result<Floor> {
-        let mut attr = [0u8; 128];
-        put(&mut attr, 0, &BPF_STATS_RUN_TIME.to_ne_bytes());
-        let stats = bpf(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")?;
+        Self::attach_with(tracepoints, true)
+    }
+
+    /// The same with run-time statistics left as they are (off unless something else turned
+    /// them on): the floor as an arm of a throughput A/B, where the statistics' own clock
+    /// reads would be counted against it. [`Floor::runs`] then reads zeros.
+    pub fn attach_quiet(tracepoints: &[String]) -> Result<Floor> {
+        Self::attach_with(tracepoints, false)
+    }
+
+    fn attach_with(tracepoints: &[String], stats: bool) -> Result<Floor> {
+        let stats = if stats {
+            let mut attr = [0u8; 128];
+            put(&mut attr, 0, &BPF_STATS_RUN_TIME.to_ne_bytes());
+            Some(bpf(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")?)
+        } else {
+            None
+        };
         // mov64 r0, 0; exit
         let insns: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
         let license = b"GPL\0";

@@ -108,6 +108,7 @@ pub fn throughput(chunk: usize, duration: Duration) -> Result<Transfer> {
 }
 
 /// One arm: wait for a quiet machine, transfer, and account what else ran meanwhile.
+/// (The floor arm's empty programs are not tcpstall's: never counted as foreign.)
 fn measure(
     chunk: usize,
     duration: Duration,
@@ -211,52 +212,89 @@ fn summary(pairs: &[Value], key: &str, clean_only: bool) -> Option<Value> {
     Spread::of(&v).map(|s| s.json())
 }
 
-/// Run the A/B pairs. Order alternates per pair (A,B then B,A) so slow drift cancels out.
+/// The tracepoints the agent attaches with its default hooks on this kernel (one short
+/// start).
+fn agent_tracepoints(cfg: &Config, workdir: &Path) -> Result<Vec<String>> {
+    let agent = Agent::start(&cfg.policy, false, workdir, "hot-tracepoints")?;
+    let tps = agent.tracepoints();
+    agent.stop()?;
+    Ok(tps)
+}
+
+/// Run the A/B pairs, each with a third arm: empty programs at the agent's tracepoints
+/// (*floor*, run-time statistics off), which splits the agent's cost into "a hook fires
+/// there at all" and "the agent's work". Order alternates per pair (off, floor, on, then
+/// on, floor, off) so slow drift cancels out between off and on.
 pub fn run(cfg: &Config, workdir: &Path) -> Result<Value> {
     let mut per_size = Vec::new();
+    let tracepoints = agent_tracepoints(cfg, workdir)?;
     for &size in &cfg.sizes {
         let mut pairs = Vec::new();
         for i in 0..cfg.pairs {
             util::check_stop()?;
             let order = if i % 2 == 0 {
-                ["off", "on"]
+                ["off", "floor", "on"]
             } else {
-                ["on", "off"]
+                ["on", "floor", "off"]
             };
             let mut off = None;
             let mut on = None;
+            let mut floor = None;
             let mut startup_ms = 0.0;
             for arm in order {
-                if arm == "on" {
-                    let agent =
-                        Agent::start(&cfg.policy, false, workdir, &format!("hot-{size}-{i}"))?;
-                    startup_ms = agent.startup.as_secs_f64() * 1e3;
-                    on = Some(measure(size, cfg.duration, Some(&agent))?);
-                    agent.stop()?;
-                } else {
-                    off = Some(measure(size, cfg.duration, None)?);
+                match arm {
+                    "on" => {
+                        let agent =
+                            Agent::start(&cfg.policy, false, workdir, &format!("hot-{size}-{i}"))?;
+                        startup_ms = agent.startup.as_secs_f64() * 1e3;
+                        on = Some(measure(size, cfg.duration, Some(&agent))?);
+                        agent.stop()?;
+                    }
+                    "floor" if !tracepoints.is_empty() => {
+                        let _floor = crate::floor::Floor::attach_quiet(&tracepoints)?;
+                        floor = Some(measure(size, cfg.duration, None)?);
+                    }
+                    "floor" => {}
+                    _ => off = Some(measure(size, cfg.duration, None)?),
                 }
             }
             let ((off, c_off), (on, c_on)) = (off.expect("measured"), on.expect("measured"));
             let ratio = on.bytes_per_s / off.bytes_per_s;
             let cpu_ratio = on.cpu_ns_per_mb / off.cpu_ns_per_mb;
             let contended = c_off.contended() || c_on.contended();
+            let floor_text = floor.as_ref().map_or(String::new(), |(f, _)| {
+                format!(
+                    "; floor {:.1} MB/s, CPU/MB floor/off {:.4}",
+                    f.bytes_per_s / 1e6,
+                    f.cpu_ns_per_mb / off.cpu_ns_per_mb
+                )
+            });
             eprintln!(
-                "bench: hot path {size} B pair {}/{}: off {:.1} MB/s, on {:.1} MB/s, on/off {ratio:.4}; CPU/MB on/off {cpu_ratio:.4}{}",
+                "bench: hot path {size} B pair {}/{}: off {:.1} MB/s, on {:.1} MB/s, on/off {ratio:.4}; CPU/MB on/off {cpu_ratio:.4}{floor_text}{}",
                 i + 1,
                 cfg.pairs,
                 off.bytes_per_s / 1e6,
                 on.bytes_per_s / 1e6,
                 if contended { " (contended)" } else { "" }
             );
-            pairs.push(json!({
+            let mut pair = json!({
                 "pair": i, "order": order,
                 "off_bytes_per_s": off.bytes_per_s, "on_bytes_per_s": on.bytes_per_s,
                 "off_cpu_ns_per_mb": off.cpu_ns_per_mb, "on_cpu_ns_per_mb": on.cpu_ns_per_mb,
                 "ratio_on_off": ratio, "cpu_ratio_on_off": cpu_ratio,
                 "off_contention": c_off.json(), "on_contention": c_on.json(), "contended": contended,
                 "agent_startup_ms": startup_ms,
-            }));
+            });
+            if let Some((f, c_floor)) = floor {
+                pair["floor_bytes_per_s"] = json!(f.bytes_per_s);
+                pair["floor_cpu_ns_per_mb"] = json!(f.cpu_ns_per_mb);
+                pair["ratio_floor_off"] = json!(f.bytes_per_s / off.bytes_per_s);
+                pair["cpu_ratio_floor_off"] = json!(f.cpu_ns_per_mb / off.cpu_ns_per_mb);
+                pair["ratio_on_floor"] = json!(on.bytes_per_s / f.bytes_per_s);
+                pair["cpu_ratio_on_floor"] = json!(on.cpu_ns_per_mb / f.cpu_ns_per_mb);
+                pair["floor_contention"] = c_floor.json();
+            }
+            pairs.push(pair);
         }
         let col = |k: &str| -> Vec<f64> { pairs.iter().filter_map(|p| p[k].as_f64()).collect() };
         let spread = Spread::of(&col("ratio_on_off")).expect("pairs >= 1");
@@ -276,6 +314,15 @@ pub fn run(cfg: &Config, workdir: &Path) -> Result<Value> {
             "on_bytes_per_s_median": util::median(&col("on_bytes_per_s")),
             "bpf_context": context,
         }));
+        // The floor arm (empty programs at the agent's tracepoints, statistics off).
+        let last = per_size.last_mut().expect("pushed above");
+        last["floor_arm"] = json!({
+            "tracepoints": tracepoints,
+            "ratio_floor_off": Spread::of(&col("ratio_floor_off")).map(|s| s.json()),
+            "cpu_ratio_floor_off": Spread::of(&col("cpu_ratio_floor_off")).map(|s| s.json()),
+            "ratio_on_floor": Spread::of(&col("ratio_on_floor")).map(|s| s.json()),
+            "cpu_ratio_on_floor": Spread::of(&col("cpu_ratio_on_floor")).map(|s| s.json()),
+        });
     }
     Ok(json!({
         "duration_s": cfg.duration.as_secs_f64(),

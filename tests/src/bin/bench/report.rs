@@ -358,7 +358,8 @@ pub fn markdown(results: &Value) -> String {
              One sender thread writes fixed-size chunks for {} s to a receiver thread draining with \
              256 KiB reads (Nagle on, default buffers), the two pinned to different CPUs (where they share one, loopback throughput changes run to run). Arm *on*: `tcpstall run` started for that \
              measurement (its default hooks, no per-write hook: see the attach floors below; 1 s tick), stopped after it. {} pairs per size; \
-             the order alternates (off,on / on,off) to cancel drift. Before each arm the bench waits \
+             the order alternates (off,on / on,off) to cancel drift; every pair has a third arm in the middle, *floor*: empty \
+             programs at the agent's tracepoints, run-time statistics off (see the interpretation). Before each arm the bench waits \
              (<= 10 s) for a quiet machine; a pair is *contended* if another tcpstall agent was \
              loaded or other processes used > 15% of a core during either arm (this VM is shared \
              with other jobs). *CPU per byte* = sender + receiver thread CPU time per byte moved \
@@ -608,6 +609,31 @@ pub fn interpret(results: &Value) -> Vec<String> {
                     f_runs * f_ns,
                     f_share * 100.0,
                     ns_run - f_ns,
+                ));
+            }
+            // The floor as a third arm of every pair (statistics off): the A/B cost of a hook
+            // firing at the agent's tracepoints at all, against the agent's.
+            let fa = &sz["floor_arm"];
+            if let (Some(tf), Some(cf), Some(to), Some(co)) = (
+                f(&fa["ratio_floor_off"]["median"]),
+                f(&fa["cpu_ratio_floor_off"]["median"]),
+                f(&fa["ratio_on_floor"]["median"]),
+                f(&fa["cpu_ratio_on_floor"]["median"]),
+            ) {
+                notes.push(format!(
+                    "Hot path, {size} B writes, floor arm: the same empty programs, attached with run-time statistics off, \
+                     as a third arm of every pair (between off and on), median (min..max): throughput floor/off {}, CPU per \
+                     byte floor/off {}: a hook firing there at all changes CPU per byte by {:+.2}% (throughput {:+.2}%) in this \
+                     A/B; the agent against the floor: throughput on/floor {}, CPU per byte on/floor {}: {:+.2}% CPU per byte \
+                     (throughput {:+.2}%) for the agent's own work.",
+                    spread(&fa["ratio_floor_off"], 4),
+                    spread(&fa["cpu_ratio_floor_off"], 4),
+                    (cf - 1.0) * 100.0,
+                    (tf - 1.0) * 100.0,
+                    spread(&fa["ratio_on_floor"], 4),
+                    spread(&fa["cpu_ratio_on_floor"], 4),
+                    (co - 1.0) * 100.0,
+                    (to - 1.0) * 100.0,
                 ));
             }
             let nf = &c["per_write_floor"];
