@@ -159,6 +159,26 @@ fn a_close_noted_after_the_map_read_is_no_recovery() {
         .all(|c| c.episodes.count == 0));
 }
 
+/// A tick skips the departure scan only when it stamped every record: one socket leaving
+/// while another arrives keeps the count equal to the map's, and the departure is still
+/// seen.
+#[test]
+fn a_departure_in_the_tick_a_new_socket_arrives_is_seen() {
+    let mut r = rig("[guards]\nmax_resets_per_minute = 0\n");
+    r.add(stalled(7, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    r.agent.tick().unwrap();
+    assert_eq!(r.out.named("stall_started").len(), 1);
+    r.drop_entry(7);
+    r.map.0.lock().unwrap().notes.push(note(7));
+    r.add(healthy(8, "10.9.0.3:40000"), true);
+    r.agent.tick().unwrap();
+    let closed = r.out.named("stall_closed");
+    assert_eq!(closed.len(), 1, "{:?}", r.out.events());
+    assert_eq!(closed[0]["cookie"], 7);
+    assert!(!r.agent.last.contains_key(&7));
+    assert!(r.agent.last.contains_key(&8));
+}
+
 #[test]
 fn a_lost_close_note_is_settled_by_the_kernel() {
     let mut r = rig("[guards]\nmax_resets_per_minute = 0\n");
