@@ -24,6 +24,8 @@
 //!   reaching CLOSE from any state, is dropped and a close note goes to the agent.
 //! - scan (`iter/tcp`, [`scan`]): a TCP socket iterator for the tick-time scan design;
 //!   only the benchmark loads it.
+//! - cost (`tcp_probe`, [`cost`]): the ACK hook's first steps alone, and with its map
+//!   lookup, to measure what its time is made of; only the benchmark loads them.
 //!
 //! An entry (which records the socket's inode number, so the agent can find the process
 //! holding it when no hook saw the writer) is created (by `track`, from the send, ack and
@@ -51,6 +53,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod ack;
+mod cost;
 mod kernel;
 mod maps;
 mod read;
@@ -186,6 +189,21 @@ pub fn tcpstall_read_kprobe(ctx: ProbeContext) -> u32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     on_state(&ctx);
+    0
+}
+
+/// What the ACK hook's time is made of ([`cost`]): loaded and attached by the benchmark
+/// only, never by the agent. The ACK hook's steps up to its map lookup.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcpstall_cost_reach(ctx: BtfTracePointContext) -> i32 {
+    cost::on_reach::<Btf>(ctx.arg(0));
+    0
+}
+
+/// The same and the map lookup ([`cost`]); benchmark only.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn tcpstall_cost_lookup(ctx: BtfTracePointContext) -> i32 {
+    cost::on_lookup::<Btf>(ctx.arg(0));
     0
 }
 

@@ -7,7 +7,9 @@
 //! the agent. `COUNTERS` counts what happened (`monitor_common::counter`). The agent sets
 //! `PRESSURE` while `SOCKS` is nearly full. `TRACK_GEN` changes with every new entry and voids
 //! the read hook's negative cache `READ_MISS`. `LAST_SEND`/`LAST_ACK` hold the per-CPU rate
-//! limits of the send and ACK hooks.
+//! limits of the send and ACK hooks. (`COST_RUNS`/`COST_SINK`, in `cost.rs`, belong to the
+//! benchmark's cost programs: in the agent's load of the object they exist, a few bytes per
+//! CPU, and nothing ever writes them.)
 
 use aya_ebpf::{
     macros::map,

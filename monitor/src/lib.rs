@@ -10,6 +10,7 @@ pub mod attach;
 pub mod btf;
 pub mod classify;
 pub mod cli;
+pub mod cost;
 pub mod event;
 pub mod files;
 pub mod guards;

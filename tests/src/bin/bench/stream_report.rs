@@ -51,6 +51,7 @@ fn cost_parts(r: &Value, period_ms: Option<f64>) -> Option<String> {
         ),
         _ => String::new(),
     };
+    let anatomy = ack_anatomy(r).unwrap_or_default();
     // The tick's map read (the batch read of every tracked entry), from the agent's `stats`.
     let map_read = match (f(&r["map_read_us"]["p50"]), f(&r["tick_us"]["p50"])) {
         (Some(read), Some(tick)) if tick > 0.0 => format!(
@@ -98,10 +99,66 @@ fn cost_parts(r: &Value, period_ms: Option<f64>) -> Option<String> {
         "Streaming N={n}: the BPF part, {bpf_ms:.2} ms/s, is {runs:.0} program runs per second at {:.0} ns per run, \
          {:.1} runs per write of the streams ({writes:.0} writes per second): the hooks fire on the streams' traffic \
          (writes, ACKs and reads at both ends, which share this node), so that part grows with traffic, not with the \
-         sockets tracked.{floor} The process part, {proc_ms:.2} ms/s, is {per_socket_us:.3} µs per tracked socket per \
+         sockets tracked.{floor}{anatomy} The process part, {proc_ms:.2} ms/s, is {per_socket_us:.3} µs per tracked socket per \
          second.{map_read}{warmup}",
         if runs > 0.0 { bpf_ms * 1e6 / runs } else { 0.0 },
         runs / writes,
+    ))
+}
+
+/// What the ACK hook's time is made of (`ack_cost` in the results): the hook's steps up to
+/// its map lookup against those and the lookup, each alone on the same streams after the
+/// agent stopped, and the agent's own ACK program over the load window.
+fn ack_anatomy(r: &Value) -> Option<String> {
+    let c = &r["ack_cost"];
+    let (reach, lookup) = (&c["reach"], &c["lookup"]);
+    let ns_r = f(&reach["ns_per_run"])?;
+    let runs_r = f(&reach["runs_per_s"])?;
+    let past_r = f(&reach["past_exit_per_s"])?;
+    let ns_l = f(&lookup["ns_per_run"])?;
+    let runs_l = f(&lookup["runs_per_s"])?;
+    let past_l = f(&lookup["past_exit_per_s"])?;
+    let found_l = f(&lookup["found_per_s"])?;
+    let created_l = f(&lookup["created_per_s"])?;
+    let entries = f(&lookup["entries"])?;
+    let window = f(&lookup["window_s"])?;
+    if runs_r <= 0.0 || runs_l <= 0.0 || past_l <= 0.0 {
+        return None;
+    }
+    let (share_r, share_l) = (past_r / runs_r, past_l / runs_l);
+    // Per run that gets past the early exit, what the lookup adds (the two windows' mixes of
+    // runs are taken as equal: both shares are stated).
+    let per_lookup = (ns_l - ns_r) / share_l;
+    let agent = r["bpf_programs"].as_array().and_then(|a| {
+        a.iter()
+            .find(|p| p["name"].as_str() == Some("tcpstall_ack_tp"))
+            .and_then(|p| f(&p["ns_per_run"]))
+    });
+    let agent = match agent {
+        // Within a tenth of the lookup program: the rest of the agent's ACK work (refreshing
+        // the entry, the rate limit, the tracking decision) does not show.
+        Some(a) if (a - ns_l).abs() <= ns_l / 10.0 => format!(
+            " The agent's whole ACK program took {a:.0} ns per run over the load window, within a tenth of the \
+             lookup program alone (measured in another window): refreshing the entry and the rest of its logic \
+             add nothing measurable beyond finding it."
+        ),
+        Some(a) => format!(
+            " The agent's whole ACK program took {a:.0} ns per run over the load window ({:+.0} ns per run against \
+             the lookup program alone, measured in another window).",
+            a - ns_l
+        ),
+        None => String::new(),
+    };
+    Some(format!(
+        " What the ACK hook's time is made of (each program alone at `tcp_probe` for {window:.0} s, same streams, \
+         agent stopped): its steps up to the map lookup (the socket, the early exit of a socket with nothing of its \
+         own queued, the clock, the cookie) {ns_r:.0} ns per run on {runs_r:.0} runs/s, {:.0} % of them past the \
+         early exit; the same and the lookup of the socket's entry in a hash map holding {entries:.0} entries \
+         ({found_l:.0} lookups/s found one, {created_l:.0}/s made one) {ns_l:.0} ns per run on {runs_l:.0} runs/s, \
+         {:.0} % past the early exit. So finding a socket's entry adds about {per_lookup:.0} ns to each run that \
+         gets that far.{agent}",
+        share_r * 100.0,
+        share_l * 100.0,
     ))
 }
 
@@ -555,5 +612,33 @@ mod tests {
         markdown(&r, &mut md);
         assert!(md.contains("| 40000 |"));
         assert!(!interpret(&r).is_empty());
+    }
+
+    #[test]
+    fn ack_anatomy_from_the_cost_programs() {
+        let mut r = run(30000, 30000.0, 5.0, (1.8, 1.7, 1.9), 0);
+        // No `ack_cost` (an address-keyed kernel, an older results.json): no sentence.
+        assert_eq!(ack_anatomy(&r), None);
+        r["ack_cost"] = json!({
+            "reach": {"ns_per_run": 200.0, "runs_per_s": 40000.0, "past_exit_per_s": 20000.0,
+                      "found_per_s": 0.0, "created_per_s": 0.0, "entries": 0, "window_s": 2.0},
+            "lookup": {"ns_per_run": 500.0, "runs_per_s": 40000.0, "past_exit_per_s": 20000.0,
+                       "found_per_s": 19990.0, "created_per_s": 10.0, "entries": 30000, "window_s": 2.0}});
+        r["bpf_programs"] = json!([{"name": "tcpstall_ack_tp", "ns_per_run": 520.0}]);
+        let s = ack_anatomy(&r).expect("sentence");
+        // (500 - 200) ns per run, half the runs past the early exit: 600 ns per lookup.
+        assert!(s.contains("adds about 600 ns"), "{s}");
+        assert!(
+            s.contains("200 ns per run on 40000 runs/s, 50 % of them past"),
+            "{s}"
+        );
+        assert!(s.contains("within a tenth of the lookup program"), "{s}");
+        r["bpf_programs"] = json!([{"name": "tcpstall_ack_tp", "ns_per_run": 800.0}]);
+        assert!(ack_anatomy(&r)
+            .unwrap()
+            .contains("(+300 ns per run against"));
+        // Nothing past the early exit: nothing to divide by, no sentence.
+        r["ack_cost"]["lookup"]["past_exit_per_s"] = json!(0.0);
+        assert_eq!(ack_anatomy(&r), None);
     }
 }

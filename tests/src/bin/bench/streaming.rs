@@ -191,6 +191,73 @@ fn floor_window(tracepoints: &[String], window: Duration) -> Result<Value> {
     }))
 }
 
+/// What the ACK hook's time is made of ([`monitor::cost`]), on the same streams after the
+/// agent stopped: each cost program alone at the ACK hook's tracepoint, first the hook's steps
+/// up to its map lookup, then those and the lookup; run time, runs and how far the runs went
+/// over one window each. The lookup program first runs until the sockets with data queued have
+/// their entries (new entries fall under 1 % of those made per second, at most 15 s), so its
+/// window measures lookups in a map about as full as the agent's was. Null where the kernel
+/// has no socket cookies for tracing programs (the programs need them).
+fn ack_cost(window: Duration) -> Result<Value> {
+    use monitor::cost::{AckCost, Step};
+    let (offsets, _) = monitor::btf::load_offsets().context("kernel offsets")?;
+    if !monitor::cost::supported(&offsets) {
+        return Ok(Value::Null);
+    }
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| anyhow::anyhow!("enabling BPF run-time stats: {e}"))?;
+    let mut out = serde_json::Map::new();
+    for step in [Step::Reach, Step::Lookup] {
+        let p = AckCost::attach(&offsets, step)
+            .with_context(|| format!("attaching {}", step.program()))?;
+        let warm_t0 = Instant::now();
+        if step == Step::Lookup {
+            let mut made = 0u64;
+            loop {
+                util::sleep_checked(Duration::from_secs(1))?;
+                let now_made = p.reached()?.created;
+                let new = now_made - made;
+                made = now_made;
+                if (new as f64) < (made as f64 * 0.01).max(1.0)
+                    || warm_t0.elapsed() >= Duration::from_secs(15)
+                {
+                    break;
+                }
+            }
+        } else {
+            util::sleep_checked(Duration::from_millis(500))?;
+        }
+        let warm_s = warm_t0.elapsed().as_secs_f64();
+        let ((r0, c0), a0) = (p.runs()?, p.reached()?);
+        let t0 = Instant::now();
+        util::sleep_checked(window)?;
+        let ((r1, c1), a1) = (p.runs()?, p.reached()?);
+        let dt = t0.elapsed().as_secs_f64();
+        let runs = (c1 - c0) as f64;
+        let key = match step {
+            Step::Reach => "reach",
+            Step::Lookup => "lookup",
+        };
+        out.insert(
+            key.into(),
+            json!({
+                "program": step.program(),
+                "warmup_s": warm_s,
+                "window_s": dt,
+                "runs_per_s": runs / dt,
+                "ns_per_run": if runs > 0.0 { (r1 - r0) as f64 / runs } else { 0.0 },
+                "bpf_ms_per_s": (r1 - r0) as f64 / 1e6 / dt,
+                "past_exit_per_s": (a1.past_exit - a0.past_exit) as f64 / dt,
+                "found_per_s": (a1.found - a0.found) as f64 / dt,
+                "created_per_s": (a1.created - a0.created) as f64 / dt,
+                "entries": a1.created,
+            }),
+        );
+    }
+    drop(stats);
+    Ok(Value::Object(out))
+}
+
 /// Measure one N.
 fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> {
     let t_setup = Instant::now();
@@ -368,6 +435,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     // The same streams with empty programs at the agent's tracepoints instead (the attach
     // floor of the BPF part): one window, while the helpers still stream.
     let floor = floor_window(&tracepoints, cfg.window)?;
+    let ack_cost = ack_cost(cfg.window).context("ACK hook anatomy")?;
     for h in helpers {
         h.finish(Duration::from_secs(30));
     }
@@ -496,6 +564,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         },
         "contended_rounds": rounds.iter().filter(|r| r["contended"].as_bool() == Some(true)).count(),
     });
+    out["ack_cost"] = ack_cost;
     // The tick's map read (`stats.map_read_us`), apart (the object above is at the json!
     // macro's recursion limit).
     out["map_read_us"] = util::latency_json(&map_reads);
