@@ -48,6 +48,35 @@ fn read_ack<M: Mem>(skb: *const u8) -> Ack {
     }
 }
 
+/// The socket fields the ACK hook's first check reads. A plain struct with every field
+/// always set, like [`Ack`].
+#[derive(Clone, Copy)]
+pub(crate) struct Queue {
+    pub(crate) write_seq: u32,
+    pub(crate) una: u32,
+    pub(crate) rcv_wnd: u32,
+}
+
+impl Queue {
+    #[inline(always)]
+    pub(crate) fn read<M: Mem>(tp: *const u8) -> Queue {
+        Queue {
+            write_seq: M::ld(tp, off!(write_seq)),
+            una: M::ld(tp, off!(snd_una)),
+            rcv_wnd: M::ld(tp, off!(rcv_wnd)),
+        }
+    }
+
+    /// Nothing of ours queued and our receive window open: the receiving side of a stream,
+    /// or an idle socket. Not a wedge, and no map lookup. (A tracked socket is dropped by
+    /// the ACK that drains it, whose pre-ACK state still shows data queued, so it is never
+    /// skipped.) The benchmark's cost programs (`cost.rs`) take the same exit.
+    #[inline(always)]
+    pub(crate) fn idle(&self) -> bool {
+        self.write_seq == self.una && self.rcv_wnd != 0
+    }
+}
+
 /// ack: segment `skb` arrives on established socket `sk`.
 #[inline(always)]
 pub(crate) fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
@@ -55,15 +84,15 @@ pub(crate) fn on_ack<M: Mem>(sk: *const u8, skb: *const u8) {
         return;
     }
     let Some(tp) = M::tcp_sk(sk) else { return };
-    // Nothing of ours queued and our receive window open: the receiving side of a stream,
-    // or an idle socket. Not a wedge, and no map lookup. (A tracked socket is dropped by the
-    // ACK that drains it, whose pre-ACK state still shows data queued, so it is never skipped.)
-    let write_seq: u32 = M::ld(tp, off!(write_seq));
-    let una: u32 = M::ld(tp, off!(snd_una));
-    let rcv_wnd: u32 = M::ld(tp, off!(rcv_wnd));
-    if write_seq == una && rcv_wnd != 0 {
+    let q = Queue::read::<M>(tp);
+    if q.idle() {
         return;
     }
+    let Queue {
+        write_seq,
+        una,
+        rcv_wnd,
+    } = q;
     // A stream's ACKs arrive back to back: refresh a socket from them at most once per ms
     // per CPU. Never skipped: the first ACK after a pause (it ends a gap), one that drains
     // the queue, a zero window, a closed receive window.

@@ -14,7 +14,8 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use monitor_common::SockState;
 
-use crate::kernel::{configured, now, off, Mem};
+use crate::ack::Queue;
+use crate::kernel::{configured, now, Mem};
 use crate::maps::{sock_insert, sock_ptr, SCRATCH};
 use crate::track::key_of;
 
@@ -50,10 +51,7 @@ fn reach<M: Mem>(sk: *const u8) -> Option<(u64, u64)> {
         return None;
     }
     let tp = M::tcp_sk(sk)?;
-    let write_seq: u32 = M::ld(tp, off!(write_seq));
-    let una: u32 = M::ld(tp, off!(snd_una));
-    let rcv_wnd: u32 = M::ld(tp, off!(rcv_wnd));
-    if write_seq == una && rcv_wnd != 0 {
+    if Queue::read::<M>(tp).idle() {
         return None;
     }
     count(0);

@@ -7,7 +7,7 @@
 //! Only the benchmark uses this; the agent never loads these programs.
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::{maps::PerCpuArray, programs::BtfTracePoint, Btf, Ebpf, EbpfLoader};
+use aya::{maps::PerCpuArray, programs::BtfTracePoint, Ebpf};
 use monitor_common::{Offsets, DEFAULT_MAX_SOCKETS};
 
 /// Which of the two programs.
@@ -55,19 +55,10 @@ impl AckCost {
     /// Load the object with the running kernel's `offsets` (socket cookies as keys, as the
     /// agent on this kernel) and attach the program of `step` at `tcp_probe`.
     pub fn attach(offsets: &Offsets, step: Step) -> Result<AckCost> {
-        if crate::probes::EBPF_OBJ.is_empty() {
-            bail!("this build has no eBPF object (run `cargo xtask build-ebpf`)");
-        }
         if !supported(offsets) {
             bail!("the ACK cost programs need socket cookies (Linux 5.12 or later)");
         }
-        let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global("OFFSETS", offsets, true)
-            .map_max_entries("SOCKS", DEFAULT_MAX_SOCKETS)
-            .load(crate::probes::EBPF_OBJ)
-            .map_err(|e| anyhow!("loading the eBPF object: {e}"))?;
+        let (mut ebpf, btf) = crate::probes::load_for_measurement(offsets, DEFAULT_MAX_SOCKETS)?;
         let name = step.program();
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(name)

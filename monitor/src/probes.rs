@@ -35,6 +35,23 @@ pub struct Counters {
     pub stale: u64,
 }
 
+/// The object loaded for one of the benchmark's measurement programs (`crate::scan`,
+/// `crate::cost`): maps made with `SOCKS` sized `socks`, no program loaded yet. Returns it
+/// with the running kernel's BTF, which loading those programs needs.
+pub(crate) fn load_for_measurement(offsets: &Offsets, socks: u32) -> Result<(Ebpf, Btf)> {
+    if EBPF_OBJ.is_empty() {
+        bail!("this build has no eBPF object (run `cargo xtask build-ebpf`)");
+    }
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .override_global("OFFSETS", offsets, true)
+        .map_max_entries("SOCKS", socks)
+        .load(EBPF_OBJ)
+        .map_err(|e| anyhow!("loading the eBPF object: {e}"))?;
+    Ok((ebpf, btf))
+}
+
 /// What became of the pinned `SOCKS` map at load ([`crate::state`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pinning {

@@ -9,7 +9,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{links::FdLink, links::PinnedLink, Iter},
-    Btf, Ebpf, EbpfLoader,
+    Ebpf,
 };
 use monitor_common::Offsets;
 pub use monitor_common::ScanRecord;
@@ -55,17 +55,8 @@ impl Scan {
     /// Load the object with the running kernel's `offsets`, load and attach only the scan
     /// program, and pin its link at `pin` (a path on bpffs; an old file there is replaced).
     pub fn load(offsets: &Offsets, pin: &Path) -> Result<Scan> {
-        if crate::probes::EBPF_OBJ.is_empty() {
-            bail!("this build has no eBPF object (run `cargo xtask build-ebpf`)");
-        }
-        let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global("OFFSETS", offsets, true)
-            // The object's maps are created too; the scan uses none of them.
-            .map_max_entries("SOCKS", 1)
-            .load(crate::probes::EBPF_OBJ)
-            .map_err(|e| anyhow!("loading the eBPF object: {e}"))?;
+        // The object's maps are made too; the scan uses none of them.
+        let (mut ebpf, btf) = crate::probes::load_for_measurement(offsets, 1)?;
         let prog: &mut Iter = ebpf
             .program_mut("tcpstall_scan")
             .context("program tcpstall_scan missing from the eBPF object")?
