@@ -26,6 +26,9 @@
 //!   only the benchmark loads it.
 //! - cost (`tcp_probe`, [`cost`]): the ACK hook's first steps alone, and with its map
 //!   lookup, to measure what its time is made of; only the benchmark loads them.
+//! - trouble (`timer_expire_entry`, [`trouble`]): the TCP write timer's expiries (a
+//!   retransmission timeout or a zero-window persist probe pending), to measure a design
+//!   whose hooks fire only on trouble; only the benchmark loads it.
 //!
 //! An entry (which records the socket's inode number, so the agent can find the process
 //! holding it when no hook saw the writer) is created (by `track`, from the send, ack and
@@ -63,6 +66,7 @@ mod scan;
 mod send;
 mod state;
 mod track;
+mod trouble;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, kprobe},
@@ -204,6 +208,14 @@ pub fn tcpstall_cost_reach(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "tcp_probe")]
 pub fn tcpstall_cost_lookup(ctx: BtfTracePointContext) -> i32 {
     cost::on_lookup::<Btf>(ctx.arg(0));
+    0
+}
+
+/// Trouble-only hooks ([`trouble`]): the TCP write timer's expiries, from every timer's;
+/// loaded and attached by the benchmark only, never by the agent.
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn tcpstall_trouble_timer(ctx: BtfTracePointContext) -> i32 {
+    trouble::on_timer_expire(ctx.arg(0));
     0
 }
 

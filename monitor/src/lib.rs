@@ -26,6 +26,7 @@ pub mod snapshot;
 pub mod state;
 pub mod status;
 pub mod top;
+pub mod trouble;
 
 #[cfg(test)]
 mod repo_files {

@@ -166,6 +166,10 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     last_sweep_us: u64,
     /// The last tick's map read, µs (`stats.map_read_us`).
     last_read_us: u64,
+    /// Whether the last tick left a tracked socket with no writer seen and no holder
+    /// known: only then does the next tick look through the map's records for sockets to
+    /// find holders for (`tick::find_holders`). True before the first tick.
+    holders_pending: bool,
     /// sock_diag lookups made for reads without a read hook (`stats.read_lookups`).
     read_lookups: u64,
     /// A socket is looked up for its reads at most this often (`reads::LOOKUP_EVERY_NS`;
@@ -239,6 +243,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             last_stats: Instant::now(),
             last_sweep_us: 0,
             last_read_us: 0,
+            holders_pending: true,
             read_lookups: 0,
             read_lookup_every_ns: reads::LOOKUP_EVERY_NS,
             mode: event::Mode::Observe,

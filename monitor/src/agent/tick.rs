@@ -26,6 +26,12 @@ pub(super) const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// Close notes not matched to a departed socket are dropped after this long.
 pub(super) const NOTE_KEEP: Duration = Duration::from_secs(30);
 
+/// A socket whose holder `find_holders` looks for when none is known: no write seen on it
+/// (so no writer identity from the kernel side), and a file and a cookie to find it by.
+fn needs_holder(st: &SockState) -> bool {
+    st.flags & monitor_common::flags::HAVE_WRITER == 0 && st.sock_ino != 0 && st.cookie != 0
+}
+
 /// Address-keyed kernels only: the cookie of a socket nobody asked about yet (the lookup
 /// is what makes the kernel assign it).
 pub(super) fn resolve_cookie<K: DiagPath + ?Sized>(kern: &mut K, st: &SockState) -> Option<u64> {
@@ -116,6 +122,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         self.nets.begin();
         // Records this tick stamped: when that is all of them, nothing left the map.
         let mut stamped = 0usize;
+        // Records left with no writer and no holder (`find_holders` looks next tick).
+        let mut holders_pending = false;
         for (i, st) in states.iter().enumerate() {
             if i == 0 {
                 self.prefetch(&states[..states.len().min(AHEAD)]);
@@ -148,6 +156,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     snap.cgroup_id = h.cgroup_id;
                 }
             }
+            holders_pending |= seen.holder.is_none() && needs_holder(st);
             if let Some(d) = reads.get(&snap.cookie) {
                 if super::reads::fold(&mut seen.read_seen, &mut snap, d) {
                     drained.push(snap.cookie);
@@ -200,6 +209,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 candidates.push(Candidate { snap, sel, class });
             }
         }
+        self.holders_pending = holders_pending;
         if stamped < self.last.len() {
             self.departures(tick, now_ns)?;
         }
@@ -261,13 +271,19 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// Find the processes holding the sockets that stayed in the map since the last tick
     /// with no write seen (no writer identity from the kernel side): one `/proc` walk for
     /// all of them, none when there are none (`identity/holders.rs`).
+    ///
+    /// The records are looked through only when the last tick left one such socket
+    /// (`holders_pending`): on a node whose tracked sockets all have a known writer or
+    /// holder (a streaming server: no per-write hook, holders found once) that look costs
+    /// a hash lookup per tracked socket per tick for nothing.
     fn find_holders(&mut self, states: &[SockState], now: Instant) {
+        if !self.holders_pending {
+            return;
+        }
         let wanted: Vec<(u64, u32)> = states
             .iter()
             .filter(|st| {
-                st.flags & monitor_common::flags::HAVE_WRITER == 0
-                    && st.sock_ino != 0
-                    && st.cookie != 0
+                needs_holder(st)
                     && self
                         .last
                         .get(&st.cookie)

@@ -221,7 +221,9 @@ impl Tracker {
         let growth = live
             .last
             .map(|l| snap.bytes_acked.saturating_sub(l.bytes_acked));
-        let mut fresh: Vec<&Gap> = snap
+        // At most the snapshot's few gaps: kept on the stack (on a streaming node most
+        // sockets bring one every tick or two).
+        let mut fresh: smallvec::SmallVec<[&Gap; monitor_common::GAP_SLOTS]> = snap
             .recent_gaps
             .iter()
             .filter(|g| g.end_ns > history.last_gap_end_ns && g.end_ns >= g.start_ns)

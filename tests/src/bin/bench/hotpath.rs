@@ -135,6 +135,11 @@ fn measure(
 /// write or per segment: the hooks a trouble-only design keeps.
 const TROUBLE_ONLY: [&str; 2] = ["tcp_retransmit_skb", "inet_sock_set_state"];
 
+/// The trouble-only design's hook for the zero-window persist probe and the retransmission
+/// timeout, which has no TCP tracepoint: every timer expiry of the machine
+/// (`monitor::trouble`), not one of the agent's.
+const TIMER_EXPIRY: &str = "timer_expire_entry";
+
 /// The tracepoints that fire once per write (`sendmsg`).
 const PER_WRITE: [&str; 2] = ["tcp_sendmsg_locked", "tcp_sendmsg"];
 
@@ -154,11 +159,12 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
     let floor = floor_context(&tracepoints, size, cfg.duration)?;
     // The trouble-only design's hooks: the ones of the agent's that fire on trouble or a
     // state change only, never per write or per segment.
-    let trouble: Vec<String> = tracepoints
+    let mut trouble: Vec<String> = tracepoints
         .iter()
         .filter(|t| TROUBLE_ONLY.contains(&t.as_str()))
         .cloned()
         .collect();
+    trouble.push(TIMER_EXPIRY.to_string());
     let trouble_floor = floor_context(&trouble, size, cfg.duration)?;
     // The agent's hooks plus the per-write one, as `--per-write-hooks` attaches them on this
     // kernel: what the default (no per-write hook) saves.

@@ -665,8 +665,8 @@ pub fn interpret(results: &Value) -> Vec<String> {
             {
                 let tps = tracepoint_names(&tf["tracepoints"]);
                 notes.push(format!(
-                    "Hot path, {size} B writes, trouble-only hooks: empty programs at only the tracepoints that fire on trouble \
-                     or a state change ({}) ran {t_runs:.4} times per write, {:.3}% of the sender+receiver CPU per byte{}.",
+                    "Hot path, {size} B writes, trouble-only hooks: empty programs at only the tracepoints a design with hooks \
+                     that fire on trouble needs ({}: a retransmission, a state change, a timer's expiry) ran {t_runs:.4} times per write, {:.3}% of the sender+receiver CPU per byte{}.",
                     tps.join(", "),
                     t_share * 100.0,
                     if t_runs < 0.001 && t_share < 0.0001 {

@@ -12,6 +12,12 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The local port of the wedged server sockets each N adds to its streams.
+const WEDGE_PORT: u16 = 7399;
+
+/// How long the trouble-only program watches each N's streams before the agent starts.
+const TROUBLE_BEFORE: Duration = Duration::from_secs(10);
+
 /// Settings of the streaming benchmark.
 pub struct Config {
     /// Connection counts to test.
@@ -258,6 +264,77 @@ fn ack_cost(window: Duration) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
+/// Trouble-only hooks (issue 14; `monitor::trouble`): a program at `timer_expire_entry`
+/// counts the TCP write timer's expiries by what was pending and keeps the sockets with a
+/// retransmission or a zero-window probe pending. Attached once the streams run, read
+/// before the agent starts (the streams alone), when it has stopped (the whole watch with
+/// the wedges: which of the streams and of the wedges a design with only trouble hooks
+/// would have flagged) and after the windows that follow (the same streams, agent gone).
+struct Trouble {
+    prog: monitor::trouble::TroubleTimer,
+    _stats: std::os::fd::OwnedFd,
+    t0: Instant,
+    runs0: (u64, u64),
+    exp0: monitor::trouble::Expiries,
+    flagged0: usize,
+}
+
+impl Trouble {
+    fn start() -> Result<Trouble> {
+        use monitor::trouble::{TimerLayout, TroubleTimer};
+        let (offsets, _) = monitor::btf::load_offsets().context("kernel offsets")?;
+        let layout = TimerLayout::of_kernel().context("the TCP write timer's layout")?;
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|e| anyhow::anyhow!("enabling BPF run-time stats: {e}"))?;
+        let prog =
+            TroubleTimer::attach(&offsets, &layout).context("attaching the trouble program")?;
+        Ok(Trouble {
+            runs0: prog.runs()?,
+            exp0: prog.expiries()?,
+            prog,
+            _stats: stats,
+            t0: Instant::now(),
+            flagged0: 0,
+        })
+    }
+
+    /// The window since the last call (or the start). `wedge_port`: the local port of the
+    /// wedged server sockets, told apart from the streams among the sockets flagged.
+    fn window(&mut self, wedge_port: u16) -> Result<Value> {
+        use monitor::trouble::{ICSK_TIME_LOSS_PROBE, ICSK_TIME_PROBE0, ICSK_TIME_RETRANS};
+        let ((r1, c1), e1) = (self.prog.runs()?, self.prog.expiries()?);
+        let dt = self.t0.elapsed().as_secs_f64();
+        let flagged = self.prog.flagged()?;
+        let (r0, c0) = self.runs0;
+        let e0 = self.exp0;
+        let runs = (c1 - c0) as f64;
+        let per_s = |i: usize| (e1.by_pending[i] - e0.by_pending[i]) as f64 / dt;
+        let wedges = flagged.iter().filter(|f| f.0 == wedge_port).count();
+        let out = json!({
+            "program": "tcpstall_trouble_timer",
+            "window_s": dt,
+            "runs_per_s": runs / dt,
+            "ns_per_run": if runs > 0.0 { (r1 - r0) as f64 / runs } else { 0.0 },
+            "bpf_ms_per_s": (r1 - r0) as f64 / 1e6 / dt,
+            "write_timer_expiries_per_s": (e1.total - e0.total) as f64 / dt,
+            "by_pending_per_s": (0..8).map(per_s).collect::<Vec<f64>>(),
+            "nothing_pending_per_s": per_s(0),
+            "retransmit_pending_per_s": per_s(ICSK_TIME_RETRANS),
+            "probe0_pending_per_s": per_s(ICSK_TIME_PROBE0),
+            "loss_probe_pending_per_s": per_s(ICSK_TIME_LOSS_PROBE),
+            "sockets_flagged_streams": flagged.len() - wedges,
+            "sockets_flagged_wedges": wedges,
+            "sockets_flagged_new": flagged.len() - self.flagged0,
+            "sockets_not_kept": e1.unkept,
+        });
+        self.t0 = Instant::now();
+        self.runs0 = (r1, c1);
+        self.exp0 = e1;
+        self.flagged0 = flagged.len();
+        Ok(out)
+    }
+}
+
 /// Measure one N.
 fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> {
     let t_setup = Instant::now();
@@ -269,6 +346,11 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     );
     // Let every stream reach its steady state (buffers filled, pacing running).
     util::sleep_checked(Duration::from_secs(2))?;
+    // The trouble-only program on the streams alone first, then alongside the agent, then
+    // after it (`Trouble`).
+    let mut trouble = Trouble::start()?;
+    util::sleep_checked(TROUBLE_BEFORE)?;
+    let trouble_before = trouble.window(WEDGE_PORT).context("trouble-only hooks")?;
     let extra: Vec<String> = cfg
         .max_sockets
         .map(|m| vec!["--max-sockets".to_string(), m.to_string()])
@@ -289,7 +371,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
 
     // A handful of genuinely wedged connections, made now that the map is as full as it
     // gets: past the map's bound, can they still get in? Below it, the control.
-    let wedge_addr = format!("127.3.{phase}.250:7399");
+    let wedge_addr = format!("127.3.{phase}.250:{WEDGE_PORT}");
     let mut wedge_info = Value::Null;
     let mut wedged_at: Option<(Instant, u64)> = None;
     if cfg.wedges > 0 {
@@ -434,8 +516,11 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         .with_context(|| format!("stopping the agent after streaming N={n}"))?;
     // The same streams with empty programs at the agent's tracepoints instead (the attach
     // floor of the BPF part): one window, while the helpers still stream.
+    let trouble_watch = trouble.window(WEDGE_PORT).context("trouble-only hooks")?;
     let floor = floor_window(&tracepoints, cfg.window)?;
     let ack_cost = ack_cost(cfg.window).context("ACK hook anatomy")?;
+    let trouble_after = trouble.window(WEDGE_PORT).context("trouble-only hooks")?;
+    drop(trouble);
     for h in helpers {
         h.finish(Duration::from_secs(30));
     }
@@ -565,6 +650,9 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         "contended_rounds": rounds.iter().filter(|r| r["contended"].as_bool() == Some(true)).count(),
     });
     out["ack_cost"] = ack_cost;
+    out["trouble_timer_before_agent"] = trouble_before;
+    out["trouble_timer"] = trouble_watch;
+    out["trouble_timer_after_agent"] = trouble_after;
     // The tick's map read (`stats.map_read_us`), apart (the object above is at the json!
     // macro's recursion limit).
     out["map_read_us"] = util::latency_json(&map_reads);
