@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// The local port of the wedged server sockets each N adds to its streams.
 const WEDGE_PORT: u16 = 7399;
 
+/// Stream sockets `diag_reads` looks up per batch.
+const DIAG_READS: usize = 1000;
+
 /// How long the trouble-only program watches each N's streams before the agent starts.
 const TROUBLE_BEFORE: Duration = Duration::from_secs(10);
 
@@ -335,6 +338,46 @@ impl Trouble {
     }
 }
 
+/// The other half of a trouble-only design: reading, at tick time, the progress of the
+/// sockets its hooks flagged, one sock_diag lookup each (`Destroyer::lookup_many`, the
+/// agent's batched lookup by cookie and 4-tuple, with `tcp_info`). Up to `k` of the
+/// streams' server sockets (established, data queued), found by one dump; one untimed
+/// batch, then `BATCHES` timed ones: CPU of this thread per socket looked up.
+fn diag_reads(k: usize) -> Result<Value> {
+    use monitor::reset::{current_netns, find_sockets, Destroyer};
+    const BATCHES: usize = 5;
+    let ns = current_netns().context("this thread's network namespace")?;
+    let found = find_sockets(Some(ns), |d| d.state == 1 && d.send_q > 0)
+        .map_err(|e| anyhow::anyhow!("dumping the streams' sockets: {e}"))?;
+    let targets: Vec<monitor::reset::Target> =
+        found.found.into_iter().take(k).map(|(t, _)| t).collect();
+    if targets.is_empty() {
+        bail!("no established socket with data queued to look up");
+    }
+    let mut d = Destroyer::new();
+    let warm = d.lookup_many(&targets);
+    let mut per_socket_us = Vec::new();
+    let mut found_n = 0usize;
+    for _ in 0..BATCHES {
+        let c0 = util::thread_cpu_ns();
+        let r = d.lookup_many(&targets);
+        let c1 = util::thread_cpu_ns();
+        found_n = r.iter().filter(|x| matches!(x, Ok(Some(_)))).count();
+        per_socket_us.push((c1 - c0) as f64 / 1e3 / targets.len() as f64);
+    }
+    let with_info = warm
+        .iter()
+        .filter(|x| matches!(x, Ok(Some(d)) if d.tcp_info_len > 0))
+        .count();
+    Ok(json!({
+        "sockets": targets.len(),
+        "found_last_batch": found_n,
+        "with_tcp_info": with_info,
+        "batches": BATCHES,
+        "cpu_us_per_socket": Spread::of(&per_socket_us).map(|s| s.json()),
+    }))
+}
+
 /// Measure one N.
 fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> {
     let t_setup = Instant::now();
@@ -520,6 +563,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let floor = floor_window(&tracepoints, cfg.window)?;
     let ack_cost = ack_cost(cfg.window).context("ACK hook anatomy")?;
     let trouble_after = trouble.window(WEDGE_PORT).context("trouble-only hooks")?;
+    let diag = diag_reads(DIAG_READS).context("sock_diag reads of the streams")?;
     drop(trouble);
     for h in helpers {
         h.finish(Duration::from_secs(30));
@@ -653,6 +697,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     out["trouble_timer_before_agent"] = trouble_before;
     out["trouble_timer"] = trouble_watch;
     out["trouble_timer_after_agent"] = trouble_after;
+    out["diag_reads"] = diag;
     // The tick's map read (`stats.map_read_us`), apart (the object above is at the json!
     // macro's recursion limit).
     out["map_read_us"] = util::latency_json(&map_reads);
