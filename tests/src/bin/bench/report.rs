@@ -185,8 +185,13 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
                         f(&c["bpf_ns_per_run"]).unwrap_or(f64::NAN)
                     ),
                     met: pct <= target,
-                    miss_by: (pct > target)
-                        .then(|| format!("{:.2} percentage points", pct - target)),
+                    miss_by: (pct > target).then(|| {
+                        format!(
+                            "{:.2} percentage points{}",
+                            pct - target,
+                            hot_miss_cause(c, target).unwrap_or_default()
+                        )
+                    }),
                 });
             }
         }
@@ -267,6 +272,43 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
     }
     out.extend(crate::stream_report::verdicts(results));
     out
+}
+
+/// Why the agent's in-kernel time per byte (`bpf_context`) is over `target` %, from the same
+/// run's attach floor (empty programs at the same tracepoints) and trouble-only floor: how much
+/// of it is a hook firing there at all, how much the agent's logic, and what the hooks of a
+/// design that fires only on trouble cost at that write size. `None` without a floor.
+fn hot_miss_cause(c: &Value, target: f64) -> Option<String> {
+    let share = f(&c["bpf_share_of_thread_cpu"])? * 100.0;
+    let fl = &c["floor"];
+    let floor = f(&fl["share_of_thread_cpu"])? * 100.0;
+    let (runs, ns) = (f(&c["bpf_runs_per_write"])?, f(&c["bpf_ns_per_run"])?);
+    let floor_ns = f(&fl["ns_per_run"])?;
+    let logic = (share - floor).max(0.0);
+    let mut s = format!(
+        "; why, by this run's own measurements: of the {share:.2}%, {floor:.2}% is the attach floor \
+         (empty programs at the same tracepoints, {:.1} runs per write at {floor_ns:.0} ns: a hook \
+         firing there at all) and {logic:.2}% the agent's logic ({:.0} ns per run more than an empty \
+         program, {runs:.1} runs per write)",
+        f(&fl["runs_per_write"]).unwrap_or(f64::NAN),
+        ns - floor_ns,
+    );
+    if floor >= target {
+        s.push_str("; the floor alone is at or over the target, so no logic at those tracepoints can meet it");
+    } else if logic > 0.0 {
+        s.push_str(&format!(
+            "; the logic would have to cost {:.0}% less per run to meet it",
+            ((share - target) / logic * 100.0).min(100.0)
+        ));
+    }
+    if let Some(t) = f(&c["trouble_floor"]["share_of_thread_cpu"]) {
+        s.push_str(&format!(
+            "; the hooks of a design that fires only on trouble ({}) cost {:.3}% at this size",
+            tracepoint_names(&c["trouble_floor"]["tracepoints"]).join(", "),
+            t * 100.0
+        ));
+    }
+    Some(s)
 }
 
 fn mb(v: &Value) -> String {
@@ -894,6 +936,43 @@ mod tests {
             v[1].miss_by.as_deref().unwrap().contains("whole interval"),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn a_missed_in_kernel_share_says_what_is_floor_and_what_is_logic() {
+        let ctx = |share: f64, floor: f64| {
+            json!({"hot_path": {"sizes": [{"write_bytes": 65536, "bpf_context": {
+                "bpf_share_of_thread_cpu": share, "bpf_runs_per_write": 2.85,
+                "bpf_ns_per_run": 165.0,
+                "floor": {"share_of_thread_cpu": floor, "runs_per_write": 2.76,
+                          "ns_per_run": 64.0, "tracepoints": ["tcp_probe"]},
+                "trouble_floor": {"share_of_thread_cpu": 0.00001,
+                                  "tracepoints": ["timer_expire_entry"]},
+            }}]}})
+        };
+        let v = verdicts(&ctx(0.0104, 0.0034));
+        assert_eq!(v.len(), 1);
+        assert!(!v[0].met);
+        let why = v[0].miss_by.as_deref().unwrap();
+        assert!(why.starts_with("0.04 percentage points; why"), "{why}");
+        assert!(why.contains("0.34% is the attach floor"), "{why}");
+        assert!(
+            why.contains("0.70% the agent's logic (101 ns per run more"),
+            "{why}"
+        );
+        // 0.04 of the 0.70 points of logic: 6 % less per run.
+        assert!(why.contains("cost 6% less per run"), "{why}");
+        assert!(why.contains("timer_expire_entry) cost 0.001%"), "{why}");
+        // A floor over the target: no logic can meet it, and the report says so.
+        let v = verdicts(&ctx(0.02, 0.012));
+        assert!(v[0]
+            .miss_by
+            .as_deref()
+            .unwrap()
+            .contains("the floor alone is at or over"));
+        // Met: no cause.
+        let v = verdicts(&ctx(0.008, 0.003));
+        assert!(v[0].met && v[0].miss_by.is_none());
     }
 
     #[test]
