@@ -26,6 +26,7 @@ pub const HOOK_NAMES: &[&str] = &[
     "retransmit",
     "read",
     "state",
+    "timer",
 ];
 
 /// `SockState::flags` bits.
@@ -54,6 +55,12 @@ pub mod mode {
     /// socket's `skc_cookie` field (0 until something asked the kernel for the cookie; the
     /// agent then looks it up through sock_diag).
     pub const KEY_BY_ADDR: u32 = 1 << 0;
+    /// Trouble-only hooks (`--trouble-hooks`): no ACK, send or read hook runs; entries are
+    /// made by the retransmit hook and the TCP write timer's expiries, and the agent reads
+    /// a tracked socket's progress through sock_diag. The programs then move `snd_una`
+    /// without recording progress or gaps: between their rare runs they cannot tell when
+    /// the progress happened, and the agent's lookups can.
+    pub const TROUBLE_HOOKS: u32 = 1 << 1;
 }
 
 /// `COUNTERS` per-CPU array indexes.

@@ -137,6 +137,13 @@ pub(crate) fn key_by_addr() -> bool {
     off!(mode) & mode::KEY_BY_ADDR != 0
 }
 
+/// Trouble-only hooks (`mode::TROUBLE_HOOKS`, decided by the loader; a verifier-known
+/// constant like [`key_by_addr`]).
+#[inline(always)]
+pub(crate) fn trouble_hooks() -> bool {
+    off!(mode) & mode::TROUBLE_HOOKS != 0
+}
+
 /// A kprobe's first argument, the `struct sock *` (NULL if the register is unreadable: every
 /// program then returns at once).
 #[inline(always)]

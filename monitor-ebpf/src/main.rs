@@ -22,17 +22,22 @@
 //!   tracked sockets whose receive side looks full (`monitor/src/agent/reads.rs`).
 //! - state (`inet_sock_set_state`): a tracked socket leaving ESTABLISHED/CLOSE_WAIT, or
 //!   reaching CLOSE from any state, is dropped and a close note goes to the agent.
+//! - timer (attached only with `--trouble-hooks`, in place of ack: `timer_expire_entry`,
+//!   [`expire`]): the TCP write timer expires with a retransmission timeout or a
+//!   zero-window probe pending; starts tracking the socket (by address: its pointer is
+//!   computed, so reads are checked) and refreshes queue, window and backoff.
 //! - scan (`iter/tcp`, [`scan`]): a TCP socket iterator for the tick-time scan design;
 //!   only the benchmark loads it.
 //! - cost (`tcp_probe`, [`cost`]): the ACK hook's first steps alone, and with its map
 //!   lookup, to measure what its time is made of; only the benchmark loads them.
 //! - trouble (`timer_expire_entry`, [`trouble`]): the TCP write timer's expiries (a
 //!   retransmission timeout or a zero-window persist probe pending), to measure a design
-//!   whose hooks fire only on trouble; only the benchmark loads it.
+//!   whose hooks fire only on trouble; only the benchmark loads it (the timer hook shares
+//!   its decoding of an expiry).
 //!
 //! An entry (which records the socket's inode number, so the agent can find the process
-//! holding it when no hook saw the writer) is created (by `track`, from the send, ack and
-//! retransmit hooks) only for a socket
+//! holding it when no hook saw the writer) is created (by `track`, from the send, ack,
+//! retransmit and timer hooks) only for a socket
 //! in a state that can wedge: ESTABLISHED, CLOSE_WAIT, FIN_WAIT1, CLOSING, LAST_ACK. A socket
 //! leaves the map when everything is acked and nothing is unread (drained), when it closes
 //! (its close note is on the ring before the entry goes), or when the agent removes it.
@@ -46,7 +51,7 @@
 //!
 //! This file holds the entry points, one thin function per attach point (their names and
 //! sections are what the agent loads and attaches); each calls its hook's logic:
-//! [`send`], [`ack`], [`retransmit`], [`read`], [`state`]. The shared parts: [`kernel`]
+//! [`send`], [`ack`], [`retransmit`], [`read`], [`state`], [`expire`]. The shared parts: [`kernel`]
 //! (reading the socket), [`maps`], [`track`] (an entry's key, creation and removal) and
 //! [`refresh`] (updating an entry from its socket).
 //!
@@ -57,6 +62,7 @@
 
 mod ack;
 mod cost;
+mod expire;
 mod kernel;
 mod maps;
 mod read;
@@ -193,6 +199,14 @@ pub fn tcpstall_read_kprobe(ctx: ProbeContext) -> u32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn tcpstall_state(ctx: BtfTracePointContext) -> i32 {
     on_state(&ctx);
+    0
+}
+
+/// timer (`--trouble-hooks` only): every timer expiry of the machine; work only for a TCP
+/// write timer with a retransmission or a zero-window probe pending ([`expire`]).
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn tcpstall_timer(ctx: BtfTracePointContext) -> i32 {
+    expire::on_write_timer(ctx.arg(0));
     0
 }
 

@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
 };
 use monitor_common::{flags, progress::record_progress, SockState};
 
-use crate::kernel::{off, Mem};
+use crate::kernel::{off, trouble_hooks, Mem};
 use crate::track::cookie_field;
 
 /// Set or clear flag `bit` of `s`.
@@ -34,7 +34,13 @@ pub(crate) fn refresh_send<M: Mem>(s: &mut SockState, tp: *const u8, t: u64, una
         s.cookie = cookie_field::<M>(tp, s.key);
     }
     set_flag(s, flags::SNDBUF_FULL, wmem >= sndbuf);
-    record_progress(s, una, t);
+    if trouble_hooks() {
+        // Only rare hooks run: `una` may have moved long before this run, so no progress
+        // time or gap is recorded here (the agent's sock_diag lookups see progress).
+        s.snd_una = una;
+    } else {
+        record_progress(s, una, t);
+    }
 }
 
 /// Re-read the receive side from the socket; a moved `copied_seq` is read progress.

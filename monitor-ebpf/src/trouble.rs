@@ -1,6 +1,7 @@
-//! Trouble-only hooks (issue 14), measured by the benchmark only; the agent never loads
-//! this program. The TCP write timer (`tcp_write_timer`) runs a socket's retransmission
-//! timeout and its zero-window persist probe (`icsk_pending` RETRANS or PROBE0), so a hook
+//! Trouble-only hooks (issue 14): the benchmark's counting program, and the decoding of a
+//! write-timer expiry that the agent's timer hook (`expire.rs`, `--trouble-hooks`) shares.
+//! The TCP write timer (`tcp_write_timer`) runs a socket's retransmission timeout and its
+//! zero-window persist probe (`icsk_pending` RETRANS or PROBE0), so a hook
 //! on its expiries fires for the sockets in trouble and, on a healthy stream, only for a
 //! timer that expires with nothing left to do. No kernel has a tracepoint in that handler;
 //! every kernel has `timer:timer_expire_entry`, for every `timer_list` of the machine, so
@@ -13,7 +14,8 @@
 //! write timer's expiries by `icsk_pending` (slots 0..=7, 7 for anything higher) and in
 //! all (slot 8). `TROUBLE_FLAGGED` counts the expiries with a retransmission or a persist
 //! probe pending per socket, keyed `local port << 16 | remote port`; bounded at
-//! [`FLAGGED_MAX`] sockets (more are counted in slot 9, not kept).
+//! [`FLAGGED_MAX`] sockets (more are counted in slot 9, not kept). The agent loads this
+//! object's `TROUBLE_CFG` the same way; the counting maps stay empty there.
 
 use aya_ebpf::{
     macros::map,
@@ -58,23 +60,40 @@ fn count(idx: u32) {
     }
 }
 
-/// `timer:timer_expire_entry`: `timer` is the expiring `struct timer_list`.
+/// The socket whose TCP write timer `timer` is, and what the timer has pending
+/// (`icsk_pending`); None for any other timer, or before the loader set `TROUBLE_CFG`.
+/// Shared by the benchmark's counting program and the agent's timer hook (`expire.rs`).
 #[inline(always)]
-pub(crate) fn on_timer_expire(timer: *const u8) {
+pub(crate) fn write_timer_sock(timer: *const u8) -> Option<(*const u8, u8)> {
     let write_timer = cfg(0);
     if write_timer == 0 {
-        return;
+        return None;
     }
     let function: u64 = rd(timer, offset(2));
     if function != write_timer {
-        return;
+        return None;
     }
     // The timer is the socket's `icsk_retransmit_timer`: the socket is around it.
     let sk = timer.wrapping_sub(offset(1) as usize);
     let pending: u8 = rd(sk, offset(3));
+    Some((sk, pending))
+}
+
+/// A retransmission timeout or a zero-window persist probe: the write timer's trouble.
+#[inline(always)]
+pub(crate) fn is_trouble(pending: u8) -> bool {
+    pending == ICSK_TIME_RETRANS || pending == ICSK_TIME_PROBE0
+}
+
+/// `timer:timer_expire_entry`: `timer` is the expiring `struct timer_list`.
+#[inline(always)]
+pub(crate) fn on_timer_expire(timer: *const u8) {
+    let Some((sk, pending)) = write_timer_sock(timer) else {
+        return;
+    };
     count(u32::from(pending.min(7)));
     count(8);
-    if pending != ICSK_TIME_RETRANS && pending != ICSK_TIME_PROBE0 {
+    if !is_trouble(pending) {
         return;
     }
     let lport: u16 = rd(sk, off!(skc_num));

@@ -115,6 +115,14 @@ pub const PER_WRITE_OFF: &str = "off: a per-write hook (it runs on every write t
 /// Why the read hook is not attached by default (`agent_started.hooks[].why`).
 pub const READ_OFF: &str = "off: a per-read hook (it runs on every read of every TCP socket);     a tracked socket's reads are seen at its next segment, and for one whose receive side     looks full the agent asks sock_diag once per tick. --read-hook turns it on";
 
+/// Why the timer hook is not attached by default (`agent_started.hooks[].why`).
+pub const TIMER_OFF: &str = "off: the trouble-only design's hook (--trouble-hooks), which \
+    replaces the ACK hook";
+
+/// Why a hook is not attached with `--trouble-hooks` (`agent_started.hooks[].why`).
+pub const TROUBLE_OFF: &str = "off: --trouble-hooks (sockets are tracked from retransmits and \
+    the TCP write timer's expiries; progress is read through sock_diag at each tick)";
+
 /// Hooks that run on every call of their kind, not only on trouble: off unless asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PerCall {
@@ -127,18 +135,47 @@ pub enum PerCall {
     Read,
 }
 
+/// Which optional hooks the agent was asked for (`tcpstall run` flags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Choice {
+    /// `--per-write-hooks`.
+    pub per_write: bool,
+    /// `--read-hook`.
+    pub read_hook: bool,
+    /// `--trouble-hooks`.
+    pub trouble: bool,
+}
+
+impl Choice {
+    /// The hooks to attach for this choice ([`hooks`]).
+    pub fn hooks(&self) -> Vec<Hook> {
+        hooks(self.per_write, self.read_hook, self.trouble)
+    }
+}
+
 /// The hooks to attach: [`HOOKS`], with the per-call ones ([`Hook::per_call`]) off unless
-/// `per_write` (writes) or `read_hook` (reads).
-pub fn hooks(per_write: bool, read_hook: bool) -> Vec<Hook> {
+/// `per_write` (writes) or `read_hook` (reads), and the timer hook off. With `trouble`
+/// (`--trouble-hooks`) only the hooks that fire on trouble: `state`, `retransmit` and the
+/// required `timer`; every other hook is off (the caller refuses `per_write` and
+/// `read_hook` with it).
+pub fn hooks(per_write: bool, read_hook: bool, trouble: bool) -> Vec<Hook> {
     HOOKS
         .iter()
-        .map(|h| Hook {
-            need: match h.per_call {
-                PerCall::Write if !per_write => Need::Off,
-                PerCall::Read if !read_hook => Need::Off,
-                _ => h.need,
-            },
-            ..*h
+        .map(|h| {
+            let (need, why) = match (trouble, h.name, h.per_call) {
+                (true, "timer", _) => (Need::Required, h.not_needed),
+                (true, "state" | "retransmit", _) => (h.need, h.not_needed),
+                (true, ..) => (Need::Off, TROUBLE_OFF),
+                (false, "timer", _) => (Need::Off, TIMER_OFF),
+                (false, _, PerCall::Write) if !per_write => (Need::Off, PER_WRITE_OFF),
+                (false, _, PerCall::Read) if !read_hook => (Need::Off, READ_OFF),
+                _ => (h.need, h.not_needed),
+            };
+            Hook {
+                need,
+                not_needed: why,
+                ..*h
+            }
         })
         .collect()
 }
@@ -365,6 +402,24 @@ pub const HOOKS: &[Hook] = &[
         not_needed: "",
         per_call: PerCall::Read,
     },
+    Hook {
+        name: "timer",
+        // Off unless `--trouble-hooks` ([`hooks`]), which makes it required.
+        need: Need::Off,
+        candidates: &[Candidate {
+            kind: Kind::TpBtf,
+            target: "timer_expire_entry",
+            prog: "tcpstall_timer",
+            shape: Shape {
+                min_args: 1,
+                max_args: 2,
+                args: &[(0, "struct timer_list *")],
+            },
+        }],
+        lost: "",
+        not_needed: TIMER_OFF,
+        per_call: PerCall::No,
+    },
 ];
 
 /// Every hook's name, in the order `agent_started.hooks` documents them.
@@ -442,11 +497,8 @@ fn walk(kernel: &mut dyn Kernel, hooks: &[Hook], only: Option<Kind>) -> Result<S
             Need::Off => false,
         };
         if !needed {
-            let why = match (hook.need, hook.per_call) {
-                (Need::Off, PerCall::Read) => READ_OFF,
-                (Need::Off, _) => PER_WRITE_OFF,
-                _ => hook.not_needed,
-            };
+            // An off hook's reason is in `not_needed` too ([`hooks`]).
+            let why = hook.not_needed;
             sel.reports.push(HookReport {
                 hook: hook.name.into(),
                 attach: None,
@@ -596,6 +648,10 @@ mod tests {
                 ("fn:tcp_rcv_established", p(&[SOCK, SKB])),
                 ("fn:tcp_retransmit_skb", p(&[SOCK, SKB, "int"])),
                 ("fn:tcp_rcv_space_adjust", p(&[SOCK])),
+                (
+                    "tp:timer_expire_entry",
+                    p(&["struct timer_list *", "long unsigned int"]),
+                ),
             ] {
                 sites.insert(k.to_string(), v);
             }
@@ -667,9 +723,42 @@ mod tests {
     }
 
     #[test]
+    fn trouble_hooks_attach_only_what_fires_on_trouble() {
+        for mut k in [Fake::old(), Fake::host()] {
+            let sel = select(&mut k, &hooks(false, false, true), None).unwrap();
+            let on: Vec<&str> = sel
+                .reports
+                .iter()
+                .filter(|r| r.attach.is_some())
+                .map(|r| r.hook.as_str())
+                .collect();
+            assert_eq!(on, ["state", "retransmit", "timer"]);
+            assert_eq!(
+                attach_of(&sel, "timer").as_deref(),
+                Some("tp_btf/timer_expire_entry")
+            );
+            for off in ["ack", "send", "send_wait", "send_pages", "read"] {
+                assert_eq!(why_of(&sel, off), TROUBLE_OFF, "{off}");
+            }
+            assert!(sel.degraded.is_empty(), "{:?}", sel.degraded);
+        }
+        // Without it the timer hook is off, with its reason.
+        let sel = select(&mut Fake::old(), &hooks(false, false, false), None).unwrap();
+        assert_eq!(attach_of(&sel, "timer"), None);
+        assert_eq!(why_of(&sel, "timer"), TIMER_OFF);
+        assert_eq!(why_of(&sel, "read"), READ_OFF);
+        assert_eq!(why_of(&sel, "send"), PER_WRITE_OFF);
+        // A kernel without the timer tracepoint cannot run the trouble-only design.
+        let mut k = Fake::old();
+        k.sites.remove("tp:timer_expire_entry");
+        let err = select(&mut k, &hooks(false, false, true), None).unwrap_err();
+        assert!(format!("{err:#}").contains("timer hook"), "{err:#}");
+    }
+
+    #[test]
     fn old_kernel_falls_back_to_fentry_for_send() {
         let mut k = Fake::old();
-        let sel = select(&mut k, &hooks(true, true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true, false), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("fentry/tcp_sendmsg_locked")
@@ -705,7 +794,7 @@ mod tests {
     #[test]
     fn host_kernel_uses_tracepoints_and_skips_companions() {
         let mut k = Fake::host();
-        let sel = select(&mut k, &hooks(true, true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true, false), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("tp_btf/tcp_sendmsg_locked")
@@ -722,7 +811,7 @@ mod tests {
     fn per_call_hooks_are_off_by_default_and_blocked_writes_still_hooked() {
         // 5.10/6.1: no per-write or read hook; the blocked-write companion attaches (fentry).
         let mut k = Fake::old();
-        let sel = select(&mut k, &hooks(false, false), None).unwrap();
+        let sel = select(&mut k, &hooks(false, false, false), None).unwrap();
         for hook in ["send", "send_pages"] {
             assert_eq!(attach_of(&sel, hook), None, "{hook}");
             assert_eq!(why_of(&sel, hook), PER_WRITE_OFF, "{hook}");
@@ -743,7 +832,7 @@ mod tests {
         // This VM: tracepoints only, so no blocked-write hook either, and that is no
         // degradation (writers are found in /proc).
         let mut k = Fake::host();
-        let sel = select(&mut k, &hooks(false, false), None).unwrap();
+        let sel = select(&mut k, &hooks(false, false, false), None).unwrap();
         assert_eq!(attach_of(&sel, "send"), None);
         assert_eq!(attach_of(&sel, "send_wait"), None);
         assert_eq!(attach_of(&sel, "read"), None);
@@ -752,14 +841,14 @@ mod tests {
         assert_eq!(k.attached.len(), 3, "{:?}", k.attached);
         // Turned on, each per-call hook is the tracepoint again, one without the other.
         let mut k = Fake::host();
-        let sel = select(&mut k, &hooks(true, false), None).unwrap();
+        let sel = select(&mut k, &hooks(true, false, false), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("tp_btf/tcp_sendmsg_locked")
         );
         assert_eq!(attach_of(&sel, "read"), None);
         let mut k = Fake::host();
-        let sel = select(&mut k, &hooks(false, true), None).unwrap();
+        let sel = select(&mut k, &hooks(false, true, false), None).unwrap();
         assert_eq!(attach_of(&sel, "send"), None);
         assert_eq!(
             attach_of(&sel, "read").as_deref(),
@@ -773,7 +862,7 @@ mod tests {
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
         k.refuse.push(Kind::KProbe);
-        let sel = select(&mut k, &hooks(true, true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true, false), None).unwrap();
         assert_eq!(attach_of(&sel, "send"), None);
         let why = why_of(&sel, "send");
         assert!(
@@ -798,7 +887,7 @@ mod tests {
         k.sites.remove("tp:tcp_probe");
         k.refuse.push(Kind::FEntry);
         k.refuse.push(Kind::KProbe);
-        let err = select(&mut k, &hooks(true, true), None)
+        let err = select(&mut k, &hooks(true, true, false), None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("ack hook"), "{err}");
@@ -813,7 +902,7 @@ mod tests {
         let mut k = Fake::old();
         // A kernel whose tcp_probe tracepoint passes something else as its second argument.
         k.sites.insert("tp:tcp_probe".into(), p(&[SOCK, "int"]));
-        let sel = select(&mut k, &hooks(true, true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true, false), None).unwrap();
         assert_eq!(
             attach_of(&sel, "ack").as_deref(),
             Some("fentry/tcp_rcv_established")
@@ -831,7 +920,7 @@ mod tests {
         let mut k = Fake::old();
         k.sites
             .insert("tp:tcp_retransmit_skb".into(), p(&[SOCK, SKB, "int"]));
-        let sel = select(&mut k, &hooks(true, true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true, false), None).unwrap();
         assert_eq!(
             attach_of(&sel, "retransmit").as_deref(),
             Some("tp_btf/tcp_retransmit_skb")
@@ -843,7 +932,7 @@ mod tests {
         // arm64 before 6.0: tracepoints, no fentry, kprobes.
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
-        let sel = select(&mut k, &hooks(true, true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true, false), None).unwrap();
         for (hook, f) in [
             ("send", "tcp_sendmsg_locked"),
             ("send_wait", "sk_stream_wait_memory"),
@@ -873,7 +962,7 @@ mod tests {
         let mut k = Fake::old();
         k.refuse.push(Kind::FEntry);
         k.by_addr = true;
-        let sel = select(&mut k, &hooks(true, true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true, false), None).unwrap();
         assert_eq!(
             attach_of(&sel, "send").as_deref(),
             Some("kprobe/tcp_sendmsg_locked")
@@ -884,7 +973,7 @@ mod tests {
     #[test]
     fn without_kprobes_cookie_keys_stay() {
         let mut k = Fake::old();
-        let sel = select(&mut k, &hooks(true, true), None).unwrap();
+        let sel = select(&mut k, &hooks(true, true, false), None).unwrap();
         assert!(!sel.needs_addr_keys());
         assert_eq!(k.rekeys, 0);
         assert!(!k.by_addr);

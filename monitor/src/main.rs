@@ -112,6 +112,14 @@ struct RunArgs {
     /// for one whose receive side looks full the agent asks sock_diag once per tick.
     #[arg(long, env = "TCPSTALL_READ_HOOK", value_parser = clap::builder::BoolishValueParser::new())]
     read_hook: bool,
+    /// Attach only the hooks that fire on trouble: the TCP write timer's expiries (a
+    /// retransmission timeout or a zero-window probe), retransmits and state changes; no
+    /// hook runs per packet, and a tracked socket's progress is read through sock_diag.
+    /// Cheapest for servers whose sockets always have data queued (streaming, SSE), but
+    /// `slow_drain` and `recv_backlog` are not seen. Off by default.
+    #[arg(long, env = "TCPSTALL_TROUBLE_HOOKS", value_parser = clap::builder::BoolishValueParser::new(),
+          conflicts_with_all = ["per_write_hooks", "read_hook"])]
+    trouble_hooks: bool,
     /// Stop after this long (default: run until SIGINT/SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -167,6 +175,7 @@ fn run(args: RunArgs) -> ExitCode {
         bpf_stats: args.bpf_stats,
         per_write_hooks: args.per_write_hooks,
         read_hook: args.read_hook,
+        trouble_hooks: args.trouble_hooks,
         duration: args.duration,
         status_socket: monitor::status::socket_path(&args.status_socket),
         state: (!args.no_state).then_some(monitor::state::StatePaths {

@@ -179,6 +179,13 @@ fn cached_cookie(
     }
 }
 
+/// What `--trouble-hooks` gives up (`agent_started.degraded`).
+pub const TROUBLE_LOST: &str = "--trouble-hooks: only sockets in trouble are tracked (a \
+    retransmission timeout, a zero-window probe, a retransmit), so `slow_drain` (a peer that \
+    acks slowly without making the sender retransmit) and `recv_backlog` are not seen; a \
+    stall's clock starts at its first retransmission timeout or zero-window probe (one RTO \
+    after the last progress), and progress is read through sock_diag once a second";
+
 /// Where a kernel with kprobes publishes their perf event type.
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe/type";
 
@@ -212,10 +219,10 @@ impl Probes {
         offsets: &Offsets,
         max_sockets: u32,
         bpf_stats: bool,
-        per_write_hooks: bool,
-        read_hook: bool,
+        choice: attach::Choice,
         pin_dir: Option<&Path>,
     ) -> Result<Probes> {
+        let trouble_hooks = choice.trouble;
         if EBPF_OBJ.is_empty() {
             bail!(
                 "this tcpstall binary was built without its eBPF object; \
@@ -238,13 +245,41 @@ impl Probes {
         };
         let release = crate::btf::kernel_release();
         let only = attach::forced_kind(std::env::var(attach::ATTACH_ENV).ok().as_deref())?;
+        // Trouble-only hooks: the timer hook's socket is a computed pointer (no cookie),
+        // so every program keys by address; the timer hook needs `tcp_write_timer`'s
+        // address and the timer's layout before it runs.
+        let mut offsets = *offsets;
+        let layout = if trouble_hooks {
+            offsets.mode |= mode::TROUBLE_HOOKS;
+            Some(crate::trouble::TimerLayout::of(kbtf).context(
+                "--trouble-hooks: finding the TCP write timer (tcp_write_timer in \
+                 /proc/kallsyms, its timer's layout in the kernel's BTF); run without \
+                 --trouble-hooks",
+            )?)
+        } else {
+            None
+        };
+        let offsets = &offsets;
         // Socket cookies from tracing programs arrived in 5.12. Decide by behaviour: the
         // state program (the simplest user of the key) must load with cookie keys, else the
         // object is reloaded with address keys.
-        let (ebpf, key_by_addr) = match Self::open(&btf, offsets, max_sockets, false, pin_dir)
-            .and_then(|e| Self::probe_key(e, &btf))
-        {
+        let cookie_try = if trouble_hooks {
+            Err(anyhow!("--trouble-hooks keys sockets by address"))
+        } else {
+            Self::open(&btf, offsets, max_sockets, false, pin_dir)
+                .and_then(|e| Self::probe_key(e, &btf))
+        };
+        let (mut ebpf, key_by_addr) = match cookie_try {
             Ok(ebpf) => (ebpf, false),
+            Err(cookie_err) if trouble_hooks => {
+                log::debug!("{cookie_err}");
+                let ebpf = Self::open(&btf, offsets, max_sockets, true, pin_dir)
+                    .and_then(|e| Self::probe_key(e, &btf))
+                    .with_context(|| {
+                        format!("the kernel's verifier refused the eBPF programs on {release}")
+                    })?;
+                (ebpf, true)
+            }
             Err(cookie_err) => {
                 match Self::open(&btf, offsets, max_sockets, true, pin_dir)
                     .and_then(|e| Self::probe_key(e, &btf))
@@ -263,8 +298,12 @@ impl Probes {
                 }
             }
         };
+        if let Some(layout) = &layout {
+            layout.configure(&mut ebpf)?;
+        }
         // A kprobe chosen below reloads the object with address keys (kprobes cannot read
-        // cookies, and every program must key sockets the same way).
+        // cookies, and every program must key sockets the same way); never with
+        // `--trouble-hooks`, whose object is keyed by address from the start.
         let mut loader = Loader {
             kbtf,
             btf: &btf,
@@ -275,11 +314,11 @@ impl Probes {
             release,
             pin_dir,
         };
-        let selection = attach::select(
-            &mut loader,
-            &attach::hooks(per_write_hooks, read_hook),
-            only,
-        )?;
+        let selection = attach::select(&mut loader, &choice.hooks(), only)?;
+        let mut selection = selection;
+        if trouble_hooks {
+            selection.degraded.push(TROUBLE_LOST.into());
+        }
         let key_by_addr = loader.key_by_addr;
         let mut ebpf = loader
             .ebpf
@@ -402,6 +441,15 @@ impl Probes {
     /// Per hook, the attach point used and why.
     pub fn hook_reports(&self) -> &[HookReport] {
         &self.selection.reports
+    }
+
+    /// Whether the ACK hook is attached (progress reported by the kernel side at each ACK;
+    /// not with `--trouble-hooks`).
+    pub fn acks_seen(&self) -> bool {
+        self.selection
+            .reports
+            .iter()
+            .any(|r| r.hook == "ack" && r.attach.is_some())
     }
 
     /// Whether the read hook is attached (every read reported by the kernel side).

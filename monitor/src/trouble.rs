@@ -5,7 +5,8 @@
 //! (`monitor-ebpf/src/trouble.rs`). It measures, on the benchmark's streams, how often a
 //! design whose hooks fire only on trouble would run and which sockets it would flag.
 //!
-//! Only the benchmark uses this; the agent never loads this program.
+//! The agent's timer hook (`--trouble-hooks`, `monitor-ebpf/src/expire.rs`) decodes the
+//! same expiries with the same [`TimerLayout`]; the counting program is the benchmark's.
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -51,6 +52,11 @@ impl TimerLayout {
     /// The running kernel's.
     pub fn of_kernel() -> Result<TimerLayout> {
         let (btf, _, _) = crate::btf::load_kernel()?;
+        TimerLayout::of(&btf)
+    }
+
+    /// The running kernel's, with its BTF already parsed.
+    pub fn of(btf: &crate::btf::Btf) -> Result<TimerLayout> {
         // The program bounds offsets to 14 bits (the verifier's pointer arithmetic).
         let field = |s: &str, f: &str| -> Result<u64> {
             let off = btf.field(s, f)?.offset as u64;
@@ -67,6 +73,30 @@ impl TimerLayout {
             function: field("timer_list", "function")?,
             pending: field("inet_connection_sock", "icsk_pending")?,
         })
+    }
+}
+
+impl TimerLayout {
+    /// Hand the layout to the loaded object (`TROUBLE_CFG`), for the benchmark's counting
+    /// program and the agent's timer hook alike.
+    pub fn configure(&self, ebpf: &mut Ebpf) -> Result<()> {
+        let mut cfg: Array<_, u64> = Array::try_from(
+            ebpf.map_mut("TROUBLE_CFG")
+                .context("map TROUBLE_CFG missing from the eBPF object")?,
+        )?;
+        for (i, v) in [
+            self.write_timer,
+            self.retransmit_timer,
+            self.function,
+            self.pending,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            cfg.set(i as u32, v, 0)
+                .map_err(|e| anyhow!("setting TROUBLE_CFG[{i}]: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -103,22 +133,7 @@ impl TroubleTimer {
     /// program at `timer_expire_entry`.
     pub fn attach(offsets: &Offsets, layout: &TimerLayout) -> Result<TroubleTimer> {
         let (mut ebpf, btf) = crate::probes::load_for_measurement(offsets, 1)?;
-        let mut cfg: Array<_, u64> = Array::try_from(
-            ebpf.map_mut("TROUBLE_CFG")
-                .context("map TROUBLE_CFG missing from the eBPF object")?,
-        )?;
-        for (i, v) in [
-            layout.write_timer,
-            layout.retransmit_timer,
-            layout.function,
-            layout.pending,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            cfg.set(i as u32, v, 0)
-                .map_err(|e| anyhow!("setting TROUBLE_CFG[{i}]: {e}"))?;
-        }
+        layout.configure(&mut ebpf)?;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut(PROGRAM)
             .with_context(|| format!("program {PROGRAM} missing from the eBPF object"))?

@@ -236,6 +236,71 @@ pub fn blackholed(l: &Listener, ns: &NetNs) -> (Conn, Instant) {
 /// resumes) that its end clears (not before it). With no read hook (the default) the reads
 /// after the pause reach the agent through its per-tick sock_diag lookup: the client sends
 /// nothing, so no segment refreshes its entry. `slack` widens the bounds (emulated guests).
+/// With `--trouble-hooks` no hook sees the read side: a reader paused for 6 s (as in
+/// [`paused_reader_is_recv_backlog`]) gets no `stall_started`, while its writer's side,
+/// whose window the pause closed, is seen by the zero-window probes: `zero_window` starts
+/// during the pause and clears once the reader resumes, every byte intact.
+pub fn paused_reader_is_not_seen(agent: &Agent, l: &Listener) {
+    let mut c = l.connect(None, ConnOpts::default()).unwrap();
+    let (after, pause) = (Duration::from_secs(1), Duration::from_secs(6));
+    let t0 = Instant::now();
+    c.start(
+        Some(WriteMode::Stream),
+        ReadMode::PausedOnce {
+            chunk: 64 * 1024,
+            every: Duration::from_millis(10),
+            after,
+            pause,
+        },
+        1,
+    )
+    .unwrap();
+    let resumed = t0 + after + pause;
+    let started = agent
+        .wait_for_received(
+            0,
+            |e| is_socket_event(e, "stall_started", c.server_cookie),
+            resumed.saturating_duration_since(Instant::now()),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no stall_started for the writer to the paused reader within the pause{}",
+                agent.diagnostics()
+            )
+        });
+    assert_eq!(started.json["class"], "zero_window", "{}", started.json);
+    let cleared = agent
+        .wait_for_received(
+            0,
+            |e| is_socket_event(e, "stall_cleared", c.server_cookie),
+            resumed.saturating_duration_since(Instant::now()) + GRACE,
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "no stall_cleared after the reader resumed{}",
+                agent.diagnostics()
+            )
+        });
+    assert!(
+        cleared.at + Duration::from_millis(300) >= resumed,
+        "cleared {:?} before the reader resumed: {}",
+        resumed.saturating_duration_since(cleared.at),
+        cleared.json
+    );
+    let d = c.finish_intact("paused reader", Duration::from_secs(60));
+    assert!(d.written > 0, "the writer wrote nothing: {d:?}");
+    let seen = agent.matching(|e| is_socket_event(e, "stall_started", c.client_cookie));
+    assert!(
+        seen.is_empty(),
+        "--trouble-hooks has no read-side hook, yet the reader's socket was reported: {seen:?}"
+    );
+    eprintln!(
+        "trouble hooks: zero_window started {:?} into the pause, cleared {:?} after it",
+        started.at.saturating_duration_since(t0 + after),
+        cleared.at.saturating_duration_since(resumed)
+    );
+}
+
 pub fn paused_reader_is_recv_backlog(agent: &Agent, l: &Listener, slack: Duration) {
     let mut c = l.connect(None, ConnOpts::default()).unwrap();
     let (after, pause) = (Duration::from_secs(1), Duration::from_secs(5) + slack);

@@ -506,6 +506,18 @@ fn test(repo: &Path, args: &[String]) -> Result<()> {
     let mut cmd = userspace_cargo(repo);
     cmd.args(cargo_test_args(args)).env("TCPSTALL_BIN", &bin);
     run(&mut cmd).context("tests failed")?;
+    // The kernel scenarios again, with the agent on the trouble-only hooks.
+    let mut cmd = userspace_cargo(repo);
+    cmd.args(cargo_test_args(&[
+        "-p".into(),
+        "tests".into(),
+        "--test".into(),
+        "kernels".into(),
+    ]))
+    .env("TCPSTALL_BIN", &bin)
+    .env("TCPSTALL_TROUBLE_HOOKS", "1")
+    .env("TCPSTALL_EXPECT_ATTACH", vm::EXPECT_TROUBLE);
+    run(&mut cmd).context("the kernel scenarios with --trouble-hooks failed")?;
     say("all host tests passed");
     stage(6, STAGES, "kernel matrix (QEMU guests)");
     vm_matrix(repo, &bin, &vm::VmOpts::default())?;

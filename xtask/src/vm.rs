@@ -83,7 +83,7 @@ struct Line {
 /// companion on fentry.
 const EXPECT_FENTRY: &str = "send=-,send_wait=fentry/sk_stream_wait_memory,send_pages=-,\
 ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=-,\
-state=tp_btf/inet_sock_set_state";
+state=tp_btf/inet_sock_set_state,timer=-";
 /// Every hook with a kernel function on kprobes (`TCPSTALL_ATTACH=kprobe`), as on a kernel
 /// without fentry, with the per-write and read hooks on (`TCPSTALL_PER_WRITE_HOOKS=1`,
 /// `TCPSTALL_READ_HOOK=1`); `state` stays on its tracepoint.
@@ -91,12 +91,17 @@ const EXPECT_KPROBE: &str =
     "send=kprobe/tcp_sendmsg_locked,send_wait=kprobe/sk_stream_wait_memory,\
 send_pages=kprobe/do_tcp_sendpages,ack=kprobe/tcp_rcv_established,\
 retransmit=kprobe/tcp_retransmit_skb,read=kprobe/tcp_rcv_space_adjust,\
-state=tp_btf/inet_sock_set_state";
+state=tp_btf/inet_sock_set_state,timer=-";
 /// Tracepoints only, with the per-write and read hooks on (`TCPSTALL_PER_WRITE_HOOKS=1`,
 /// `TCPSTALL_READ_HOOK=1`): the send tracepoint, which also fires inside a blocked write.
 const EXPECT_TP: &str = "send=tp_btf/tcp_sendmsg_locked,send_wait=-,send_pages=-,\
 ack=tp_btf/tcp_probe,retransmit=tp_btf/tcp_retransmit_skb,read=tp_btf/tcp_rcv_space_adjust,\
-state=tp_btf/inet_sock_set_state";
+state=tp_btf/inet_sock_set_state,timer=-";
+/// Trouble-only hooks (`TCPSTALL_TROUBLE_HOOKS=1`, `--trouble-hooks`): no per-packet hook;
+/// the TCP write timer's expiries, retransmits and state changes.
+pub const EXPECT_TROUBLE: &str = "send=-,send_wait=-,send_pages=-,ack=-,\
+retransmit=tp_btf/tcp_retransmit_skb,read=-,state=tp_btf/inet_sock_set_state,\
+timer=tp_btf/timer_expire_entry";
 
 fn digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
@@ -134,16 +139,27 @@ const DEBIAN_12: Line = Line {
     env: "",
 };
 
+const DEBIAN_11: Line = Line {
+    id: "5.10",
+    debian: "Debian 11 (bullseye)",
+    prefix: "linux-image-5.10.0-",
+    suffix: "-cloud-amd64-unsigned",
+    mid: digits,
+    modules_prefix: None,
+    expect: EXPECT_FENTRY,
+    env: "",
+};
+
 const LINES: &[Line] = &[
+    DEBIAN_11,
+    // The oldest kernel with the trouble-only hooks: the timer hook's checked reads through
+    // a computed socket pointer, address keys, and progress from sock_diag.
     Line {
-        id: "5.10",
-        debian: "Debian 11 (bullseye)",
-        prefix: "linux-image-5.10.0-",
-        suffix: "-cloud-amd64-unsigned",
-        mid: digits,
-        modules_prefix: None,
-        expect: EXPECT_FENTRY,
-        env: "",
+        id: "5.10-trouble",
+        debian: "Debian 11 (bullseye), --trouble-hooks",
+        expect: EXPECT_TROUBLE,
+        env: "TCPSTALL_TROUBLE_HOOKS=1",
+        ..DEBIAN_11
     },
     DEBIAN_12,
     // The same 6.1 kernel with every function hook forced onto kprobes: the third attach

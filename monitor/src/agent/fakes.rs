@@ -32,6 +32,8 @@ pub(super) struct FakeMap {
     pub(super) pressure: bool,
     /// No read hook (`reads.rs` asks the fake sock_diag); false: every read is reported.
     pub(super) no_read_hook: bool,
+    /// No ACK hook (`--trouble-hooks`): progress comes from sock_diag (`sends.rs`).
+    pub(super) no_ack_hook: bool,
 }
 
 #[derive(Clone, Default)]
@@ -77,6 +79,9 @@ impl SockSource for Src {
     }
     fn reads_seen(&self) -> bool {
         !self.0.lock().unwrap().no_read_hook
+    }
+    fn acks_seen(&self) -> bool {
+        !self.0.lock().unwrap().no_ack_hook
     }
 }
 
@@ -281,6 +286,7 @@ pub(super) fn rig_with(policy: Policy) -> Rig {
         bpf_stats: false,
         per_write_hooks: false,
         read_hook: false,
+        trouble_hooks: false,
         duration: None,
         status_socket: None,
         state: None,

@@ -19,6 +19,7 @@ mod reads;
 mod reload;
 mod report;
 mod select;
+mod sends;
 mod sources;
 mod stale;
 mod start;
@@ -78,6 +79,9 @@ pub struct Config {
     pub per_write_hooks: bool,
     /// Attach the read hook too (`attach::hooks`); off by default (`reads.rs`).
     pub read_hook: bool,
+    /// Attach only the hooks that fire on trouble (`attach::hooks`, `sends.rs`); off by
+    /// default.
+    pub trouble_hooks: bool,
     /// Stop after this long (tests, benchmarks); None = until SIGINT/SIGTERM.
     pub duration: Option<Duration>,
     /// The unix socket `tcpstall top` reads the live view from; None = off.
@@ -109,6 +113,9 @@ struct Seen {
     holder: Option<crate::identity::holders::Holder>,
     /// What sock_diag lookups found of its reads (no read hook: `reads.rs`).
     read_seen: Option<reads::ReadSeen>,
+    /// What sock_diag lookups found of its progress (no ACK hook: `sends.rs`); boxed, so
+    /// that the record of every tracked socket stays as small as without it.
+    send_seen: Option<Box<sends::SendSeen>>,
 }
 
 impl Seen {
@@ -119,6 +126,7 @@ impl Seen {
             sel: None,
             holder: None,
             read_seen: None,
+            send_seen: None,
         }
     }
 }
@@ -172,6 +180,9 @@ pub struct Agent<S: SockSource = Probes, K: DiagPath = Destroyer> {
     holders_pending: bool,
     /// sock_diag lookups made for reads without a read hook (`stats.read_lookups`).
     read_lookups: u64,
+    /// sock_diag lookups made for progress without an ACK hook (`--trouble-hooks`,
+    /// `sends.rs`; `stats.progress_lookups`).
+    progress_lookups: u64,
     /// A socket is looked up for its reads at most this often (`reads::LOOKUP_EVERY_NS`;
     /// unit tests that tick back to back set 0).
     read_lookup_every_ns: u64,
@@ -245,6 +256,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             last_read_us: 0,
             holders_pending: true,
             read_lookups: 0,
+            progress_lookups: 0,
             read_lookup_every_ns: reads::LOOKUP_EVERY_NS,
             mode: event::Mode::Observe,
             recent: crate::status::Recent::default(),

@@ -36,9 +36,10 @@ pub(super) struct ReadSeen {
 /// tick, against `recv_backlog_after` thresholds of seconds.
 pub(super) const LOOKUP_EVERY_NS: u64 = 1_000_000_000;
 
-/// Whether socket `seen` may be looked up again at `now_ns`, `every_ns` after the last time.
-pub(super) fn due(seen: &Option<ReadSeen>, now_ns: u64, every_ns: u64) -> bool {
-    seen.is_none_or(|r| now_ns.saturating_sub(r.looked_ns) >= every_ns)
+/// Whether a socket last looked up at `looked_ns` (None: never) may be looked up again at
+/// `now_ns`, `every_ns` after the last time.
+pub(super) fn due(looked_ns: Option<u64>, now_ns: u64, every_ns: u64) -> bool {
+    looked_ns.is_none_or(|l| now_ns.saturating_sub(l) >= every_ns)
 }
 
 /// Whether the kernel's record of a socket shows a receive side a `recv_backlog` stall
@@ -111,8 +112,12 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             .filter(|st| st.cookie != 0 && looks_stuck(st, now_ns, quiet))
             .filter_map(|st| {
                 let seen = self.last.get(&st.cookie)?;
-                due(&seen.read_seen, now_ns, self.read_lookup_every_ns)
-                    .then(|| (st.cookie, target_of(&seen.snap)))
+                due(
+                    seen.read_seen.map(|r| r.looked_ns),
+                    now_ns,
+                    self.read_lookup_every_ns,
+                )
+                .then(|| (st.cookie, target_of(&seen.snap)))
             })
             .unzip();
         if targets.is_empty() {
@@ -228,11 +233,15 @@ mod tests {
     fn a_socket_is_looked_up_at_most_every_second_and_its_count_stands_between() {
         let mut seen = None;
         let every = LOOKUP_EVERY_NS;
-        assert!(due(&seen, 0, every));
+        assert!(due(None, 0, every));
         let mut s = snap(4000, 10 * LOOKUP_EVERY_NS);
         fold(&mut seen, &mut s, &diag(1000, 5, 9000));
-        assert!(!due(&seen, 10 * every + every / 2, every));
-        assert!(due(&seen, 11 * every, every));
+        assert!(!due(
+            seen.map(|r| r.looked_ns),
+            10 * every + every / 2,
+            every
+        ));
+        assert!(due(seen.map(|r| r.looked_ns), 11 * every, every));
         // A tick between lookups: the map still says 4000 unread; the lookup's 1000 stands.
         let mut s = snap(4000, 10 * LOOKUP_EVERY_NS + LOOKUP_EVERY_NS / 2);
         apply_seen(&seen, &mut s);

@@ -176,6 +176,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             map_read_us: self.last_read_us,
             proc_walks: self.holders.walks,
             read_lookups: self.read_lookups,
+            progress_lookups: self.progress_lookups,
             cpu_ms: cpu_ms(),
             bpf_run_ns: self.src.bpf_run_ns(),
             resets: event::ResetCounts {

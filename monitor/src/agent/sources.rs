@@ -23,6 +23,9 @@ pub trait SockSource {
     fn set_pressure(&mut self, on: bool) -> anyhow::Result<()>;
     /// Whether a hook reports every read (else `reads.rs` asks sock_diag).
     fn reads_seen(&self) -> bool;
+    /// Whether a hook reports every ACK (else, with `--trouble-hooks`, `sends.rs` asks
+    /// sock_diag for the tracked sockets' progress).
+    fn acks_seen(&self) -> bool;
     /// Hand back the buffer [`SockSource::read_all`] returned, for the next read to fill.
     fn recycle(&mut self, _states: Vec<SockState>) {}
 }
@@ -62,6 +65,9 @@ impl SockSource for Probes {
     }
     fn reads_seen(&self) -> bool {
         Probes::reads_seen(self)
+    }
+    fn acks_seen(&self) -> bool {
+        Probes::acks_seen(self)
     }
     fn recycle(&mut self, states: Vec<SockState>) {
         Probes::recycle(self, states)

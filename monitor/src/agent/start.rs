@@ -57,8 +57,11 @@ impl Agent {
             &offsets,
             cfg.max_sockets,
             cfg.bpf_stats,
-            cfg.per_write_hooks,
-            cfg.read_hook,
+            crate::attach::Choice {
+                per_write: cfg.per_write_hooks,
+                read_hook: cfg.read_hook,
+                trouble: cfg.trouble_hooks,
+            },
             pin_dir.as_deref(),
         )?;
         drop(kbtf);

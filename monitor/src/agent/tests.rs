@@ -860,3 +860,79 @@ fn a_socket_waiting_on_a_read_is_looked_up_at_most_once_a_second() {
     assert_eq!(r.kern.0.lock().unwrap().lookup_many_calls, 1);
     assert_eq!(r.agent.read_lookups, 1);
 }
+
+/// A rig with neither an ACK hook nor a read hook (`--trouble-hooks`), ticks back to back.
+fn trouble_rig() -> Rig {
+    let mut r = rig("");
+    {
+        let mut m = r.map.0.lock().unwrap();
+        m.no_ack_hook = true;
+        m.no_read_hook = true;
+    }
+    r.agent.read_lookup_every_ns = 0;
+    r
+}
+
+fn set_acks(r: &Rig, cookie: u64, send_q: u32, recv_q: u32, bytes_acked: u64) {
+    let mut k = r.kern.0.lock().unwrap();
+    let d = k.live.get_mut(&cookie).unwrap();
+    d.send_q = send_q;
+    d.recv_q = recv_q;
+    d.bytes_acked = bytes_acked;
+    d.tcp_info_len = 224;
+}
+
+#[test]
+fn without_an_ack_hook_a_wedge_is_judged_by_sock_diag_and_reset() {
+    let mut r = trouble_rig();
+    // The kernel side's record: zero window, no progress for 10 s.
+    r.add(stalled(5, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    set_acks(&r, 5, 4000, 0, 1000);
+    r.agent.tick().unwrap();
+    // Looked up at once (new this tick), nothing acked: the stall stands and is reset.
+    assert_eq!(r.agent.progress_lookups, 1);
+    assert_eq!(r.out.named("stall_started")[0]["class"], "zero_window");
+    assert_eq!(r.destroyed(), vec![5]);
+}
+
+#[test]
+fn without_an_ack_hook_progress_seen_by_sock_diag_keeps_a_live_peer_and_a_drained_socket_leaves() {
+    let mut r = trouble_rig();
+    // The kernel side saw the trouble 10 s ago and nothing since; the peer has been acking.
+    r.add(stalled(6, "10.9.0.2:40000", StallClass::ZeroWindow), true);
+    set_acks(&r, 6, 1000, 0, 5000);
+    r.agent.tick().unwrap();
+    for acked in [6000, 7000, 8000] {
+        set_acks(&r, 6, 1000, 0, acked);
+        r.agent.tick().unwrap();
+    }
+    assert!(
+        r.out.named("stall_started").is_empty(),
+        "{:?}",
+        r.out.events()
+    );
+    assert!(r.destroyed().is_empty());
+    assert_eq!(r.agent.progress_lookups, 4);
+    // Then it stops acking: after the threshold (2 s) from the last progress, a stall.
+    let before = r.out.named("stall_started").len();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    r.agent.tick().unwrap();
+    assert_eq!(r.out.named("stall_started").len(), before + 1);
+    // A drained socket (nothing queued either way) leaves the map.
+    let mut r = trouble_rig();
+    r.add(stalled(7, "10.9.0.3:40000", StallClass::NoAck), true);
+    set_acks(&r, 7, 0, 0, 9000);
+    r.agent.tick().unwrap();
+    assert_eq!(r.map.0.lock().unwrap().removed, vec![7]);
+    assert!(r.destroyed().is_empty());
+}
+
+#[test]
+fn with_an_ack_hook_no_lookup_is_made_for_progress() {
+    let mut r = rig("");
+    r.add(healthy(5, "10.9.0.2:40000"), true);
+    for _ in 0..3 {
+        r.agent.tick().unwrap();
+    }
+    assert_eq!(r.agent.progress_lookups, 0);
+}

@@ -111,6 +111,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let now_ns = monotonic_ns();
         // No read hook: what sock_diag says of sockets that may be waiting on a read.
         let reads = self.look_up_reads(&states, now_ns);
+        // No ACK hook (`--trouble-hooks`): what sock_diag says of the tracked sockets'
+        // progress (a socket `reads` looked up is answered from there).
+        let sends = self.look_up_sends(&states, now_ns, &reads);
         let mut drained: Vec<u64> = Vec::new();
         let policy = std::sync::Arc::clone(&self.policy);
         self.selector.begin(&policy);
@@ -163,6 +166,18 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 }
             }
             super::reads::apply_seen(&seen.read_seen, &mut snap);
+            if !sends.is_empty() || seen.send_seen.is_some() {
+                let mut sent = seen.send_seen.as_deref().copied();
+                if let Some(d) = sends.get(&snap.cookie).or_else(|| reads.get(&snap.cookie)) {
+                    if super::sends::fold(&mut sent, &mut snap, d)
+                        && drained.last() != Some(&snap.cookie)
+                    {
+                        drained.push(snap.cookie);
+                    }
+                }
+                super::sends::apply_seen(&sent, &mut snap);
+                seen.send_seen = sent.map(Box::new);
+            }
             // The record keeps this tick's snapshot; the rest of the tick reads it there
             // (copied out only for an event or a reset candidate, which are rare).
             seen.snap = snap;

@@ -320,6 +320,9 @@ pub struct StatsFields {
     /// sock_diag lookups of tracked sockets whose receive side looked full, made because no
     /// read hook is attached (cumulative)
     pub read_lookups: u64,
+    /// sock_diag lookups of tracked sockets' progress, made because no ACK hook is attached
+    /// (`--trouble-hooks`; cumulative)
+    pub progress_lookups: u64,
     /// Agent CPU time (user + system) since start, ms
     pub cpu_ms: u64,
     /// In-kernel run time of the agent's BPF programs, ns; null unless `kernel.bpf_stats_enabled=1`

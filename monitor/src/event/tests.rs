@@ -136,6 +136,7 @@ fn samples(full: bool) -> Vec<Event> {
             map_read_us: 40,
             proc_walks: 2,
             read_lookups: 3,
+            progress_lookups: 4,
             cpu_ms: 40,
             bpf_run_ns: full.then_some(123_456),
             resets: ResetCounts {

@@ -383,8 +383,80 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
             ));
         }
     }
+    for r in &rs {
+        out.extend(trouble_verdicts(r));
+    }
     if let Some(v) = linearity(&rs) {
         out.push(v);
+    }
+    out
+}
+
+/// The verdicts of the agent with `--trouble-hooks` on the same streams (`trouble_agent`):
+/// CPU against the same target, false stalls, fresh wedges reported. None without that arm.
+fn trouble_verdicts(r: &Value) -> Vec<Verdict> {
+    let t = &r["trouble_agent"];
+    if t.is_null() {
+        return Vec::new();
+    }
+    let n = r["connections"].as_u64().unwrap_or(0);
+    let mut out = Vec::new();
+    if let Some(pct) = f(&t["agent_pct_of_one_core_median"]) {
+        let default = agent_total(r)
+            .zip(agent_total(t))
+            .filter(|(_, b)| *b > 0.0)
+            .map(|(a, b)| {
+                format!(
+                    "; the default hooks on the same streams: {a:.2} ms/s, {:.0}x",
+                    a / b
+                )
+            })
+            .unwrap_or_default();
+        out.push(verdict(
+            format!(
+                "streaming N={n} with --trouble-hooks ({} tracked, 1 s tick): agent CPU (process + BPF)",
+                fmt_opt(tracked(t), 0)
+            ),
+            format!("< {CPU_TARGET_PCT}% of one core"),
+            format!(
+                "{pct:.3}% ({} ms/s, spread {}..{}{default})",
+                fmt_opt(f(&t["agent_total_cpu_ms_per_s"]["median"]), 2),
+                fmt_opt(f(&t["agent_total_cpu_ms_per_s"]["min"]), 2),
+                fmt_opt(f(&t["agent_total_cpu_ms_per_s"]["max"]), 2)
+            ),
+            pct < CPU_TARGET_PCT,
+            format!("{:.3} percentage points", pct - CPU_TARGET_PCT),
+        ));
+    }
+    let stalls = t["stall_started_streaming"].as_u64().unwrap_or(0);
+    out.push(verdict(
+        format!("streaming N={n} with --trouble-hooks: false stalls at the default thresholds"),
+        "0 `stall_started` on the streams".into(),
+        format!("{stalls} in {} s watched", fmt_opt(f(&t["observed_s"]), 0)),
+        stalls == 0,
+        format!("{stalls} false stalls"),
+    ));
+    if let Some(k) = t["wedges"]["count"].as_u64() {
+        let seen = t["wedges"]["stall_started_server_side"]
+            .as_u64()
+            .unwrap_or(0);
+        let last = t["wedges"]["after_wedge_s"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .reduce(f64::max);
+        out.push(verdict(
+            format!("streaming N={n} with --trouble-hooks: {k} fresh wedges reported"),
+            format!("{k} of {k} server sockets in `stall_started`"),
+            format!(
+                "{seen} of {k}{}",
+                last.map(|l| format!(", the last {l:.0} s after blocking"))
+                    .unwrap_or_default()
+            ),
+            seen >= k,
+            format!("{} wedges not reported", k - seen.min(k)),
+        ));
     }
     out
 }
@@ -525,6 +597,48 @@ pub fn markdown(results: &Value, s: &mut String) {
             fmt_opt(f(&r["load"]["generator_cpu_ms_per_s"]["median"]), 0),
             fmt_opt(f(&r["setup_s"]), 1),
         );
+    }
+    if rs.iter().any(|r| !r["trouble_agent"].is_null()) {
+        let _ = writeln!(
+            s,
+            "\nThe same streams, after the measurements above, watched by an agent started with \
+             `--trouble-hooks` (no per-packet hook: `state`, `retransmit`, `timer`; tracked \
+             sockets' progress read through sock_diag), the same rounds and policy; then fresh \
+             wedged connections at their own address must reach `stall_started`.\n\n\
+             | N | tracked (median) | agent process ms/s | agent BPF ms/s | total ms/s | % of a core | default hooks ms/s (same streams) | tick µs p50 | progress lookups | RSS MiB | stall_started on streams | fresh wedges reported, s after blocking | contended rounds |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in &rs {
+            let t = &r["trouble_agent"];
+            if t.is_null() {
+                continue;
+            }
+            let after: Vec<String> = t["wedges"]["after_wedge_s"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .map(|v| format!("{v:.1}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} ({}) | {} |",
+                r["connections"],
+                fmt_opt(tracked(t), 0),
+                spread(&t["agent_process_cpu_ms_per_s"], 3),
+                spread(&t["agent_bpf_ms_per_s"], 3),
+                fmt_opt(f(&t["agent_total_cpu_ms_per_s"]["median"]), 3),
+                fmt_opt(f(&t["agent_pct_of_one_core_median"]), 3),
+                fmt_opt(agent_total(r), 3),
+                fmt_opt(f(&t["tick_us"]["p50"]), 0),
+                t["progress_lookups_total"],
+                fmt_opt(f(&t["agent_rss_kib"]).map(|k| k / 1024.0), 1),
+                t["stall_started_streaming"],
+                t["wedges"]["stall_started_server_side"],
+                t["wedges"]["count"],
+                after.join(", "),
+                t["contended_rounds"],
+            );
+        }
     }
     for r in &rs {
         let w = &r["wedges"];
@@ -735,6 +849,48 @@ mod tests {
         markdown(&r, &mut md);
         assert!(md.contains("| 40000 |"));
         assert!(!interpret(&r).is_empty());
+    }
+
+    #[test]
+    fn the_trouble_hooks_arm_is_judged_on_the_same_targets() {
+        let mut r = run(30000, 30000.0, 5.0, (1.7, 1.6, 1.8), 0);
+        r["agent_total_cpu_ms_per_s"] = json!({"median": 50.0});
+        r["trouble_agent"] = json!({
+            "agent_pct_of_one_core_median": 0.3,
+            "agent_total_cpu_ms_per_s": {"median": 3.0, "min": 2.5, "max": 4.0},
+            "sockets_tracked": {"median": 12.0},
+            "stall_started_streaming": 0,
+            "observed_s": 60.0,
+            "wedges": {"count": 5, "stall_started_server_side": 5,
+                       "after_wedge_s": [31.0, 32.5, 33.0, 31.2, 30.9]},
+        });
+        let v = verdicts(&json!({"streaming": {"results": [r.clone()]}}));
+        let t: Vec<&Verdict> = v
+            .iter()
+            .filter(|v| v.what.contains("--trouble-hooks"))
+            .collect();
+        assert_eq!(t.len(), 3, "{v:?}");
+        assert!(t[0].met && t[0].what.contains("(12 tracked"), "{:?}", t[0]);
+        assert!(t[0].measured.contains("50.00 ms/s, 17x"), "{:?}", t[0]);
+        assert!(t[1].met && t[2].met, "{t:?}");
+        assert!(
+            t[2].measured.contains("the last 33 s after blocking"),
+            "{:?}",
+            t[2]
+        );
+        // A missed wedge and a false stall are misses.
+        r["trouble_agent"]["wedges"]["stall_started_server_side"] = json!(4);
+        r["trouble_agent"]["stall_started_streaming"] = json!(2);
+        let v = verdicts(&json!({"streaming": {"results": [r.clone()]}}));
+        let t: Vec<&Verdict> = v
+            .iter()
+            .filter(|v| v.what.contains("--trouble-hooks"))
+            .collect();
+        assert!(!t[1].met && !t[2].met, "{t:?}");
+        let mut md = String::new();
+        markdown(&json!({"streaming": {"results": [r]}}), &mut md);
+        assert!(md.contains("`--trouble-hooks`"), "{md}");
+        assert!(md.contains("4 of 5 (31.0, 32.5, 33.0, 31.2, 30.9)"), "{md}");
     }
 
     #[test]

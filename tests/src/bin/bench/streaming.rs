@@ -378,6 +378,200 @@ fn diag_reads(k: usize) -> Result<Value> {
     }))
 }
 
+/// The agent's CPU over `cfg.rounds` windows of `cfg.window` after one warm-up round
+/// (returned apart), each waiting for a quiet machine first: process CPU (schedstat) and
+/// in-kernel program time, tracked sockets from the window's `stats` lines, the load
+/// generator's CPU and contention. Returns the rounds, the warm-up and the wall-clock start
+/// of the first counted round.
+fn measure_rounds(
+    cfg: &Config,
+    n: usize,
+    label: &str,
+    agent: &Agent,
+    own: &[u64],
+    pids: &[u32],
+    helper_pids: &[u32],
+) -> Result<(Vec<Value>, Value, u64)> {
+    let mut rounds = Vec::new();
+    let mut warmup = Value::Null;
+    let mut steady_w0 = util::wall_ns();
+    for r in 0..=cfg.rounds {
+        if r == 1 {
+            steady_w0 = util::wall_ns();
+        }
+        let pre = util::wait_quiet(own, pids, Duration::from_secs(2))?;
+        let meter = util::ForeignMeter::start(pids)?;
+        let h0: u64 = helper_pids
+            .iter()
+            .map(|p| util::proc_stat_cpu_ns(*p).unwrap_or(0))
+            .sum();
+        let (s0, _) = agent.cpu_ns()?;
+        let (b0, c0) = agent.bpf_run()?;
+        let (w0, t0) = (util::wall_ns(), Instant::now());
+        util::sleep_checked(cfg.window)?;
+        let (s1, _) = agent.cpu_ns()?;
+        let (b1, c1) = agent.bpf_run()?;
+        let dt = t0.elapsed().as_secs_f64();
+        let h1: u64 = helper_pids
+            .iter()
+            .map(|p| util::proc_stat_cpu_ns(*p).unwrap_or(0))
+            .sum();
+        let w1 = util::wall_ns();
+        let proc_ns = (s1 - s0) as f64 / dt;
+        let bpf_ns = (b1 - b0) as f64 / dt;
+        let total = proc_ns + bpf_ns;
+        let evs = agent.events();
+        let stats = stats_between(&evs, w0, w1);
+        // The `stats` lines of the window; with a window shorter than the stats interval, the
+        // last one before its end.
+        let tracked = util::median(&col(&stats, "sockets_tracked")).or_else(|| {
+            evs.iter()
+                .rev()
+                .find(|e| e.name() == "stats" && e.arrived_ns <= w1)
+                .and_then(|e| e.u64("sockets_tracked"))
+                .map(|v| v as f64)
+        });
+        let contention = util::Contention {
+            foreign_progs: pre.foreign_progs.max(util::foreign_progs(own)),
+            foreign_cpu_ms_per_s: meter.read(pids)?,
+        };
+        let per_sock = tracked.filter(|t| *t > 0.0).map(|t| total / 1e3 / t);
+        eprintln!(
+            "bench: streaming N={n}{label} round {}/{}{}: agent {:.3} ms/s (+bpf {:.3} ms/s), tracked {}, {} µs/socket/s, load generator {:.0} ms/s{}",
+            r,
+            cfg.rounds,
+            if r == 0 { " (warm-up, not counted)" } else { "" },
+            proc_ns / 1e6,
+            bpf_ns / 1e6,
+            tracked.map_or("?".into(), |t| format!("{t:.0}")),
+            per_sock.map_or("?".into(), |v| format!("{v:.4}")),
+            (h1 - h0) as f64 / 1e6 / dt,
+            if contention.contended() { " (contended)" } else { "" }
+        );
+        let round = json!({
+            "round": r,
+            "window_s": dt,
+            "agent_process_cpu_ms_per_s": proc_ns / 1e6,
+            "agent_bpf_ms_per_s": bpf_ns / 1e6,
+            "agent_bpf_runs_per_s": (c1 - c0) as f64 / dt,
+            "agent_total_cpu_ms_per_s": total / 1e6,
+            "sockets_tracked_median": tracked,
+            "agent_us_per_tracked_socket_per_s": per_sock,
+            "tick_us": col(&stats, "sweep_us"),
+            "load_generator_cpu_ms_per_s": (h1 - h0) as f64 / 1e6 / dt,
+            "contention": contention.json(),
+            "contended": contention.contended(),
+        });
+        if r == 0 {
+            warmup = round;
+        } else {
+            rounds.push(round);
+        }
+    }
+    Ok((rounds, warmup, steady_w0))
+}
+
+/// The same streams watched by an agent with `--trouble-hooks` (after the default agent
+/// and the measurement programs): its CPU over the same rounds, the sockets it tracks,
+/// false stalls on the streams, and `wedges` fresh wedged connections (made once its
+/// rounds are done, at their own address) that must reach `stall_started` within their
+/// threshold, two ticks, one retransmission timeout and a few seconds.
+fn trouble_arm(
+    cfg: &Config,
+    n: usize,
+    phase: usize,
+    workdir: &Path,
+    helpers: &mut [Helper],
+) -> Result<Value> {
+    let mut extra = vec!["--trouble-hooks".to_string()];
+    if let Some(m) = cfg.max_sockets {
+        extra.extend(["--max-sockets".to_string(), m.to_string()]);
+    }
+    let mut agent = Agent::start_with(
+        &cfg.policy,
+        true,
+        workdir,
+        &format!("streaming-{n}-trouble"),
+        &extra,
+    )?;
+    let agent_t0 = Instant::now();
+    let started = agent.wait_for(Duration::from_secs(5), |e| e.name() == "agent_started")?;
+    let tick_ms = started.u64("tick_ms").unwrap_or(1000);
+    util::sleep_checked(Duration::from_secs(3))?;
+    let own = agent.prog_ids()?;
+    let helper_pids: Vec<u32> = helpers.iter().map(Helper::pid).collect();
+    let mut pids = helper_pids.clone();
+    pids.push(agent.pid);
+    let (rounds, warmup, steady_w0) = measure_rounds(
+        cfg,
+        n,
+        " (--trouble-hooks)",
+        &agent,
+        &own,
+        &pids,
+        &helper_pids,
+    )?;
+    let mut wedges = Value::Null;
+    let wedge_addr = format!("127.3.{phase}.251:{}", WEDGE_PORT + 1);
+    if cfg.wedges > 0 {
+        helpers[0].send(&format!("wedge {} {wedge_addr}", cfg.wedges))?;
+        helpers[0].expect("wedged", Duration::from_secs(30))?;
+        let (at, at_ns) = (Instant::now(), util::wall_ns());
+        let bound = longest_default_threshold()
+            + 2 * Duration::from_millis(tick_ms)
+            + Duration::from_secs(5);
+        while server_sockets_stalled(&agent.events(), &wedge_addr) < cfg.wedges
+            && at.elapsed() < bound
+        {
+            util::check_stop()?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let evs = agent.events();
+        let after: Vec<f64> = evs
+            .iter()
+            .filter(|e| e.name() == "stall_started" && about(e, &wedge_addr) == Some("server"))
+            .map(|e| (e.arrived_ns as f64 - at_ns as f64) / 1e9)
+            .collect();
+        wedges = json!({"count": cfg.wedges, "address": wedge_addr,
+                        "stall_started_server_side": server_sockets_stalled(&evs, &wedge_addr),
+                        "after_wedge_s": after, "watched_s": at.elapsed().as_secs_f64()});
+    }
+    let observed_s = agent_t0.elapsed().as_secs_f64();
+    let rss = util::proc_rss_kib(agent.pid)?;
+    let events = agent
+        .stop()
+        .with_context(|| format!("stopping the --trouble-hooks agent after streaming N={n}"))?;
+    let stats: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.name() == "stats" && e.arrived_ns >= steady_w0)
+        .collect();
+    let streaming_stalls = events
+        .iter()
+        .filter(|e| e.name() == "stall_started" && about(e, &wedge_addr).is_none())
+        .filter(|e| about(e, &format!("127.3.{phase}.250:{WEDGE_PORT}")).is_none())
+        .count();
+    let per_round = |k: &str| -> Vec<f64> { rounds.iter().filter_map(|r| r[k].as_f64()).collect() };
+    let total = per_round("agent_total_cpu_ms_per_s");
+    let last = stats.last().map(|e| e.v.clone()).unwrap_or(Value::Null);
+    Ok(json!({
+        "rounds": rounds,
+        "warmup_round": warmup,
+        "observed_s": observed_s,
+        "agent_process_cpu_ms_per_s": Spread::of(&per_round("agent_process_cpu_ms_per_s")).map(|s| s.json()),
+        "agent_bpf_ms_per_s": Spread::of(&per_round("agent_bpf_ms_per_s")).map(|s| s.json()),
+        "agent_total_cpu_ms_per_s": Spread::of(&total).map(|s| s.json()),
+        "agent_pct_of_one_core_median": util::median(&total).map(|v| v / 10.0),
+        "sockets_tracked": Spread::of(&col(&stats, "sockets_tracked")).map(|s| s.json()),
+        "progress_lookups_total": last["progress_lookups"],
+        "tick_us": util::latency_json(&col(&stats, "sweep_us")),
+        "agent_rss_kib": rss,
+        "stall_started_streaming": streaming_stalls,
+        "wedges": wedges,
+        "contended_rounds": rounds.iter().filter(|r| r["contended"].as_bool() == Some(true)).count(),
+        "agent_exit_ok": true,
+    }))
+}
+
 /// Measure one N.
 fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> {
     let t_setup = Instant::now();
@@ -441,87 +635,13 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     pids.push(agent.pid);
     let helper_pids: Vec<u32> = helpers.iter().map(Helper::pid).collect();
     let (read0, _, _) = load_stats(&mut helpers)?;
-    let (load_t0, load_w0) = (Instant::now(), util::wall_ns());
+    let load_t0 = Instant::now();
     let progs0 = agent.bpf_programs()?;
-    let mut rounds = Vec::new();
     // Round 0 is a warm-up, kept apart: it holds the agent's one-time start-up work (the
     // first /proc walk for the holders of every tracked socket, the first policy match of
     // each), which is not the steady-state cost per tracked socket the rounds measure.
-    let mut warmup = Value::Null;
-    let mut steady_w0 = load_w0;
-    for r in 0..=cfg.rounds {
-        if r == 1 {
-            steady_w0 = util::wall_ns();
-        }
-        let pre = util::wait_quiet(&own, &pids, Duration::from_secs(2))?;
-        let meter = util::ForeignMeter::start(&pids)?;
-        let h0: u64 = helper_pids
-            .iter()
-            .map(|p| util::proc_stat_cpu_ns(*p).unwrap_or(0))
-            .sum();
-        let (s0, _) = agent.cpu_ns()?;
-        let (b0, c0) = agent.bpf_run()?;
-        let (w0, t0) = (util::wall_ns(), Instant::now());
-        util::sleep_checked(cfg.window)?;
-        let (s1, _) = agent.cpu_ns()?;
-        let (b1, c1) = agent.bpf_run()?;
-        let dt = t0.elapsed().as_secs_f64();
-        let h1: u64 = helper_pids
-            .iter()
-            .map(|p| util::proc_stat_cpu_ns(*p).unwrap_or(0))
-            .sum();
-        let w1 = util::wall_ns();
-        let proc_ns = (s1 - s0) as f64 / dt;
-        let bpf_ns = (b1 - b0) as f64 / dt;
-        let total = proc_ns + bpf_ns;
-        let evs = agent.events();
-        let stats = stats_between(&evs, w0, w1);
-        // The `stats` lines of the window; with a window shorter than the stats interval, the
-        // last one before its end.
-        let tracked = util::median(&col(&stats, "sockets_tracked")).or_else(|| {
-            evs.iter()
-                .rev()
-                .find(|e| e.name() == "stats" && e.arrived_ns <= w1)
-                .and_then(|e| e.u64("sockets_tracked"))
-                .map(|v| v as f64)
-        });
-        let contention = util::Contention {
-            foreign_progs: pre.foreign_progs.max(util::foreign_progs(&own)),
-            foreign_cpu_ms_per_s: meter.read(&pids)?,
-        };
-        let per_sock = tracked.filter(|t| *t > 0.0).map(|t| total / 1e3 / t);
-        eprintln!(
-            "bench: streaming N={n} round {}/{}{}: agent {:.3} ms/s (+bpf {:.3} ms/s), tracked {}, {} µs/socket/s, load generator {:.0} ms/s{}",
-            r,
-            cfg.rounds,
-            if r == 0 { " (warm-up, not counted)" } else { "" },
-            proc_ns / 1e6,
-            bpf_ns / 1e6,
-            tracked.map_or("?".into(), |t| format!("{t:.0}")),
-            per_sock.map_or("?".into(), |v| format!("{v:.4}")),
-            (h1 - h0) as f64 / 1e6 / dt,
-            if contention.contended() { " (contended)" } else { "" }
-        );
-        let round = json!({
-            "round": r,
-            "window_s": dt,
-            "agent_process_cpu_ms_per_s": proc_ns / 1e6,
-            "agent_bpf_ms_per_s": bpf_ns / 1e6,
-            "agent_bpf_runs_per_s": (c1 - c0) as f64 / dt,
-            "agent_total_cpu_ms_per_s": total / 1e6,
-            "sockets_tracked_median": tracked,
-            "agent_us_per_tracked_socket_per_s": per_sock,
-            "tick_us": col(&stats, "sweep_us"),
-            "load_generator_cpu_ms_per_s": (h1 - h0) as f64 / 1e6 / dt,
-            "contention": contention.json(),
-            "contended": contention.contended(),
-        });
-        if r == 0 {
-            warmup = round;
-        } else {
-            rounds.push(round);
-        }
-    }
+    let (rounds, warmup, steady_w0) =
+        measure_rounds(cfg, n, "", &agent, &own, &pids, &helper_pids)?;
 
     // Watch at least `observe` in all, and for the wedges their threshold plus two ticks.
     let threshold = longest_default_threshold();
@@ -565,6 +685,8 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let trouble_after = trouble.window(WEDGE_PORT).context("trouble-only hooks")?;
     let diag = diag_reads(DIAG_READS).context("sock_diag reads of the streams")?;
     drop(trouble);
+    let trouble_agent = trouble_arm(cfg, n, phase, workdir, &mut helpers)
+        .context("the agent with --trouble-hooks")?;
     for h in helpers {
         h.finish(Duration::from_secs(30));
     }
@@ -698,6 +820,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     out["trouble_timer"] = trouble_watch;
     out["trouble_timer_after_agent"] = trouble_after;
     out["diag_reads"] = diag;
+    out["trouble_agent"] = trouble_agent;
     // The tick's map read (`stats.map_read_us`), apart (the object above is at the json!
     // macro's recursion limit).
     out["map_read_us"] = util::latency_json(&map_reads);
