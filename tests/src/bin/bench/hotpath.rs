@@ -156,6 +156,7 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
     let writes = t.bytes as f64 / size as f64;
     let bpf_ns = (r1 - r0) as f64;
     let runs = (c1 - c0) as f64;
+    let trouble_agent = trouble_agent_context(cfg, size, workdir)?;
     let floor = floor_context(&tracepoints, size, cfg.duration)?;
     // The trouble-only design's hooks: the ones of the agent's that fire on trouble or a
     // state change only, never per write or per segment.
@@ -176,6 +177,7 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
     Ok(json!({
         "floor": floor,
         "trouble_floor": trouble_floor,
+        "trouble_agent": trouble_agent,
         "per_write_floor": per_write_floor,
         "bytes_per_s": t.bytes_per_s,
         "secs": t.secs,
@@ -184,6 +186,34 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
         "bpf_ns_per_write": bpf_ns / writes,
         "bpf_ns_per_mb": bpf_ns / (t.bytes as f64 / 1e6),
         "bpf_share_of_thread_cpu": bpf_ns / (t.cpu_ns_per_mb * t.bytes as f64 / 1e6),
+    }))
+}
+
+/// The same transfer with the agent on `--trouble-hooks` (BPF statistics on): its programs'
+/// runs and time per write, as for the default agent above.
+fn trouble_agent_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
+    let agent = Agent::start_with(
+        &cfg.policy,
+        true,
+        workdir,
+        &format!("hot-{size}-trouble"),
+        &["--trouble-hooks".to_string()],
+    )?;
+    let tracepoints = agent.tracepoints();
+    util::sleep_checked(Duration::from_millis(300))?;
+    let (r0, c0) = agent.bpf_run()?;
+    let t = throughput(size, cfg.duration)?;
+    let (r1, c1) = agent.bpf_run()?;
+    agent.stop()?;
+    let writes = t.bytes as f64 / size as f64;
+    let (ns, runs) = ((r1 - r0) as f64, (c1 - c0) as f64);
+    Ok(json!({
+        "tracepoints": tracepoints,
+        "bytes_per_s": t.bytes_per_s,
+        "runs_per_write": runs / writes,
+        "ns_per_run": if runs > 0.0 { ns / runs } else { 0.0 },
+        "ns_per_write": ns / writes,
+        "share_of_thread_cpu": ns / (t.cpu_ns_per_mb * t.bytes as f64 / 1e6),
     }))
 }
 

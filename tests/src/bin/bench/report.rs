@@ -194,6 +194,24 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
                     }),
                 });
             }
+            let ta = &c["trouble_agent"];
+            if let Some(share) = f(&ta["share_of_thread_cpu"]) {
+                let pct = share * 100.0;
+                out.push(Verdict {
+                    what: format!(
+                        "hot path, {size} B writes, with --trouble-hooks: the agent's in-kernel program time per byte"
+                    ),
+                    target: format!("<= {target}%"),
+                    measured: format!(
+                        "{pct:.3}% of the sender+receiver CPU ({:.4} runs per write at {:.0} ns, BPF run-time statistics)",
+                        f(&ta["runs_per_write"]).unwrap_or(f64::NAN),
+                        f(&ta["ns_per_run"]).unwrap_or(f64::NAN)
+                    ),
+                    met: pct <= target,
+                    miss_by: (pct > target)
+                        .then(|| format!("{:.3} percentage points", pct - target)),
+                });
+            }
         }
     }
     if let Some(per_n) = results["scale"]["results"].as_array() {
@@ -973,6 +991,20 @@ mod tests {
         // Met: no cause.
         let v = verdicts(&ctx(0.008, 0.003));
         assert!(v[0].met && v[0].miss_by.is_none());
+        // The agent on --trouble-hooks gets its own row, on the same target.
+        let mut r = ctx(0.0104, 0.0034);
+        r["hot_path"]["sizes"][0]["bpf_context"]["trouble_agent"] =
+            json!({"share_of_thread_cpu": 0.00002, "runs_per_write": 0.0012, "ns_per_run": 300.0});
+        let v = verdicts(&r);
+        assert_eq!(v.len(), 2);
+        assert!(v[1].met, "{:?}", v[1]);
+        assert_eq!(
+            v[1].what,
+            "hot path, 65536 B writes, with --trouble-hooks: the agent's in-kernel program time per byte"
+        );
+        assert!(v[1]
+            .measured
+            .starts_with("0.002% of the sender+receiver CPU (0.0012 runs"));
     }
 
     #[test]

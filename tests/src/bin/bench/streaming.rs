@@ -677,6 +677,8 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     let events = agent
         .stop()
         .with_context(|| format!("stopping the agent after streaming N={n}"))?;
+    // The wedges were watched until this agent stopped (the windows below run without it).
+    let agent_stopped = Instant::now();
     // The same streams with empty programs at the agent's tracepoints instead (the attach
     // floor of the BPF part): one window, while the helpers still stream.
     let trouble_watch = trouble.window(WEDGE_PORT).context("trouble-only hooks")?;
@@ -746,7 +748,7 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         wedge_info["stall_started_client_side"] = json!(sockets("client"));
         wedge_info["stall_started_lines"] = json!(wedge_events.len());
         wedge_info["stall_started"] = json!(wedge_events);
-        wedge_info["watched_s"] = json!(at.elapsed().as_secs_f64());
+        wedge_info["watched_s"] = json!(agent_stopped.saturating_duration_since(at).as_secs_f64());
         eprintln!(
             "bench: streaming N={n}: {server} of {} wedges reported stall_started (server side)",
             cfg.wedges
