@@ -181,6 +181,8 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
     agent
         .stop()
         .context("stopping the agent after the scale phase")?;
+    // The same connections, still busy, watched by the agent on `--trouble-hooks`.
+    let trouble = trouble_busy(cfg, n, workdir, &holders).context("--trouble-hooks at scale")?;
     for h in holders {
         h.finish(Duration::from_secs(30));
     }
@@ -189,6 +191,74 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         "sockets_on_node": 2 * n,
         "setup_s": setup_s,
         "modes": modes,
+        "trouble_busy": trouble,
+    }))
+}
+
+/// The agent on `--trouble-hooks` over the busy connections: its CPU (process + BPF) over
+/// the same rounds, each after a quiet machine.
+fn trouble_busy(cfg: &Config, n: usize, workdir: &Path, holders: &[Helper]) -> Result<Value> {
+    let agent = Agent::start_with(
+        &cfg.policy,
+        true,
+        workdir,
+        &format!("scale-{n}-trouble"),
+        &["--trouble-hooks".to_string()],
+    )?;
+    util::sleep_checked(Duration::from_secs(2))?;
+    let own = agent.prog_ids()?;
+    let mut pids: Vec<u32> = holders.iter().map(Helper::pid).collect();
+    pids.push(agent.pid);
+    let mut rounds = Vec::new();
+    for r in 0..cfg.rounds {
+        let pre = util::wait_quiet(&own, &pids, Duration::from_secs(5))?;
+        let meter = util::ForeignMeter::start(&pids)?;
+        let (s0, _) = agent.cpu_ns()?;
+        let (b0, c0) = agent.bpf_run()?;
+        let t0 = Instant::now();
+        util::sleep_checked(cfg.window)?;
+        let (s1, _) = agent.cpu_ns()?;
+        let (b1, c1) = agent.bpf_run()?;
+        let dt = t0.elapsed().as_secs_f64();
+        let (proc_ns, bpf_ns) = ((s1 - s0) as f64 / dt, (b1 - b0) as f64 / dt);
+        let contention = util::Contention {
+            foreign_progs: pre.foreign_progs.max(util::foreign_progs(&own)),
+            foreign_cpu_ms_per_s: meter.read(&pids)?,
+        };
+        eprintln!(
+            "bench: scale N={n} busy, --trouble-hooks, round {}/{}: agent {:.3} ms/s (+bpf {:.3} ms/s){}",
+            r + 1,
+            cfg.rounds,
+            proc_ns / 1e6,
+            bpf_ns / 1e6,
+            if contention.contended() { " (contended)" } else { "" }
+        );
+        rounds.push(json!({
+            "round": r,
+            "agent_window_s": dt,
+            "agent_process_cpu_ms_per_s": proc_ns / 1e6,
+            "agent_bpf_ms_per_s": bpf_ns / 1e6,
+            "agent_bpf_runs_per_s": (c1 - c0) as f64 / dt,
+            "agent_total_cpu_ms_per_s": (proc_ns + bpf_ns) / 1e6,
+            "contention": contention.json(),
+            "contended": contention.contended(),
+        }));
+    }
+    let stats = last_stats(&agent);
+    agent
+        .stop()
+        .context("stopping the --trouble-hooks agent after the scale phase")?;
+    let col = |k: &str| -> Vec<f64> { rounds.iter().filter_map(|r| r[k].as_f64()).collect() };
+    let total = col("agent_total_cpu_ms_per_s");
+    Ok(json!({
+        "rounds": rounds,
+        "agent_total_cpu_ms_per_s": Spread::of(&total).map(|s| s.json()),
+        "agent_process_cpu_ms_per_s": Spread::of(&col("agent_process_cpu_ms_per_s")).map(|s| s.json()),
+        "agent_bpf_ms_per_s": Spread::of(&col("agent_bpf_ms_per_s")).map(|s| s.json()),
+        "agent_bpf_runs_per_s": Spread::of(&col("agent_bpf_runs_per_s")).map(|s| s.json()),
+        "agent_pct_of_one_core_median": util::median(&total).map(|v| v / 10.0),
+        "agent_sockets_tracked_last": stats.as_ref().and_then(|s| s["sockets_tracked"].as_u64()),
+        "contended_rounds": rounds.iter().filter(|r| r["contended"].as_bool() == Some(true)).count(),
     }))
 }
 
