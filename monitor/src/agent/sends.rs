@@ -7,10 +7,14 @@
 //! this tick; the send queue replaces the map's; the last ACK, the backoff and (Linux 6.2
 //! and later) the peer's window are taken when the lookup is newer than the kernel side's
 //! last run. A socket found with nothing queued in either direction leaves the map (the
-//! next tick takes it as drained).
+//! next tick takes it as drained), and so does one whose trouble is over: progress seen,
+//! no backoff and no probe outstanding, and no stall active on it (the tick decides that
+//! last part). It is tracked again at its next trouble; its recovered gap is kept by the
+//! tracker as for any socket that leaves the map.
 //!
 //! Cost: one lookup per tracked socket per second, and with trouble-only hooks only
-//! sockets in trouble are tracked.
+//! sockets in trouble are tracked, each until its trouble is over (a stream that once
+//! retransmitted does not stay in the map while it streams).
 
 use super::reads::due;
 use super::{target_of, Agent, DiagPath, SockSource};
@@ -45,9 +49,21 @@ fn send_due(seen: &Option<SendSeen>, now_ns: u64, every_ns: u64) -> bool {
     due(seen.map(|s| s.looked_ns), now_ns, every_ns)
 }
 
+/// What one lookup says of a tracked socket's place in the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Found {
+    /// Nothing queued in either direction: it leaves the map.
+    Drained,
+    /// Progress since the last lookup, no backoff, no probe outstanding: its trouble is
+    /// over; it leaves the map unless a stall is active on it.
+    Recovered,
+    /// Still in trouble, or no progress seen.
+    Stays,
+}
+
 /// Fold one lookup `d` of a socket into its `seen` record and its snapshot `snap` (taken at
-/// `now_ns`). Returns whether the socket has nothing queued in either direction (drained).
-pub(super) fn fold(seen: &mut Option<SendSeen>, snap: &mut Snapshot, d: &TcpDiag) -> bool {
+/// `now_ns`), and say what the lookup means for its place in the map.
+pub(super) fn fold(seen: &mut Option<SendSeen>, snap: &mut Snapshot, d: &TcpDiag) -> Found {
     let info = d.tcp_info_len > 0;
     let progress = match seen {
         Some(p) if info => d.bytes_acked > p.bytes_acked,
@@ -75,7 +91,13 @@ pub(super) fn fold(seen: &mut Option<SendSeen>, snap: &mut Snapshot, d: &TcpDiag
         backoff: d.backoff,
         snd_wnd: (info && d.has_snd_wnd()).then_some(d.snd_wnd),
     });
-    d.send_q == 0 && d.recv_q == 0
+    if d.send_q == 0 && d.recv_q == 0 {
+        Found::Drained
+    } else if progress && info && d.backoff == 0 && d.probes == 0 {
+        Found::Recovered
+    } else {
+        Found::Stays
+    }
 }
 
 /// What the last lookup found stands until the kernel side records something newer:
@@ -175,7 +197,10 @@ mod tests {
         let mut seen = None;
         // First lookup: as much queued as the kernel side recorded: no progress.
         let mut s = snap(4000, 10 * S);
-        assert!(!fold(&mut seen, &mut s, &diag(4000, 9000, 2000)));
+        assert_eq!(
+            fold(&mut seen, &mut s, &diag(4000, 9000, 2000)),
+            Found::Stays
+        );
         apply_seen(&seen, &mut s);
         assert_eq!(s.times.last_progress_ns, 1);
         // The last ACK, 2 s before the lookup; backoff as the kernel says now.
@@ -201,19 +226,44 @@ mod tests {
     fn first_lookup_with_less_queued_is_progress_and_empty_is_drained() {
         let mut seen = None;
         let mut s = snap(4000, 10 * S);
-        assert!(!fold(&mut seen, &mut s, &diag(1000, 9000, 0)));
+        assert_eq!(fold(&mut seen, &mut s, &diag(1000, 9000, 0)), Found::Stays);
         apply_seen(&seen, &mut s);
         assert_eq!(s.times.last_progress_ns, 10 * S);
         assert_eq!(s.queued_bytes, 1000);
         assert_eq!(s.unacked_bytes, 1000);
         // Nothing queued either way: drained.
         let mut s = snap(4000, 11 * S);
-        assert!(fold(&mut seen, &mut s, &diag(0, 12000, 0)));
+        assert_eq!(fold(&mut seen, &mut s, &diag(0, 12000, 0)), Found::Drained);
         // Unread data left: stays.
         let mut d = diag(0, 12000, 0);
         d.recv_q = 5;
         let mut s = snap(4000, 12 * S);
-        assert!(!fold(&mut seen, &mut s, &d));
+        assert_eq!(fold(&mut seen, &mut s, &d), Found::Stays);
+    }
+
+    #[test]
+    fn progress_with_no_backoff_and_no_probe_out_is_a_recovery() {
+        let mut seen = None;
+        let mut s = snap(4000, 10 * S);
+        fold(&mut seen, &mut s, &diag(4000, 9000, 0));
+        // Progress, but the RTO is still backed off (the helper's backoff 1): stays.
+        let mut s = snap(4000, 11 * S);
+        assert_eq!(fold(&mut seen, &mut s, &diag(4000, 10000, 0)), Found::Stays);
+        // Progress, backoff 0 and no probe out: over.
+        let mut d = diag(4000, 11000, 0);
+        d.backoff = 0;
+        d.probes = 0;
+        let mut s = snap(4000, 12 * S);
+        assert_eq!(fold(&mut seen, &mut s, &d), Found::Recovered);
+        // No progress since: stays, whatever the backoff.
+        let mut s = snap(4000, 13 * S);
+        assert_eq!(fold(&mut seen, &mut s, &d), Found::Stays);
+        // A zero-window probe out: stays.
+        let mut d = diag(4000, 12000, 0);
+        d.backoff = 0;
+        d.probes = 2;
+        let mut s = snap(4000, 14 * S);
+        assert_eq!(fold(&mut seen, &mut s, &d), Found::Stays);
     }
 
     #[test]

@@ -863,7 +863,10 @@ fn a_socket_waiting_on_a_read_is_looked_up_at_most_once_a_second() {
 
 /// A rig with neither an ACK hook nor a read hook (`--trouble-hooks`), ticks back to back.
 fn trouble_rig() -> Rig {
-    let mut r = rig("");
+    trouble_rig_with(rig(""))
+}
+
+fn trouble_rig_with(mut r: Rig) -> Rig {
     {
         let mut m = r.map.0.lock().unwrap();
         m.no_ack_hook = true;
@@ -935,4 +938,46 @@ fn with_an_ack_hook_no_lookup_is_made_for_progress() {
         r.agent.tick().unwrap();
     }
     assert_eq!(r.agent.progress_lookups, 0);
+}
+
+#[test]
+fn without_an_ack_hook_a_socket_whose_trouble_is_over_leaves_the_map() {
+    let mut r = trouble_rig();
+    // Tracked at a retransmission timeout; the peer answers again and the RTO is no
+    // longer backed off: it leaves the map (and is tracked again at its next trouble).
+    r.add(healthy(8, "10.9.0.4:40000"), true);
+    set_acks(&r, 8, 4000, 0, 1000);
+    r.agent.tick().unwrap();
+    {
+        let mut k = r.kern.0.lock().unwrap();
+        let d = k.live.get_mut(&8).unwrap();
+        d.backoff = 0;
+        d.probes = 0;
+        d.bytes_acked = 2000;
+    }
+    r.agent.tick().unwrap();
+    assert_eq!(r.map.0.lock().unwrap().removed, vec![8]);
+    // A socket in an active stall (observed, no rule) stays until the stall has cleared.
+    let observe = "tick = \"1s\"\n[defaults]\nno_ack_after = \"2s\"\n";
+    let mut r = trouble_rig_with(rig_with(Policy::parse(observe, "t.toml").unwrap()));
+    r.add(stalled(9, "10.9.0.5:40000", StallClass::NoAck), true);
+    set_acks(&r, 9, 4000, 0, 1000);
+    r.agent.tick().unwrap();
+    assert_eq!(r.out.named("stall_started").len(), 1);
+    {
+        let mut k = r.kern.0.lock().unwrap();
+        let d = k.live.get_mut(&9).unwrap();
+        d.backoff = 0;
+        d.probes = 0;
+        d.bytes_acked = 2000;
+    }
+    r.agent.tick().unwrap();
+    // The progress clears the stall in that tick, so it may leave at once.
+    assert_eq!(
+        r.out.named("stall_cleared").len(),
+        1,
+        "{:?}",
+        r.out.events()
+    );
+    assert_eq!(r.map.0.lock().unwrap().removed, vec![9]);
 }

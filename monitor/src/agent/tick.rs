@@ -166,13 +166,20 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 }
             }
             super::reads::apply_seen(&seen.read_seen, &mut snap);
+            // No ACK hook: a socket whose trouble is over leaves the map unless a stall is
+            // active on it (decided below, after this tick's classification).
+            let mut recovered = false;
             if !sends.is_empty() || seen.send_seen.is_some() {
                 let mut sent = seen.send_seen.as_deref().copied();
                 if let Some(d) = sends.get(&snap.cookie).or_else(|| reads.get(&snap.cookie)) {
-                    if super::sends::fold(&mut sent, &mut snap, d)
-                        && drained.last() != Some(&snap.cookie)
-                    {
-                        drained.push(snap.cookie);
+                    match super::sends::fold(&mut sent, &mut snap, d) {
+                        super::sends::Found::Drained => {
+                            if drained.last() != Some(&snap.cookie) {
+                                drained.push(snap.cookie);
+                            }
+                        }
+                        super::sends::Found::Recovered => recovered = true,
+                        super::sends::Found::Stays => {}
                     }
                 }
                 super::sends::apply_seen(&sent, &mut snap);
@@ -219,6 +226,13 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     self.emit_transition(snap, tr, rule_name, sel.action, None)?;
                 }
             }
+            if recovered
+                && self.tracker.active(cookie).is_none()
+                && self.tracker.active_recv(cookie).is_none()
+                && drained.last() != Some(&cookie)
+            {
+                drained.push(cookie);
+            }
             self.metrics.count_active(&self.tracker, cookie, rule_name);
             if let (Some(class), Some(snap)) = (candidate, snap) {
                 candidates.push(Candidate { snap, sel, class });
@@ -228,8 +242,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         if stamped < self.last.len() {
             self.departures(tick, now_ns)?;
         }
-        // Read everything and nothing queued (found by `look_up_reads`): out of the map, so
-        // the next tick takes the socket as drained.
+        // Read everything and nothing queued (found by `look_up_reads`), or, without an ACK
+        // hook, nothing queued or the trouble over (`look_up_sends`): out of the map, so the
+        // next tick takes the socket as drained.
         for cookie in drained {
             self.src.remove(cookie);
         }

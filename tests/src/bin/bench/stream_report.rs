@@ -255,10 +255,16 @@ fn trouble_only(r: &Value, agent_bpf: f64) -> Option<String> {
                  lookup, with `tcp_info`) took {us:.2} µs of CPU per socket (median of {} batches of {k} stream \
                  sockets); if every socket flagged here were read every tick, that design's cost on these streams \
                  would be at most {est:.2} ms/s ({:.3} % of a core: the timer program and {flagged:.0} reads per \
-                 tick), against the agent's {:.2} ms/s. Not built: an estimate from these two measurements.",
+                 tick), against the agent's {:.2} ms/s: an estimate from these two measurements{}.",
                 d["batches"].as_u64().unwrap_or(0),
                 est / 10.0,
                 agent_total(r).unwrap_or(f64::NAN),
+                match f(&r["trouble_agent"]["agent_total_cpu_ms_per_s"]["median"]) {
+                    Some(m) => format!(
+                        "; the design itself (`--trouble-hooks`), run on the same streams, measured {m:.2} ms/s"
+                    ),
+                    None => String::new(),
+                },
             )
         }
         _ => String::new(),
