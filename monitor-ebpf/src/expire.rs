@@ -7,10 +7,8 @@
 //! every read is checked ([`Kprobe`] reads) and the socket is keyed by its address (the
 //! loader sets `mode::KEY_BY_ADDR` with `mode::TROUBLE_HOOKS`).
 
-use monitor_common::progress::set_zero_window;
-
-use crate::kernel::{configured, now, off, trouble_hooks, Kprobe, Mem};
-use crate::refresh::refresh_send;
+use crate::kernel::{configured, now, trouble_hooks, Kprobe, Mem};
+use crate::refresh::refresh_from_socket;
 use crate::track::{key_of, tracked_or_track, Why};
 use crate::trouble::{is_trouble, write_timer_sock};
 
@@ -33,11 +31,5 @@ pub(crate) fn on_write_timer(timer: *const u8) {
         return;
     };
     // SAFETY: map value pointer valid for this invocation.
-    let s = unsafe { &mut *p };
-    let una: u32 = Kprobe::ld(tp, off!(snd_una));
-    refresh_send::<Kprobe>(s, tp, t, una);
-    s.snd_wnd = Kprobe::ld(tp, off!(snd_wnd));
-    set_zero_window(s, s.snd_wnd == 0);
-    let backoff: u8 = Kprobe::ld(tp, off!(icsk_backoff));
-    s.backoff = backoff as u32;
+    refresh_from_socket::<Kprobe>(unsafe { &mut *p }, tp, t);
 }

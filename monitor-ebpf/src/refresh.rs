@@ -4,7 +4,11 @@
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_current_cgroup_id,
 };
-use monitor_common::{flags, progress::record_progress, SockState};
+use monitor_common::{
+    flags,
+    progress::{record_progress, set_zero_window},
+    SockState,
+};
 
 use crate::kernel::{off, trouble_hooks, Mem};
 use crate::track::cookie_field;
@@ -41,6 +45,19 @@ pub(crate) fn refresh_send<M: Mem>(s: &mut SockState, tp: *const u8, t: u64, una
     } else {
         record_progress(s, una, t);
     }
+}
+
+/// Re-read the send side where no ACK is being processed (a retransmission, a write-timer
+/// expiry), so the socket's own fields are current: progress up to its `snd_una`, the
+/// peer's window, the timer's backoff.
+#[inline(always)]
+pub(crate) fn refresh_from_socket<M: Mem>(s: &mut SockState, tp: *const u8, t: u64) {
+    let una: u32 = M::ld(tp, off!(snd_una));
+    refresh_send::<M>(s, tp, t, una);
+    s.snd_wnd = M::ld(tp, off!(snd_wnd));
+    set_zero_window(s, s.snd_wnd == 0);
+    let backoff: u8 = M::ld(tp, off!(icsk_backoff));
+    s.backoff = backoff as u32;
 }
 
 /// Re-read the receive side from the socket; a moved `copied_seq` is read progress.

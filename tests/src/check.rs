@@ -230,19 +230,12 @@ pub fn blackholed(l: &Listener, ns: &NetNs) -> (Conn, Instant) {
     (c, dead)
 }
 
-/// The read side (websockets #105): our own process stops reading what it receives. A
-/// client of `l` reads, pauses 5 s, then reads again while the server keeps streaming; the
-/// pause must be a `recv_backlog` stall on the client socket (reported before the reader
-/// resumes) that its end clears (not before it). With no read hook (the default) the reads
-/// after the pause reach the agent through its per-tick sock_diag lookup: the client sends
-/// nothing, so no segment refreshes its entry. `slack` widens the bounds (emulated guests).
-/// With `--trouble-hooks` no hook sees the read side: a reader paused for 6 s (as in
-/// [`paused_reader_is_recv_backlog`]) gets no `stall_started`, while its writer's side,
-/// whose window the pause closed, is seen by the zero-window probes: `zero_window` starts
-/// during the pause and clears once the reader resumes, every byte intact.
-pub fn paused_reader_is_not_seen(agent: &Agent, l: &Listener) {
+/// A client of `l` that reads 64 KiB every 10 ms while the server streams to it, stops
+/// reading after 1 s for `pause`, then reads again. Returns it, when it stops reading, and
+/// when it resumes.
+fn paused_reader(l: &Listener, pause: Duration) -> (Conn, Instant, Instant) {
     let mut c = l.connect(None, ConnOpts::default()).unwrap();
-    let (after, pause) = (Duration::from_secs(1), Duration::from_secs(6));
+    let after = Duration::from_secs(1);
     let t0 = Instant::now();
     c.start(
         Some(WriteMode::Stream),
@@ -255,7 +248,15 @@ pub fn paused_reader_is_not_seen(agent: &Agent, l: &Listener) {
         1,
     )
     .unwrap();
-    let resumed = t0 + after + pause;
+    (c, t0 + after, t0 + after + pause)
+}
+
+/// With `--trouble-hooks` no hook sees the read side: a reader paused for 6 s (as in
+/// [`paused_reader_is_recv_backlog`]) gets no `stall_started`, while its writer's side,
+/// whose window the pause closed, is seen by the zero-window probes: `zero_window` starts
+/// during the pause and clears once the reader resumes, every byte intact.
+pub fn paused_reader_is_not_seen(agent: &Agent, l: &Listener) {
+    let (mut c, paused, resumed) = paused_reader(l, Duration::from_secs(6));
     let started = agent
         .wait_for_received(
             0,
@@ -296,27 +297,19 @@ pub fn paused_reader_is_not_seen(agent: &Agent, l: &Listener) {
     );
     eprintln!(
         "trouble hooks: zero_window started {:?} into the pause, cleared {:?} after it",
-        started.at.saturating_duration_since(t0 + after),
+        started.at.saturating_duration_since(paused),
         cleared.at.saturating_duration_since(resumed)
     );
 }
 
+/// The read side (websockets #105): our own process stops reading what it receives. A
+/// client of `l` reads, pauses 5 s, then reads again while the server keeps streaming; the
+/// pause must be a `recv_backlog` stall on the client socket (reported before the reader
+/// resumes) that its end clears (not before it). With no read hook (the default) the reads
+/// after the pause reach the agent through its per-tick sock_diag lookup: the client sends
+/// nothing, so no segment refreshes its entry. `slack` widens the bounds (emulated guests).
 pub fn paused_reader_is_recv_backlog(agent: &Agent, l: &Listener, slack: Duration) {
-    let mut c = l.connect(None, ConnOpts::default()).unwrap();
-    let (after, pause) = (Duration::from_secs(1), Duration::from_secs(5) + slack);
-    let t0 = Instant::now();
-    c.start(
-        Some(WriteMode::Stream),
-        ReadMode::PausedOnce {
-            chunk: 64 * 1024,
-            every: Duration::from_millis(10),
-            after,
-            pause,
-        },
-        1,
-    )
-    .unwrap();
-    let resumed = t0 + after + pause;
+    let (c, paused, resumed) = paused_reader(l, Duration::from_secs(5) + slack);
     let started = agent
         .wait_for_received(
             0,
@@ -362,7 +355,7 @@ pub fn paused_reader_is_recv_backlog(agent: &Agent, l: &Listener, slack: Duratio
     );
     eprintln!(
         "recv_backlog started {:?} into the pause, cleared {:?} after it",
-        started.at.saturating_duration_since(t0 + after),
+        started.at.saturating_duration_since(paused),
         cleared.at.saturating_duration_since(resumed)
     );
     let n = agent

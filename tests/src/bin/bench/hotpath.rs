@@ -146,16 +146,9 @@ const PER_WRITE: [&str; 2] = ["tcp_sendmsg_locked", "tcp_sendmsg"];
 /// BPF cost per write with the agent on, from one extra transfer with `--bpf-stats` (context
 /// only; BPF statistics themselves add a little overhead, so this run is not in the ratios).
 fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
-    let agent = Agent::start(&cfg.policy, true, workdir, &format!("hot-{size}-bpfstats"))?;
-    let tracepoints = agent.tracepoints();
-    util::sleep_checked(Duration::from_millis(300))?;
-    let (r0, c0) = agent.bpf_run()?;
-    let t = throughput(size, cfg.duration)?;
-    let (r1, c1) = agent.bpf_run()?;
-    agent.stop()?;
+    let (t, bpf_ns, runs, tracepoints) =
+        agent_transfer(cfg, size, workdir, &format!("hot-{size}-bpfstats"), &[])?;
     let writes = t.bytes as f64 / size as f64;
-    let bpf_ns = (r1 - r0) as f64;
-    let runs = (c1 - c0) as f64;
     let trouble_agent = trouble_agent_context(cfg, size, workdir)?;
     let floor = floor_context(&tracepoints, size, cfg.duration)?;
     // The trouble-only design's hooks: the ones of the agent's that fire on trouble or a
@@ -189,24 +182,37 @@ fn bpf_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
     }))
 }
 
-/// The same transfer with the agent on `--trouble-hooks` (BPF statistics on): its programs'
-/// runs and time per write, as for the default agent above.
-fn trouble_agent_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
-    let agent = Agent::start_with(
-        &cfg.policy,
-        true,
-        workdir,
-        &format!("hot-{size}-trouble"),
-        &["--trouble-hooks".to_string()],
-    )?;
+/// One transfer of `size`-byte writes with an agent started with `extra` arguments and BPF
+/// statistics on: the transfer, its programs' run time (ns) and runs over it, and the
+/// tracepoints it attached.
+fn agent_transfer(
+    cfg: &Config,
+    size: usize,
+    workdir: &Path,
+    label: &str,
+    extra: &[String],
+) -> Result<(Transfer, f64, f64, Vec<String>)> {
+    let agent = Agent::start_with(&cfg.policy, true, workdir, label, extra)?;
     let tracepoints = agent.tracepoints();
     util::sleep_checked(Duration::from_millis(300))?;
     let (r0, c0) = agent.bpf_run()?;
     let t = throughput(size, cfg.duration)?;
     let (r1, c1) = agent.bpf_run()?;
     agent.stop()?;
+    Ok((t, (r1 - r0) as f64, (c1 - c0) as f64, tracepoints))
+}
+
+/// The same transfer with the agent on `--trouble-hooks` (BPF statistics on): its programs'
+/// runs and time per write, as for the default agent above.
+fn trouble_agent_context(cfg: &Config, size: usize, workdir: &Path) -> Result<Value> {
+    let (t, ns, runs, tracepoints) = agent_transfer(
+        cfg,
+        size,
+        workdir,
+        &format!("hot-{size}-trouble"),
+        &["--trouble-hooks".to_string()],
+    )?;
     let writes = t.bytes as f64 / size as f64;
-    let (ns, runs) = ((r1 - r0) as f64, (c1 - c0) as f64);
     Ok(json!({
         "tracepoints": tracepoints,
         "bytes_per_s": t.bytes_per_s,

@@ -60,6 +60,38 @@ fn last_stats(agent: &Agent) -> Option<Value> {
 }
 
 /// Measure one N: set up, then idle and busy phases.
+/// One measured window of an agent, after a quiet machine: its process CPU and in-kernel
+/// program time (ns per second), program runs per second, and what else ran meanwhile.
+struct AgentWindow {
+    dt: f64,
+    proc_ns: f64,
+    bpf_ns: f64,
+    runs: f64,
+    contention: util::Contention,
+}
+
+fn agent_window(agent: &Agent, own: &[u64], pids: &[u32], window: Duration) -> Result<AgentWindow> {
+    let pre = util::wait_quiet(own, pids, Duration::from_secs(5))?;
+    let meter = util::ForeignMeter::start(pids)?;
+    let (s0, _) = agent.cpu_ns()?;
+    let (b0, c0) = agent.bpf_run()?;
+    let t0 = Instant::now();
+    util::sleep_checked(window)?;
+    let (s1, _) = agent.cpu_ns()?;
+    let (b1, c1) = agent.bpf_run()?;
+    let dt = t0.elapsed().as_secs_f64();
+    Ok(AgentWindow {
+        dt,
+        proc_ns: (s1 - s0) as f64 / dt,
+        bpf_ns: (b1 - b0) as f64 / dt,
+        runs: (c1 - c0) as f64 / dt,
+        contention: util::Contention {
+            foreign_progs: pre.foreign_progs.max(util::foreign_progs(own)),
+            foreign_cpu_ms_per_s: meter.read(pids)?,
+        },
+    })
+}
+
 fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> {
     let t_setup = Instant::now();
     let mut holders = spawn_holders(n, phase, cfg.per_holder)?;
@@ -84,23 +116,14 @@ fn run_n(cfg: &Config, n: usize, phase: usize, workdir: &Path) -> Result<Value> 
         let mut pids: Vec<u32> = holders.iter().map(Helper::pid).collect();
         pids.push(agent.pid);
         for r in 0..cfg.rounds {
-            let pre = util::wait_quiet(&own, &pids, Duration::from_secs(5))?;
-            let meter = util::ForeignMeter::start(&pids)?;
-            let (s0, _) = agent.cpu_ns()?;
-            let (b0, c0) = agent.bpf_run()?;
-            let t0 = Instant::now();
-            util::sleep_checked(cfg.window)?;
-            let (s1, _) = agent.cpu_ns()?;
-            let (b1, c1) = agent.bpf_run()?;
-            let dt = t0.elapsed().as_secs_f64();
-            let agent_user_ns = (s1 - s0) as f64 / dt;
-            let bpf_ns = (b1 - b0) as f64 / dt;
-            let bpf_runs = (c1 - c0) as f64 / dt;
+            let AgentWindow {
+                dt,
+                proc_ns: agent_user_ns,
+                bpf_ns,
+                runs: bpf_runs,
+                contention,
+            } = agent_window(&agent, &own, &pids, cfg.window)?;
             let agent_total = agent_user_ns + bpf_ns;
-            let contention = util::Contention {
-                foreign_progs: pre.foreign_progs.max(util::foreign_progs(&own)),
-                foreign_cpu_ms_per_s: meter.read(&pids)?,
-            };
 
             let (code, ss_cpu, ss_wall) =
                 util::run_measured("ss", &["-tin"], Duration::from_secs(120))?;
@@ -211,20 +234,13 @@ fn trouble_busy(cfg: &Config, n: usize, workdir: &Path, holders: &[Helper]) -> R
     pids.push(agent.pid);
     let mut rounds = Vec::new();
     for r in 0..cfg.rounds {
-        let pre = util::wait_quiet(&own, &pids, Duration::from_secs(5))?;
-        let meter = util::ForeignMeter::start(&pids)?;
-        let (s0, _) = agent.cpu_ns()?;
-        let (b0, c0) = agent.bpf_run()?;
-        let t0 = Instant::now();
-        util::sleep_checked(cfg.window)?;
-        let (s1, _) = agent.cpu_ns()?;
-        let (b1, c1) = agent.bpf_run()?;
-        let dt = t0.elapsed().as_secs_f64();
-        let (proc_ns, bpf_ns) = ((s1 - s0) as f64 / dt, (b1 - b0) as f64 / dt);
-        let contention = util::Contention {
-            foreign_progs: pre.foreign_progs.max(util::foreign_progs(&own)),
-            foreign_cpu_ms_per_s: meter.read(&pids)?,
-        };
+        let AgentWindow {
+            dt,
+            proc_ns,
+            bpf_ns,
+            runs,
+            contention,
+        } = agent_window(&agent, &own, &pids, cfg.window)?;
         eprintln!(
             "bench: scale N={n} busy, --trouble-hooks, round {}/{}: agent {:.3} ms/s (+bpf {:.3} ms/s){}",
             r + 1,
@@ -238,7 +254,7 @@ fn trouble_busy(cfg: &Config, n: usize, workdir: &Path, holders: &[Helper]) -> R
             "agent_window_s": dt,
             "agent_process_cpu_ms_per_s": proc_ns / 1e6,
             "agent_bpf_ms_per_s": bpf_ns / 1e6,
-            "agent_bpf_runs_per_s": (c1 - c0) as f64 / dt,
+            "agent_bpf_runs_per_s": runs,
             "agent_total_cpu_ms_per_s": (proc_ns + bpf_ns) / 1e6,
             "contention": contention.json(),
             "contended": contention.contended(),
