@@ -260,41 +260,38 @@ impl Probes {
             None
         };
         let offsets = &offsets;
-        // Socket cookies from tracing programs arrived in 5.12. Decide by behaviour: the
-        // state program (the simplest user of the key) must load with cookie keys, else the
-        // object is reloaded with address keys.
-        let cookie_try = if trouble_hooks {
-            Err(anyhow!("--trouble-hooks keys sockets by address"))
-        } else {
-            Self::open(&btf, offsets, max_sockets, false, pin_dir)
+        // With `--trouble-hooks`, address keys from the start. Otherwise: socket cookies
+        // from tracing programs arrived in 5.12; decide by behaviour: the state program (the
+        // simplest user of the key) must load with cookie keys, else the object is reloaded
+        // with address keys.
+        let (mut ebpf, key_by_addr) = if trouble_hooks {
+            let ebpf = Self::open(&btf, offsets, max_sockets, true, pin_dir)
                 .and_then(|e| Self::probe_key(e, &btf))
-        };
-        let (mut ebpf, key_by_addr) = match cookie_try {
-            Ok(ebpf) => (ebpf, false),
-            Err(cookie_err) if trouble_hooks => {
-                log::debug!("{cookie_err}");
-                let ebpf = Self::open(&btf, offsets, max_sockets, true, pin_dir)
-                    .and_then(|e| Self::probe_key(e, &btf))
-                    .with_context(|| {
-                        format!("the kernel's verifier refused the eBPF programs on {release}")
-                    })?;
-                (ebpf, true)
-            }
-            Err(cookie_err) => {
-                match Self::open(&btf, offsets, max_sockets, true, pin_dir)
-                    .and_then(|e| Self::probe_key(e, &btf))
-                {
-                    Ok(ebpf) => {
-                        log::info!(
+                .with_context(|| {
+                    format!("the kernel's verifier refused the eBPF programs on {release}")
+                })?;
+            (ebpf, true)
+        } else {
+            match Self::open(&btf, offsets, max_sockets, false, pin_dir)
+                .and_then(|e| Self::probe_key(e, &btf))
+            {
+                Ok(ebpf) => (ebpf, false),
+                Err(cookie_err) => {
+                    match Self::open(&btf, offsets, max_sockets, true, pin_dir)
+                        .and_then(|e| Self::probe_key(e, &btf))
+                    {
+                        Ok(ebpf) => {
+                            log::info!(
                             "socket cookies are not available to tracing programs on {release} \
                              ({cookie_err:#}); keying sockets by address"
                         );
-                        (ebpf, true)
-                    }
-                    Err(addr_err) => bail!(
-                        "the kernel's verifier refused the eBPF programs on {release}: with \
+                            (ebpf, true)
+                        }
+                        Err(addr_err) => bail!(
+                            "the kernel's verifier refused the eBPF programs on {release}: with \
                          socket cookies: {cookie_err:#}; with address keys: {addr_err:#}"
-                    ),
+                        ),
+                    }
                 }
             }
         };

@@ -33,7 +33,7 @@ pub(super) struct SendSeen {
     /// Bytes queued (written, not acked) at the last lookup.
     send_q: u32,
     /// When a lookup last saw bytes acked grow (CLOCK_MONOTONIC ns; 0: never).
-    pub(super) progress_ns: u64,
+    progress_ns: u64,
     /// When the last lookup was made.
     looked_ns: u64,
     /// The peer's last ACK as of the last lookup (`tcpi_last_ack_recv`; 0: unknown).
