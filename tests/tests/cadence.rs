@@ -548,6 +548,22 @@ fn max_of(xs: &[f64]) -> f64 {
     xs.iter().copied().fold(0.0, f64::max)
 }
 
+fn median_of(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Every gap after the first is under `factor` x the longest gap before it, less `margin_s`.
+fn later_gaps_within_learned_cadence(gaps: &[f64], factor: f64, margin_s: f64) -> bool {
+    let mut longest = 0.0f64;
+    gaps.iter().enumerate().all(|(i, &g)| {
+        let ok = i == 0 || g < factor * longest - margin_s;
+        longest = longest.max(g);
+        ok
+    })
+}
+
 fn has_errno(send_error: &Value, errno: i64) -> bool {
     send_error["errnos"]
         .as_array()
@@ -756,10 +772,18 @@ fn bursty_consumer_is_not_reset_when_threshold_exceeds_first_gap() {
     assert_stream_intact(side);
     let s = side_summary(side);
     let gaps = gaps_of(&s);
+    // The premise: the first gap (no history yet) is under the 20 s threshold, and every
+    // later gap is under factor 2 x the longest gap before it, so a cadence-learning agent
+    // never crosses its learned threshold. A later gap may exceed the first one: on some
+    // machines the receive buffer autotunes once more after the first burst (measured in CI:
+    // 15.1, 24.3, 16.1, 16.1, 16.1 s).
     assert!(
-        gaps.len() >= 4 && gaps.iter().all(|&g| (8.0..20.0).contains(&g)),
-        "expected >= 4 read bursts 8-20 s apart (the measured websockets cadence), got {gaps:?}; \
-         the scenario's premise does not hold"
+        later_gaps_within_learned_cadence(&gaps, 2.0, 1.0)
+            && gaps.len() >= 4
+            && (8.0..20.0).contains(&gaps[0]),
+        "expected >= 4 read bursts, the first 8-20 s after the start and each later one under \
+         2 x the longest before it (the measured websockets cadence), got {gaps:?}; the \
+         scenario's premise does not hold"
     );
     let mine = socket_events(&side.agent, side.port);
     let acted: Vec<&Value> = mine
@@ -878,9 +902,15 @@ fn bursty_consumer_under_observe_rule_is_calibrated_and_warned_about() {
         (10_000.0..=20_000.0).contains(&max_ms) && (10_000.0..=20_000.0).contains(&p50_ms),
         "calibration max/p50 outside the measured 10-20 s cadence: {row}"
     );
+    // A zero-window episode lies inside one client read gap, so no recovered episode is
+    // longer than the client's longest gap. It may be shorter: the receiver can re-open its
+    // window once inside a long gap (receive-queue collapse or a buffer autotuning step) and
+    // split it. The typical episode is the client's typical gap.
+    let client_median_ms = median_of(&gaps) * 1000.0;
     assert!(
-        (max_ms - client_max_ms).abs() <= 1500.0,
-        "calibration max {max_ms} ms vs client's longest gap {client_max_ms:.0} ms: {row}"
+        max_ms <= client_max_ms + 1500.0 && max_ms + 1500.0 >= client_median_ms,
+        "calibration max {max_ms} ms vs client's longest gap {client_max_ms:.0} ms and median \
+         gap {client_median_ms:.0} ms: {row}"
     );
 
     let warnings: Vec<&Value> = side
@@ -1117,9 +1147,13 @@ fn bursty_consumer_that_stops_reading_is_reset_at_learned_cadence() {
         "evidence counts {episodes} recovered episodes, the client saw {} gaps: {reset}",
         gaps.len()
     );
+    // As in scenario 2: an episode lies inside one client gap and may be a split part of it.
+    let client_median_ms = median_of(&gaps) * 1000.0;
     assert!(
-        (longest as f64 - client_max_gap * 1000.0).abs() <= 1500.0,
-        "evidence longest_gap_ms {longest} vs the client's longest gap {:.0} ms: {reset}",
+        longest as f64 <= client_max_gap * 1000.0 + 1500.0
+            && longest as f64 + 1500.0 >= client_median_ms,
+        "evidence longest_gap_ms {longest} vs the client's longest gap {:.0} ms and median gap \
+         {client_median_ms:.0} ms: {reset}",
         client_max_gap * 1000.0
     );
     let expected = CEILING_MS.min(THRESHOLD_MS.max((FACTOR * longest as f64).round() as u64));
@@ -1138,15 +1172,15 @@ fn bursty_consumer_that_stops_reading_is_reset_at_learned_cadence() {
          {reset}"
     );
 
-    // Wall clock: not before the last read + factor x the longest gap (less 1 s for where
+    // Wall clock: not before the last read + factor x the longest episode (less 1 s for where
     // in a burst the agent and the client place the gap's ends), not long after.
     let reset_at = ts(&reset);
-    let earliest = last_data + FACTOR * client_max_gap - 1.0;
+    let earliest = last_data + FACTOR * longest as f64 / 1000.0 - 1.0;
     let latest = last_data + (effective + 2 * TICK_MS + SLACK_MS) as f64 / 1000.0 + 1.0;
     assert!(
         reset_at >= earliest,
-        "reset {:.1} s after the last read, earlier than 2 x longest gap {client_max_gap:.1} s \
-         - 1 s: {reset}",
+        "reset {:.1} s after the last read, earlier than 2 x longest episode {longest} ms - 1 s: \
+         {reset}",
         reset_at - last_data
     );
     assert!(
@@ -1289,4 +1323,29 @@ fn durations_are_found_in_advice_text() {
         durations_ms("zero_window_after = \"24s\"   (>= 1.5 x 15.8s"),
         vec![24_000, 15_800]
     );
+}
+
+#[test]
+fn learned_cadence_premise_accepts_one_long_later_gap_only_under_the_factor() {
+    assert!(later_gaps_within_learned_cadence(
+        &[15.1, 24.3, 16.1, 16.1, 16.1],
+        2.0,
+        1.0
+    ));
+    assert!(later_gaps_within_learned_cadence(
+        &[13.0, 15.0, 16.0, 16.0],
+        2.0,
+        1.0
+    ));
+    assert!(!later_gaps_within_learned_cadence(
+        &[10.0, 19.5, 16.0],
+        2.0,
+        1.0
+    ));
+    assert!(!later_gaps_within_learned_cadence(
+        &[8.0, 12.0, 40.0],
+        2.0,
+        1.0
+    ));
+    assert_eq!(median_of(&[13.1, 23.2, 16.1, 16.1, 16.1, 16.1]), 16.1);
 }
