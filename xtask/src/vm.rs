@@ -150,6 +150,17 @@ const DEBIAN_11: Line = Line {
     env: "",
 };
 
+const DEBIAN_13: Line = Line {
+    id: "6.12",
+    debian: "Debian 13 (trixie)",
+    prefix: "linux-image-6.12.",
+    suffix: "-cloud-amd64-unsigned",
+    mid: deb13_patch,
+    modules_prefix: None,
+    expect: EXPECT_FENTRY,
+    env: "",
+};
+
 const LINES: &[Line] = &[
     DEBIAN_11,
     // The oldest kernel with the trouble-only hooks: the timer hook's checked reads through
@@ -172,15 +183,15 @@ const LINES: &[Line] = &[
         env: "TCPSTALL_ATTACH=kprobe TCPSTALL_PER_WRITE_HOOKS=1 TCPSTALL_READ_HOOK=1",
         ..DEBIAN_12
     },
+    DEBIAN_13,
+    // The newest stable kernel with the trouble-only hooks: there `tcp_info` has the peer's
+    // window (6.2+), which the progress lookups take, unlike 5.10's.
     Line {
-        id: "6.12",
-        debian: "Debian 13 (trixie)",
-        prefix: "linux-image-6.12.",
-        suffix: "-cloud-amd64-unsigned",
-        mid: deb13_patch,
-        modules_prefix: None,
-        expect: EXPECT_FENTRY,
-        env: "",
+        id: "6.12-trouble",
+        debian: "Debian 13 (trixie), --trouble-hooks",
+        expect: EXPECT_TROUBLE,
+        env: "TCPSTALL_TROUBLE_HOOKS=1",
+        ..DEBIAN_13
     },
     Line {
         id: "7.x",

@@ -34,16 +34,30 @@ pub(super) struct FakeMap {
     pub(super) no_read_hook: bool,
     /// No ACK hook (`--trouble-hooks`): progress comes from sock_diag (`sends.rs`).
     pub(super) no_ack_hook: bool,
+    /// Entries whose cookie the kernel side does not know yet (address keys): a read hands
+    /// each to its resolver with cookie 0 and leaves it out when that finds none.
+    pub(super) unnamed: HashSet<u64>,
 }
 
 #[derive(Clone, Default)]
 pub(super) struct Src(pub(super) Arc<Mutex<FakeMap>>);
 
 impl SockSource for Src {
-    fn read_all(&mut self, _r: &mut dyn FnMut(&SockState) -> Option<u64>) -> Vec<SockState> {
+    fn read_all(&mut self, r: &mut dyn FnMut(&SockState) -> Option<u64>) -> Vec<SockState> {
         let mut m = self.0.lock().unwrap();
         m.read_done = true;
-        m.states.clone()
+        let mut out = Vec::with_capacity(m.states.len());
+        for s in m.states.clone() {
+            if m.unnamed.contains(&s.cookie) {
+                let asked = SockState { cookie: 0, ..s };
+                if r(&asked) != Some(s.cookie) {
+                    continue;
+                }
+                m.unnamed.remove(&s.cookie);
+            }
+            out.push(s);
+        }
+        out
     }
     fn drain_closed(&mut self) -> Vec<CloseNote> {
         let mut m = self.0.lock().unwrap();
@@ -94,6 +108,10 @@ pub(super) struct FakeKernel {
     pub(super) destroy_errors: Vec<i32>,
     pub(super) destroyed: Vec<u64>,
     pub(super) lookup_many_calls: usize,
+    /// Single lookups (`lookup`) made.
+    pub(super) lookup_calls: usize,
+    /// Live sockets by remote address, for lookups by 4-tuple (cookie 0).
+    pub(super) by_remote: HashMap<std::net::SocketAddr, u64>,
     pub(super) destroy_calls: usize,
     /// The agent's output as it was when each destroy batch was sent.
     pub(super) witness: Option<Buf>,
@@ -103,20 +121,34 @@ pub(super) struct FakeKernel {
 #[derive(Clone, Default)]
 pub(super) struct Kern(pub(super) Arc<Mutex<FakeKernel>>);
 
-impl DiagPath for Kern {
-    fn lookup(&mut self, t: &Target) -> Result<Option<TcpDiag>, ResetError> {
-        let k = self.0.lock().unwrap();
+impl FakeKernel {
+    /// What sock_diag answers about `t`: a listener by local port, a socket by cookie, or
+    /// by 4-tuple when the cookie is 0.
+    fn answer(&self, t: &Target) -> Option<TcpDiag> {
         if t.remote.port() == 0 {
-            return Ok(k.listeners.contains(&t.local.port()).then(|| TcpDiag {
+            return self.listeners.contains(&t.local.port()).then(|| TcpDiag {
                 state: TCP_LISTEN,
                 ..diag(0, 0)
-            }));
+            });
         }
-        Ok(k.live.get(&t.cookie).cloned())
+        let cookie = match t.cookie {
+            0 => *self.by_remote.get(&t.remote)?,
+            c => c,
+        };
+        self.live.get(&cookie).cloned()
+    }
+}
+
+impl DiagPath for Kern {
+    fn lookup(&mut self, t: &Target) -> Result<Option<TcpDiag>, ResetError> {
+        let mut k = self.0.lock().unwrap();
+        k.lookup_calls += 1;
+        Ok(k.answer(t))
     }
     fn lookup_many(&mut self, t: &[Target]) -> Vec<Result<Option<TcpDiag>, ResetError>> {
-        self.0.lock().unwrap().lookup_many_calls += 1;
-        t.iter().map(|t| self.lookup(t)).collect()
+        let mut k = self.0.lock().unwrap();
+        k.lookup_many_calls += 1;
+        t.iter().map(|t| Ok(k.answer(t))).collect()
     }
     fn destroy_many(&mut self, t: &[Target]) -> Vec<Result<(), ResetError>> {
         let mut k = self.0.lock().unwrap();

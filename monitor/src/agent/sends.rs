@@ -42,6 +42,18 @@ pub(super) struct SendSeen {
     backoff: u8,
     /// The peer's window at the last lookup, where `tcp_info` has it (Linux 6.2+).
     snd_wnd: Option<u32>,
+    /// Lookups folded in so far (saturating).
+    lookups: u8,
+}
+
+impl SendSeen {
+    /// Whether the socket stayed tracked past the lookup after its first: still in trouble
+    /// about a second after it was first tracked. Only then is its holder looked for in
+    /// `/proc` (`tick::find_holders`): a stream that retransmitted once and recovered at
+    /// its next lookup never costs a walk.
+    pub(super) fn stayed_in_trouble(&self) -> bool {
+        self.lookups >= 2
+    }
 }
 
 /// Whether `seen` may be looked up again at `now_ns` (`reads::due`).
@@ -90,6 +102,7 @@ pub(super) fn fold(seen: &mut Option<SendSeen>, snap: &mut Snapshot, d: &TcpDiag
         last_ack_ns,
         backoff: d.backoff,
         snd_wnd: (info && d.has_snd_wnd()).then_some(d.snd_wnd),
+        lookups: seen.map_or(0, |p| p.lookups).saturating_add(1),
     });
     if d.send_q == 0 && d.recv_q == 0 {
         Found::Drained
@@ -122,20 +135,26 @@ pub(super) fn apply_seen(seen: &Option<SendSeen>, snap: &mut Snapshot) {
 impl<S: SockSource, K: DiagPath> Agent<S, K> {
     /// Without an ACK hook: one batched lookup for the tracked sockets, each at most every
     /// `read_lookup_every_ns` (`reads::LOOKUP_EVERY_NS`) and a new one at once, leaving out
-    /// those `reads` already looked up this tick (their answer serves both). None with an
-    /// ACK hook.
+    /// those `reads` already looked up this tick (their answer serves both) and those whose
+    /// cookie this tick's read had to ask for (`resolved`: that answer is this tick's
+    /// lookup). None with an ACK hook.
     pub(super) fn look_up_sends(
         &mut self,
         states: &[SockState],
         now_ns: u64,
         reads: &HashMap<u64, TcpDiag>,
+        resolved: HashMap<u64, TcpDiag>,
     ) -> HashMap<u64, TcpDiag> {
         if self.src.acks_seen() {
             return HashMap::new();
         }
         let (cookies, targets): (Vec<u64>, Vec<Target>) = states
             .iter()
-            .filter(|st| st.cookie != 0 && !reads.contains_key(&st.cookie))
+            .filter(|st| {
+                st.cookie != 0
+                    && !reads.contains_key(&st.cookie)
+                    && !resolved.contains_key(&st.cookie)
+            })
             .filter_map(|st| match self.last.get(&st.cookie) {
                 Some(seen) => send_due(
                     &seen.send_seen.as_deref().copied(),
@@ -148,19 +167,22 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 None => Some((st.cookie, target_of(&Snapshot::from_state(st, now_ns)))),
             })
             .unzip();
+        let mut found_all = resolved;
         if targets.is_empty() {
-            return HashMap::new();
+            return found_all;
         }
         self.progress_lookups += targets.len() as u64;
         let found = self.kern.lookup_many(&targets);
-        cookies
-            .into_iter()
-            .zip(found)
-            .filter_map(|(cookie, r)| match r {
-                Ok(Some(d)) => Some((cookie, d)),
-                _ => None,
-            })
-            .collect()
+        found_all.extend(
+            cookies
+                .into_iter()
+                .zip(found)
+                .filter_map(|(cookie, r)| match r {
+                    Ok(Some(d)) => Some((cookie, d)),
+                    _ => None,
+                }),
+        );
+        found_all
     }
 }
 

@@ -981,3 +981,87 @@ fn without_an_ack_hook_a_socket_whose_trouble_is_over_leaves_the_map() {
     );
     assert_eq!(r.map.0.lock().unwrap().removed, vec![9]);
 }
+
+#[test]
+fn without_an_ack_hook_a_holder_is_looked_for_only_once_a_socket_stayed_in_trouble() {
+    let mut r = trouble_rig();
+    // Two sockets tracked at their trouble (a backed-off RTO, progress a moment ago, so no
+    // stall), no writer seen; inodes no process holds.
+    for (cookie, remote, ino) in [
+        (8, "10.9.0.4:40000", 0xFFFF_FF01),
+        (9, "10.9.0.5:40000", 0xFFFF_FF02),
+    ] {
+        let mut s = healthy(cookie, remote);
+        s.backoff = 2;
+        s.sock_ino = ino;
+        r.add(s, true);
+        set_acks(&r, cookie, 4000, 0, 1000);
+    }
+    r.agent.tick().unwrap();
+    // One lookup each, no walk yet (with an ACK hook the next tick would walk).
+    assert_eq!(r.agent.holders.walks, 0);
+    // 8 recovers at its next lookup and leaves; 9 stays in trouble.
+    {
+        let mut k = r.kern.0.lock().unwrap();
+        let d = k.live.get_mut(&8).unwrap();
+        d.backoff = 0;
+        d.probes = 0;
+        d.bytes_acked = 2000;
+    }
+    r.agent.tick().unwrap();
+    assert_eq!(r.map.0.lock().unwrap().removed, vec![8]);
+    assert_eq!(r.agent.holders.walks, 0);
+    // 9 stayed past its second lookup: the next tick looks for its holder, once.
+    r.agent.tick().unwrap();
+    assert_eq!(r.agent.holders.walks, 1);
+    r.agent.tick().unwrap();
+    assert_eq!(r.agent.holders.walks, 1);
+    assert!(r.destroyed().is_empty());
+
+    // Contrast: with an ACK hook a socket that stayed tracked one tick is looked for.
+    let mut r = rig("");
+    let mut s = healthy(8, "10.9.0.4:40000");
+    s.sock_ino = 0xFFFF_FF01;
+    r.add(s, true);
+    r.agent.tick().unwrap();
+    r.agent.tick().unwrap();
+    assert_eq!(r.agent.holders.walks, 1);
+}
+
+#[test]
+fn without_an_ack_hook_the_lookup_naming_a_new_sockets_cookie_is_its_first_progress_lookup() {
+    let mut r = trouble_rig();
+    // Address keys: the kernel side does not know the socket's cookie yet. In trouble
+    // (backed off), progress a moment ago: not judged stalled.
+    let mut s = healthy(5, "10.9.0.2:40000");
+    s.backoff = 2;
+    r.add(s, true);
+    set_acks(&r, 5, 4000, 0, 1000);
+    {
+        let mut k = r.kern.0.lock().unwrap();
+        k.by_remote.insert("10.9.0.2:40000".parse().unwrap(), 5);
+        r.map.0.lock().unwrap().unnamed.insert(5);
+    }
+    r.agent.tick().unwrap();
+    // One lookup named it and served as its progress lookup: no batched lookup.
+    let (single, batched) = {
+        let k = r.kern.0.lock().unwrap();
+        (k.lookup_calls, k.lookup_many_calls)
+    };
+    assert_eq!((single, batched), (1, 0));
+    assert_eq!(r.agent.progress_lookups, 0);
+    // Folded in as its first lookup: the next tick's is its second.
+    assert!(!r.agent.last[&5]
+        .send_seen
+        .as_deref()
+        .expect("looked up")
+        .stayed_in_trouble());
+    r.agent.tick().unwrap();
+    assert_eq!(r.agent.progress_lookups, 1);
+    assert!(r.agent.last[&5]
+        .send_seen
+        .as_deref()
+        .expect("looked up")
+        .stayed_in_trouble());
+    assert!(r.destroyed().is_empty());
+}

@@ -9,7 +9,7 @@ use crate::classify::{Evidence, StallClass, Transition};
 use crate::event::{self, Event, SocketFields};
 use crate::guards::{self, HoldChange, Peer};
 use crate::policy::{Action, Selection};
-use crate::reset::Target;
+use crate::reset::{Target, TcpDiag};
 use crate::snapshot::{monotonic_ns, Snapshot};
 use anyhow::Result;
 use monitor_common::SockState;
@@ -32,17 +32,37 @@ fn needs_holder(st: &SockState) -> bool {
     st.flags & monitor_common::flags::HAVE_WRITER == 0 && st.sock_ino != 0 && st.cookie != 0
 }
 
+/// Whether `seen`, a tracked socket [`needs_holder`] says has no writer identity, is looked
+/// for now: with an ACK hook once it stayed tracked from one tick to the next; without one
+/// (`--trouble-hooks`) once it also stayed in trouble past the lookup after its first
+/// (`sends::SendSeen::stayed_in_trouble`), so a stream that retransmitted once and
+/// recovered, the common case on a busy streaming server, never costs a `/proc` walk.
+fn holder_wanted(seen: &super::Seen, acks_seen: bool) -> bool {
+    seen.holder.is_none()
+        && (acks_seen
+            || seen
+                .send_seen
+                .as_deref()
+                .is_some_and(super::sends::SendSeen::stayed_in_trouble))
+}
+
 /// Address-keyed kernels only: the cookie of a socket nobody asked about yet (the lookup
 /// is what makes the kernel assign it).
 pub(super) fn resolve_cookie<K: DiagPath + ?Sized>(kern: &mut K, st: &SockState) -> Option<u64> {
+    resolve_diag(kern, st).map(|d| d.cookie)
+}
+
+/// [`resolve_cookie`] with the whole answer: the socket as sock_diag sees it now, which
+/// serves as its first progress lookup too (`sends::look_up_sends`), so a socket newly
+/// tracked under address keys costs one lookup, not two.
+fn resolve_diag<K: DiagPath + ?Sized>(kern: &mut K, st: &SockState) -> Option<TcpDiag> {
     let snap = Snapshot::from_state(st, 0);
     let target = Target {
         cookie: 0,
         ..target_of(&snap)
     };
     match kern.lookup(&target) {
-        Ok(Some(d)) => Some(d.cookie),
-        Ok(None) => None,
+        Ok(d) => d,
         Err(e) => {
             log::debug!("cookie lookup of {} -> {}: {e}", snap.local, snap.remote);
             None
@@ -101,7 +121,14 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
     pub fn tick(&mut self) -> Result<()> {
         let t0 = Instant::now();
         let kern = &mut self.kern;
-        let states = self.src.read_all(&mut |st| resolve_cookie(kern, st));
+        // Address keys: what the lookups naming new sockets' cookies found of them.
+        let mut resolved: HashMap<u64, TcpDiag> = HashMap::new();
+        let states = self.src.read_all(&mut |st| {
+            let d = resolve_diag(kern, st)?;
+            let cookie = d.cookie;
+            resolved.insert(cookie, d);
+            Some(cookie)
+        });
         for n in self.src.drain_closed() {
             self.closed.insert(n.cookie, (n.ts_ns, t0));
         }
@@ -113,7 +140,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let reads = self.look_up_reads(&states, now_ns);
         // No ACK hook (`--trouble-hooks`): what sock_diag says of the tracked sockets'
         // progress (a socket `reads` looked up is answered from there).
-        let sends = self.look_up_sends(&states, now_ns, &reads);
+        let sends = self.look_up_sends(&states, now_ns, &reads, resolved);
         let mut drained: Vec<u64> = Vec::new();
         let policy = std::sync::Arc::clone(&self.policy);
         self.selector.begin(&policy);
@@ -127,6 +154,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         let mut stamped = 0usize;
         // Records left with no writer and no holder (`find_holders` looks next tick).
         let mut holders_pending = false;
+        let acks_seen = self.src.acks_seen();
         for (i, st) in states.iter().enumerate() {
             if i == 0 {
                 self.prefetch(&states[..states.len().min(AHEAD)]);
@@ -159,7 +187,6 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     snap.cgroup_id = h.cgroup_id;
                 }
             }
-            holders_pending |= seen.holder.is_none() && needs_holder(st);
             if let Some(d) = reads.get(&snap.cookie) {
                 if super::reads::fold(&mut seen.read_seen, &mut snap, d) {
                     drained.push(snap.cookie);
@@ -185,6 +212,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 super::sends::apply_seen(&sent, &mut snap);
                 seen.send_seen = sent.map(Box::new);
             }
+            holders_pending |= needs_holder(st) && holder_wanted(seen, acks_seen);
             // The record keeps this tick's snapshot; the rest of the tick reads it there
             // (copied out only for an event or a reset candidate, which are rare).
             seen.snap = snap;
@@ -310,6 +338,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
         if !self.holders_pending {
             return;
         }
+        let acks_seen = self.src.acks_seen();
         let wanted: Vec<(u64, u32)> = states
             .iter()
             .filter(|st| {
@@ -317,7 +346,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                     && self
                         .last
                         .get(&st.cookie)
-                        .is_some_and(|seen| seen.holder.is_none())
+                        .is_some_and(|seen| holder_wanted(seen, acks_seen))
                     && self.holders.wanted(st.cookie, now)
             })
             .map(|st| (st.cookie, st.sock_ino))
