@@ -173,6 +173,13 @@ const LINES: &[Line] = &[
         ..DEBIAN_11
     },
     DEBIAN_12,
+    Line {
+        id: "6.1-trouble",
+        debian: "Debian 12 (bookworm), --trouble-hooks",
+        expect: EXPECT_TROUBLE,
+        env: "TCPSTALL_TROUBLE_HOOKS=1",
+        ..DEBIAN_12
+    },
     // The same 6.1 kernel with every function hook forced onto kprobes: the third attach
     // method, which no kernel of the matrix needs on its own (fentry works on all of them);
     // with the per-write and read hooks on, so their kprobe paths run too.

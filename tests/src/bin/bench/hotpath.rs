@@ -274,13 +274,16 @@ pub fn run(cfg: &Config, workdir: &Path) -> Result<Value> {
         let mut pairs = Vec::new();
         for i in 0..cfg.pairs {
             util::check_stop()?;
+            // off and on at the ends (drift between them cancels over the pairs); the
+            // trouble-only agent next to off, so its own ratio to off is as close.
             let order = if i % 2 == 0 {
-                ["off", "floor", "on"]
+                ["off", "trouble", "floor", "on"]
             } else {
-                ["on", "floor", "off"]
+                ["on", "floor", "trouble", "off"]
             };
             let mut off = None;
             let mut on = None;
+            let mut trouble = None;
             let mut floor = None;
             let mut startup_ms = 0.0;
             for arm in order {
@@ -290,6 +293,17 @@ pub fn run(cfg: &Config, workdir: &Path) -> Result<Value> {
                             Agent::start(&cfg.policy, false, workdir, &format!("hot-{size}-{i}"))?;
                         startup_ms = agent.startup.as_secs_f64() * 1e3;
                         on = Some(measure(size, cfg.duration, Some(&agent))?);
+                        agent.stop()?;
+                    }
+                    "trouble" => {
+                        let agent = Agent::start_with(
+                            &cfg.policy,
+                            false,
+                            workdir,
+                            &format!("hot-{size}-{i}-trouble"),
+                            &["--trouble-hooks".to_string()],
+                        )?;
+                        trouble = Some(measure(size, cfg.duration, Some(&agent))?);
                         agent.stop()?;
                     }
                     "floor" if !tracepoints.is_empty() => {
@@ -311,8 +325,16 @@ pub fn run(cfg: &Config, workdir: &Path) -> Result<Value> {
                     f.cpu_ns_per_mb / off.cpu_ns_per_mb
                 )
             });
+            let (tr, c_tr) = trouble.expect("measured");
+            let trouble_text = format!(
+                "; --trouble-hooks {:.1} MB/s, trouble/off {:.4}, CPU/MB trouble/off {:.4}{}",
+                tr.bytes_per_s / 1e6,
+                tr.bytes_per_s / off.bytes_per_s,
+                tr.cpu_ns_per_mb / off.cpu_ns_per_mb,
+                if c_tr.contended() { " (contended)" } else { "" }
+            );
             eprintln!(
-                "bench: hot path {size} B pair {}/{}: off {:.1} MB/s, on {:.1} MB/s, on/off {ratio:.4}; CPU/MB on/off {cpu_ratio:.4}{floor_text}{}",
+                "bench: hot path {size} B pair {}/{}: off {:.1} MB/s, on {:.1} MB/s, on/off {ratio:.4}; CPU/MB on/off {cpu_ratio:.4}{floor_text}{trouble_text}{}",
                 i + 1,
                 cfg.pairs,
                 off.bytes_per_s / 1e6,
@@ -326,6 +348,11 @@ pub fn run(cfg: &Config, workdir: &Path) -> Result<Value> {
                 "ratio_on_off": ratio, "cpu_ratio_on_off": cpu_ratio,
                 "off_contention": c_off.json(), "on_contention": c_on.json(), "contended": contended,
                 "agent_startup_ms": startup_ms,
+                "trouble_bytes_per_s": tr.bytes_per_s, "trouble_cpu_ns_per_mb": tr.cpu_ns_per_mb,
+                "ratio_trouble_off": tr.bytes_per_s / off.bytes_per_s,
+                "cpu_ratio_trouble_off": tr.cpu_ns_per_mb / off.cpu_ns_per_mb,
+                "trouble_contention": c_tr.json(),
+                "trouble_contended": c_off.contended() || c_tr.contended(),
             });
             if let Some((f, c_floor)) = floor {
                 pair["floor_bytes_per_s"] = json!(f.bytes_per_s);
@@ -352,6 +379,10 @@ pub fn run(cfg: &Config, workdir: &Path) -> Result<Value> {
             "cpu_ratio_on_off": cpu_spread.json(),
             "cpu_ratio_on_off_uncontended": summary(&pairs, "cpu_ratio_on_off", true),
             "cpu_overhead_pct_median": (cpu_spread.median - 1.0) * 100.0,
+            // The same A/B with the agent on --trouble-hooks (its arm in every pair).
+            "ratio_trouble_off": Spread::of(&col("ratio_trouble_off")).map(|s| s.json()),
+            "cpu_ratio_trouble_off": Spread::of(&col("cpu_ratio_trouble_off")).map(|s| s.json()),
+            "trouble_bytes_per_s_median": util::median(&col("trouble_bytes_per_s")),
             "off_bytes_per_s_median": util::median(&col("off_bytes_per_s")),
             "on_bytes_per_s_median": util::median(&col("on_bytes_per_s")),
             "bpf_context": context,

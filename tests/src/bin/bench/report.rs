@@ -98,11 +98,25 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
         for s in sizes {
             let size = s["write_bytes"].as_u64().unwrap_or(0);
             let target = hot_target_pct(size);
-            // Throughput: a loss is 1 - on/off; CPU per byte: an overhead is on/off - 1.
-            for (key, what, sign) in [
-                ("ratio_on_off", "throughput loss with the agent", -1.0),
+            // Throughput: a loss is 1 - on/off; CPU per byte: an overhead is on/off - 1. The
+            // agent with its default hooks, then on --trouble-hooks (its own arm per pair).
+            for (key, mode, what, sign) in [
+                ("ratio_on_off", "", "throughput loss with the agent", -1.0),
                 (
                     "cpu_ratio_on_off",
+                    "",
+                    "CPU per byte with the agent (added)",
+                    1.0,
+                ),
+                (
+                    "ratio_trouble_off",
+                    ", with --trouble-hooks",
+                    "throughput loss with the agent",
+                    -1.0,
+                ),
+                (
+                    "cpu_ratio_trouble_off",
+                    ", with --trouble-hooks",
                     "CPU per byte with the agent (added)",
                     1.0,
                 ),
@@ -161,7 +175,7 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
                     }
                 };
                 out.push(Verdict {
-                    what: format!("hot path, {size} B writes: {what}"),
+                    what: format!("hot path, {size} B writes{mode}: {what}"),
                     target: format!("<= {target}%"),
                     measured,
                     met,
@@ -463,14 +477,15 @@ pub fn markdown(results: &Value) -> String {
              One sender thread writes fixed-size chunks for {} s to a receiver thread draining with \
              256 KiB reads (Nagle on, default buffers), the two pinned to different CPUs (where they share one, loopback throughput changes run to run). Arm *on*: `tcpstall run` started for that \
              measurement (its default hooks, no per-write hook: see the attach floors below; 1 s tick), stopped after it. {} pairs per size; \
-             the order alternates (off,on / on,off) to cancel drift; every pair has a third arm in the middle, *floor*: empty \
-             programs at the agent's tracepoints, run-time statistics off (see the interpretation). Before each arm the bench waits \
+             the order alternates (off,on / on,off) to cancel drift; every pair has two more arms in the middle: *floor*, empty \
+             programs at the agent's tracepoints, run-time statistics off (see the interpretation), and the agent on \
+             `--trouble-hooks`, next to off (off,trouble,floor,on / on,floor,trouble,off). Before each arm the bench waits \
              (<= 10 s) for a quiet machine; a pair is *contended* if another tcpstall agent was \
              loaded or other processes used > 15% of a core during either arm (this VM is shared \
              with other jobs). *CPU per byte* = sender + receiver thread CPU time per byte moved \
              (includes the BPF programs, which run in those threads). *BPF runs per write* comes \
              from one extra agent-on run with `--bpf-stats` (context, not in the ratios).\n\n\
-             | write size | off MB/s (median) | on MB/s (median) | throughput on/off, median (min..max) | loss | target | on/off, uncontended pairs only | CPU per byte on/off (min..max) | BPF runs per write, ns per run |\n|---|---|---|---|---|---|---|---|---|",
+             | write size | off MB/s (median) | on MB/s (median) | throughput on/off, median (min..max) | loss | target | on/off, uncontended pairs only | CPU per byte on/off (min..max) | BPF runs per write, ns per run | --trouble-hooks: throughput/off, CPU per byte/off (min..max) |\n|---|---|---|---|---|---|---|---|---|---|",
             fmt_opt(f(&hp["duration_s"]), 1),
             hp["pairs"],
         );
@@ -478,7 +493,7 @@ pub fn markdown(results: &Value) -> String {
             let size = sz["write_bytes"].as_u64().unwrap_or(0);
             let _ = writeln!(
                 s,
-                "| {} B | {} | {} | {} | {}% | <= {}% | {} ({} pairs) | {} | {:.1}, {:.0} |",
+                "| {} B | {} | {} | {} | {}% | <= {}% | {} ({} pairs) | {} | {:.1}, {:.0} | {}, {} |",
                 size,
                 mb(&sz["off_bytes_per_s_median"]),
                 mb(&sz["on_bytes_per_s_median"]),
@@ -490,6 +505,8 @@ pub fn markdown(results: &Value) -> String {
                 spread(&sz["cpu_ratio_on_off"], 4),
                 f(&sz["bpf_context"]["bpf_runs_per_write"]).unwrap_or(f64::NAN),
                 f(&sz["bpf_context"]["bpf_ns_per_run"]).unwrap_or(f64::NAN),
+                spread(&sz["ratio_trouble_off"], 4),
+                spread(&sz["cpu_ratio_trouble_off"], 4),
             );
         }
         let _ = writeln!(s, "\nPer pair (MB/s off / on, ratio):\n");
@@ -999,6 +1016,48 @@ mod tests {
             v[1].miss_by.as_deref().unwrap().contains("whole interval"),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn the_trouble_hooks_arm_gets_its_own_ab_rows_on_the_same_targets() {
+        let pairs: Vec<Value> = [0.99, 0.985, 1.0, 0.995, 1.005, 0.99, 0.98]
+            .iter()
+            .map(|r| {
+                json!({"ratio_on_off": 0.9, "cpu_ratio_on_off": 1.1,
+                       "ratio_trouble_off": r, "cpu_ratio_trouble_off": 2.0 - r})
+            })
+            .collect();
+        let r = json!({"hot_path": {"sizes": [{
+            "write_bytes": 100, "pairs": pairs,
+            "ratio_on_off": {"median": 0.9, "min": 0.9, "max": 0.9},
+            "cpu_ratio_on_off": {"median": 1.1, "min": 1.1, "max": 1.1},
+            "ratio_trouble_off": {"median": 0.99, "min": 0.98, "max": 1.005},
+            "cpu_ratio_trouble_off": {"median": 1.01, "min": 0.995, "max": 1.02},
+        }]}});
+        let v = verdicts(&r);
+        assert_eq!(v.len(), 4, "{v:?}");
+        assert!(!v[0].met && !v[1].met, "{v:?}");
+        assert_eq!(
+            v[2].what,
+            "hot path, 100 B writes, with --trouble-hooks: throughput loss with the agent"
+        );
+        assert!(
+            v[2].met
+                && v[2]
+                    .measured
+                    .starts_with("1.00% (median on/off 0.9900 over 7 pairs")
+        );
+        assert_eq!(
+            v[3].what,
+            "hot path, 100 B writes, with --trouble-hooks: CPU per byte with the agent (added)"
+        );
+        assert!(v[3].met, "{:?}", v[3]);
+        // Over the 3 % target on the median: missed, by how much.
+        let mut r = r;
+        r["hot_path"]["sizes"][0]["ratio_trouble_off"]["median"] = json!(0.96);
+        let v = verdicts(&r);
+        assert!(!v[2].met);
+        assert_eq!(v[2].miss_by.as_deref(), Some("1.00 percentage points"));
     }
 
     #[test]
