@@ -174,6 +174,14 @@ pub fn verdicts(results: &Value) -> Vec<Verdict> {
                         None => (false, Some("unresolved: too few pairs".into())),
                     }
                 };
+                // A missed default-hooks A/B says what of it the run can attribute.
+                let miss_by = match miss_by {
+                    Some(m) if mode.is_empty() => Some(format!(
+                        "{m}{}",
+                        ab_miss_cause(s, key, sign).unwrap_or_default()
+                    )),
+                    m => m,
+                };
                 out.push(Verdict {
                     what: format!("hot path, {size} B writes{mode}: {what}"),
                     target: format!("<= {target}%"),
@@ -386,6 +394,48 @@ fn hot_miss_cause(c: &Value, target: f64) -> Option<String> {
         ));
     }
     Some(s)
+}
+
+/// Why a default-hooks A/B row (`key`: `ratio_on_off` or `cpu_ratio_on_off`, `sign` as in
+/// [`verdicts`]) missed, as far as this run measured: the programs' own share of the CPU per
+/// byte (BPF run-time statistics: the most of the difference their run time can be), and what
+/// the same pairs' other arms measured, the agent on `--trouble-hooks` (almost no program
+/// runs per write) and the empty programs at the agent's tracepoints. `None` when the run has
+/// neither.
+fn ab_miss_cause(s: &Value, key: &str, sign: f64) -> Option<String> {
+    let pct = |r: f64| sign * (r - 1.0) * 100.0;
+    let c = &s["bpf_context"];
+    let share = f(&c["bpf_share_of_thread_cpu"]).map(|x| x * 100.0);
+    let trouble_key = key.replace("on_off", "trouble_off");
+    let trouble = f(&s[trouble_key.as_str()]["median"]).map(pct);
+    let floor_key = key.replace("on_off", "floor_off");
+    let floor = f(&s["floor_arm"][floor_key.as_str()]["median"]).map(pct);
+    if share.is_none() && trouble.is_none() {
+        return None;
+    }
+    let mut out = String::from("; what this run measured of it:");
+    let mut parts = Vec::new();
+    if let Some(p) = share {
+        parts.push(format!(
+            " the agent's programs took {p:.2}% of the sender+receiver CPU per byte (BPF run-time \
+             statistics, {:.1} runs per write), the most of the difference their run time can be",
+            f(&c["bpf_runs_per_write"]).unwrap_or(f64::NAN)
+        ));
+    }
+    if let Some(t) = trouble {
+        parts.push(format!(
+            " in the same pairs the agent on --trouble-hooks ({} program runs per write) measured \
+             {t:.2}%",
+            fmt_opt(f(&c["trouble_agent"]["runs_per_write"]), 4)
+        ));
+    }
+    if let Some(fl) = floor {
+        parts.push(format!(
+            " empty programs at the agent's tracepoints measured {fl:.2}%"
+        ));
+    }
+    out.push_str(&parts.join(";"));
+    Some(out)
 }
 
 fn mb(v: &Value) -> String {
@@ -1052,6 +1102,34 @@ mod tests {
             "hot path, 100 B writes, with --trouble-hooks: CPU per byte with the agent (added)"
         );
         assert!(v[3].met, "{:?}", v[3]);
+        // The default arm's miss says what the run measured of it.
+        let why = v[0].miss_by.as_deref().unwrap();
+        assert!(
+            why.starts_with("7.00 percentage points; what this run measured of it:"),
+            "{why}"
+        );
+        assert!(
+            why.contains("on --trouble-hooks (n/a program runs per write) measured 1.00%"),
+            "{why}"
+        );
+        let mut r2 = r.clone();
+        r2["hot_path"]["sizes"][0]["bpf_context"] = json!({"bpf_share_of_thread_cpu": 0.0072,
+            "bpf_runs_per_write": 2.1, "trouble_agent": {"runs_per_write": 0.0016}});
+        r2["hot_path"]["sizes"][0]["floor_arm"] = json!({"cpu_ratio_floor_off": {"median": 1.02}});
+        let v2 = verdicts(&r2);
+        let why = v2[1].miss_by.as_deref().unwrap();
+        assert!(
+            why.contains("programs took 0.72% of the sender+receiver CPU per byte"),
+            "{why}"
+        );
+        assert!(
+            why.contains("(0.0016 program runs per write) measured 1.00%"),
+            "{why}"
+        );
+        assert!(
+            why.contains("; empty programs at the agent's tracepoints measured 2.00%"),
+            "{why}"
+        );
         // Over the 3 % target on the median: missed, by how much.
         let mut r = r;
         r["hot_path"]["sizes"][0]["ratio_trouble_off"]["median"] = json!(0.96);
