@@ -262,6 +262,27 @@ impl ScanRecord {
     pub const SIZE: usize = core::mem::size_of::<ScanRecord>();
 }
 
+/// One open file of a process that is a socket the agent looks for the holder of: the task
+/// file iterator (`monitor-ebpf/src/holders.rs`) writes one per match to its seq_file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HolderRecord {
+    /// The socket's inode number (`socket:[N]`).
+    pub ino: u64,
+    /// The holding process (thread-group id, in the pid namespace the iterator walks).
+    pub tgid: u32,
+    /// The file descriptor it holds the socket through.
+    pub fd: u32,
+}
+
+impl HolderRecord {
+    /// Size of one record on the wire.
+    pub const SIZE: usize = core::mem::size_of::<HolderRecord>();
+}
+
+/// Socket inodes one holder pass looks for at most (the size of `HOLDER_WANT`).
+pub const MAX_HOLDER_WANT: u32 = 4096;
+
 /// Kernel structure field offsets, read from the running kernel's BTF at start-up and handed
 /// to the programs as the global `OFFSETS`. `magic` must equal [`Offsets::MAGIC`] or every
 /// program does nothing.
@@ -313,6 +334,14 @@ pub struct Offsets {
     /// `struct socket_alloc` -> `vfs_inode.i_ino`: from a `struct socket *` (the first member
     /// of `socket_alloc`) to its inode number.
     pub socket_ino: u32,
+    /// `struct file` -> `f_inode` (the holder iterator: which files are sockets, and which).
+    pub file_f_inode: u32,
+    /// `struct inode` -> `i_mode` (u16; `S_IFSOCK` for a socket).
+    pub inode_i_mode: u32,
+    /// `struct inode` -> `i_ino`.
+    pub inode_i_ino: u32,
+    /// `struct task_struct` -> `tgid`.
+    pub task_tgid: u32,
 }
 
 impl Offsets {
@@ -348,6 +377,10 @@ impl Offsets {
             rcv_wnd: 0,
             skb_data: 0,
             socket_ino: 0,
+            file_f_inode: 0,
+            inode_i_mode: 0,
+            inode_i_ino: 0,
+            task_tgid: 0,
         }
     }
 }
@@ -359,4 +392,5 @@ mod user {
     unsafe impl aya::Pod for super::Offsets {}
     unsafe impl aya::Pod for super::CloseNote {}
     unsafe impl aya::Pod for super::ScanRecord {}
+    unsafe impl aya::Pod for super::HolderRecord {}
 }

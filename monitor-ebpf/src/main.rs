@@ -26,6 +26,8 @@
 //!   [`expire`]): the TCP write timer expires with a retransmission timeout or a
 //!   zero-window probe pending; starts tracking the socket (by address: its pointer is
 //!   computed, so reads are checked) and refreshes queue, window and backoff.
+//! - holders (`iter/task_file`, [`holders`]): the processes holding wanted sockets, in one
+//!   pass over every open file, in place of a walk of `/proc/*/fd`.
 //! - scan (`iter/tcp`, [`scan`]): a TCP socket iterator for the tick-time scan design;
 //!   only the benchmark loads it.
 //! - cost (`tcp_probe`, [`cost`]): the ACK hook's first steps alone, and with its map
@@ -63,6 +65,7 @@
 mod ack;
 mod cost;
 mod expire;
+mod holders;
 mod kernel;
 mod maps;
 mod read;
@@ -230,6 +233,16 @@ pub fn tcpstall_cost_lookup(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn tcpstall_trouble_timer(ctx: BtfTracePointContext) -> i32 {
     trouble::on_timer_expire(ctx.arg(0));
+    0
+}
+
+/// The holder iterator (`iter/task_file`, see [`holders`]): the processes holding the
+/// tracked sockets no write was seen on, found in one in-kernel pass; the agent loads it
+/// where the kernel has it and walks `/proc` where it does not.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub fn tcpstall_holders(ctx: *mut core::ffi::c_void) -> i32 {
+    holders::on_task_file(ctx as *const holders::IterTaskFile);
     0
 }
 

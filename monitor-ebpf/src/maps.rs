@@ -15,7 +15,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use monitor_common::{counter, SockState, CLOSED_RING_BYTES, DEFAULT_MAX_SOCKETS};
+use monitor_common::{counter, SockState, CLOSED_RING_BYTES, DEFAULT_MAX_SOCKETS, MAX_HOLDER_WANT};
 
 /// The tracked sockets, by key (cookie, or address under `mode::KEY_BY_ADDR`).
 #[map]
@@ -151,3 +151,9 @@ pub(crate) fn bump(idx: u32) {
         unsafe { *p += 1 };
     }
 }
+
+/// The socket inodes the holder iterator ([`crate::holders`]) looks for: filled by the agent
+/// before a pass and emptied after it, so it holds at most one pass's wanted sockets
+/// ([`MAX_HOLDER_WANT`]) and only for the length of the pass. The value is unused.
+#[map]
+pub(crate) static HOLDER_WANT: HashMap<u64, u8> = HashMap::with_max_entries(MAX_HOLDER_WANT, 0);

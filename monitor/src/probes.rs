@@ -71,6 +71,8 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     /// Element 0: the map-pressure flag the kernel side reads (see `set_pressure`).
     pressure: Array<MapData, u32>,
+    /// The holder iterator, where the kernel loads it (`identity/iter.rs`).
+    holder_iter: Option<crate::identity::iter::HolderIter>,
     ebpf: Ebpf,
     selection: Selection,
     key_by_addr: bool,
@@ -327,11 +329,22 @@ impl Probes {
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
         let pressure = Array::try_from(ebpf.take_map("PRESSURE").context("PRESSURE map missing")?)?;
         let pinning = Self::pin(&socks, pin_dir, key_by_addr, max_sockets);
+        let holder_iter = match crate::identity::iter::HolderIter::load(&mut ebpf, &btf) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                log::info!(
+                    "the processes holding tracked sockets will be found by walking /proc \
+                     (the holder iterator did not load: {e:#})"
+                );
+                None
+            }
+        };
         Ok(Probes {
             socks,
             closed,
             counters,
             pressure,
+            holder_iter,
             ebpf,
             selection,
             key_by_addr,
@@ -465,6 +478,29 @@ impl Probes {
     /// Sockets are keyed by address (no cookies in tracing programs on this kernel).
     pub fn key_by_addr(&self) -> bool {
         self.key_by_addr
+    }
+
+    /// One pass of the holder iterator for `inodes` (None without it, or when the pass
+    /// failed: logged, and the caller walks `/proc`).
+    pub fn holder_pass(&mut self, inodes: &[u64]) -> Option<Vec<(u64, u32, u32)>> {
+        let it = self.holder_iter.as_mut()?;
+        if inodes.len() > monitor_common::MAX_HOLDER_WANT as usize {
+            // More than one pass looks for: one walk of /proc finds them all.
+            log::debug!("{} holders wanted: walking /proc", inodes.len());
+            return None;
+        }
+        match it.pass(&mut self.ebpf, inodes) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!(
+                    "holder iterator pass failed ({e:#}); walking /proc instead (failed {} of {} \
+                     passes)",
+                    it.failed,
+                    it.passes
+                );
+                None
+            }
+        }
     }
 
     pub fn max_sockets(&self) -> u32 {

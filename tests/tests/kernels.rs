@@ -254,7 +254,20 @@ fn b_zero_window_peer_is_reset() {
         .expect("a reset without a stall_started before it");
     assert_eq!(stall["class"], "zero_window", "{stall}");
     drop(c);
-    agent.stop();
+    let events = agent.stop();
+    if trouble_hooks() {
+        // No write hook named the writer: the kernel's holder iterator (iter/task_file,
+        // every kernel of the matrix) found it, not a walk of /proc.
+        let stats = events
+            .iter()
+            .rev()
+            .find(|e| is_event(e, "stats"))
+            .expect("a final stats line");
+        assert!(
+            stats["holder_passes"].as_u64() >= Some(1) && stats["proc_walks"].as_u64() == Some(0),
+            "the holder was not found by the kernel's holder iterator: {stats}"
+        );
+    }
 }
 
 /// c. A dead peer (its netns drops everything, link up): no_ack, reset, the writer fails.

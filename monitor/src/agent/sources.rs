@@ -28,6 +28,12 @@ pub trait SockSource {
     fn acks_seen(&self) -> bool;
     /// Hand back the buffer [`SockSource::read_all`] returned, for the next read to fill.
     fn recycle(&mut self, _states: Vec<SockState>) {}
+    /// The kernel's holder iterator (`identity/iter.rs`): `(inode, tgid, fd)` of every
+    /// process holding one of `inodes`; None where it is not loaded or the pass failed
+    /// (the agent walks `/proc` then).
+    fn holder_pass(&mut self, _inodes: &[u64]) -> Option<Vec<(u64, u32, u32)>> {
+        None
+    }
 }
 
 /// The act stage's kernel interface: sock_diag lookups and SOCK_DESTROY (`Destroyer` in
@@ -68,6 +74,9 @@ impl SockSource for Probes {
     }
     fn acks_seen(&self) -> bool {
         Probes::acks_seen(self)
+    }
+    fn holder_pass(&mut self, inodes: &[u64]) -> Option<Vec<(u64, u32, u32)>> {
+        Probes::holder_pass(self, inodes)
     }
     fn recycle(&mut self, states: Vec<SockState>) {
         Probes::recycle(self, states)

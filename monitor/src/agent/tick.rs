@@ -351,7 +351,10 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             })
             .map(|st| (st.cookie, st.sock_ino))
             .collect();
-        self.holders.find(&wanted, now);
+        let kernel_passes = self.holders.kernel_passes;
+        let src = &mut self.src;
+        self.holders
+            .find_with(&wanted, now, |inodes| src.holder_pass(inodes));
         if !wanted.is_empty() {
             log::debug!(
                 "holders: looked for {} socket(s) in /proc in {} us",
@@ -360,10 +363,15 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             );
             if self.holders.last_walk_us >= 50_000 {
                 log::info!(
-                    "looking for the processes holding {} tracked socket(s) took {} ms (one \
-                     walk of /proc/*/fd; walk {} of this agent)",
+                    "looking for the processes holding {} tracked socket(s) took {} ms ({}; \
+                     look {} of this agent)",
                     wanted.len(),
                     self.holders.last_walk_us / 1000,
+                    if self.holders.kernel_passes > kernel_passes {
+                        "one pass of the kernel's holder iterator"
+                    } else {
+                        "one walk of /proc/*/fd"
+                    },
                     self.holders.walks
                 );
             }

@@ -214,6 +214,36 @@ pub(super) const OFFSET_SPECS: &[OffsetSpec] = &[
         size: POINTER_SIZE,
         slot: |o| &mut o.socket_ino,
     },
+    // The holder iterator (`iter/task_file`): an open file's inode, whether it is a socket,
+    // its number, and the task's process.
+    OffsetSpec {
+        name: "file_f_inode",
+        struct_name: "file",
+        paths: &["f_inode"],
+        size: POINTER_SIZE,
+        slot: |o| &mut o.file_f_inode,
+    },
+    OffsetSpec {
+        name: "inode_i_mode",
+        struct_name: "inode",
+        paths: &["i_mode"],
+        size: 2,
+        slot: |o| &mut o.inode_i_mode,
+    },
+    OffsetSpec {
+        name: "inode_i_ino",
+        struct_name: "inode",
+        paths: &["i_ino"],
+        size: POINTER_SIZE,
+        slot: |o| &mut o.inode_i_ino,
+    },
+    OffsetSpec {
+        name: "task_tgid",
+        struct_name: "task_struct",
+        paths: &["tgid"],
+        size: 4,
+        slot: |o| &mut o.task_tgid,
+    },
 ];
 
 /// The socket structs embed one another as their first member; the programs rely on that

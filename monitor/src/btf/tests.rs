@@ -370,6 +370,9 @@ fn mini_kernel(v: &Variant) -> Vec<u8> {
         728,
         &[("socket", socket, 0, 0), ("vfs_inode", inode, 128 * 8, 0)],
     );
+    let inode_ptr = b.ptr(inode);
+    b.strukt("file", 232, &[("f_inode", inode_ptr, 32 * 8, 0)]);
+    b.strukt("task_struct", 9000, &[("tgid", int, 2456 * 8, 0)]);
     b.finish()
 }
 
@@ -506,6 +509,10 @@ fn offsets_from_mini_kernel() {
         rcv_wnd: 1708,
         skb_data: 200,
         socket_ino: 192,
+        file_f_inode: 32,
+        inode_i_mode: 0,
+        inode_i_ino: 64,
+        task_tgid: 2456,
     };
     assert_eq!(o, want);
 

@@ -315,8 +315,11 @@ pub struct StatsFields {
     /// Wall-clock cost of the last tick's read of the tracking map (part of `sweep_us`), µs
     pub map_read_us: u64,
     /// Walks of `/proc` made to find the processes holding tracked sockets no write was seen
-    /// on (cumulative)
+    /// on (cumulative; where the kernel's holder iterator answered, none)
     pub proc_walks: u64,
+    /// Passes of the kernel's holder iterator that found those processes instead of a walk of
+    /// `/proc` (cumulative)
+    pub holder_passes: u64,
     /// sock_diag lookups of tracked sockets whose receive side looked full, made because no
     /// read hook is attached (cumulative)
     pub read_lookups: u64,

@@ -135,6 +135,7 @@ fn samples(full: bool) -> Vec<Event> {
             sweep_us: 250,
             map_read_us: 40,
             proc_walks: 2,
+            holder_passes: 5,
             read_lookups: 3,
             progress_lookups: 4,
             cpu_ms: 40,

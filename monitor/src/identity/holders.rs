@@ -55,6 +55,8 @@ pub struct Holders {
     proc_root: PathBuf,
     /// Walks made (named in the agent's log line for a slow walk).
     pub walks: u64,
+    /// Of them, answered by the kernel's holder iterator instead of a walk of `/proc/*/fd`.
+    pub kernel_passes: u64,
     /// Duration of the last walk, µs.
     pub last_walk_us: u64,
 }
@@ -72,6 +74,7 @@ impl Holders {
             cgroup_root: cgroup_root.into(),
             proc_root: proc_root.into(),
             walks: 0,
+            kernel_passes: 0,
             last_walk_us: 0,
         }
     }
@@ -95,12 +98,35 @@ impl Holders {
 
     /// One walk of `/proc` for every `(cookie, inode)` in `wanted` (no walk when empty).
     pub fn find(&mut self, wanted: &[(u64, u32)], now: Instant) {
+        self.find_with(wanted, now, |_| None);
+    }
+
+    /// [`Holders::find`], first asking `kernel` (the holder iterator: every open file of
+    /// every process, in one in-kernel pass) which processes hold which of the wanted
+    /// inodes, as `(inode, tgid, fd)`. Its answer is taken when every holder it names is
+    /// confirmed under `/proc` (`/proc/TGID/fd/FD` is that socket: same pid namespace, not
+    /// gone since); then only the processes found are read. Otherwise (no iterator on this
+    /// kernel, a failed pass, an answer `/proc` does not confirm) `/proc/*/fd` is walked.
+    pub fn find_with(
+        &mut self,
+        wanted: &[(u64, u32)],
+        now: Instant,
+        kernel: impl FnOnce(&[u64]) -> Option<Vec<(u64, u32, u32)>>,
+    ) {
         if wanted.is_empty() {
             return;
         }
         let t0 = Instant::now();
         let inodes: HashSet<u64> = wanted.iter().map(|&(_, ino)| ino as u64).collect();
-        let found = walk(&self.proc_root, &self.cgroup_root, &inodes);
+        let mut list: Vec<u64> = inodes.iter().copied().collect();
+        list.sort_unstable();
+        let from_kernel = kernel(&list)
+            .and_then(|records| from_records(&self.proc_root, &self.cgroup_root, &records));
+        if from_kernel.is_some() {
+            self.kernel_passes += 1;
+        }
+        let found =
+            from_kernel.unwrap_or_else(|| walk(&self.proc_root, &self.cgroup_root, &inodes));
         for &(cookie, ino) in wanted {
             let k = match found.get(&(ino as u64)) {
                 Some(h) => Known::Held(*h),
@@ -160,30 +186,72 @@ fn walk(proc_root: &Path, cgroup_root: &Path, inodes: &HashSet<u64>) -> HashMap<
         if held.is_empty() {
             continue;
         }
-        let dir = proc_root.join(p.pid.to_string());
-        let Some(comm) = comm_at(&dir) else { continue };
-        let cgroup_id = cgroup_id_at(&dir, cgroup_root);
-        let writers = blocked_writers(proc_root, &p);
-        // A socket held through several fds (dup, fork) is named by the thread blocked
-        // writing on any of them, whichever fd the listing showed first.
-        for (ino, fd) in held {
-            let writer = writers.get(&fd).copied();
-            let holder = Holder {
-                pid: p.pid as u32,
-                comm: writer.unwrap_or(comm),
-                cgroup_id,
-            };
-            if writer.is_some() {
-                found.insert(ino, holder);
-            } else {
-                found.entry(ino).or_insert(holder);
-            }
-        }
+        name_holders(proc_root, cgroup_root, &p, &held, &mut found);
         if found.len() == inodes.len() {
             break;
         }
     }
     found
+}
+
+/// The holders of the sockets `held` (inode, fd) by process `p`, added to `found` (a socket
+/// found before keeps its holder unless this process has a thread blocked writing it).
+fn name_holders(
+    proc_root: &Path,
+    cgroup_root: &Path,
+    p: &procfs::process::Process,
+    held: &[(u64, i32)],
+    found: &mut HashMap<u64, Holder>,
+) {
+    let dir = proc_root.join(p.pid.to_string());
+    let Some(comm) = comm_at(&dir) else { return };
+    let cgroup_id = cgroup_id_at(&dir, cgroup_root);
+    let writers = blocked_writers(proc_root, p);
+    // A socket held through several fds (dup, fork) is named by the thread blocked
+    // writing on any of them, whichever fd the listing showed first.
+    for &(ino, fd) in held {
+        let writer = writers.get(&fd).copied();
+        let holder = Holder {
+            pid: p.pid as u32,
+            comm: writer.unwrap_or(comm),
+            cgroup_id,
+        };
+        if writer.is_some() {
+            found.insert(ino, holder);
+        } else {
+            found.entry(ino).or_insert(holder);
+        }
+    }
+}
+
+/// The holders named by the kernel's records `(inode, tgid, fd)`, lowest pid first as a
+/// walk would find them, each confirmed under `proc_root` (`TGID/fd/FD` is `socket:[INODE]`).
+/// `None` when one is not: the iterator's pids are not this `/proc`'s (another pid
+/// namespace), or the process closed the socket or exited since; the caller walks instead.
+fn from_records(
+    proc_root: &Path,
+    cgroup_root: &Path,
+    records: &[(u64, u32, u32)],
+) -> Option<HashMap<u64, Holder>> {
+    let mut by_pid: std::collections::BTreeMap<u32, Vec<(u64, i32)>> = Default::default();
+    for &(ino, tgid, fd) in records {
+        let link = std::fs::read_link(proc_root.join(format!("{tgid}/fd/{fd}"))).ok()?;
+        if link.as_os_str().to_str()? != format!("socket:[{ino}]") {
+            return None;
+        }
+        by_pid.entry(tgid).or_default().push((ino, fd as i32));
+    }
+    let mut found = HashMap::new();
+    for (pid, held) in by_pid {
+        let p = procfs::process::Process::new_with_root(proc_root.join(pid.to_string())).ok()?;
+        // Only sockets no lower pid holds: the walk's "first process (lowest pid)".
+        let held: Vec<(u64, i32)> = held
+            .into_iter()
+            .filter(|(ino, _)| !found.contains_key(ino))
+            .collect();
+        name_holders(proc_root, cgroup_root, &p, &held, &mut found);
+    }
+    Some(found)
 }
 
 /// Write-family syscalls (x86_64 and aarch64 numbers) whose first argument is the fd.
@@ -346,6 +414,41 @@ mod tests {
         let dir = super::super::cgroup2_root().join(path.trim_start_matches('/'));
         let want = std::fs::metadata(dir).ok().map(|m| m.ino());
         assert_eq!(h.get(1).unwrap().cgroup_id, want);
+    }
+
+    #[test]
+    fn a_kernel_pass_confirmed_under_proc_names_the_holder_without_a_walk() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ino = ino_of(&l) as u64;
+        let me = std::process::id();
+        let fd = l.as_raw_fd() as u32;
+        let mut h = Holders::default();
+        let mut asked = Vec::new();
+        h.find_with(
+            &[(7, ino as u32), (8, u32::MAX)],
+            Instant::now(),
+            |inodes| {
+                asked = inodes.to_vec();
+                Some(vec![(ino, me, fd)])
+            },
+        );
+        assert_eq!(asked, vec![ino, u32::MAX as u64]);
+        assert_eq!((h.walks, h.kernel_passes), (1, 1));
+        assert_eq!(h.get(7).expect("named").pid, me);
+        // Not in the kernel's answer: no process holds it.
+        assert_eq!(h.get(8), None);
+        // An answer /proc does not confirm (wrong fd): the walk answers instead.
+        let mut h = Holders::default();
+        h.find_with(&[(7, ino as u32)], Instant::now(), |_| {
+            Some(vec![(ino, me, u32::MAX - 1)])
+        });
+        assert_eq!((h.walks, h.kernel_passes), (1, 0));
+        assert_eq!(h.get(7).expect("found by the walk").pid, me);
+        // No iterator: the walk.
+        let mut h = Holders::default();
+        h.find_with(&[(7, ino as u32)], Instant::now(), |_| None);
+        assert_eq!((h.walks, h.kernel_passes), (1, 0));
+        assert_eq!(h.get(7).unwrap().pid, me);
     }
 
     #[test]

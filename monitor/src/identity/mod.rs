@@ -3,6 +3,7 @@
 //! from that path the container and the Kubernetes pod, where the path shows one.
 
 pub mod holders;
+pub mod iter;
 
 use procfs::FromRead;
 use std::collections::HashMap;
