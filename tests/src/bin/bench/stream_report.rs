@@ -611,7 +611,7 @@ pub fn markdown(results: &Value, s: &mut String) {
              `--trouble-hooks` (no per-packet hook: `state`, `retransmit`, `timer`; tracked \
              sockets' progress read through sock_diag), the same rounds and policy; then fresh \
              wedged connections at their own address must reach `stall_started`.\n\n\
-             | N | tracked (median) | agent process ms/s | agent BPF ms/s | total ms/s | % of a core | default hooks ms/s (same streams) | tick µs p50 | progress lookups | RSS MiB | stall_started on streams | fresh wedges reported, s after blocking | contended rounds |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+             | N | tracked (median) | agent process ms/s | agent BPF ms/s | total ms/s | % of a core | default hooks ms/s (same streams) | tick µs p50 (max) | progress lookups | holders found: iterator passes / /proc walks | RSS MiB | stall_started on streams | fresh wedges reported, s after blocking | contended rounds |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in &rs {
             let t = &r["trouble_agent"];
@@ -627,7 +627,7 @@ pub fn markdown(results: &Value, s: &mut String) {
                 .collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} ({}) | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} | {} | {} | {} of {} ({}) | {} |",
                 r["connections"],
                 fmt_opt(tracked(t), 0),
                 spread(&t["agent_process_cpu_ms_per_s"], 3),
@@ -636,7 +636,10 @@ pub fn markdown(results: &Value, s: &mut String) {
                 fmt_opt(f(&t["agent_pct_of_one_core_median"]), 3),
                 fmt_opt(agent_total(r), 3),
                 fmt_opt(f(&t["tick_us"]["p50"]), 0),
+                fmt_opt(f(&t["tick_us"]["max"]), 0),
                 t["progress_lookups_total"],
+                t["holder_passes_total"],
+                t["proc_walks_total"],
                 fmt_opt(f(&t["agent_rss_kib"]).map(|k| k / 1024.0), 1),
                 t["stall_started_streaming"],
                 t["wedges"]["stall_started_server_side"],

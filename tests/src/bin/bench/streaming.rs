@@ -563,6 +563,10 @@ fn trouble_arm(
         "agent_pct_of_one_core_median": util::median(&total).map(|v| v / 10.0),
         "sockets_tracked": Spread::of(&col(&stats, "sockets_tracked")).map(|s| s.json()),
         "progress_lookups_total": last["progress_lookups"],
+        // How the holders of tracked sockets were found: the kernel's holder iterator, or
+        // walks of /proc (the round spikes of earlier runs).
+        "holder_passes_total": last["holder_passes"],
+        "proc_walks_total": last["proc_walks"],
         "tick_us": util::latency_json(&col(&stats, "sweep_us")),
         "agent_rss_kib": rss,
         "stall_started_streaming": streaming_stalls,
