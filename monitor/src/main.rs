@@ -74,6 +74,11 @@ enum PolicyCmd {
         /// Exit 4 when the policy is valid but has warnings (dangerous settings).
         #[arg(long)]
         strict: bool,
+        /// Judge the policy as `run --trouble-hooks` does: a rule acting only on classes
+        /// those hooks do not see (`slow_drain`, `recv_backlog`) is refused (exit 2), one
+        /// listing them among others is a warning
+        #[arg(long, env = "TCPSTALL_TROUBLE_HOOKS", value_parser = clap::builder::BoolishValueParser::new())]
+        trouble_hooks: bool,
     },
 }
 
@@ -154,6 +159,19 @@ fn run(args: RunArgs) -> ExitCode {
     };
     for w in policy.warning_lines() {
         log::warn!("{w}");
+    }
+    // A rule the chosen hooks cannot serve is refused before anything is attached.
+    if args.trouble_hooks {
+        let fit = policy.fit_trouble_hooks();
+        for w in &fit.warnings {
+            log::warn!("{w}");
+        }
+        if !fit.refused.is_empty() {
+            for e in &fit.refused {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
     }
     // Refuse an unusable --output before anything is attached (the agent opens it again).
     if let Some(path) = &args.output {
@@ -254,8 +272,15 @@ fn main() -> ExitCode {
                     events,
                     json,
                     strict,
+                    trouble_hooks,
                 },
-        } => monitor::cli::advice::policy_check(&file, events.as_deref(), json, strict),
+        } => monitor::cli::advice::policy_check(
+            &file,
+            events.as_deref(),
+            json,
+            strict,
+            trouble_hooks,
+        ),
         Cmd::Reset(args) => monitor::cli::reset::reset(args),
         Cmd::Top(args) => monitor::top::run(args),
         Cmd::State {

@@ -73,6 +73,64 @@ fn a_bad_policy_is_refused_with_line_and_fix_and_nothing_is_attached() {
     std::fs::remove_file(&bad).unwrap();
 }
 
+/// With `--trouble-hooks` (no per-packet hook) a rule acting only on `slow_drain` could never
+/// fire: the agent refuses the policy before anything is attached, and `policy check` run
+/// with the same environment says the same.
+#[test]
+#[cfg_attr(
+    not(root_tests),
+    ignore = "needs root: run as root, e.g. `cargo xtask test`"
+)]
+fn under_trouble_hooks_a_rule_they_cannot_serve_is_refused_before_attaching() {
+    require_root();
+    let file = temp_file(
+        "drain.toml",
+        "[[rule]]\nname = \"web\"\nlocal_ports = [8080]\nclasses = [\"zero_window\"]\n\n\
+         [[rule]]\nname = \"drain\"\nlocal_ports = [8081]\nclasses = [\"slow_drain\"]\n",
+    );
+    let before = tcpstall_programs();
+    let out = Command::new(binary())
+        .args(["run", "--no-state", "--duration", "1s", "--policy"])
+        .arg(&file)
+        .env("TCPSTALL_TROUBLE_HOOKS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run tcpstall");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr:\n{stderr}");
+    assert!(out.stdout.is_empty(), "no events for a refused policy");
+    let want = format!(
+        "{}:6: rule \"drain\" acts only on `slow_drain`",
+        file.display()
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&want) && l.contains("--trouble-hooks")),
+        "no line starting {want:?} in:\n{stderr}"
+    );
+    assert_eq!(
+        tcpstall_programs(),
+        before,
+        "a refused policy attached programs"
+    );
+    let check = |trouble: &str| {
+        Command::new(binary())
+            .args(["policy", "check"])
+            .arg(&file)
+            .env("TCPSTALL_TROUBLE_HOOKS", trouble)
+            .output()
+            .unwrap()
+    };
+    let chk = check("1");
+    assert_eq!(chk.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&chk.stderr).contains(&want));
+    // Without those hooks the same policy is valid.
+    assert_eq!(check("0").status.code(), Some(0));
+    std::fs::remove_file(&file).unwrap();
+}
+
 #[test]
 #[cfg_attr(
     not(root_tests),

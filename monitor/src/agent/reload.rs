@@ -52,7 +52,21 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             return;
         };
         let label = path.display().to_string();
-        match Policy::load(&path) {
+        // With --trouble-hooks, a rule they cannot serve makes the file invalid here too.
+        let loaded = Policy::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                if !self.cfg.trouble_hooks {
+                    return Ok((p, Vec::new()));
+                }
+                let fit = p.fit_trouble_hooks();
+                if fit.refused.is_empty() {
+                    Ok((p, fit.warnings))
+                } else {
+                    Err(fit.refused.join("\n"))
+                }
+            });
+        match loaded {
             Err(e) => {
                 log::error!(
                     "SIGHUP: the policy file {label} is invalid; the policy loaded before stays \
@@ -69,8 +83,9 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                         .into(),
                 });
             }
-            Ok(new) => {
-                let warnings = new.warning_lines();
+            Ok((new, hook_warnings)) => {
+                let mut warnings = new.warning_lines();
+                warnings.extend(hook_warnings);
                 for w in &warnings {
                     log::warn!("{w}");
                 }

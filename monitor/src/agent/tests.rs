@@ -85,6 +85,57 @@ fn the_intent_is_on_record_before_each_destroy_batch() {
 }
 
 #[test]
+fn under_trouble_hooks_a_reload_with_a_rule_they_cannot_serve_is_refused() {
+    let dir = std::env::temp_dir().join(format!("tcpstall-agent-hooks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.toml");
+    std::fs::write(&path, POLICY).unwrap();
+    let mut r = rig_with(Policy::load(&path).unwrap());
+    r.agent.cfg.trouble_hooks = true;
+    // A rule acting only on slow_drain could never fire without per-packet hooks.
+    let drain = "[[rule]]\nname = \"drain\"\nlocal_ports = [9090]\nclasses = [\"slow_drain\"]\n";
+    std::fs::write(&path, format!("{POLICY}{drain}")).unwrap();
+    r.agent.reload_policy();
+    let reload = r.out.named("policy_reload");
+    assert_eq!(reload[0]["ok"], false, "{}", reload[0]);
+    let problem = reload[0]["problems"][0].as_str().unwrap();
+    assert!(
+        problem.starts_with(&format!(
+            "{}:{}: rule \"drain\" acts only on `slow_drain`",
+            path.display(),
+            POLICY.lines().count() + 1
+        )) && problem.contains("--trouble-hooks"),
+        "{problem}"
+    );
+    assert_eq!(
+        r.agent.policy.rules.len(),
+        1,
+        "the policy before stays in force"
+    );
+    // Listed among classes it sees: taken, with a warning naming what is lost.
+    let mixed = "[[rule]]\nname = \"web\"\nlocal_ports = [9090]\n";
+    std::fs::write(&path, format!("{POLICY}{mixed}")).unwrap();
+    r.agent.reload_policy();
+    let reload = r.out.named("policy_reload");
+    assert_eq!(reload[1]["ok"], true, "{}", reload[1]);
+    assert!(
+        reload[1]["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("rule \"web\" lists `slow_drain`")),
+        "{}",
+        reload[1]
+    );
+    assert_eq!(r.agent.policy.rules.len(), 2);
+    // Without --trouble-hooks the same slow_drain-only rule is fine.
+    r.agent.cfg.trouble_hooks = false;
+    std::fs::write(&path, format!("{POLICY}{drain}")).unwrap();
+    r.agent.reload_policy();
+    assert_eq!(r.out.named("policy_reload")[2]["ok"], true);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_reload_keeps_socket_state_and_a_bad_file_changes_nothing() {
     let dir = std::env::temp_dir().join(format!("tcpstall-agent-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -80,8 +80,14 @@ const RECOMMEND_FACTOR_DEN: u64 = 2;
 
 /// `tcpstall policy check FILE [--events FILE] [--json] [--strict]`; see the module
 /// documentation for the output and exit codes.
-pub fn policy_check(file: &Path, events: Option<&Path>, json: bool, strict: bool) -> ExitCode {
-    let out = check_output(file, events, json, strict);
+pub fn policy_check(
+    file: &Path,
+    events: Option<&Path>,
+    json: bool,
+    strict: bool,
+    trouble_hooks: bool,
+) -> ExitCode {
+    let out = check_output(file, events, json, strict, trouble_hooks);
     print!("{}", out.stdout);
     eprint!("{}", out.stderr);
     ExitCode::from(out.code)
@@ -100,8 +106,16 @@ pub struct CheckOutput {
     pub warnings: usize,
 }
 
-/// The whole `policy check` command as a function of its arguments.
-pub fn check_output(file: &Path, events: Option<&Path>, json: bool, strict: bool) -> CheckOutput {
+/// The whole `policy check` command as a function of its arguments (`trouble_hooks`: judge
+/// the policy as an agent run with `--trouble-hooks` does, refusing the rules it cannot
+/// serve).
+pub fn check_output(
+    file: &Path,
+    events: Option<&Path>,
+    json: bool,
+    strict: bool,
+    trouble_hooks: bool,
+) -> CheckOutput {
     let mut out = CheckOutput::default();
     let policy = match Policy::load(file) {
         Ok(p) => p,
@@ -111,6 +125,16 @@ pub fn check_output(file: &Path, events: Option<&Path>, json: bool, strict: bool
             return out;
         }
     };
+    let mut hook_warnings = Vec::new();
+    if trouble_hooks {
+        let fit = policy.fit_trouble_hooks();
+        if !fit.refused.is_empty() {
+            out.stderr = fit.refused.join("\n") + "\n";
+            out.code = EXIT_USAGE;
+            return out;
+        }
+        hook_warnings = fit.warnings;
+    }
     let report = match events {
         None => None,
         Some(path) => match read_recording(path) {
@@ -146,7 +170,8 @@ pub fn check_output(file: &Path, events: Option<&Path>, json: bool, strict: bool
             }
         },
     };
-    let warnings = policy.warning_lines();
+    let mut warnings = policy.warning_lines();
+    warnings.extend(hook_warnings);
     out.warnings = warnings.len();
     for w in &warnings {
         out.stderr.push_str(w);

@@ -133,7 +133,8 @@
 //! * `rule.rs` — one `[[rule]]`; `values.rs` — selector entries (ports, CIDRs, names, ...);
 //!   `thresholds.rs` — threshold keys and the ceiling; `shadow.rs` — unreachable rules.
 //! * `warn.rs` — valid but dangerous settings; `duration.rs` — duration and rate syntax;
-//!   `selectors.rs` — matching sockets; `describe.rs` — `policy check` text and JSON.
+//!   `selectors.rs` — matching sockets; `describe.rs` — `policy check` text and JSON;
+//!   `hooks.rs` — rules `--trouble-hooks` cannot serve (refused) or serves in part (warned).
 //! * `tests.rs`, `select_tests.rs` — unit tests (validation; selection and output).
 
 use crate::classify::{StallClass, Thresholds};
@@ -148,6 +149,7 @@ mod check;
 mod describe;
 mod duration;
 mod example;
+mod hooks;
 mod load;
 mod rule;
 #[cfg(test)]

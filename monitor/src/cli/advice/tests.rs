@@ -311,20 +311,20 @@ fn policy_check_exit_codes_and_output() {
     let pol = dir.join("p.toml");
     std::fs::write(&pol, POLICY).unwrap();
     // Valid, no events.
-    let out = check_output(&pol, None, false, false);
+    let out = check_output(&pol, None, false, false, false);
     assert_eq!(out.code, 0);
     assert!(out.stdout.contains("ws") && out.stderr.is_empty());
     // Invalid: errors on stderr only, exit 2.
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "tick = \"1s\"\nbogus_key = 1\n").unwrap();
-    let out = check_output(&bad, None, false, false);
+    let out = check_output(&bad, None, false, false, false);
     assert_eq!(out.code, 2);
     assert!(out.stdout.is_empty());
     assert!(out.stderr.contains("bad.toml:2:"), "{}", out.stderr);
-    let out = check_output(&bad, Some(&dir.join("missing.ndjson")), true, false);
+    let out = check_output(&bad, Some(&dir.join("missing.ndjson")), true, false, false);
     assert_eq!((out.code, out.stdout.as_str()), (2, ""));
     // Unreadable / empty events file: exit 1.
-    let out = check_output(&pol, Some(&dir.join("missing.ndjson")), false, false);
+    let out = check_output(&pol, Some(&dir.join("missing.ndjson")), false, false, false);
     assert_eq!(out.code, 1);
     assert!(
         out.stderr.contains("cannot read the events file"),
@@ -333,7 +333,7 @@ fn policy_check_exit_codes_and_output() {
     );
     let junk = dir.join("junk.ndjson");
     std::fs::write(&junk, "hello\nworld\n").unwrap();
-    let out = check_output(&pol, Some(&junk), false, false);
+    let out = check_output(&pol, Some(&junk), false, false, false);
     assert_eq!(out.code, 1);
     assert!(
         out.stderr
@@ -352,7 +352,7 @@ fn policy_check_exit_codes_and_output() {
         "garbage".to_string(),
     ];
     std::fs::write(&ev, lines.join("\n")).unwrap();
-    let out = check_output(&pol, Some(&ev), false, false);
+    let out = check_output(&pol, Some(&ev), false, false, false);
     assert_eq!(out.code, 3, "{}", out.stdout);
     assert!(
         out.stdout.contains("rule \"ws\", zero_window: UNSAFE"),
@@ -377,7 +377,7 @@ fn policy_check_exit_codes_and_output() {
         out.stdout
     );
     // JSON: the policy plus recording/advice keys, still exit 3.
-    let out = check_output(&pol, Some(&ev), true, false);
+    let out = check_output(&pol, Some(&ev), true, false, false);
     assert_eq!(out.code, 3);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert!(v["rules"].is_array());
@@ -393,12 +393,12 @@ fn policy_check_exit_codes_and_output() {
         line(&stats(&[(Some("ws"), ZeroWindow, 4, 2000, 1000, 2000)])),
     )
     .unwrap();
-    let out = check_output(&pol, Some(&ev), false, false);
+    let out = check_output(&pol, Some(&ev), false, false, false);
     assert_eq!(out.code, 0, "{}", out.stdout);
     assert!(out.stdout.contains("SAFE"));
     // No calibration data at all: exit 0 with a note.
     std::fs::write(&ev, line(&started())).unwrap();
-    let out = check_output(&pol, Some(&ev), false, false);
+    let out = check_output(&pol, Some(&ev), false, false, false);
     assert_eq!(out.code, 0);
     assert!(out.stdout.contains("no stats events"), "{}", out.stdout);
     let _ = std::fs::remove_dir_all(&dir);
@@ -414,7 +414,7 @@ fn policy_check_warns_and_strict_fails_on_warnings() {
          action = \"reset\"\nzero_window_after = \"2s\"\n",
     )
     .unwrap();
-    let out = check_output(&pol, None, false, false);
+    let out = check_output(&pol, None, false, false, false);
     assert_eq!((out.code, out.warnings), (0, 2), "{}", out.stderr);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{}", out.stderr);
@@ -424,7 +424,7 @@ fn policy_check_warns_and_strict_fails_on_warnings() {
     )));
     assert!(lines[1].starts_with(&format!("{}:3:1: warning: rule `ws` resets", pol.display())));
     assert!(out.stdout.contains("ws"), "the rules are still printed");
-    let out = check_output(&pol, None, true, false);
+    let out = check_output(&pol, None, true, false, false);
     assert_eq!(out.code, 0);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["warnings"].as_array().unwrap().len(), 2);
@@ -434,10 +434,13 @@ fn policy_check_warns_and_strict_fails_on_warnings() {
         .unwrap()
         .contains("zero_window_after = \"30s\""));
     // --strict: exit 4; a clean policy stays 0.
-    assert_eq!(check_output(&pol, None, false, true).code, EXIT_WARNINGS);
+    assert_eq!(
+        check_output(&pol, None, false, true, false).code,
+        EXIT_WARNINGS
+    );
     let clean = dir.join("clean.toml");
     std::fs::write(&clean, POLICY).unwrap();
-    let out = check_output(&clean, None, false, true);
+    let out = check_output(&clean, None, false, true, false);
     assert_eq!((out.code, out.stderr.as_str()), (0, ""));
     let _ = std::fs::remove_dir_all(&dir);
 }
