@@ -162,15 +162,12 @@ fn run(args: RunArgs) -> ExitCode {
     }
     // A rule the chosen hooks cannot serve is refused before anything is attached.
     if args.trouble_hooks {
-        let fit = policy.fit_trouble_hooks();
-        for w in &fit.warnings {
-            log::warn!("{w}");
-        }
-        if !fit.refused.is_empty() {
-            for e in &fit.refused {
-                eprintln!("{e}");
+        match policy.fit_trouble_hooks().into_result() {
+            Ok(warnings) => warnings.iter().for_each(|w| log::warn!("{w}")),
+            Err(refused) => {
+                eprintln!("{refused}");
+                return ExitCode::from(2);
             }
-            return ExitCode::from(2);
         }
     }
     // Refuse an unusable --output before anything is attached (the agent opens it again).

@@ -59,12 +59,8 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                 if !self.cfg.trouble_hooks {
                     return Ok((p, Vec::new()));
                 }
-                let fit = p.fit_trouble_hooks();
-                if fit.refused.is_empty() {
-                    Ok((p, fit.warnings))
-                } else {
-                    Err(fit.refused.join("\n"))
-                }
+                let warnings = p.fit_trouble_hooks().into_result()?;
+                Ok((p, warnings))
             });
         match loaded {
             Err(e) => {

@@ -127,13 +127,14 @@ pub fn check_output(
     };
     let mut hook_warnings = Vec::new();
     if trouble_hooks {
-        let fit = policy.fit_trouble_hooks();
-        if !fit.refused.is_empty() {
-            out.stderr = fit.refused.join("\n") + "\n";
-            out.code = EXIT_USAGE;
-            return out;
+        match policy.fit_trouble_hooks().into_result() {
+            Ok(w) => hook_warnings = w,
+            Err(refused) => {
+                out.stderr = refused + "\n";
+                out.code = EXIT_USAGE;
+                return out;
+            }
         }
-        hook_warnings = fit.warnings;
     }
     let report = match events {
         None => None,

@@ -19,6 +19,17 @@ pub struct HookFit {
     pub warnings: Vec<String>,
 }
 
+impl HookFit {
+    /// The warnings when no rule is refused, else the refusals, one per line.
+    pub fn into_result(self) -> Result<Vec<String>, String> {
+        if self.refused.is_empty() {
+            Ok(self.warnings)
+        } else {
+            Err(self.refused.join("\n"))
+        }
+    }
+}
+
 fn names(classes: &[StallClass]) -> String {
     classes
         .iter()
@@ -30,11 +41,7 @@ fn names(classes: &[StallClass]) -> String {
 impl Policy {
     /// How this policy fits `--trouble-hooks` (see the module doc).
     pub fn fit_trouble_hooks(&self) -> HookFit {
-        let file = self
-            .source
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "policy".to_string());
+        let file = self.file_label();
         let at = |r: &Rule| {
             if r.line == 0 {
                 file.clone()

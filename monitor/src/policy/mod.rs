@@ -442,14 +442,18 @@ impl fmt::Display for PolicyError {
 impl std::error::Error for PolicyError {}
 
 impl Policy {
+    /// How lines about this policy name it: its file, or `policy` for one built in code.
+    pub(crate) fn file_label(&self) -> String {
+        self.source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "policy".to_string())
+    }
+
     /// The warnings as `policy check` prints them: `FILE:LINE:COL: warning: what and why;
     /// consider: what to write instead`.
     pub fn warning_lines(&self) -> Vec<String> {
-        let file = self
-            .source
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "policy".to_string());
+        let file = self.file_label();
         self.warnings
             .iter()
             .map(|w| {
