@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod attach;
+pub mod bpf_iter;
 pub mod btf;
 pub mod classify;
 pub mod cli;

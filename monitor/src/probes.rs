@@ -13,7 +13,7 @@ use aya::{
     programs::{BtfTracePoint, FEntry, KProbe},
     Btf, Ebpf, EbpfLoader,
 };
-use monitor_common::{counter, mode, CloseNote, Offsets, SockState};
+use monitor_common::{counter, mode, CloseNote, HolderRecord, Offsets, SockState};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -480,17 +480,19 @@ impl Probes {
         self.key_by_addr
     }
 
-    /// One pass of the holder iterator for `inodes` (None without it, or when the pass
-    /// failed: logged, and the caller walks `/proc`).
-    pub fn holder_pass(&mut self, inodes: &[u64]) -> Option<Vec<(u64, u32, u32)>> {
+    /// One pass of the holder iterator for `inodes` (None without it, for more inodes than
+    /// a pass takes, or when the pass failed: logged; the caller walks `/proc`).
+    pub fn holder_pass(&mut self, inodes: &[u64]) -> Option<Vec<HolderRecord>> {
         let it = self.holder_iter.as_mut()?;
-        if inodes.len() > monitor_common::MAX_HOLDER_WANT as usize {
-            // More than one pass looks for: one walk of /proc finds them all.
-            log::debug!("{} holders wanted: walking /proc", inodes.len());
-            return None;
-        }
         match it.pass(&mut self.ebpf, inodes) {
-            Ok(r) => Some(r),
+            Ok(Some(r)) => Some(r),
+            Ok(None) => {
+                log::debug!(
+                    "{} holders wanted, more than one pass takes: walking /proc",
+                    inodes.len()
+                );
+                None
+            }
             Err(e) => {
                 log::warn!(
                     "holder iterator pass failed ({e:#}); walking /proc instead (failed {} of {} \

@@ -6,7 +6,7 @@
 //!
 //! Only the benchmark uses this (to measure the design); the agent never loads the program.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use aya::{
     programs::{links::FdLink, links::PinnedLink, Iter},
     Ebpf,
@@ -14,7 +14,6 @@ use aya::{
 use monitor_common::Offsets;
 pub use monitor_common::ScanRecord;
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -114,22 +113,12 @@ impl Scan {
 
     /// One pass: open a new iterator and read it to the end.
     pub fn pass(&mut self) -> Result<Pass> {
-        let mut out = Vec::new();
-        let mut reads = 0u32;
         let c0 = thread_cpu_ns();
         let t0 = Instant::now();
         let mut f = std::fs::File::open(&self.pin)
             .with_context(|| format!("opening the iterator {}", self.pin.display()))?;
-        loop {
-            reads += 1;
-            match f.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => out.extend_from_slice(&self.buf[..n]),
-                // More than the kernel's per-read object bound walked without output.
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && reads < 1000 => continue,
-                Err(e) => return Err(e).context("reading the TCP socket iterator"),
-            }
-        }
+        let (out, reads) =
+            crate::bpf_iter::read_to_end(&mut f, &mut self.buf, "TCP socket iterator")?;
         let wall_ns = t0.elapsed().as_nanos() as u64;
         let cpu_ns = thread_cpu_ns().saturating_sub(c0);
         drop(f);
@@ -155,19 +144,7 @@ impl Drop for Scan {
 
 /// The records of one pass's output (a whole number of fixed-size records).
 pub fn decode(bytes: &[u8]) -> Result<Vec<ScanRecord>> {
-    if !bytes.len().is_multiple_of(ScanRecord::SIZE) {
-        bail!(
-            "scan output of {} bytes is not a whole number of {}-byte records",
-            bytes.len(),
-            ScanRecord::SIZE
-        );
-    }
-    Ok(bytes
-        .chunks_exact(ScanRecord::SIZE)
-        // SAFETY: ScanRecord is repr(C) plain data, every bit pattern valid; the chunk has
-        // exactly its size, read unaligned.
-        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr() as *const ScanRecord) })
-        .collect())
+    crate::bpf_iter::records(bytes, "scan")
 }
 
 /// What two consecutive passes say about one socket of the later pass.

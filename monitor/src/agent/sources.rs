@@ -31,7 +31,7 @@ pub trait SockSource {
     /// The kernel's holder iterator (`identity/iter.rs`): `(inode, tgid, fd)` of every
     /// process holding one of `inodes`; None where it is not loaded or the pass failed
     /// (the agent walks `/proc` then).
-    fn holder_pass(&mut self, _inodes: &[u64]) -> Option<Vec<(u64, u32, u32)>> {
+    fn holder_pass(&mut self, _inodes: &[u64]) -> Option<Vec<monitor_common::HolderRecord>> {
         None
     }
 }
@@ -75,7 +75,7 @@ impl SockSource for Probes {
     fn acks_seen(&self) -> bool {
         Probes::acks_seen(self)
     }
-    fn holder_pass(&mut self, inodes: &[u64]) -> Option<Vec<(u64, u32, u32)>> {
+    fn holder_pass(&mut self, inodes: &[u64]) -> Option<Vec<monitor_common::HolderRecord>> {
         Probes::holder_pass(self, inodes)
     }
     fn recycle(&mut self, states: Vec<SockState>) {

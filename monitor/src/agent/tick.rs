@@ -351,7 +351,6 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
             })
             .map(|st| (st.cookie, st.sock_ino))
             .collect();
-        let kernel_passes = self.holders.kernel_passes;
         let src = &mut self.src;
         self.holders
             .find_with(&wanted, now, |inodes| src.holder_pass(inodes));
@@ -367,7 +366,7 @@ impl<S: SockSource, K: DiagPath> Agent<S, K> {
                      look {} of this agent)",
                     wanted.len(),
                     self.holders.last_walk_us / 1000,
-                    if self.holders.kernel_passes > kernel_passes {
+                    if self.holders.last_by_kernel {
                         "one pass of the kernel's holder iterator"
                     } else {
                         "one walk of /proc/*/fd"

@@ -17,6 +17,7 @@
 //! what a hook in the writing thread would read), else the process's.
 
 use crate::snapshot::Comm;
+use monitor_common::HolderRecord;
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,8 @@ pub struct Holders {
     pub walks: u64,
     /// Of them, answered by the kernel's holder iterator instead of a walk of `/proc/*/fd`.
     pub kernel_passes: u64,
+    /// Whether the last one was (named in the agent's log line for a slow one).
+    pub last_by_kernel: bool,
     /// Duration of the last walk, µs.
     pub last_walk_us: u64,
 }
@@ -75,6 +78,7 @@ impl Holders {
             proc_root: proc_root.into(),
             walks: 0,
             kernel_passes: 0,
+            last_by_kernel: false,
             last_walk_us: 0,
         }
     }
@@ -97,6 +101,7 @@ impl Holders {
     }
 
     /// One walk of `/proc` for every `(cookie, inode)` in `wanted` (no walk when empty).
+    #[cfg(test)]
     pub fn find(&mut self, wanted: &[(u64, u32)], now: Instant) {
         self.find_with(wanted, now, |_| None);
     }
@@ -111,7 +116,7 @@ impl Holders {
         &mut self,
         wanted: &[(u64, u32)],
         now: Instant,
-        kernel: impl FnOnce(&[u64]) -> Option<Vec<(u64, u32, u32)>>,
+        kernel: impl FnOnce(&[u64]) -> Option<Vec<HolderRecord>>,
     ) {
         if wanted.is_empty() {
             return;
@@ -122,9 +127,8 @@ impl Holders {
         list.sort_unstable();
         let from_kernel = kernel(&list)
             .and_then(|records| from_records(&self.proc_root, &self.cgroup_root, &records));
-        if from_kernel.is_some() {
-            self.kernel_passes += 1;
-        }
+        self.last_by_kernel = from_kernel.is_some();
+        self.kernel_passes += u64::from(self.last_by_kernel);
         let found =
             from_kernel.unwrap_or_else(|| walk(&self.proc_root, &self.cgroup_root, &inodes));
         for &(cookie, ino) in wanted {
@@ -224,26 +228,28 @@ fn name_holders(
     }
 }
 
-/// The holders named by the kernel's records `(inode, tgid, fd)`, lowest pid first as a
-/// walk would find them, each confirmed under `proc_root` (`TGID/fd/FD` is `socket:[INODE]`).
-/// `None` when one is not: the iterator's pids are not this `/proc`'s (another pid
+/// The holders named by the kernel's records, lowest pid first as a walk would find them,
+/// each confirmed under `proc_root` (`TGID/fd/FD` is that socket, read as the walk reads
+/// it). `None` when one is not: the iterator's pids are not this `/proc`'s (another pid
 /// namespace), or the process closed the socket or exited since; the caller walks instead.
 fn from_records(
     proc_root: &Path,
     cgroup_root: &Path,
-    records: &[(u64, u32, u32)],
+    records: &[HolderRecord],
 ) -> Option<HashMap<u64, Holder>> {
     let mut by_pid: std::collections::BTreeMap<u32, Vec<(u64, i32)>> = Default::default();
-    for &(ino, tgid, fd) in records {
-        let link = std::fs::read_link(proc_root.join(format!("{tgid}/fd/{fd}"))).ok()?;
-        if link.as_os_str().to_str()? != format!("socket:[{ino}]") {
-            return None;
-        }
-        by_pid.entry(tgid).or_default().push((ino, fd as i32));
+    for r in records {
+        by_pid.entry(r.tgid).or_default().push((r.ino, r.fd as i32));
     }
     let mut found = HashMap::new();
     for (pid, held) in by_pid {
         let p = procfs::process::Process::new_with_root(proc_root.join(pid.to_string())).ok()?;
+        for &(ino, fd) in &held {
+            let target = p.fd_from_fd(fd).ok()?.target;
+            if !matches!(target, procfs::process::FDTarget::Socket(i) if i == ino) {
+                return None;
+            }
+        }
         // Only sockets no lower pid holds: the walk's "first process (lowest pid)".
         let held: Vec<(u64, i32)> = held
             .into_iter()
@@ -429,7 +435,7 @@ mod tests {
             Instant::now(),
             |inodes| {
                 asked = inodes.to_vec();
-                Some(vec![(ino, me, fd)])
+                Some(vec![HolderRecord { ino, tgid: me, fd }])
             },
         );
         assert_eq!(asked, vec![ino, u32::MAX as u64]);
@@ -440,7 +446,11 @@ mod tests {
         // An answer /proc does not confirm (wrong fd): the walk answers instead.
         let mut h = Holders::default();
         h.find_with(&[(7, ino as u32)], Instant::now(), |_| {
-            Some(vec![(ino, me, u32::MAX - 1)])
+            Some(vec![HolderRecord {
+                ino,
+                tgid: me,
+                fd: u32::MAX - 1,
+            }])
         });
         assert_eq!((h.walks, h.kernel_passes), (1, 0));
         assert_eq!(h.get(7).expect("found by the walk").pid, me);

@@ -9,12 +9,12 @@
 //! [`MAX_HOLDER_WANT`]); each pass attaches a link, makes one iterator from it and reads it to
 //! the end, and both are closed when the pass returns.
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::bpf_iter;
+use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap, MapData};
 use aya::programs::Iter;
 use aya::{Btf, Ebpf};
 use monitor_common::{HolderRecord, MAX_HOLDER_WANT};
-use std::io::Read;
 
 /// The loaded iterator program and its wanted-inode map.
 pub struct HolderIter {
@@ -47,9 +47,13 @@ impl HolderIter {
         })
     }
 
-    /// One pass for `inodes` (at most [`MAX_HOLDER_WANT`]; more fail the pass): every
-    /// (inode, tgid, fd) of a process holding one of them.
-    pub fn pass(&mut self, ebpf: &mut Ebpf, inodes: &[u64]) -> Result<Vec<(u64, u32, u32)>> {
+    /// One pass for `inodes`: every record (inode, tgid, fd) of a process holding one of
+    /// them. `Ok(None)`, with no pass made, for more than [`MAX_HOLDER_WANT`] inodes (one
+    /// walk of `/proc` finds them all).
+    pub fn pass(&mut self, ebpf: &mut Ebpf, inodes: &[u64]) -> Result<Option<Vec<HolderRecord>>> {
+        if inodes.len() > MAX_HOLDER_WANT as usize {
+            return Ok(None);
+        }
         self.passes += 1;
         let r = self.pass_inner(ebpf, inodes);
         // Emptied whatever happened, so the map never outlives the pass's inodes.
@@ -59,16 +63,10 @@ impl HolderIter {
         if r.is_err() {
             self.failed += 1;
         }
-        r
+        r.map(Some)
     }
 
-    fn pass_inner(&mut self, ebpf: &mut Ebpf, inodes: &[u64]) -> Result<Vec<(u64, u32, u32)>> {
-        if inodes.len() > MAX_HOLDER_WANT as usize {
-            bail!(
-                "{} sockets wanted, more than one pass looks for ({MAX_HOLDER_WANT})",
-                inodes.len()
-            );
-        }
+    fn pass_inner(&mut self, ebpf: &mut Ebpf, inodes: &[u64]) -> Result<Vec<HolderRecord>> {
         for ino in inodes {
             self.want
                 .insert(ino, 1u8, 0)
@@ -85,42 +83,10 @@ impl HolderIter {
         let mut f = link
             .into_file()
             .map_err(|e| anyhow!("making an iterator of {PROG}: {e}"))?;
-        let mut out = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
-        let mut empty_reads = 0u32;
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                // A read that walked the kernel's per-read bound of objects without output.
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && empty_reads < 1000 => {
-                    empty_reads += 1;
-                }
-                Err(e) => return Err(e).context("reading the holder iterator"),
-            }
-        }
-        decode(&out)
+        let (out, _) = bpf_iter::read_to_end(&mut f, &mut buf, "holder iterator")?;
+        bpf_iter::records(&out, "holder iterator")
     }
-}
-
-/// The records of a pass's output.
-fn decode(bytes: &[u8]) -> Result<Vec<(u64, u32, u32)>> {
-    if !bytes.len().is_multiple_of(HolderRecord::SIZE) {
-        bail!(
-            "holder iterator output of {} bytes is not a whole number of {}-byte records",
-            bytes.len(),
-            HolderRecord::SIZE
-        );
-    }
-    Ok(bytes
-        .chunks_exact(HolderRecord::SIZE)
-        .map(|c| {
-            let ino = u64::from_ne_bytes(c[0..8].try_into().expect("8 bytes"));
-            let tgid = u32::from_ne_bytes(c[8..12].try_into().expect("4 bytes"));
-            let fd = u32::from_ne_bytes(c[12..16].try_into().expect("4 bytes"));
-            (ino, tgid, fd)
-        })
-        .collect())
 }
 
 #[cfg(test)]
@@ -136,8 +102,14 @@ mod tests {
             b.extend_from_slice(&fd.to_ne_bytes());
         }
         assert_eq!(HolderRecord::SIZE, 16);
-        assert_eq!(decode(&b).unwrap(), vec![(11, 100, 3), (12, 101, 4)]);
-        assert!(decode(&b[..20]).is_err());
-        assert!(decode(&[]).unwrap().is_empty());
+        let rec = |ino, tgid, fd| HolderRecord { ino, tgid, fd };
+        assert_eq!(
+            bpf_iter::records::<HolderRecord>(&b, "t").unwrap(),
+            vec![rec(11, 100, 3), rec(12, 101, 4)]
+        );
+        assert!(bpf_iter::records::<HolderRecord>(&b[..20], "t").is_err());
+        assert!(bpf_iter::records::<HolderRecord>(&[], "t")
+            .unwrap()
+            .is_empty());
     }
 }
